@@ -1,0 +1,1 @@
+//! Ceph's byte encodings for header values.

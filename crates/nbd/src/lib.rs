@@ -1,0 +1,1 @@
+//! NBD wire protocol: server and client.

@@ -1,0 +1,2 @@
+//! Links every built-in plugin.
+pub fn link() {}

@@ -1,0 +1,156 @@
+//! The source-plugin registry: the traits a migration source is read through, and the two
+//! `inventory` collections (formats and streams) that plugins register into by `type` name.
+//!
+//! What it is for: `Stream` (bytes with a size, optionally knowing its holes), `SourceImage`
+//! (a snapshot-aware, sparse-aware image: `list_snaps` tells what changed where), and the
+//! plugin descriptors. What it is not: no format or stream code lives here (see `plugins/`),
+//! and no spec parsing beyond handing each plugin its JSON.
+//!
+//! Traits are synchronous: every stream underneath is blocking (files, `ureq`, an NBD socket);
+//! the copy engine gets parallelism from threads, so no async runtime is pulled in.
+
+use std::fmt;
+
+/// What went wrong reading a source. `errno()` is what `rbdm` exits with, as `rbd` does.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The spec is malformed (EBADMSG, as Ceph reports bad JSON).
+    #[error("{0}")]
+    BadSpec(String),
+    /// An unknown format or stream type, or a feature we refuse (ENOSYS).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The source's bytes are not a valid image: says what, and at which offset when known.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The remote object changed while we read it (ETag/Last-Modified/size).
+    #[error("{0}")]
+    Changed(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    /// A server answered something we cannot use (status, missing header, ignored Range).
+    #[error("{0}")]
+    Remote(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SourceError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            SourceError::BadSpec(_) => libc::EBADMSG,
+            SourceError::Unsupported(_) => libc::ENOSYS,
+            SourceError::NotFound(_) => libc::ENOENT,
+            SourceError::PermissionDenied(_) => libc::EACCES,
+            SourceError::Invalid(_) => libc::EINVAL,
+            SourceError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            SourceError::Corrupt(_) | SourceError::Changed(_) | SourceError::Remote(_) => libc::EIO,
+        }
+    }
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        SourceError::Io { context: context.into(), source }
+    }
+}
+
+pub type Result<T, E = SourceError> = std::result::Result<T, E>;
+
+/// An extent that a stream knows the allocation state of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamExtent {
+    pub offset: u64,
+    pub len: u64,
+    /// `true`: reads as zeros (a hole).
+    pub zero: bool,
+}
+
+/// A readable byte source with a known size (a file, an HTTP or S3 object, an NBD export).
+pub trait Stream: Send + Sync {
+    /// Size in bytes, known at open.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`; reading past the end is an error, never a short read.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Fills several buffers at once: streams that pay per request (HTTP, S3) coalesce
+    /// adjacent ranges into one request. The default reads them one by one.
+    fn read_vectored_at(&self, reads: &mut [(u64, &mut [u8])]) -> Result<()> {
+        for (off, buf) in reads.iter_mut() {
+            self.read_at(*off, buf)?;
+        }
+        Ok(())
+    }
+    /// Allocation of `[offset, offset+len)` when the stream knows it (NBD block status, file
+    /// SEEK_HOLE); `None` when it does not. Extents are sorted and cover the range.
+    fn extents(&self, _offset: u64, _len: u64) -> Option<Result<Vec<StreamExtent>>> {
+        None
+    }
+    /// Opens another object of the same stream type named relative to this one (a qcow2
+    /// backing file): a sibling path for `file`, a sibling URL for `http`/`s3`. Refused with a
+    /// reason where that is not possible or would escape the stream's base.
+    fn open_relative(&self, name: &str) -> Result<Box<dyn Stream>> {
+        Err(SourceError::Unsupported(format!("{}: cannot open related file {name:?}", self.describe())))
+    }
+    /// Says what this is, for messages (`file /path/x.qcow2`), without secrets.
+    fn describe(&self) -> String;
+}
+
+/// A point in a source image's history: a snapshot (by index into `snapshots()`) or the head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Point {
+    Snap(usize),
+    Head,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSnapshot {
+    pub name: String,
+    /// The image size at that snapshot.
+    pub size: u64,
+    /// Seconds since the Unix epoch, when the source knows it.
+    pub timestamp: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentState {
+    /// Holds data: read it.
+    Data,
+    /// Reads as zeros.
+    Zero,
+    /// The same bytes as at the previous point (never used for the first point).
+    Unchanged,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapExtent {
+    pub offset: u64,
+    pub len: u64,
+    pub state: ExtentState,
+}
+
+/// A source image: snapshots oldest first, then the head.
+pub trait SourceImage: Send + Sync {
+    /// The format's type name (`qcow`, `raw`, `native`).
+    fn format(&self) -> &str;
+    /// Head size in bytes.
+    fn size(&self) -> u64;
+    /// Oldest first.
+    fn snapshots(&self) -> Vec<SourceSnapshot>;
+    /// Fills `buf` from `offset` at `point`; bytes past that point's size read as zeros.
+    fn read(&self, point: Point, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// For every point (each snapshot oldest first, then the head), the state of each part of
+    /// `[offset, offset+len)`: sorted, disjoint extents covering exactly that range (clipped to
+    /// nothing beyond that point's size). Must not read data where metadata suffices.
+    fn list_snaps(&self, offset: u64, len: u64) -> Result<Vec<Vec<SnapExtent>>>;
+    /// Human-readable description for `source info` (without secrets).
+    fn describe(&self) -> String {
+        self.format().to_string()
+    }
+}
+
+impl fmt::Debug for dyn Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}

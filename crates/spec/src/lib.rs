@@ -1,0 +1,1 @@
+//! Source-spec JSON model.

@@ -1,0 +1,1 @@
+//! The shared conformance suite every backend runs.

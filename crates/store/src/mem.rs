@@ -1,0 +1,3 @@
+//! The in-memory backend.
+pub struct MemStore;
+impl MemStore { pub fn new() -> Self { todo!() } }
