@@ -1,0 +1,194 @@
+//! The `native` source format: an rbdm image in our own store, at a snapshot or its head.
+//!
+//! What it is for: import-only migration from an image named by pool name or id, namespace,
+//! image name or id (an image in the trash is found by id), and snapshot name or id. The
+//! source's snapshots older than the chosen point become the target's snapshots.
+//! What it is not: the same-store migration path (that links two images in one store and is
+//! driven by `rbdm-migration`); this only reads.
+
+use rbdm_extent::IntervalSet;
+use rbdm_image::{Image, ImageSpec, PoolSpec, Rbd, SnapInfo};
+use rbdm_registry::{ExtentState, Point, Result, SnapExtent, SourceError, SourceImage, SourceSnapshot};
+
+/// Which image and point to read, already resolved from the spec's JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NativeSource {
+    pub pool: PoolRef,
+    pub namespace: String,
+    pub image_name: String,
+    pub image_id: Option<String>,
+    pub snap: Option<SnapRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolRef {
+    Name(String),
+    Id(i64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapRef {
+    Name(String),
+    Id(u64),
+}
+
+/// An open native source: one read-only handle per point, and per point the extents that
+/// changed since the previous point (computed once from the object maps, never from data).
+pub struct NativeImage {
+    points: Vec<Image>,
+    snapshots: Vec<SourceSnapshot>,
+    changes: Vec<Changes>,
+}
+
+/// Of one point: where it holds data, and where it differs from the point before.
+struct Changes {
+    data: IntervalSet,
+    changed: IntervalSet,
+    size: u64,
+}
+
+pub fn open(rbd: &Rbd, src: &NativeSource) -> Result<NativeImage> {
+    let pool = match &src.pool {
+        PoolRef::Name(n) => n.clone(),
+        PoolRef::Id(id) => rbd.store().pool_name(*id).map_err(|e| not_found(format!("pool id {id}: {e}")))?,
+    };
+    let pool_spec = PoolSpec::new(&pool, &src.namespace);
+    let head = open_point(rbd, &pool_spec, src, None)?;
+    let all_snaps = head.snap_list().map_err(image_err)?;
+    let upto = chosen_snaps(&all_snaps, src.snap.as_ref())?;
+    let mut points = Vec::with_capacity(upto.len() + 1);
+    for s in &upto {
+        points.push(open_point(rbd, &pool_spec, src, Some(&s.name))?);
+    }
+    let snapshots: Vec<SourceSnapshot> = match &src.snap {
+        Some(_) => &upto[..upto.len().saturating_sub(1)],
+        None => &upto[..],
+    }
+    .iter()
+    .map(|s| SourceSnapshot { name: s.name.clone(), size: s.size, timestamp: Some(s.timestamp) })
+    .collect();
+    if src.snap.is_none() {
+        points.push(head);
+    }
+    let changes = compute_changes(&points, &upto)?;
+    Ok(NativeImage { points, snapshots, changes })
+}
+
+fn open_point(rbd: &Rbd, pool: &PoolSpec, src: &NativeSource, snap: Option<&str>) -> Result<Image> {
+    let r = match &src.image_id {
+        Some(id) => rbd.open_by_id(pool, id, snap, true),
+        None => rbd.open(&ImageSpec { snap: snap.map(str::to_string), ..pool.image(&src.image_name) }, true),
+    };
+    r.map_err(|e| match e.errno() {
+        ENOENT => not_found(format!("image {}/{}: {e}", pool, src.image_name)),
+        _ => image_err(e),
+    })
+}
+
+/// The snapshots up to and including the chosen one, oldest first.
+fn chosen_snaps(all: &[SnapInfo], chosen: Option<&SnapRef>) -> Result<Vec<SnapInfo>> {
+    let Some(chosen) = chosen else { return Ok(all.to_vec()) };
+    let pos = all.iter().position(|s| match chosen {
+        SnapRef::Name(n) => &s.name == n,
+        SnapRef::Id(id) => s.id == *id,
+    });
+    match pos {
+        Some(i) => Ok(all[..=i].to_vec()),
+        None => Err(not_found(format!("snapshot {chosen:?} not found in the source image"))),
+    }
+}
+
+fn compute_changes(points: &[Image], snaps: &[SnapInfo]) -> Result<Vec<Changes>> {
+    let mut out = Vec::with_capacity(points.len());
+    let mut prev_data = IntervalSet::new();
+    for (i, img) in points.iter().enumerate() {
+        let from = if i == 0 { None } else { snaps.get(i - 1).map(|s| s.name.as_str()) };
+        let size = img.size();
+        let diff = img.diff(from, false).map_err(image_err)?;
+        let mut changed = IntervalSet::new();
+        let mut data = prev_data.clip(0, size);
+        for d in diff {
+            changed.insert(d.offset, d.len);
+            if d.exists {
+                data.insert(d.offset, d.len);
+            } else {
+                data.remove(d.offset, d.len);
+            }
+        }
+        prev_data = data.clone();
+        out.push(Changes { data, changed, size });
+    }
+    Ok(out)
+}
+
+impl SourceImage for NativeImage {
+    fn format(&self) -> &str {
+        "native"
+    }
+    fn size(&self) -> u64 {
+        self.points.last().map_or(0, Image::size)
+    }
+    fn snapshots(&self) -> Vec<SourceSnapshot> {
+        self.snapshots.clone()
+    }
+    fn read(&self, point: Point, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let img = self.point(point)?;
+        let size = img.size();
+        buf.fill(0);
+        if offset >= size {
+            return Ok(());
+        }
+        let n = buf.len().min((size - offset) as usize);
+        img.read(offset, &mut buf[..n]).map_err(image_err)
+    }
+    fn list_snaps(&self, offset: u64, len: u64) -> Result<Vec<Vec<SnapExtent>>> {
+        Ok(self.changes.iter().enumerate().map(|(i, c)| point_extents(c, i == 0, offset, len)).collect())
+    }
+}
+
+impl NativeImage {
+    fn point(&self, point: Point) -> Result<&Image> {
+        let i = match point {
+            Point::Snap(i) if i < self.snapshots.len() => i,
+            Point::Snap(i) => return Err(SourceError::Invalid(format!("no snapshot #{i} in the source"))),
+            Point::Head => self.points.len() - 1,
+        };
+        Ok(&self.points[i])
+    }
+}
+
+/// Sorted extents covering `[offset, offset+len)` clipped to the point's size: changed data,
+/// changed zeros, and (after the first point) everything else unchanged.
+fn point_extents(c: &Changes, first: bool, offset: u64, len: u64) -> Vec<SnapExtent> {
+    let end = offset.saturating_add(len).min(c.size);
+    if offset >= end {
+        return Vec::new();
+    }
+    let span = end - offset;
+    let mut out = Vec::new();
+    let changed = if first { IntervalSet::from_ranges([(offset, span)]) } else { c.changed.clip(offset, span) };
+    for (o, l) in changed.complement_within(offset, span).iter() {
+        out.push(SnapExtent { offset: o, len: l, state: ExtentState::Unchanged });
+    }
+    for (o, l) in changed.intersection(&c.data).iter() {
+        out.push(SnapExtent { offset: o, len: l, state: ExtentState::Data });
+    }
+    for (o, l) in changed.subtract(&c.data).iter() {
+        out.push(SnapExtent { offset: o, len: l, state: ExtentState::Zero });
+    }
+    out.sort_by_key(|e| e.offset);
+    out
+}
+
+const ENOENT: i32 = 2;
+
+fn image_err(e: rbdm_image::Error) -> SourceError {
+    match e.errno() {
+        ENOENT => SourceError::NotFound(e.to_string()),
+        _ => SourceError::Invalid(e.to_string()),
+    }
+}
+
+fn not_found(msg: String) -> SourceError {
+    SourceError::NotFound(msg)
+}
