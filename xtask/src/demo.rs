@@ -71,7 +71,6 @@ fn make_source(src: &Path) -> Result<()> {
 }
 
 fn same_bytes(a: &Path, b: &Path) -> Result<()> {
-    use std::io::Read;
     let mut fa = std::fs::File::open(a).with_context(|| format!("open {}", a.display()))?;
     let mut fb = std::fs::File::open(b).with_context(|| format!("open {}", b.display()))?;
     let (mut ba, mut bb) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);

@@ -1,1 +1,84 @@
-fn main() {}
+//! `rbdm`: the command line of rbdm, in the style of Ceph's `rbd` (same commands, options,
+//! output and errors: one line naming the failed operation and `(errno) strerror`, with the
+//! errno as exit status).
+//!
+//! What it is for: parsing arguments, validating them before anything is touched, calling
+//! `rbdm-image`, and printing. What it is not: no image semantics live here.
+
+mod args;
+mod cmds;
+mod nbd;
+mod output;
+mod transfer;
+
+use clap::Parser;
+
+use args::{Cli, Cmd};
+use cmds::Ctx;
+use output::CmdResult;
+
+/// `--store`, else `$RBDM_STORE`, else `dir://$XDG_DATA_HOME/rbdm` (`~/.local/share/rbdm`).
+fn store_uri(cli: &Cli) -> String {
+    if let Some(uri) = &cli.store {
+        return uri.clone();
+    }
+    if let Some(uri) = std::env::var_os("RBDM_STORE").filter(|v| !v.is_empty()) {
+        return uri.to_string_lossy().into_owned();
+    }
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    format!("dir://{}", data_home.join("rbdm").display())
+}
+
+fn run(ctx: &Ctx, cmd: &Cmd) -> CmdResult {
+    match cmd {
+        Cmd::Create(a) => cmds::create(ctx, a),
+        Cmd::Ls(a) => cmds::ls(ctx, a),
+        Cmd::Info(a) => cmds::info(ctx, a),
+        Cmd::Rm(a) => cmds::rm(ctx, a),
+        Cmd::Resize(a) => cmds::resize(ctx, a),
+        Cmd::Rename(a) => cmds::rename(ctx, a),
+        Cmd::Snap(c) => cmds::snap(ctx, c),
+        Cmd::Clone(a) => cmds::clone(ctx, a),
+        Cmd::Flatten(a) => cmds::flatten(ctx, a),
+        Cmd::Children(a) => cmds::children(ctx, a),
+        Cmd::Trash(c) => cmds::trash(ctx, c),
+        Cmd::Import(a) => transfer::import(ctx, a),
+        Cmd::Export(a) => transfer::export(ctx, a),
+        Cmd::Du(a) => cmds::du(ctx, a),
+        Cmd::Diff(a) => cmds::diff(ctx, a),
+        Cmd::ImageMeta(c) => cmds::image_meta(ctx, c),
+        Cmd::Status(a) => cmds::status(ctx, a),
+        Cmd::Pool(c) => cmds::pool(ctx, c),
+        Cmd::Namespace(c) => cmds::namespace(ctx, c),
+        Cmd::ConfigKey(c) => cmds::config_key(ctx, c),
+        Cmd::Bench(a) => cmds::bench(ctx, a),
+        Cmd::Nbd(args::NbdCmd::Export(a)) => nbd::export(ctx, a),
+    }
+}
+
+fn main() {
+    // Die quietly on a closed pipe (`rbdm ls | head -1`), as C tools such as rbd do, instead
+    // of panicking in println!.
+    // SAFETY: setting a signal disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version are not errors; a usage error exits EINVAL, as rbd does.
+            let code = if e.use_stderr() { libc::EINVAL } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let ctx = Ctx::new(&cli, store_uri(&cli));
+    if let Err(fail) = run(&ctx, &cli.cmd) {
+        eprintln!("rbdm: {}", fail.msg);
+        std::process::exit(fail.code.clamp(1, 255));
+    }
+}

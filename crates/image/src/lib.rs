@@ -8,17 +8,26 @@
 //! `rbd_trash`, `rbd_children`), values go through one encoding module ([`encoding`]).
 //! What it is not: no CLI parsing or printing (that is `rbdm-cli`), no external formats.
 //!
-//! Contract: this file's public signatures are shared with the CLI and the NBD export, which
-//! are written against them. Add to them freely; change one only together with its callers.
-
-use std::collections::BTreeMap;
+//! Contract: the public signatures of [`Rbd`] (rbd.rs) and [`Image`] (image.rs) are shared with
+//! the CLI and the NBD export. Add to them freely; change one only together with its callers.
+//!
+//! Concurrency: any number of processes may open an image; header changes are guarded
+//! compare-and-swap updates (see [`header`]), and writers take the image's exclusive lock.
+//! Known limit: librbd asks the lock owner to take a snapshot; here a snapshot taken by
+//! another process while a writer is mid-write may miss that one write's copy-on-write.
 
 pub use rbdm_extent::Layout;
 pub use rbdm_store::{SnapId, StoreRef, Watcher};
 
 pub mod encoding;
 mod error;
+pub mod header;
+mod image;
+mod rbd;
 pub mod spec;
+
+pub use image::Image;
+pub use rbd::{layout_for, Rbd};
 
 pub use error::{Error, Result};
 pub use spec::{ImageSpec, PoolSpec};
@@ -158,213 +167,3 @@ pub struct DiffExtent {
 /// A progress callback: `(done, total)`, called now and then during long operations.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
-/// The entry point: images, pools' RBD state, namespaces, trash, config-key, on one store.
-#[derive(Clone)]
-pub struct Rbd {
-    store: StoreRef,
-}
-
-/// An open image (head, or a snapshot read-only). Safe to share across threads.
-pub struct Image {
-    #[allow(dead_code)]
-    rbd: Rbd,
-}
-
-impl Rbd {
-    pub fn new(store: StoreRef) -> Self {
-        Rbd { store }
-    }
-    pub fn store(&self) -> &StoreRef {
-        &self.store
-    }
-
-    // ---- pools and namespaces
-    pub fn pool_create(&self, _pool: &str) -> Result<()> {
-        todo!()
-    }
-    /// Refused (`Busy`) while the pool holds images, unless `force`.
-    pub fn pool_remove(&self, _pool: &str, _force: bool) -> Result<()> {
-        todo!()
-    }
-    pub fn pool_list(&self) -> Result<Vec<String>> {
-        todo!()
-    }
-    pub fn namespace_create(&self, _pool: &str, _ns: &str) -> Result<()> {
-        todo!()
-    }
-    /// Refused (`Busy`) while the namespace holds images.
-    pub fn namespace_remove(&self, _pool: &str, _ns: &str) -> Result<()> {
-        todo!()
-    }
-    pub fn namespace_list(&self, _pool: &str) -> Result<Vec<String>> {
-        todo!()
-    }
-
-    // ---- images
-    pub fn create(&self, _spec: &PoolSpec, _name: &str, _opts: &CreateOptions) -> Result<()> {
-        todo!()
-    }
-    /// Image names in the pool/namespace, sorted (trash not included).
-    pub fn list(&self, _spec: &PoolSpec) -> Result<Vec<String>> {
-        todo!()
-    }
-    /// Opens `spec` (its `snap`, if any, read-only). `NotFound` for an image in the trash.
-    pub fn open(&self, _spec: &ImageSpec, _read_only: bool) -> Result<Image> {
-        todo!()
-    }
-    /// Opens by id: this also finds images in the trash.
-    pub fn open_by_id(&self, _spec: &PoolSpec, _id: &str, _snap: Option<&str>, _read_only: bool) -> Result<Image> {
-        todo!()
-    }
-    /// Refused (`Busy`) with snapshots, with watchers, or with children.
-    pub fn remove(&self, _spec: &ImageSpec, _progress: Progress) -> Result<()> {
-        todo!()
-    }
-    pub fn rename(&self, _spec: &PoolSpec, _from: &str, _to: &str) -> Result<()> {
-        todo!()
-    }
-    /// Clones a protected snapshot `parent` (its `snap` must be set) into `child`.
-    pub fn clone_image(&self, _parent: &ImageSpec, _child: &ImageSpec, _opts: &CreateOptions) -> Result<()> {
-        todo!()
-    }
-
-    // ---- trash
-    /// Moves an image to the trash; returns its id.
-    pub fn trash_move(&self, _spec: &ImageSpec, _delay_secs: u64) -> Result<String> {
-        todo!()
-    }
-    /// `all`: include entries of source "MIGRATION".
-    pub fn trash_list(&self, _spec: &PoolSpec, _all: bool) -> Result<Vec<TrashEntry>> {
-        todo!()
-    }
-    pub fn trash_restore(&self, _spec: &PoolSpec, _id: &str, _new_name: Option<&str>) -> Result<()> {
-        todo!()
-    }
-    /// Refused before the deferment end unless `force`; refused for migration sources.
-    pub fn trash_remove(&self, _spec: &PoolSpec, _id: &str, _force: bool, _progress: Progress) -> Result<()> {
-        todo!()
-    }
-
-    // ---- config-key (store-wide)
-    pub fn config_key_set(&self, _key: &str, _value: &[u8]) -> Result<()> {
-        todo!()
-    }
-    pub fn config_key_get(&self, _key: &str) -> Result<Vec<u8>> {
-        todo!()
-    }
-    pub fn config_key_remove(&self, _key: &str) -> Result<()> {
-        todo!()
-    }
-    pub fn config_key_list(&self) -> Result<Vec<String>> {
-        todo!()
-    }
-}
-
-impl Image {
-    pub fn info(&self) -> Result<ImageInfo> {
-        todo!()
-    }
-    pub fn size(&self) -> u64 {
-        todo!()
-    }
-    pub fn layout(&self) -> Layout {
-        todo!()
-    }
-    /// Reads `buf.len()` bytes at `offset`; a read past the end is `Invalid`.
-    pub fn read(&self, _offset: u64, _buf: &mut [u8]) -> Result<()> {
-        todo!()
-    }
-    pub fn write(&self, _offset: u64, _data: &[u8]) -> Result<()> {
-        todo!()
-    }
-    /// Deallocates; reads back as zeros.
-    pub fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
-        todo!()
-    }
-    /// Reads back as zeros (deallocating where it can).
-    pub fn write_zeroes(&self, _offset: u64, _len: u64) -> Result<()> {
-        todo!()
-    }
-    pub fn flush(&self) -> Result<()> {
-        todo!()
-    }
-    /// Extents of `[offset, offset+len)` that hold data (at the open snapshot), for sparse
-    /// export and NBD block status: from the object map and the objects' sparse maps, never
-    /// by reading data. Includes data read through from a parent.
-    pub fn allocated_extents(&self, _offset: u64, _len: u64) -> Result<Vec<(u64, u64)>> {
-        todo!()
-    }
-    pub fn resize(&self, _size: u64, _allow_shrink: bool, _progress: Progress) -> Result<()> {
-        todo!()
-    }
-
-    // ---- snapshots
-    pub fn snap_create(&self, _name: &str) -> Result<SnapId> {
-        todo!()
-    }
-    /// Oldest first.
-    pub fn snap_list(&self) -> Result<Vec<SnapInfo>> {
-        todo!()
-    }
-    /// Refused (`Busy`) if protected.
-    pub fn snap_remove(&self, _name: &str) -> Result<()> {
-        todo!()
-    }
-    pub fn snap_protect(&self, _name: &str) -> Result<()> {
-        todo!()
-    }
-    /// Refused (`Busy`) while the snapshot has children.
-    pub fn snap_unprotect(&self, _name: &str) -> Result<()> {
-        todo!()
-    }
-    pub fn snap_rollback(&self, _name: &str, _progress: Progress) -> Result<()> {
-        todo!()
-    }
-    /// Removes every unprotected snapshot; refused if any is protected.
-    pub fn snap_purge(&self) -> Result<()> {
-        todo!()
-    }
-    pub fn snap_rename(&self, _from: &str, _to: &str) -> Result<()> {
-        todo!()
-    }
-
-    // ---- clones
-    pub fn flatten(&self, _progress: Progress) -> Result<()> {
-        todo!()
-    }
-    /// Children of the open snapshot (or of every snapshot when opened at head).
-    pub fn children(&self) -> Result<Vec<ChildInfo>> {
-        todo!()
-    }
-
-    // ---- metadata
-    pub fn metadata_set(&self, _key: &str, _value: &str) -> Result<()> {
-        todo!()
-    }
-    pub fn metadata_get(&self, _key: &str) -> Result<String> {
-        todo!()
-    }
-    pub fn metadata_remove(&self, _key: &str) -> Result<()> {
-        todo!()
-    }
-    pub fn metadata_list(&self) -> Result<BTreeMap<String, String>> {
-        todo!()
-    }
-
-    // ---- accounting
-    /// Snapshots oldest first, then the head; from the object map, not by reading data.
-    pub fn du(&self) -> Result<Vec<DuEntry>> {
-        todo!()
-    }
-    /// Changes since `from_snap` (or all data when `None`) up to the open snapshot/head.
-    pub fn diff(&self, _from_snap: Option<&str>, _whole_object: bool) -> Result<Vec<DiffExtent>> {
-        todo!()
-    }
-    pub fn watchers(&self) -> Result<Vec<Watcher>> {
-        todo!()
-    }
-    /// Closes the image: flushes, drops the watch and any lock.
-    pub fn close(self) -> Result<()> {
-        todo!()
-    }
-}

@@ -154,3 +154,82 @@ impl fmt::Debug for dyn Stream {
         f.write_str(&self.describe())
     }
 }
+
+/// What a plugin may need besides its own JSON when it opens.
+pub struct OpenContext<'a> {
+    /// Resolves a `config://KEY` reference from the store's config-key store.
+    pub config_key: &'a dyn Fn(&str) -> Result<String>,
+    /// The store, for formats that read images in it (`native`); `None` when opened without one.
+    pub store: Option<rbdm_store::StoreRef>,
+}
+
+/// A stream type: `{"type": NAME, ...}` inside a format's `"stream"` object.
+pub struct StreamPlugin {
+    pub type_name: &'static str,
+    pub description: &'static str,
+    /// Opens the stream described by `spec` (the whole stream object, `type` included).
+    /// `path` names the object in the full spec (`stream`, `snapshots[1].stream`) for errors.
+    pub open: fn(spec: &serde_json::Value, path: &str, ctx: &OpenContext) -> Result<Box<dyn Stream>>,
+}
+
+/// A format type: the top-level `{"type": NAME, ...}` of a source-spec.
+pub struct FormatPlugin {
+    pub type_name: &'static str,
+    pub description: &'static str,
+    /// Opens the source image described by the whole spec.
+    pub open: fn(spec: &serde_json::Value, ctx: &OpenContext) -> Result<Box<dyn SourceImage>>,
+}
+
+inventory::collect!(StreamPlugin);
+inventory::collect!(FormatPlugin);
+
+/// Every linked stream plugin, sorted by name.
+pub fn streams() -> Vec<&'static StreamPlugin> {
+    let mut v: Vec<_> = inventory::iter::<StreamPlugin>.into_iter().collect();
+    v.sort_by_key(|p| p.type_name);
+    v
+}
+
+/// Every linked format plugin, sorted by name.
+pub fn formats() -> Vec<&'static FormatPlugin> {
+    let mut v: Vec<_> = inventory::iter::<FormatPlugin>.into_iter().collect();
+    v.sort_by_key(|p| p.type_name);
+    v
+}
+
+fn type_of<'a>(spec: &'a serde_json::Value, path: &str) -> Result<&'a str> {
+    let obj = spec.as_object().ok_or_else(|| SourceError::BadSpec(format!("{path}: expected a JSON object")))?;
+    match obj.get("type") {
+        Some(serde_json::Value::String(t)) => Ok(t),
+        Some(_) => Err(SourceError::BadSpec(format!("{}type: expected a string", dotted(path)))),
+        None => Err(SourceError::BadSpec(format!("{}type: missing", dotted(path)))),
+    }
+}
+
+fn dotted(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}.")
+    }
+}
+
+/// Opens the stream object at `path` of a spec through the plugin its `type` names.
+pub fn open_stream(spec: &serde_json::Value, path: &str, ctx: &OpenContext) -> Result<Box<dyn Stream>> {
+    let t = type_of(spec, path)?;
+    let plugin = streams()
+        .into_iter()
+        .find(|p| p.type_name == t)
+        .ok_or_else(|| SourceError::Unsupported(format!("{}type: unknown stream type {t:?}", dotted(path))))?;
+    (plugin.open)(spec, path, ctx)
+}
+
+/// Opens a whole source-spec through the format plugin its `type` names.
+pub fn open_source(spec: &serde_json::Value, ctx: &OpenContext) -> Result<Box<dyn SourceImage>> {
+    let t = type_of(spec, "")?;
+    let plugin = formats()
+        .into_iter()
+        .find(|p| p.type_name == t)
+        .ok_or_else(|| SourceError::Unsupported(format!("type: unknown format {t:?}")))?;
+    (plugin.open)(spec, ctx)
+}

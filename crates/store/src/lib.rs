@@ -21,6 +21,8 @@ use std::sync::Arc;
 pub mod conformance;
 pub mod dir;
 pub mod mem;
+mod plan;
+pub mod snaps;
 
 /// Pool ids, as in RADOS (`int64_t`).
 pub type PoolId = i64;
@@ -28,6 +30,9 @@ pub type PoolId = i64;
 pub type SnapId = u64;
 /// The snap id that names the live object (`CEPH_NOSNAP`).
 pub const HEAD: SnapId = u64::MAX - 1;
+/// No object grows past this (RADOS's `osd_max_object_size` default); a write or truncate
+/// beyond it fails with `Invalid`. Keeps a bad offset from allocating or reading terabytes.
+pub const MAX_OBJECT_SIZE: u64 = 128 << 20;
 
 /// Where an object lives: pool, namespace ("" is the default namespace), name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +45,17 @@ pub struct Locator {
 impl Locator {
     pub fn new(pool: PoolId, namespace: &str, name: &str) -> Self {
         Locator { pool, namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+/// `pool/name`, or `pool/namespace/name` outside the default namespace (for error messages).
+impl std::fmt::Display for Locator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.pool, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.pool, self.namespace, self.name)
+        }
     }
 }
 
@@ -276,6 +292,11 @@ pub trait ObjectStore: Send + Sync {
     fn read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<u8>>;
     /// Like `read` but returns only the extents that hold data, as `(offset, bytes)`, sorted.
     fn sparse_read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// The extents `(offset, len)` of `[offset, offset + len)` that hold data at `snap`, sorted,
+    /// without reading the data. Backends should override this default, which reads.
+    fn map_extents(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        Ok(self.sparse_read(loc, snap, offset, len)?.into_iter().map(|(o, d)| (o, d.len() as u64)).collect())
+    }
     /// `NotFound` if the object did not exist at `snap`.
     fn stat(&self, loc: &Locator, snap: SnapId) -> Result<ObjectStat>;
     /// Every version of the object; `NotFound` if neither head nor any clone exists.

@@ -167,14 +167,16 @@ fn point_extents(c: &Changes, first: bool, offset: u64, len: u64) -> Vec<SnapExt
     let span = end - offset;
     let mut out = Vec::new();
     let changed = if first { IntervalSet::from_ranges([(offset, span)]) } else { c.changed.clip(offset, span) };
-    for (o, l) in changed.complement_within(offset, span).iter() {
+    for (o, l) in changed.gaps(offset, span) {
         out.push(SnapExtent { offset: o, len: l, state: ExtentState::Unchanged });
     }
-    for (o, l) in changed.intersection(&c.data).iter() {
-        out.push(SnapExtent { offset: o, len: l, state: ExtentState::Data });
-    }
-    for (o, l) in changed.subtract(&c.data).iter() {
-        out.push(SnapExtent { offset: o, len: l, state: ExtentState::Zero });
+    for (co, cl) in changed.iter() {
+        for (o, l) in c.data.intersection(co, cl) {
+            out.push(SnapExtent { offset: o, len: l, state: ExtentState::Data });
+        }
+        for (o, l) in c.data.gaps(co, cl) {
+            out.push(SnapExtent { offset: o, len: l, state: ExtentState::Zero });
+        }
     }
     out.sort_by_key(|e| e.offset);
     out

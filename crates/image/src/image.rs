@@ -1,0 +1,1206 @@
+//! An open image: striped I/O with read-through to a parent (`read_redirect`) and copy-up
+//! before the first write into an object a parent still supplies (`copy_up`), the object
+//! map, snapshots, flatten, metadata, `du` and `diff`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use rbdm_extent::{IntervalSet, ObjectMap, ObjectState};
+use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, SnapId, Watcher, WriteOp, HEAD};
+
+use crate::header::{self, Header, ParentLink, SnapMeta, METADATA_PREFIX};
+use crate::rbd::now;
+use crate::{
+    features, ChildInfo, DiffExtent, DuEntry, Error, ImageInfo, Layout, ParentInfo, PoolSpec, Progress, Rbd, Result,
+    SnapInfo,
+};
+
+const LOCK_NAME: &str = "rbd_lock";
+
+/// An open image (head, or a snapshot read-only). Safe to share across threads.
+pub struct Image {
+    rbd: Rbd,
+    spec: PoolSpec,
+    name: String,
+    id: String,
+    pool_id: PoolId,
+    /// The snapshot this handle is open at; `None` for the head.
+    snap_id: Option<SnapId>,
+    read_only: bool,
+    cache: RwLock<(u64, Arc<Header>)>,
+    /// The head object map, loaded once this handle holds the exclusive lock.
+    map: Mutex<Option<ObjectMap>>,
+    /// Writes hold it shared; snapshot creation and rollback hold it exclusively so no write
+    /// carries a snap context older than a snapshot taken in this process.
+    io_gate: RwLock<()>,
+    watch_cookie: Option<u64>,
+    lock_cookie: Mutex<Option<String>>,
+    parent: Mutex<Option<(ParentLink, Arc<Image>)>>,
+    touched: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ignore_not_found(r: std::result::Result<(), StoreError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Image {
+    pub(crate) fn open(
+        rbd: Rbd,
+        spec: PoolSpec,
+        name: String,
+        id: String,
+        snap: Option<&str>,
+        read_only: bool,
+        watch: bool,
+    ) -> Result<Image> {
+        let pool_id = rbd.pool_id(&spec.pool)?;
+        let hloc = Locator::new(pool_id, &spec.namespace, &header::header_name(&id));
+        let not_found = |_| Error::NotFound(format!("image '{name}' does not exist"));
+        let version = rbd.store().stat(&hloc, HEAD).map_err(not_found)?.version;
+        let h = Header::load(rbd.store(), &hloc)?;
+        let snap_id = match snap {
+            Some(s) => Some(h.snap_by_name(s).ok_or_else(|| Error::NotFound(format!("snapshot '{name}@{s}' does not exist")))?.id),
+            None => None,
+        };
+        let watch_cookie = if watch { Some(rbd.store().watch(&hloc)?) } else { None };
+        Ok(Image {
+            rbd,
+            spec,
+            name,
+            id,
+            pool_id,
+            snap_id,
+            read_only: read_only || snap_id.is_some(),
+            cache: RwLock::new((version, Arc::new(h))),
+            map: Mutex::new(None),
+            io_gate: RwLock::new(()),
+            watch_cookie,
+            lock_cookie: Mutex::new(None),
+            parent: Mutex::new(None),
+            touched: AtomicBool::new(false),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    pub fn pool_spec(&self) -> &PoolSpec {
+        &self.spec
+    }
+    pub fn rbd(&self) -> &Rbd {
+        &self.rbd
+    }
+    pub fn snap_id(&self) -> Option<SnapId> {
+        self.snap_id
+    }
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn store(&self) -> &rbdm_store::StoreRef {
+        self.rbd.store()
+    }
+    fn header_loc(&self) -> Locator {
+        Locator::new(self.pool_id, &self.spec.namespace, &header::header_name(&self.id))
+    }
+    fn map_loc(&self, snap: Option<SnapId>) -> Locator {
+        Locator::new(self.pool_id, &self.spec.namespace, &header::object_map_name(&self.id, snap))
+    }
+    fn data_pool(&self, h: &Header) -> PoolId {
+        h.data_pool_id.unwrap_or(self.pool_id)
+    }
+    fn data_loc(&self, h: &Header, object_no: u64) -> Locator {
+        Locator::new(self.data_pool(h), &self.spec.namespace, &header::data_name(&self.id, object_no))
+    }
+    fn read_snap(&self) -> SnapId {
+        self.snap_id.unwrap_or(HEAD)
+    }
+
+    /// The header, reloaded if another handle or process changed it.
+    pub fn header(&self) -> Result<Arc<Header>> {
+        let version = match self.store().stat(&self.header_loc(), HEAD) {
+            Ok(st) => st.version,
+            Err(StoreError::NotFound(_)) => return Err(Error::NotFound(format!("image '{}' was removed", self.name))),
+            Err(e) => return Err(e.into()),
+        };
+        {
+            let c = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            if c.0 == version {
+                return Ok(c.1.clone());
+            }
+        }
+        let h = Arc::new(Header::load(self.store(), &self.header_loc())?);
+        *self.cache.write().unwrap_or_else(|e| e.into_inner()) = (version, h.clone());
+        Ok(h)
+    }
+
+    /// Changes the header (guarded against concurrent changes) and refreshes the cache.
+    pub fn update_header<T>(&self, change: impl FnMut(&mut Header) -> Result<T>) -> Result<T> {
+        let (_, out) = Header::update(self.store(), &self.header_loc(), change)?;
+        self.header()?;
+        Ok(out)
+    }
+
+    /// Size and parent link at the point this handle is open at.
+    fn view(&self, h: &Header) -> Result<(u64, Option<ParentLink>)> {
+        match self.snap_id {
+            None => Ok((h.size, h.parent.clone())),
+            Some(id) => {
+                let s = h.snaps.get(&id).ok_or_else(|| Error::NotFound(format!("snapshot {id} of '{}' was removed", self.name)))?;
+                Ok((s.size, s.parent.clone()))
+            }
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: u64, size: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::Invalid(format!("extent {offset}+{len} is beyond the end of image '{}' ({size} bytes)", self.name))),
+        }
+    }
+
+    pub fn info(&self) -> Result<ImageInfo> {
+        let h = self.header()?;
+        let (size, parent) = self.view(&h)?;
+        let parent = match parent {
+            Some(link) => Some(self.parent_info(&link)?),
+            None => None,
+        };
+        let data_pool = match h.data_pool_id {
+            Some(id) => Some(self.store().pool_name(id)?),
+            None => None,
+        };
+        Ok(ImageInfo {
+            name: self.name.clone(),
+            id: self.id.clone(),
+            pool: self.spec.pool.clone(),
+            namespace: self.spec.namespace.clone(),
+            size,
+            layout: h.layout,
+            features: h.features,
+            flags: h.flags,
+            block_name_prefix: h.object_prefix.clone(),
+            snapshot_count: h.snaps.len(),
+            data_pool,
+            parent,
+            create_timestamp: h.create_timestamp,
+            access_timestamp: h.access_timestamp,
+            modify_timestamp: h.modify_timestamp,
+            read_only: self.read_only,
+        })
+    }
+
+    fn parent_info(&self, link: &ParentLink) -> Result<ParentInfo> {
+        let pool = self.store().pool_name(link.pool_id)?;
+        let pspec = PoolSpec::new(&pool, &link.namespace);
+        let image_name = match self.rbd.image_name(&pspec, &link.image_id)? {
+            Some(n) => n,
+            None => self.rbd.trash_get(&pspec, &link.image_id).map(|t| t.name).unwrap_or_default(),
+        };
+        let ploc = Locator::new(link.pool_id, &link.namespace, &header::header_name(&link.image_id));
+        let snap_name = Header::load(self.store(), &ploc)?
+            .snaps
+            .get(&link.snap_id)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        Ok(ParentInfo {
+            pool,
+            namespace: link.namespace.clone(),
+            image_name,
+            image_id: link.image_id.clone(),
+            snap_name,
+            snap_id: link.snap_id,
+            overlap: link.overlap,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        let h = self.header().unwrap_or_else(|_| self.cache.read().unwrap_or_else(|e| e.into_inner()).1.clone());
+        self.view(&h).map(|v| v.0).unwrap_or(h.size)
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.cache.read().unwrap_or_else(|e| e.into_inner()).1.layout
+    }
+
+    pub(crate) fn parent_link(&self) -> Option<ParentLink> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner()).1.parent.clone()
+    }
+
+    /// The parent snapshot a clone reads through to, opened read-only once and kept.
+    fn parent_image(&self, link: &ParentLink) -> Result<Arc<Image>> {
+        let mut slot = lock(&self.parent);
+        if let Some((l, img)) = slot.as_ref() {
+            if l.pool_id == link.pool_id && l.image_id == link.image_id && l.snap_id == link.snap_id {
+                return Ok(img.clone());
+            }
+        }
+        let pool = self.store().pool_name(link.pool_id)?;
+        let pspec = PoolSpec::new(&pool, &link.namespace);
+        let mut img = Image::open(self.rbd.clone(), pspec, link.image_id.clone(), link.image_id.clone(), None, true, false)?;
+        img.snap_id = Some(link.snap_id);
+        img.read_only = true;
+        let img = Arc::new(img);
+        *slot = Some((link.clone(), img.clone()));
+        Ok(img)
+    }
+
+    // ---- I/O
+    /// Reads `buf.len()` bytes at `offset`; a read past the end is `Invalid`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let h = self.header()?;
+        let (size, parent) = self.view(&h)?;
+        self.check_range(offset, buf.len() as u64, size)?;
+        let snap = self.read_snap();
+        for ext in h.layout.map_extent(offset, buf.len() as u64) {
+            let dst = &mut buf[ext.buf_offset as usize..(ext.buf_offset + ext.len) as usize];
+            match self.store().read(&self.data_loc(&h, ext.object_no), snap, ext.offset, ext.len) {
+                Ok(data) => {
+                    dst[..data.len()].copy_from_slice(&data);
+                    dst[data.len()..].fill(0);
+                }
+                Err(StoreError::NotFound(_)) => self.read_redirect(parent.as_ref(), offset + ext.buf_offset, dst)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills `dst` (image bytes at `offset`) for an object this image does not have: from the
+    /// parent below the overlap, zeros elsewhere.
+    fn read_redirect(&self, parent: Option<&ParentLink>, offset: u64, dst: &mut [u8]) -> Result<()> {
+        dst.fill(0);
+        if let Some(link) = parent {
+            if offset < link.overlap {
+                let n = (link.overlap - offset).min(dst.len() as u64) as usize;
+                self.parent_image(link)?.read(offset, &mut dst[..n])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!("image '{}' is open read-only", self.name)));
+        }
+        Ok(())
+    }
+
+    /// Takes the image's exclusive lock before the first change, as librbd does.
+    fn acquire_lock(&self, h: &Header) -> Result<()> {
+        if h.features & features::EXCLUSIVE_LOCK == 0 {
+            return Ok(());
+        }
+        let mut cookie = lock(&self.lock_cookie);
+        if cookie.is_some() {
+            return Ok(());
+        }
+        let c = format!("auto {}", self.watch_cookie.unwrap_or(0));
+        match self.store().lock(&self.header_loc(), LOCK_NAME, &c, "rbdm exclusive lock", true) {
+            Ok(()) => {}
+            Err(StoreError::Busy(_)) => {
+                return Err(Error::Busy(format!("image '{}' is locked by another client", self.name)))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        *cookie = Some(c);
+        // Whoever held the lock before may have changed the object map.
+        *lock(&self.map) = None;
+        Ok(())
+    }
+
+    fn begin_change(&self) -> Result<Arc<Header>> {
+        self.check_writable()?;
+        let h = self.header()?;
+        self.acquire_lock(&h)?;
+        if !self.touched.swap(true, Ordering::Relaxed) {
+            let t = now();
+            self.update_header(|h| {
+                h.modify_timestamp = t;
+                Ok(())
+            })?;
+        }
+        self.header()
+    }
+
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let _gate = self.io_gate.read().unwrap_or_else(|e| e.into_inner());
+        let h = self.begin_change()?;
+        self.check_range(offset, data.len() as u64, h.size)?;
+        let snapc = h.snap_context();
+        for ext in h.layout.map_extent(offset, data.len() as u64) {
+            self.prepare_object(&h, ext.object_no)?;
+            let piece = &data[ext.buf_offset as usize..(ext.buf_offset + ext.len) as usize];
+            let op = WriteOp::new().write(ext.offset, piece);
+            self.store().operate(&self.data_loc(&h, ext.object_no), &op, &snapc)?;
+        }
+        Ok(())
+    }
+
+    /// Before the first write into an object: record it in the object map (durably, before
+    /// the data lands) and copy up the parent's data if a parent still supplies it.
+    fn prepare_object(&self, h: &Header, object_no: u64) -> Result<()> {
+        self.set_object_state(h, object_no, ObjectState::Exists)?;
+        if let Some(link) = &h.parent {
+            if !self.parent_ranges(h, link, object_no).is_empty() {
+                self.copy_up(h, link, object_no)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Image ranges of an object that read through to the parent.
+    fn parent_ranges(&self, h: &Header, link: &ParentLink, object_no: u64) -> Vec<(u64, u64)> {
+        self.parent_ranges_at(h, link, h.size, object_no)
+    }
+
+    /// The same, for an image of `size` bytes (a snapshot's size may differ from the head's).
+    fn parent_ranges_at(&self, h: &Header, link: &ParentLink, size: u64, object_no: u64) -> Vec<(u64, u64)> {
+        h.layout.object_extents_in_image(object_no, link.overlap.min(size))
+    }
+
+    /// Creates the object from the parent's data, unless it exists. Written with an empty snap
+    /// context, so snapshots taken since the clone see the same bytes they read through before.
+    fn copy_up(&self, h: &Header, link: &ParentLink, object_no: u64) -> Result<()> {
+        let loc = self.data_loc(h, object_no);
+        match self.store().stat(&loc, HEAD) {
+            Ok(_) => return Ok(()),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let parent = self.parent_image(link)?;
+        let mut op = WriteOp::new().create_exclusive();
+        // Snapshots read this object too once it exists, and one taken before a shrink saw
+        // more of the parent than the head does: copy what the widest view needs.
+        let same = |p: &ParentLink| p.pool_id == link.pool_id && p.image_id == link.image_id && p.snap_id == link.snap_id;
+        let reach = h
+            .snaps
+            .values()
+            .filter_map(|s| s.parent.as_ref().filter(|p| same(p)).map(|p| p.overlap.min(s.size)))
+            .fold(link.overlap.min(h.size), u64::max);
+        for (off, len) in h.layout.object_extents_in_image(object_no, reach) {
+            for (doff, dlen) in parent.allocated_extents(off, len)? {
+                let mut buf = vec![0u8; dlen as usize];
+                parent.read(doff, &mut buf)?;
+                // A piece of one object's image range is contiguous inside the object too.
+                let (_, in_object) = h.layout.map_offset(doff);
+                op = op.write(in_object, &buf);
+            }
+        }
+        match self.store().operate(&loc, &op, &SnapContext::default()) {
+            Ok(()) => {}
+            Err(StoreError::Exists(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let head_reach = link.overlap.min(h.size);
+        if reach > head_reach {
+            // The head must not see what only the snapshots saw: zero it with the head's snap
+            // context, which preserves the copied bytes in a clone for those snapshots.
+            let mut op = WriteOp::new();
+            let wide = IntervalSet::from_ranges(h.layout.object_extents_in_image(object_no, reach));
+            for (off, len) in wide.intersection(head_reach, reach - head_reach) {
+                for e in h.layout.map_extent(off, len) {
+                    op = op.zero(e.offset, e.len);
+                }
+            }
+            self.store().operate(&loc, &op, &h.snap_context())?;
+        }
+        self.mark_snapshot_maps(h, object_no)
+    }
+
+    /// A copy-up is visible in the snapshots that read through to the parent (that is what
+    /// makes flatten deep), so their object maps must now say the object exists.
+    fn mark_snapshot_maps(&self, h: &Header, object_no: u64) -> Result<()> {
+        if !Self::has_object_map(h) {
+            return Ok(());
+        }
+        for s in h.snaps.values().filter(|s| s.parent.is_some()) {
+            let mut m = self.load_map(h, Some(s.id), s.size)?;
+            if m.get(object_no) == ObjectState::Nonexistent && m.set(object_no, ObjectState::ExistsClean) {
+                self.save_map(Some(s.id), &m)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn has_object_map(h: &Header) -> bool {
+        h.features & features::OBJECT_MAP != 0
+    }
+
+    /// Loads an object map; an absent or damaged one is rebuilt from the objects themselves.
+    fn load_map(&self, h: &Header, snap: Option<SnapId>, size: u64) -> Result<ObjectMap> {
+        let count = h.layout.object_count(size);
+        let stored = match self.store().read(&self.map_loc(snap), HEAD, 0, u64::MAX >> 1) {
+            Ok(buf) => ObjectMap::decode(&buf).ok(),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut map = match stored {
+            Some(m) => m,
+            None => self.rebuild_map(h, snap, count)?,
+        };
+        if map.len() != count {
+            map.resize(count);
+        }
+        Ok(map)
+    }
+
+    fn rebuild_map(&self, h: &Header, snap: Option<SnapId>, count: u64) -> Result<ObjectMap> {
+        let mut map = ObjectMap::new(count);
+        let prefix = format!("{}.", h.object_prefix);
+        for loc in self.store().list_objects(self.data_pool(h), Some(&self.spec.namespace))? {
+            let Some(hex) = loc.name.strip_prefix(&prefix) else { continue };
+            let Ok(no) = u64::from_str_radix(hex, 16) else { continue };
+            let exists = match snap {
+                None => true,
+                Some(s) => self.store().stat(&loc, s).is_ok(),
+            };
+            if exists {
+                map.set(no, ObjectState::Exists);
+            }
+        }
+        Ok(map)
+    }
+
+    fn save_map(&self, snap: Option<SnapId>, map: &ObjectMap) -> Result<()> {
+        let op = WriteOp::new().write_full(&map.encode());
+        self.store().operate(&self.map_loc(snap), &op, &SnapContext::default())?;
+        Ok(())
+    }
+
+    /// Runs `f` on the head object map (loaded on first use) and saves it if `f` changed it.
+    fn with_head_map<T>(&self, h: &Header, f: impl FnOnce(&mut ObjectMap) -> (bool, T)) -> Result<Option<T>> {
+        if !Self::has_object_map(h) {
+            return Ok(None);
+        }
+        let mut slot = lock(&self.map);
+        if slot.is_none() {
+            *slot = Some(self.load_map(h, None, h.size)?);
+        }
+        let map = slot.as_mut().expect("loaded above");
+        let count = h.layout.object_count(h.size);
+        if map.len() < count {
+            map.resize(count);
+        }
+        let (changed, out) = f(map);
+        if changed {
+            if let Err(e) = self.save_map(None, map) {
+                *slot = None;
+                return Err(e);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn set_object_state(&self, h: &Header, object_no: u64, state: ObjectState) -> Result<()> {
+        self.with_head_map(h, |m| (m.set(object_no, state), ()))?;
+        Ok(())
+    }
+
+    /// Deallocates; reads back as zeros.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        let _gate = self.io_gate.read().unwrap_or_else(|e| e.into_inner());
+        let h = self.begin_change()?;
+        self.check_range(offset, len, h.size)?;
+        self.zero_range(&h, offset, len, true)
+    }
+
+    /// Makes `[offset, offset+len)` read as zeros; objects wholly inside are removed.
+    fn zero_range(&self, h: &Header, offset: u64, len: u64, copy_up: bool) -> Result<()> {
+        let snapc = h.snap_context();
+        for ext in h.layout.map_extent(offset, len) {
+            let loc = self.data_loc(h, ext.object_no);
+            let in_parent = h.parent.as_ref().filter(|l| !self.parent_ranges(h, l, ext.object_no).is_empty());
+            let data_len: u64 = h.layout.object_extents_in_image(ext.object_no, h.size).iter().map(|e| e.1).sum();
+            let whole = !h.layout.is_striped() && ext.offset == 0 && ext.len >= data_len;
+            if let (Some(link), true) = (in_parent, copy_up) {
+                self.set_object_state(h, ext.object_no, ObjectState::Exists)?;
+                self.copy_up(h, link, ext.object_no)?;
+            } else if whole {
+                ignore_not_found(self.store().operate(&loc, &WriteOp::new().remove(), &snapc))?;
+                self.set_object_state(h, ext.object_no, ObjectState::Nonexistent)?;
+                continue;
+            }
+            let op = WriteOp::new().assert_exists().zero(ext.offset, ext.len);
+            ignore_not_found(self.store().operate(&loc, &op, &snapc))?;
+        }
+        Ok(())
+    }
+
+    /// Reads back as zeros (deallocating where it can).
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.discard(offset, len)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.store().flush()?;
+        Ok(())
+    }
+
+    /// Objects that may hold bytes of `[offset, offset+len)`.
+    fn objects_in(&self, layout: &Layout, size: u64, offset: u64, len: u64) -> std::ops::Range<u64> {
+        let count = layout.object_count(size);
+        if len == 0 || count == 0 {
+            return 0..0;
+        }
+        let period = layout.period();
+        let first = offset / period * layout.stripe_count;
+        let last = ((offset + len - 1) / period + 1) * layout.stripe_count;
+        first.min(count)..last.min(count)
+    }
+
+    /// Extents of `[offset, offset+len)` that hold data (at the open snapshot), for sparse
+    /// export and NBD block status: from the object map and the objects' sparse maps, never
+    /// by reading data. Includes data read through from a parent.
+    pub fn allocated_extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        let h = self.header()?;
+        let (size, parent) = self.view(&h)?;
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let map = if Self::has_object_map(&h) { Some(self.load_map(&h, self.snap_id, size)?) } else { None };
+        let mut out = IntervalSet::new();
+        let snap = self.read_snap();
+        for object_no in self.objects_in(&h.layout, size, offset, end - offset) {
+            let in_parent = parent.as_ref().filter(|l| !self.parent_ranges_at(&h, l, size, object_no).is_empty());
+            if in_parent.is_none() && map.as_ref().is_some_and(|m| !m.get(object_no).may_exist()) {
+                continue;
+            }
+            match self.store().map_extents(&self.data_loc(&h, object_no), snap, 0, h.layout.object_size) {
+                Ok(extents) => {
+                    for (o, l) in extents {
+                        for (img, n) in h.layout.object_image_extents(object_no, o, l) {
+                            out.insert(img, n);
+                        }
+                    }
+                }
+                Err(StoreError::NotFound(_)) => {
+                    if let Some(link) = in_parent {
+                        let p = self.parent_image(link)?;
+                        for (img, n) in self.parent_ranges_at(&h, link, size, object_no) {
+                            let clip = IntervalSet::from_ranges([(img, n)]).intersection(offset, end - offset);
+                            for (o, l) in clip {
+                                for e in p.allocated_extents(o, l)? {
+                                    out.insert(e.0, e.1);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out.intersection(offset, end - offset))
+    }
+
+    pub fn resize(&self, size: u64, allow_shrink: bool, progress: Progress) -> Result<()> {
+        let _gate = self.io_gate.write().unwrap_or_else(|e| e.into_inner());
+        let h = self.begin_change()?;
+        if size < h.size && !allow_shrink {
+            return Err(Error::Invalid("shrinking an image is only allowed with the --allow-shrink flag".into()));
+        }
+        if size > h.size {
+            // Bytes past the old end (left by a shrink, or copied up for a snapshot) must not
+            // reappear in the head.
+            let tail_end = (h.size.div_ceil(h.layout.period()) * h.layout.period()).min(size);
+            if tail_end > h.size {
+                let grown = Header { size, ..(*h).clone() };
+                self.zero_range(&grown, h.size, tail_end - h.size, false)?;
+            }
+        }
+        if size < h.size {
+            let snapc = h.snap_context();
+            let (keep, old) = (h.layout.object_count(size), h.layout.object_count(h.size));
+            for object_no in keep..old {
+                ignore_not_found(self.store().operate(&self.data_loc(&h, object_no), &WriteOp::new().remove(), &snapc))?;
+                self.set_object_state(&h, object_no, ObjectState::Nonexistent)?;
+                progress(object_no - keep + 1, old - keep);
+            }
+            let tail_end = (size.div_ceil(h.layout.period()) * h.layout.period()).min(h.size);
+            self.zero_range(&h, size, tail_end - size, false)?;
+        }
+        self.update_header(|hh| {
+            hh.size = size;
+            if let Some(p) = hh.parent.as_mut() {
+                p.overlap = p.overlap.min(size);
+            }
+            Ok(())
+        })?;
+        let h = self.header()?;
+        self.with_head_map(&h, |m| {
+            let count = h.layout.object_count(size);
+            let changed = m.len() != count;
+            m.resize(count);
+            (changed, ())
+        })?;
+        Ok(())
+    }
+
+    // ---- snapshots
+    pub(crate) fn snap_meta(&self, name: &str) -> Result<SnapMeta> {
+        self.header()?
+            .snap_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("snapshot '{}@{name}' does not exist", self.name)))
+    }
+
+    fn check_head(&self, what: &str) -> Result<()> {
+        if self.snap_id.is_some() {
+            return Err(Error::Invalid(format!("cannot {what} on a snapshot; open the image's head")));
+        }
+        Ok(())
+    }
+
+    pub fn snap_create(&self, name: &str) -> Result<SnapId> {
+        self.check_head("create a snapshot")?;
+        if name.is_empty() || name.contains(['/', '@']) {
+            return Err(Error::Invalid(format!("invalid snapshot name '{name}'")));
+        }
+        let _gate = self.io_gate.write().unwrap_or_else(|e| e.into_inner());
+        let h = self.header()?;
+        if h.snap_by_name(name).is_some() {
+            return Err(Error::Exists(format!("snapshot '{}@{name}' already exists", self.name)));
+        }
+        let pool = self.data_pool(&h);
+        let sid = self.store().snap_create(pool)?;
+        let result = (|| -> Result<()> {
+            if Self::has_object_map(&h) {
+                let map = self.with_head_map(&h, |m| (false, m.clone()))?.expect("object map feature");
+                self.save_map(Some(sid), &map)?;
+            }
+            let t = now();
+            self.update_header(|hh| {
+                if hh.snap_by_name(name).is_some() {
+                    return Err(Error::Exists(format!("snapshot '{}@{name}' already exists", self.name)));
+                }
+                let parent = hh.parent.clone();
+                hh.snaps.insert(sid, SnapMeta { id: sid, name: name.into(), size: hh.size, protected: false, timestamp: t, parent });
+                hh.snap_seq = hh.snap_seq.max(sid);
+                Ok(())
+            })
+        })();
+        if let Err(e) = result {
+            let _ = self.store().operate(&self.map_loc(Some(sid)), &WriteOp::new().remove(), &SnapContext::default());
+            let _ = self.store().snap_remove(pool, sid);
+            return Err(e);
+        }
+        // Fast-diff: from now on, "exists" in the head map means "changed since this snapshot".
+        let h = self.header()?;
+        self.with_head_map(&h, |m| {
+            let dirty: Vec<u64> = (0..m.len()).filter(|&i| m.get(i) == ObjectState::Exists).collect();
+            for &i in &dirty {
+                m.set(i, ObjectState::ExistsClean);
+            }
+            (!dirty.is_empty(), ())
+        })?;
+        Ok(sid)
+    }
+
+    /// Oldest first.
+    pub fn snap_list(&self) -> Result<Vec<SnapInfo>> {
+        Ok(self
+            .header()?
+            .snaps
+            .values()
+            .map(|s| SnapInfo { id: s.id, name: s.name.clone(), size: s.size, protected: s.protected, timestamp: s.timestamp })
+            .collect())
+    }
+
+    /// Refused (`Busy`) if protected.
+    pub fn snap_remove(&self, name: &str) -> Result<()> {
+        self.check_head("remove a snapshot")?;
+        let sm = self.snap_meta(name)?;
+        if sm.protected {
+            return Err(Error::Busy(format!("snapshot '{}@{name}' is protected from removal", self.name)));
+        }
+        let h = self.header()?;
+        let next = h.snaps.range(sm.id + 1..).next().map(|(id, _)| *id);
+        self.update_header(|hh| {
+            hh.snaps.remove(&sm.id);
+            Ok(())
+        })?;
+        if Self::has_object_map(&h) {
+            self.merge_dirty_bits(&h, &sm, next)?;
+        }
+        self.store().snap_remove(self.data_pool(&h), sm.id)?;
+        ignore_not_found(self.store().operate(&self.map_loc(Some(sm.id)), &WriteOp::new().remove(), &SnapContext::default()))
+    }
+
+    /// What changed in a removed snapshot now counts as changed in the next one (fast-diff).
+    fn merge_dirty_bits(&self, h: &Header, removed: &SnapMeta, next: Option<SnapId>) -> Result<()> {
+        let old = self.load_map(h, Some(removed.id), removed.size)?;
+        let dirty: Vec<u64> = (0..old.len()).filter(|&i| old.get(i) == ObjectState::Exists).collect();
+        let mark = |m: &mut ObjectMap| {
+            let mut changed = false;
+            for &i in &dirty {
+                if m.get(i) == ObjectState::ExistsClean {
+                    changed |= m.set(i, ObjectState::Exists);
+                }
+            }
+            changed
+        };
+        match next {
+            Some(id) => {
+                let size = h.snaps.get(&id).map(|s| s.size).unwrap_or(h.size);
+                let mut m = self.load_map(h, Some(id), size)?;
+                if mark(&mut m) {
+                    self.save_map(Some(id), &m)?;
+                }
+            }
+            None => {
+                self.with_head_map(h, |m| (mark(m), ()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_protected(&self, name: &str, protected: bool) -> Result<()> {
+        self.check_head("change snapshot protection")?;
+        let sm = self.snap_meta(name)?;
+        if sm.protected == protected {
+            let state = if protected { "already protected" } else { "not protected" };
+            return Err(Error::Invalid(format!("snapshot '{}@{name}' is {state}", self.name)));
+        }
+        if !protected {
+            let children = self.rbd.children_of(self.pool_id, &self.spec.namespace, &self.id, sm.id)?;
+            if !children.is_empty() {
+                return Err(Error::Busy(format!(
+                    "cannot unprotect: snapshot '{}@{name}' has {} child image(s)",
+                    self.name,
+                    children.len()
+                )));
+            }
+        }
+        self.update_header(|hh| {
+            if let Some(s) = hh.snaps.get_mut(&sm.id) {
+                s.protected = protected;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn snap_protect(&self, name: &str) -> Result<()> {
+        if self.header()?.features & features::LAYERING == 0 {
+            return Err(Error::Invalid(format!("image '{}' does not have the layering feature", self.name)));
+        }
+        self.set_protected(name, true)
+    }
+
+    /// Refused (`Busy`) while the snapshot has children.
+    pub fn snap_unprotect(&self, name: &str) -> Result<()> {
+        self.set_protected(name, false)
+    }
+
+    pub fn snap_rollback(&self, name: &str, progress: Progress) -> Result<()> {
+        self.check_head("roll back")?;
+        let sm = self.snap_meta(name)?;
+        let _gate = self.io_gate.write().unwrap_or_else(|e| e.into_inner());
+        let old = self.begin_change()?;
+        // Which objects exist, read before the size changes and the head map with it.
+        let maps = if Self::has_object_map(&old) {
+            Some((self.load_map(&old, Some(sm.id), sm.size)?, self.with_head_map(&old, |m| (false, m.clone()))?.expect("map")))
+        } else {
+            None
+        };
+        // The size first, so the object map covers every object the rollback recreates.
+        self.update_header(|hh| {
+            hh.size = sm.size;
+            hh.parent = sm.parent.clone();
+            Ok(())
+        })?;
+        let h = self.header()?;
+        let snapc = h.snap_context();
+        let count = h.layout.object_count(old.size.max(sm.size));
+        for object_no in 0..count {
+            progress(object_no, count);
+            if let Some((at_snap, head)) = &maps {
+                if !at_snap.get(object_no).may_exist() && !head.get(object_no).may_exist() {
+                    continue;
+                }
+            }
+            self.rollback_object(&h, &sm, object_no, &snapc)?;
+        }
+        progress(count, count);
+        Ok(())
+    }
+
+    fn rollback_object(&self, h: &Header, sm: &SnapMeta, object_no: u64, snapc: &SnapContext) -> Result<()> {
+        let loc = self.data_loc(h, object_no);
+        match self.store().sparse_read(&loc, sm.id, 0, h.layout.object_size) {
+            Ok(extents) => {
+                let size = self.store().stat(&loc, sm.id)?.size;
+                let mut op = WriteOp::new().create().truncate(0);
+                for (off, data) in &extents {
+                    op = op.write(*off, data);
+                }
+                self.store().operate(&loc, &op.truncate(size), snapc)?;
+                self.set_object_state(h, object_no, ObjectState::Exists)
+            }
+            Err(StoreError::NotFound(_)) => {
+                ignore_not_found(self.store().operate(&loc, &WriteOp::new().remove(), snapc))?;
+                self.set_object_state(h, object_no, ObjectState::Nonexistent)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes every unprotected snapshot; refused if any is protected.
+    pub fn snap_purge(&self) -> Result<()> {
+        let snaps = self.snap_list()?;
+        let protected: Vec<&str> = snaps.iter().filter(|s| s.protected).map(|s| s.name.as_str()).collect();
+        if !protected.is_empty() {
+            return Err(Error::Busy(format!("snapshots of '{}' are protected: {}", self.name, protected.join(", "))));
+        }
+        for s in &snaps {
+            self.snap_remove(&s.name)?;
+        }
+        Ok(())
+    }
+
+    pub fn snap_rename(&self, from: &str, to: &str) -> Result<()> {
+        self.check_head("rename a snapshot")?;
+        if to.is_empty() || to.contains(['/', '@']) {
+            return Err(Error::Invalid(format!("invalid snapshot name '{to}'")));
+        }
+        let sm = self.snap_meta(from)?;
+        self.update_header(|hh| {
+            if hh.snap_by_name(to).is_some() {
+                return Err(Error::Exists(format!("snapshot '{}@{to}' already exists", self.name)));
+            }
+            if let Some(s) = hh.snaps.get_mut(&sm.id) {
+                s.name = to.into();
+            }
+            Ok(())
+        })
+    }
+
+    // ---- clones
+    pub fn flatten(&self, progress: Progress) -> Result<()> {
+        self.check_head("flatten")?;
+        let h = self.begin_change()?;
+        let link = h.parent.clone().ok_or_else(|| Error::Invalid(format!("image '{}' has no parent", self.name)))?;
+        let count = h.layout.object_count(link.overlap.min(h.size));
+        for object_no in 0..count {
+            progress(object_no, count);
+            let _gate = self.io_gate.read().unwrap_or_else(|e| e.into_inner());
+            self.set_object_state(&h, object_no, ObjectState::Exists)?;
+            self.copy_up(&h, &link, object_no)?;
+        }
+        // Snapshots whose parent range the copy-ups covered no longer need the parent;
+        // one that saw more of it (the head was shrunk since) keeps its link.
+        let flattened = link.overlap.min(h.size);
+        let mut dropped = vec![link];
+        let kept = self.update_header(|hh| {
+            hh.parent = None;
+            let mut kept = Vec::new();
+            for s in hh.snaps.values_mut() {
+                match s.parent.take() {
+                    Some(p) if p.overlap.min(s.size) > flattened => {
+                        kept.push(p.clone());
+                        s.parent = Some(p);
+                    }
+                    Some(p) => dropped.push(p),
+                    None => {}
+                }
+            }
+            Ok(kept)
+        })?;
+        let key = |l: &ParentLink| (l.pool_id, l.image_id.clone(), l.snap_id);
+        dropped.retain(|l| !kept.iter().any(|k| key(k) == key(l)));
+        dropped.sort_by_key(key);
+        dropped.dedup_by_key(|l| key(l));
+        for l in &dropped {
+            self.rbd.child_unregister(l, &self.spec, &self.id)?;
+        }
+        progress(count, count);
+        Ok(())
+    }
+
+    /// Children of the open snapshot (or of every snapshot when opened at head).
+    pub fn children(&self) -> Result<Vec<ChildInfo>> {
+        let h = self.header()?;
+        let snaps: Vec<SnapId> = match self.snap_id {
+            Some(id) => vec![id],
+            None => h.snaps.keys().copied().collect(),
+        };
+        let mut out = Vec::new();
+        for s in snaps {
+            out.extend(self.rbd.children_of(self.pool_id, &self.spec.namespace, &self.id, s)?);
+        }
+        Ok(out)
+    }
+
+    // ---- metadata
+    pub fn metadata_set(&self, key: &str, value: &str) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::Invalid("image-meta: empty key".into()));
+        }
+        let op = WriteOp::new().assert_exists().omap_set([(format!("{METADATA_PREFIX}{key}"), value.as_bytes().to_vec())]);
+        self.store().operate(&self.header_loc(), &op, &SnapContext::default())?;
+        Ok(())
+    }
+
+    pub fn metadata_get(&self, key: &str) -> Result<String> {
+        let k = format!("{METADATA_PREFIX}{key}");
+        let found = self.store().omap_get_keys(&self.header_loc(), &[&k])?;
+        let v = found.get(&k).ok_or_else(|| Error::NotFound(format!("image '{}' has no metadata key '{key}'", self.name)))?;
+        Ok(String::from_utf8_lossy(v).into_owned())
+    }
+
+    pub fn metadata_remove(&self, key: &str) -> Result<()> {
+        self.metadata_get(key)?;
+        let op = WriteOp::new().omap_rm([format!("{METADATA_PREFIX}{key}")]);
+        self.store().operate(&self.header_loc(), &op, &SnapContext::default())?;
+        Ok(())
+    }
+
+    pub fn metadata_list(&self) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .rbd
+            .omap_all(&self.header_loc(), METADATA_PREFIX)?
+            .into_iter()
+            .map(|(k, v)| (k[METADATA_PREFIX.len()..].to_string(), String::from_utf8_lossy(&v).into_owned()))
+            .collect())
+    }
+
+    // ---- accounting
+    /// Objects of a version that changed since the previous snapshot (or all, at the first).
+    fn changed_objects(&self, h: &Header, snap: Option<SnapId>, size: u64) -> Result<u64> {
+        if Self::has_object_map(h) {
+            let map = self.load_map(h, snap, size)?;
+            return Ok((0..map.len()).filter(|&i| map.get(i) == ObjectState::Exists).count() as u64);
+        }
+        let s = snap.unwrap_or(HEAD);
+        let mut n = 0;
+        for object_no in 0..h.layout.object_count(size) {
+            if self.store().stat(&self.data_loc(h, object_no), s).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Snapshots oldest first, then the head; from the object map, not by reading data.
+    pub fn du(&self) -> Result<Vec<DuEntry>> {
+        let h = self.header()?;
+        let used = |n: u64, size: u64| (n * h.layout.object_size).min(size);
+        let mut out = Vec::new();
+        for s in h.snaps.values() {
+            let n = self.changed_objects(&h, Some(s.id), s.size)?;
+            out.push(DuEntry { snap: Some(s.name.clone()), provisioned: s.size, used: used(n, s.size) });
+        }
+        let n = self.changed_objects(&h, None, h.size)?;
+        out.push(DuEntry { snap: None, provisioned: h.size, used: used(n, h.size) });
+        Ok(out)
+    }
+
+    /// Changes since `from_snap` (or all data when `None`) up to the open snapshot/head.
+    pub fn diff(&self, from_snap: Option<&str>, whole_object: bool) -> Result<Vec<DiffExtent>> {
+        let h = self.header()?;
+        let (size, _) = self.view(&h)?;
+        let from = match from_snap {
+            Some(name) => Some(self.snap_meta(name)?),
+            None => None,
+        };
+        if let (Some(f), Some(to)) = (&from, self.snap_id) {
+            if f.id >= to {
+                return Err(Error::Invalid(format!("snapshot '{}' is not older than the snapshot diffed to", f.name)));
+            }
+        }
+        let mut data = IntervalSet::new();
+        let mut zero = IntervalSet::new();
+        match &from {
+            None if !whole_object => data = IntervalSet::from_ranges(self.allocated_extents(0, size)?),
+            _ => self.diff_objects(&h, from.as_ref(), size, whole_object, &mut data, &mut zero)?,
+        }
+        zero.subtract(&data);
+        let mut out: Vec<DiffExtent> = data
+            .iter()
+            .map(|(offset, len)| DiffExtent { offset, len, exists: true })
+            .chain(zero.iter().map(|(offset, len)| DiffExtent { offset, len, exists: false }))
+            .collect();
+        out.sort_by_key(|e| e.offset);
+        Ok(out)
+    }
+
+    fn diff_objects(
+        &self,
+        h: &Header,
+        from: Option<&SnapMeta>,
+        size: u64,
+        whole_object: bool,
+        data: &mut IntervalSet,
+        zero: &mut IntervalSet,
+    ) -> Result<()> {
+        let to = self.read_snap();
+        let candidates = self.diff_candidates(h, from, size)?;
+        let os = h.layout.object_size;
+        for object_no in candidates {
+            let loc = self.data_loc(h, object_no);
+            let at_to = match self.store().map_extents(&loc, to, 0, os) {
+                Ok(e) => Some(IntervalSet::from_ranges(e)),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let (changed, from_size) = match from {
+                None => (IntervalSet::from_ranges([(0, os)]), 0),
+                Some(f) => match self.changed_in_object(&loc, f.id, to, os)? {
+                    Some(c) => c,
+                    None => continue,
+                },
+            };
+            let have = at_to.clone().unwrap_or_default();
+            if whole_object {
+                if !changed.is_empty() {
+                    let target = if at_to.is_some() { &mut *data } else { &mut *zero };
+                    for (img, n) in h.layout.object_image_extents(object_no, 0, os) {
+                        target.insert(img, n);
+                    }
+                }
+                continue;
+            }
+            // Zero: bytes the old version had that changed and now read as zeros.
+            for (o, l) in changed.intersection(0, from_size) {
+                for (zo, zl) in have.gaps(o, l) {
+                    for (img, n) in h.layout.object_image_extents(object_no, zo, zl) {
+                        zero.insert(img, n);
+                    }
+                }
+            }
+            for (o, l) in have.iter() {
+                for (so, sl) in changed.intersection(o, l) {
+                    for (img, n) in h.layout.object_image_extents(object_no, so, sl) {
+                        data.insert(img, n);
+                    }
+                }
+            }
+        }
+        let clip = |s: &mut IntervalSet| s.remove(size, u64::MAX - size);
+        clip(data);
+        clip(zero);
+        Ok(())
+    }
+
+    /// Objects that may differ: with fast-diff, those marked changed in any version after
+    /// `from`, or gone since; without, every object.
+    fn diff_candidates(&self, h: &Header, from: Option<&SnapMeta>, size: u64) -> Result<Vec<u64>> {
+        let count = h.layout.object_count(size.max(from.map(|f| f.size).unwrap_or(0)));
+        let Some(f) = from.filter(|_| Self::has_object_map(h)) else { return Ok((0..count).collect()) };
+        let to = self.snap_id;
+        let mut changed = vec![false; count as usize];
+        let later = h.snaps.range(f.id + 1..).map(|(id, s)| (Some(*id), s.size)).filter(|(id, _)| to.is_none() || *id <= to);
+        let versions: Vec<(Option<SnapId>, u64)> =
+            later.chain(if to.is_none() { Some((None, h.size)) } else { None }).collect();
+        let from_map = self.load_map(h, Some(f.id), f.size)?;
+        let to_map = match versions.last() {
+            Some((id, sz)) => self.load_map(h, *id, *sz)?,
+            None => from_map.clone(),
+        };
+        for (id, sz) in &versions {
+            let m = self.load_map(h, *id, *sz)?;
+            for (i, c) in changed.iter_mut().enumerate() {
+                *c |= m.get(i as u64) == ObjectState::Exists;
+            }
+        }
+        for (i, c) in changed.iter_mut().enumerate() {
+            *c |= from_map.get(i as u64).may_exist() != to_map.get(i as u64).may_exist();
+        }
+        Ok((0..count).filter(|&i| changed[i as usize]).collect())
+    }
+
+    /// Ranges of one object that differ between snapshot `from` and version `to`, and the
+    /// object's size at `from` (0 if it did not exist then); `None` if it exists in neither.
+    fn changed_in_object(&self, loc: &Locator, from: SnapId, to: SnapId, os: u64) -> Result<Option<(IntervalSet, u64)>> {
+        let ss = match self.store().list_snaps(loc) {
+            Ok(ss) => ss,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let serving = |s: SnapId| ss.clones.iter().position(|c| c.id >= s);
+        let from_idx = match serving(from) {
+            Some(i) if ss.clones[i].snaps.contains(&from) => Some(i),
+            Some(_) => None,
+            None if ss.seq < from && ss.head_size.is_some() => Some(ss.clones.len()),
+            None => None,
+        };
+        let to_idx = if to == HEAD { ss.clones.len() } else { serving(to).unwrap_or(ss.clones.len()) };
+        let Some(fi) = from_idx else { return Ok(Some((IntervalSet::from_ranges([(0, os)]), 0))) };
+        let from_size = ss.clones.get(fi).map(|c| c.size).or(ss.head_size).unwrap_or(0);
+        // Equal through every newer version up to `to`, within the old size.
+        let mut same = IntervalSet::from_ranges([(0, from_size)]);
+        for c in &ss.clones[fi.min(to_idx)..to_idx] {
+            let ov = IntervalSet::from_ranges(c.overlap.iter().copied());
+            let mut s = IntervalSet::new();
+            for (o, l) in same.iter() {
+                for r in ov.intersection(o, l) {
+                    s.insert(r.0, r.1);
+                }
+            }
+            same = s;
+        }
+        let mut changed = IntervalSet::from_ranges([(0, os)]);
+        changed.subtract(&same);
+        Ok(Some((changed, from_size)))
+    }
+
+    pub fn watchers(&self) -> Result<Vec<Watcher>> {
+        Ok(self.store().list_watchers(&self.header_loc())?)
+    }
+
+    /// Removes every data object and object map of this image (used by remove).
+    pub(crate) fn remove_data(&self, progress: Progress) -> Result<()> {
+        let h = self.header()?;
+        let prefix = format!("{}.", h.object_prefix);
+        let objects: Vec<Locator> = self
+            .store()
+            .list_objects(self.data_pool(&h), Some(&self.spec.namespace))?
+            .into_iter()
+            .filter(|l| l.name.starts_with(&prefix))
+            .collect();
+        let total = objects.len() as u64;
+        for (i, loc) in objects.iter().enumerate() {
+            ignore_not_found(self.store().operate(loc, &WriteOp::new().remove(), &SnapContext::default()))?;
+            progress(i as u64 + 1, total);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn remove_header(&self) -> Result<()> {
+        let map_prefix = header::object_map_name(&self.id, None);
+        for loc in self.store().list_objects(self.pool_id, Some(&self.spec.namespace))? {
+            if loc.name.starts_with(&map_prefix) {
+                ignore_not_found(self.store().operate(&loc, &WriteOp::new().remove(), &SnapContext::default()))?;
+            }
+        }
+        ignore_not_found(self.store().operate(&self.header_loc(), &WriteOp::new().remove(), &SnapContext::default()))
+    }
+
+    /// Closes the image: flushes, drops the watch and any lock.
+    pub fn close(self) -> Result<()> {
+        self.flush()
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let loc = self.header_loc();
+        if let Some(c) = lock(&self.lock_cookie).take() {
+            let _ = self.store().unlock(&loc, LOCK_NAME, &c);
+        }
+        if let Some(c) = self.watch_cookie {
+            let _ = self.store().unwatch(&loc, c);
+        }
+    }
+}
