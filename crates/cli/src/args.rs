@@ -92,6 +92,12 @@ pub enum Cmd {
     /// Serve an image over NBD.
     #[command(subcommand)]
     Nbd(NbdCmd),
+    /// Live migration of an image.
+    #[command(subcommand)]
+    Migration(MigrationCmd),
+    /// Look at a migration source (a source-spec) before migrating it.
+    #[command(subcommand)]
+    Source(crate::source::SourceCmd),
 }
 
 #[derive(Args, Debug)]
@@ -571,4 +577,58 @@ pub struct NbdExportArgs {
     /// The export name clients ask for (default: the image spec, pool/[namespace/]image[@snap])
     #[arg(long, value_name = "NAME")]
     pub export_name: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrationCmd {
+    /// Prepare a migration: SOURCE [DEST], or --import-only --source-spec(-path) DEST.
+    Prepare(MigrationPrepareArgs),
+    /// Copy the source into the destination (resumable).
+    Execute(MigrationExecuteArgs),
+    /// Finish an executed migration: unlink, and remove the source.
+    Commit(MigrationCommitArgs),
+    /// Cancel a migration: the source is restored with what clients wrote.
+    Abort(SpecArg),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrationPrepareArgs {
+    #[command(flatten)]
+    pub layout: LayoutArgs,
+    /// Import from an external source described by a source-spec
+    #[arg(long)]
+    pub import_only: bool,
+    /// The source-spec JSON
+    #[arg(long, value_name = "JSON")]
+    pub source_spec: Option<String>,
+    /// A file holding the source-spec JSON, or - for stdin
+    #[arg(long, value_name = "PATH")]
+    pub source_spec_path: Option<String>,
+    /// Copy the parent's data too, so the destination has no parent
+    #[arg(long)]
+    pub flatten: bool,
+    /// SOURCE_IMAGE [DEST_IMAGE], or DEST_IMAGE with --import-only
+    #[arg(value_name = "IMAGE_SPEC", num_args = 1..)]
+    pub specs: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrationExecuteArgs {
+    /// Objects copied at once
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Read at most this many bytes per second from the source (e.g. 100M)
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
+    pub bandwidth_limit: Option<u64>,
+    #[arg(value_name = "IMAGE_SPEC")]
+    pub spec: String,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrationCommitArgs {
+    /// Re-point the source's clone children to the destination
+    #[arg(long)]
+    pub force: bool,
+    #[arg(value_name = "IMAGE_SPEC")]
+    pub spec: String,
 }

@@ -947,21 +947,34 @@ pub fn status(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     // Our own read-only open is no one's business.
     let watchers: Vec<_> = watchers.into_iter().filter(|w| w.client.id != me).collect();
     let addr = |w: &rbdm_image::Watcher| format!("{}:0/{}", w.client.host, w.client.pid);
+    let migration = rbdm_migration::status(ctx.rbd()?, &spec)
+        .map_err(|e| Fail::errno(e.errno(), "show status failed", &e.to_string()))?;
     if ctx.json {
         let v: Vec<Value> = watchers
             .iter()
             .map(|w| json!({"address": addr(w), "client": w.client.id, "cookie": w.cookie}))
             .collect();
-        ctx.print_json(&json!({"watchers": v}));
+        let mut out = json!({"watchers": v});
+        if let Some(m) = &migration {
+            out["migration"] = json!({"source": m.source, "destination": m.destination, "state": m.state,
+                                      "import_only": m.import_only});
+        }
+        ctx.print_json(&out);
         return Ok(());
     }
     if watchers.is_empty() {
         println!("Watchers: none");
-        return Ok(());
+    } else {
+        println!("Watchers:");
+        for w in &watchers {
+            println!("\twatcher={} client.{} cookie={}", addr(w), w.client.id, w.cookie);
+        }
     }
-    println!("Watchers:");
-    for w in &watchers {
-        println!("\twatcher={} client.{} cookie={}", addr(w), w.client.id, w.cookie);
+    if let Some(m) = migration {
+        println!("Migration:");
+        println!("\tsource: {}", m.source);
+        println!("\tdestination: {}", m.destination);
+        println!("\tstate: {}", m.state);
     }
     Ok(())
 }

@@ -7,8 +7,10 @@
 
 mod args;
 mod cmds;
+mod migration;
 mod nbd;
 mod output;
+mod source;
 mod transfer;
 
 use clap::Parser;
@@ -57,6 +59,8 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> CmdResult {
         Cmd::ConfigKey(c) => cmds::config_key(ctx, c),
         Cmd::Bench(a) => cmds::bench(ctx, a),
         Cmd::Nbd(args::NbdCmd::Export(a)) => nbd::export(ctx, a),
+        Cmd::Migration(c) => migration::run(ctx, c),
+        Cmd::Source(c) => source::run(ctx, c),
     }
 }
 
@@ -67,6 +71,8 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    rbdm_plugins::link();
+    rbdm_migration::link();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

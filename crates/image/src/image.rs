@@ -10,6 +10,7 @@ use rbdm_extent::{IntervalSet, ObjectMap, ObjectState};
 use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, SnapId, Watcher, WriteOp, HEAD};
 
 use crate::header::{self, Header, ParentLink, SnapMeta, METADATA_PREFIX};
+use crate::migration::{self, MigrationRecord, MigrationRole, MigrationSource};
 use crate::rbd::now;
 use crate::{
     features, ChildInfo, DiffExtent, DuEntry, Error, ImageInfo, Layout, ParentInfo, PoolSpec, Progress, Rbd, Result,
@@ -37,6 +38,8 @@ pub struct Image {
     watch_cookie: Option<u64>,
     lock_cookie: Mutex<Option<String>>,
     parent: Mutex<Option<(ParentLink, Arc<Image>)>>,
+    /// The source this image reads through to while it is a migration destination.
+    migration: Mutex<Option<Arc<dyn MigrationSource>>>,
     touched: AtomicBool,
 }
 
@@ -85,6 +88,7 @@ impl Image {
             watch_cookie,
             lock_cookie: Mutex::new(None),
             parent: Mutex::new(None),
+            migration: Mutex::new(None),
             touched: AtomicBool::new(false),
         })
     }
@@ -101,6 +105,10 @@ impl Image {
     pub fn rbd(&self) -> &Rbd {
         &self.rbd
     }
+    pub(crate) fn pool(&self) -> PoolId {
+        self.pool_id
+    }
+
     pub fn snap_id(&self) -> Option<SnapId> {
         self.snap_id
     }
@@ -108,7 +116,7 @@ impl Image {
         self.read_only
     }
 
-    fn store(&self) -> &rbdm_store::StoreRef {
+    pub fn store(&self) -> &rbdm_store::StoreRef {
         self.rbd.store()
     }
     fn header_loc(&self) -> Locator {
@@ -120,7 +128,8 @@ impl Image {
     fn data_pool(&self, h: &Header) -> PoolId {
         h.data_pool_id.unwrap_or(self.pool_id)
     }
-    fn data_loc(&self, h: &Header, object_no: u64) -> Locator {
+    /// Where object `object_no` of this image lives.
+    pub fn data_loc(&self, h: &Header, object_no: u64) -> Locator {
         Locator::new(self.data_pool(h), &self.spec.namespace, &header::data_name(&self.id, object_no))
     }
     fn read_snap(&self) -> SnapId {
@@ -256,6 +265,42 @@ impl Image {
         Ok(img)
     }
 
+    /// The migration record in the header, if the image takes part in one.
+    pub fn migration_record(&self) -> Result<Option<MigrationRecord>> {
+        let h = self.header()?;
+        h.migration.as_deref().map(MigrationRecord::decode).transpose()
+    }
+
+    /// Replaces (or with `None` clears) the migration record.
+    pub fn set_migration_record(&self, rec: Option<&MigrationRecord>) -> Result<()> {
+        let bytes = rec.map(MigrationRecord::encode);
+        self.update_header(|h| {
+            h.migration = bytes.clone();
+            Ok(())
+        })
+    }
+
+    /// The source to read through to, when this image is a migration destination.
+    fn migration_source(&self, h: &Header) -> Result<Option<(MigrationRecord, Arc<dyn MigrationSource>)>> {
+        let Some(raw) = h.migration.as_deref() else { return Ok(None) };
+        let rec = MigrationRecord::decode(raw)?;
+        if rec.role != MigrationRole::Destination {
+            return Ok(None);
+        }
+        let mut slot = lock(&self.migration);
+        if let Some(src) = slot.as_ref() {
+            return Ok(Some((rec, src.clone())));
+        }
+        let src = migration::open_source(&self.rbd, &rec)?;
+        *slot = Some(src.clone());
+        Ok(Some((rec, src)))
+    }
+
+    /// The source point this handle's reads map to.
+    fn migration_point(&self, rec: &MigrationRecord) -> Option<usize> {
+        rec.point_of(self.snap_id)
+    }
+
     // ---- I/O
     /// Reads `buf.len()` bytes at `offset`; a read past the end is `Invalid`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -263,14 +308,15 @@ impl Image {
         let (size, parent) = self.view(&h)?;
         self.check_range(offset, buf.len() as u64, size)?;
         let snap = self.read_snap();
+        let source = self.migration_source(&h)?;
         for ext in h.layout.map_extent(offset, buf.len() as u64) {
             let dst = &mut buf[ext.buf_offset as usize..(ext.buf_offset + ext.len) as usize];
-            match self.store().read(&self.data_loc(&h, ext.object_no), snap, ext.offset, ext.len) {
-                Ok(data) => {
-                    dst[..data.len()].copy_from_slice(&data);
-                    dst[data.len()..].fill(0);
-                }
-                Err(StoreError::NotFound(_)) => self.read_redirect(parent.as_ref(), offset + ext.buf_offset, dst)?,
+            match self.store().read_into(&self.data_loc(&h, ext.object_no), snap, ext.offset, dst) {
+                Ok(n) => dst[n..].fill(0),
+                Err(StoreError::NotFound(_)) => match &source {
+                    Some((rec, src)) => src.read(self.migration_point(rec), offset + ext.buf_offset, dst)?,
+                    None => self.read_redirect(parent.as_ref(), offset + ext.buf_offset, dst)?,
+                },
                 Err(e) => return Err(e.into()),
             }
         }
@@ -323,6 +369,11 @@ impl Image {
     fn begin_change(&self) -> Result<Arc<Header>> {
         self.check_writable()?;
         let h = self.header()?;
+        if let Some(raw) = h.migration.as_deref() {
+            if MigrationRecord::decode(raw)?.role == MigrationRole::Source {
+                return Err(Error::ReadOnly(format!("image '{}' is the source of a migration and is read-only", self.name)));
+            }
+        }
         self.acquire_lock(&h)?;
         if !self.touched.swap(true, Ordering::Relaxed) {
             let t = now();
@@ -352,6 +403,9 @@ impl Image {
     /// the data lands) and copy up the parent's data if a parent still supplies it.
     fn prepare_object(&self, h: &Header, object_no: u64) -> Result<()> {
         self.set_object_state(h, object_no, ObjectState::Exists)?;
+        if let Some((_, src)) = self.migration_source(h)? {
+            return src.copy_object(self, object_no, true);
+        }
         if let Some(link) = &h.parent {
             if !self.parent_ranges(h, link, object_no).is_empty() {
                 self.copy_up(h, link, object_no)?;
@@ -524,7 +578,11 @@ impl Image {
             let in_parent = h.parent.as_ref().filter(|l| !self.parent_ranges(h, l, ext.object_no).is_empty());
             let data_len: u64 = h.layout.object_extents_in_image(ext.object_no, h.size).iter().map(|e| e.1).sum();
             let whole = !h.layout.is_striped() && ext.offset == 0 && ext.len >= data_len;
-            if let (Some(link), true) = (in_parent, copy_up) {
+            if let (Some((_, src)), true) = (self.migration_source(h)?, copy_up) {
+                // The object must stop reading through to the source: copy it, then zero.
+                self.set_object_state(h, ext.object_no, ObjectState::Exists)?;
+                src.copy_object(self, ext.object_no, true)?;
+            } else if let (Some(link), true) = (in_parent, copy_up) {
                 self.set_object_state(h, ext.object_no, ObjectState::Exists)?;
                 self.copy_up(h, link, ext.object_no)?;
             } else if whole {
@@ -533,7 +591,12 @@ impl Image {
                 continue;
             }
             let op = WriteOp::new().assert_exists().zero(ext.offset, ext.len);
-            ignore_not_found(self.store().operate(&loc, &op, &snapc))?;
+            match self.store().operate(&loc, &op, &snapc) {
+                // Changed since the last snapshot, as far as fast-diff is concerned.
+                Ok(()) => self.set_object_state(h, ext.object_no, ObjectState::Exists)?,
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
@@ -570,7 +633,9 @@ impl Image {
         if offset >= end {
             return Ok(Vec::new());
         }
-        let map = if Self::has_object_map(&h) { Some(self.load_map(&h, self.snap_id, size)?) } else { None };
+        let source = self.migration_source(&h)?;
+        // While migrating, objects appear from other processes' copies: the map is not kept.
+        let map = if Self::has_object_map(&h) && source.is_none() { Some(self.load_map(&h, self.snap_id, size)?) } else { None };
         let mut out = IntervalSet::new();
         let snap = self.read_snap();
         for object_no in self.objects_in(&h.layout, size, offset, end - offset) {
@@ -583,6 +648,16 @@ impl Image {
                     for (o, l) in extents {
                         for (img, n) in h.layout.object_image_extents(object_no, o, l) {
                             out.insert(img, n);
+                        }
+                    }
+                }
+                Err(StoreError::NotFound(_)) if source.is_some() => {
+                    let (rec, src) = source.as_ref().expect("checked");
+                    for (img, n) in h.layout.object_extents_in_image(object_no, size) {
+                        for (o, l) in IntervalSet::from_ranges([(img, n)]).intersection(offset, end - offset) {
+                            for e in src.allocated(self.migration_point(rec), o, l)? {
+                                out.insert(e.0, e.1);
+                            }
                         }
                     }
                 }
@@ -1153,6 +1228,32 @@ impl Image {
         let mut changed = IntervalSet::from_ranges([(0, os)]);
         changed.subtract(&same);
         Ok(Some((changed, from_size)))
+    }
+
+    /// Clients holding the image's exclusive lock (writers).
+    pub fn lockers(&self) -> Result<Vec<rbdm_store::LockInfo>> {
+        match self.store().list_lockers(&self.header_loc(), LOCK_NAME) {
+            Err(StoreError::NotFound(_)) => Ok(Vec::new()),
+            r => Ok(r?),
+        }
+    }
+
+    /// Rebuilds the head's and every snapshot's object map from the objects themselves (after
+    /// other processes wrote objects without keeping the map, as a migration's copy does).
+    pub fn rebuild_object_maps(&self) -> Result<()> {
+        let h = self.header()?;
+        if !Self::has_object_map(&h) {
+            return Ok(());
+        }
+        let mut slot = lock(&self.map);
+        for s in h.snaps.values() {
+            let m = self.rebuild_map(&h, Some(s.id), h.layout.object_count(s.size))?;
+            self.save_map(Some(s.id), &m)?;
+        }
+        let m = self.rebuild_map(&h, None, h.layout.object_count(h.size))?;
+        self.save_map(None, &m)?;
+        *slot = Some(m);
+        Ok(())
     }
 
     pub fn watchers(&self) -> Result<Vec<Watcher>> {

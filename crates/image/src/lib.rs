@@ -23,6 +23,7 @@ pub mod encoding;
 mod error;
 pub mod header;
 mod image;
+pub mod migration;
 mod rbd;
 pub mod spec;
 

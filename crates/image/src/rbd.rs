@@ -142,6 +142,11 @@ impl Rbd {
         Ok(self.omap_all(&loc, "name_")?.into_iter().map(|(k, _)| k["name_".len()..].to_string()).collect())
     }
 
+    /// `NotFound` unless the pool exists and the namespace was created.
+    pub fn check_pool_spec(&self, spec: &PoolSpec) -> Result<()> {
+        self.check_namespace(spec)
+    }
+
     /// `NotFound` unless the pool exists and the namespace ("" always does) was created.
     pub(crate) fn check_namespace(&self, spec: &PoolSpec) -> Result<()> {
         self.pool_id(&spec.pool)?;
@@ -300,6 +305,21 @@ impl Rbd {
         Image::open(self.clone(), spec.clone(), name, id.to_string(), snap, read_only, true)
     }
 
+    /// Opens read-only without registering as a watcher: for internal readers (a migration
+    /// source read by its destination) that must not keep the image "in use".
+    pub fn open_quiet(&self, spec: &PoolSpec, name: Option<&str>, id: Option<&str>, snap: Option<&str>) -> Result<Image> {
+        let id = match (id, name) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(n)) => self.image_id(spec, n)?,
+            (None, None) => return Err(Error::Invalid("an image name or id is needed".into())),
+        };
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => self.image_name(spec, &id)?.unwrap_or_else(|| id.clone()),
+        };
+        Image::open(self.clone(), spec.clone(), name, id, snap, true, false)
+    }
+
     /// Refused (`Busy`) with snapshots, with watchers, or with children.
     pub fn remove(&self, spec: &ImageSpec, progress: Progress) -> Result<()> {
         let pspec = spec.pool_spec();
@@ -426,6 +446,52 @@ impl Rbd {
         Ok(out)
     }
 
+    /// Moves every clone child of `from`'s snapshots to the snapshot of the same name in
+    /// `to` (a migration commit with `--force`); returns how many children moved.
+    pub fn reparent_children(&self, from: &Image, to: &Image) -> Result<usize> {
+        let fh = from.header()?;
+        let th = to.header()?;
+        let mut moved = 0;
+        for s in fh.snaps.values() {
+            let children = self.children_of(from.pool(), &from.pool_spec().namespace, from.id(), s.id)?;
+            if children.is_empty() {
+                continue;
+            }
+            let target = th.snap_by_name(&s.name).ok_or_else(|| {
+                Error::NotFound(format!("destination '{}' has no snapshot '{}' for the clones to follow", to.name(), s.name))
+            })?;
+            let old = |p: &ParentLink| p.pool_id == from.pool() && p.image_id == from.id() && p.snap_id == s.id;
+            for c in children {
+                let cspec = PoolSpec::new(&c.pool, &c.namespace);
+                let child = Image::open(self.clone(), cspec.clone(), c.image_name.clone(), c.image_id.clone(), None, false, false)?;
+                let mut old_link = None;
+                child.update_header(|h| {
+                    let relink = |p: &mut Option<ParentLink>, found: &mut Option<ParentLink>| {
+                        if let Some(l) = p.as_mut().filter(|l| old(l)) {
+                            *found = Some(l.clone());
+                            l.pool_id = to.pool();
+                            l.namespace = to.pool_spec().namespace.clone();
+                            l.image_id = to.id().to_string();
+                            l.snap_id = target.id;
+                        }
+                    };
+                    relink(&mut h.parent, &mut old_link);
+                    for sm in h.snaps.values_mut() {
+                        relink(&mut sm.parent, &mut old_link);
+                    }
+                    Ok(())
+                })?;
+                if let Some(l) = old_link {
+                    let new = ParentLink { pool_id: to.pool(), namespace: to.pool_spec().namespace.clone(), image_id: to.id().into(), snap_id: target.id, overlap: l.overlap };
+                    self.child_register(&new, &cspec, &c.image_id)?;
+                    self.child_unregister(&l, &cspec, &c.image_id)?;
+                    moved += 1;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
     // ---- trash
     /// Moves an image to the trash; returns its id.
     pub fn trash_move(&self, spec: &ImageSpec, delay_secs: u64) -> Result<String> {
@@ -484,7 +550,8 @@ impl Rbd {
 
     pub fn trash_restore(&self, spec: &PoolSpec, id: &str, new_name: Option<&str>) -> Result<()> {
         let t = self.trash_get(spec, id)?;
-        if t.source == "MIGRATION" {
+        // A migration source whose migration is gone (an abort cut short) may come back.
+        if t.source == "MIGRATION" && self.open_by_id(spec, id, None, true)?.migration_record()?.is_some() {
             return Err(Error::Busy(format!("image '{}' is the source of a migration; use 'rbdm migration abort'", t.name)));
         }
         self.trash_restore_any(spec, &t, new_name)
@@ -497,6 +564,11 @@ impl Rbd {
         let loc = self.loc(spec, TRASH)?;
         self.store.operate(&loc, &WriteOp::new().omap_rm([format!("id_{}", t.id)]), &no_snapc())?;
         Ok(())
+    }
+
+    /// Puts an aborted migration's source back under its name.
+    pub fn trash_restore_as_source(&self, spec: &PoolSpec, t: &TrashEntry) -> Result<()> {
+        self.trash_restore_any(spec, t, None)
     }
 
     /// Refused before the deferment end unless `force`; refused for migration sources.

@@ -61,11 +61,26 @@ fn trash_round_trip() {
     r.trash_remove(&pool, &id, false, &mut no_progress()).unwrap();
     assert!(r.trash_list(&pool, true).unwrap().is_empty());
     r.create(&pool, "m", &CreateOptions::with_size(1 << 20)).unwrap();
+    let rec = rbdm_image::migration::MigrationRecord {
+        role: rbdm_image::migration::MigrationRole::Source,
+        state: rbdm_image::migration::MigrationState::Prepared,
+        state_description: String::new(),
+        peer: None,
+        source_spec: String::new(),
+        import_only: false,
+        flatten: false,
+        snap_points: vec![],
+        copied_upto: 0,
+    };
+    r.open(&spec("m"), true).unwrap().set_migration_record(Some(&rec)).unwrap();
     let id = r.trash_move_as(&spec("m"), 0, "MIGRATION").unwrap();
     assert!(r.trash_list(&pool, false).unwrap().is_empty());
     assert_eq!(r.trash_list(&pool, true).unwrap().len(), 1);
     assert!(r.trash_remove(&pool, &id, true, &mut no_progress()).is_err());
-    assert!(r.trash_restore(&pool, &id, None).is_err());
+    assert!(r.trash_restore(&pool, &id, None).is_err(), "a live migration's source stays");
+    r.open_by_id(&pool, &id, None, true).unwrap().set_migration_record(None).unwrap();
+    r.trash_restore(&pool, &id, None).unwrap();
+    assert!(r.list(&pool).unwrap().contains(&"m".to_string()), "an abandoned migration's source comes back");
 }
 
 #[test]
@@ -155,4 +170,16 @@ fn du_and_diff_follow_the_object_map() {
     let whole = img.diff(Some("a"), true).unwrap();
     assert_eq!(whole.iter().map(|e| (e.offset, e.len, e.exists)).collect::<Vec<_>>(),
                vec![(0, 1 << 20, false), (5 << 20, 1 << 20, true), (9 << 20, 1 << 20, true)]);
+}
+
+#[test]
+fn a_partial_discard_after_a_snapshot_shows_in_diff() {
+    let r = rbd();
+    r.create(&PoolSpec::new("rbd", ""), "z", &CreateOptions::with_size(8 << 20)).unwrap();
+    let img = r.open(&spec("z"), false).unwrap();
+    img.write(0, &[5u8; 1 << 20]).unwrap();
+    img.snap_create("s").unwrap();
+    img.discard(0, 65536).unwrap();
+    let d = img.diff(Some("s"), false).unwrap();
+    assert_eq!(d.iter().map(|e| (e.offset, e.len, e.exists)).collect::<Vec<_>>(), vec![(0, 65536, false)]);
 }

@@ -45,6 +45,9 @@ struct Conn<'a> {
     allocation: bool,
     writer: Mutex<Stream>,
     budget: Budget,
+    /// Set once a reply could not be written: the client is gone or stuck, so queued work
+    /// is dropped instead of each reply waiting out the write timeout in turn.
+    dead: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn run_connection(stream: Stream, exports: &[Export]) -> Result<(), NbdError> {
@@ -74,6 +77,7 @@ fn transmit(
         allocation: session.allocation,
         writer: Mutex::new(writer),
         budget: Budget::new(BUDGET),
+        dead: std::sync::atomic::AtomicBool::new(false),
     };
     let (tx, rx) = sync_channel::<Job>(QUEUE);
     let rx = Mutex::new(rx);
@@ -146,7 +150,9 @@ fn worker(conn: &Conn, rx: &Mutex<Receiver<Job>>) {
             Ok(job) => job,
             Err(_) => return,
         };
-        conn.execute(&job);
+        if !conn.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            conn.execute(&job);
+        }
         conn.budget.release(job.cost);
     }
 }
@@ -348,8 +354,12 @@ impl Conn<'_> {
     /// Writes one whole reply. A failed write means the client is gone or stuck: close the
     /// socket so the reader stops too.
     fn send(&self, parts: &[&[u8]]) {
+        if self.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let mut w = lock(&self.writer);
         if write_all_vectored(&mut *w, parts).is_err() {
+            self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = w.shutdown(Shutdown::Both);
         }
     }

@@ -33,7 +33,7 @@ macro_rules! conformance_tests {
     ($setup:expr) => {
         $crate::conformance_tests!(@each $setup;
             pools, namespaces_isolate, list_objects_sorted_and_filtered, write_and_read,
-            write_full_zero_truncate_remove, stat_version_bumps, sparse_read_reports_data_only,
+            write_full_zero_truncate_remove, stat_version_bumps, read_into_matches_read, sparse_read_reports_data_only,
             create_exclusive, compound_op_is_atomic, xattrs, omap, snapshots_read_back,
             snapshots_and_existence, list_snaps_overlap, snap_remove_frees_clones,
             metadata_ops_do_not_clone, locks, watchers, flush_and_handles_share_data,
@@ -246,6 +246,39 @@ pub fn stat_version_bumps(open: Open) {
     put(&s, &o, WriteOp::new().remove());
     put(&s, &o, WriteOp::new().create());
     assert!(s.stat(&o, HEAD).expect("stat").version > v3.version);
+}
+
+/// `read_into` fills exactly what `read` returns (holes as zeros over whatever the buffer
+/// held), leaves the rest of the buffer alone, and fails where `read` fails.
+pub fn read_into_matches_read(open: Open) {
+    let s = open();
+    let p = rbd(&s);
+    let (o, late) = (loc(p, "o"), loc(p, "late"));
+    let mut small = [0xee_u8; 16];
+    assert_err(s.read_into(&o, HEAD, 0, &mut small), is_not_found, "read_into before create");
+    put(&s, &o, WriteOp::new().write(0, &fill(b'a', K64)).write(3 * K64, &fill(b'b', 100)));
+    let s1 = s.snap_create(p).expect("snap");
+    let snapc = ctx(&[s1]);
+    put_at(&s, &o, WriteOp::new().write(K64 / 2, &fill(b'c', 2 * K64)).truncate(3 * K64 + 50), &snapc);
+    put_at(&s, &late, WriteOp::new().write(0, b"new"), &snapc);
+    let ranges =
+        [(0, 4 * K64 + 7), (K64 - 3, K64 + 6), (K64 + 5, K64), (3 * K64 + 40, 100), (5 * K64, 10), (0, 0), (u64::MAX - 1, 8)];
+    for snap in [s1, HEAD] {
+        for (off, len) in ranges {
+            let want = s.read(&o, snap, off, len).expect("read");
+            let mut buf = vec![0xee_u8; len as usize];
+            let n = s.read_into(&o, snap, off, &mut buf).expect("read_into");
+            assert_eq!(n, want.len(), "read_into at {off}+{len}@{snap} reports what read returns");
+            assert!(buf[..n] == want[..], "read_into at {off}+{len}@{snap} holds what read returns");
+            assert!(buf[n..].iter().all(|b| *b == 0xee), "read_into at {off}+{len}@{snap} wrote past the object");
+        }
+    }
+    let mut hole = [0xee_u8; 8];
+    assert_eq!(s.read_into(&o, s1, 2 * K64, &mut hole).expect("hole"), 8);
+    assert_eq!(hole, [0; 8], "a hole overwrites the buffer with zeros");
+    assert_err(s.read_into(&late, s1, 0, &mut small), is_not_found, "read_into at a snap before creation");
+    assert_eq!(s.read_into(&late, HEAD, 0, &mut small).expect("late at head"), 3);
+    assert_err(s.read_into(&loc(p, "never"), HEAD, 0, &mut small), is_not_found, "read_into of unknown object");
 }
 
 /// Extents are sorted, disjoint, inside the range, hold the bytes `read` returns, cover every

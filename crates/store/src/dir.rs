@@ -968,6 +968,11 @@ impl ObjectStore for DirStore {
         files::read_at(file.as_ref(), offset, len, stored.size).map_err(io_err(format!("read {loc}")))
     }
 
+    fn read_into(&self, loc: &Locator, snap: SnapId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let (_lock, stored, file) = self.open_version(loc, snap)?;
+        files::read_into(file.as_ref(), offset, buf, stored.size).map_err(io_err(format!("read {loc}")))
+    }
+
     fn sparse_read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
         let extents = Self::extents_of(&stored, file.as_ref(), offset, len)?;

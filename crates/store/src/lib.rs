@@ -290,6 +290,16 @@ pub trait ObjectStore: Send + Sync {
     /// Reads up to `len` bytes at `offset` of the object at `snap` (`HEAD` for the live object);
     /// short at the end of the object, holes read as zeros. `NotFound` if it did not exist then.
     fn read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// `read` of `buf.len()` bytes straight into `buf`, for callers that read big blocks into
+    /// a buffer they own (no allocation, no second copy). Returns how many bytes the object
+    /// has there (`buf[..n]`, holes as zeros); `buf[n..]` is left as it was, for the caller
+    /// to zero-fill or not. Backends should override this default, which goes through `read`.
+    fn read_into(&self, loc: &Locator, snap: SnapId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let data = self.read(loc, snap, offset, buf.len() as u64)?;
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        Ok(n)
+    }
     /// Like `read` but returns only the extents that hold data, as `(offset, bytes)`, sorted.
     fn sparse_read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, Vec<u8>)>>;
     /// The extents `(offset, len)` of `[offset, offset + len)` that hold data at `snap`, sorted,

@@ -291,6 +291,10 @@ impl ObjectStore for MemStore {
         Ok(self.state().stored_at(loc, snap)?.data.read(offset, len))
     }
 
+    fn read_into(&self, loc: &Locator, snap: SnapId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        Ok(self.state().stored_at(loc, snap)?.data.read_into(offset, buf))
+    }
+
     fn sparse_read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         Ok(self.state().stored_at(loc, snap)?.data.extents(offset, len))
     }
@@ -542,6 +546,24 @@ impl Sparse {
             out[at..at + bytes.len()].copy_from_slice(&bytes);
         }
         out
+    }
+
+    /// `read` into the start of `buf`, copying each extent once; returns the bytes filled.
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> usize {
+        let (start, end) = self.clip(offset, buf.len() as u64);
+        let out = &mut buf[..(end - start) as usize];
+        out.fill(0);
+        if start >= end {
+            return 0;
+        }
+        let first = self.ext.range(..=start).next_back().map_or(start, |(o, _)| *o);
+        for (&o, d) in self.ext.range(first..end) {
+            let (lo, hi) = (o.max(start), (o + d.len() as u64).min(end));
+            if lo < hi {
+                out[(lo - start) as usize..(hi - start) as usize].copy_from_slice(&d[(lo - o) as usize..(hi - o) as usize]);
+            }
+        }
+        out.len()
     }
 
     fn extents(&self, offset: u64, len: u64) -> Vec<(u64, Vec<u8>)> {

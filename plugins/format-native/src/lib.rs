@@ -7,8 +7,11 @@
 //! driven by `rbdm-migration`); this only reads.
 
 use rbdm_extent::IntervalSet;
-use rbdm_image::{Image, ImageSpec, PoolSpec, Rbd, SnapInfo};
-use rbdm_registry::{ExtentState, Point, Result, SnapExtent, SourceError, SourceImage, SourceSnapshot};
+use rbdm_image::{Image, PoolSpec, Rbd, SnapInfo};
+use rbdm_registry::{
+    ExtentState, FormatPlugin, OpenContext, Point, Result, SnapExtent, SourceError, SourceImage, SourceSnapshot,
+};
+pub use rbdm_spec::{NativeSpec, PoolRef, SnapRef};
 
 /// Which image and point to read, already resolved from the spec's JSON.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,16 +23,29 @@ pub struct NativeSource {
     pub snap: Option<SnapRef>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PoolRef {
-    Name(String),
-    Id(i64),
+impl From<NativeSpec> for NativeSource {
+    fn from(s: NativeSpec) -> Self {
+        NativeSource { pool: s.pool, namespace: s.pool_namespace, image_name: s.image_name, image_id: s.image_id, snap: s.snap }
+    }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SnapRef {
-    Name(String),
-    Id(u64),
+inventory::submit!(FormatPlugin {
+    type_name: "native",
+    description: "an image in this store, at its head or a snapshot (pool_name|pool_id, image_name, snap_name|snap_id)",
+    open: open_spec,
+});
+
+/// Referenced by `rbdm-plugins` so the linker keeps this crate and its registration.
+#[inline(never)]
+pub fn link() {}
+
+fn open_spec(spec: &serde_json::Value, ctx: &OpenContext) -> Result<Box<dyn SourceImage>> {
+    let parsed = NativeSpec::from_json(spec, "").map_err(|e| SourceError::BadSpec(e.to_string()))?;
+    let store = ctx
+        .store
+        .clone()
+        .ok_or_else(|| SourceError::Invalid("the native format reads an image in a store, and none is open".into()))?;
+    Ok(Box::new(open(&Rbd::new(store), &parsed.into())?))
 }
 
 /// An open native source: one read-only handle per point, and per point the extents that
@@ -76,8 +92,9 @@ pub fn open(rbd: &Rbd, src: &NativeSource) -> Result<NativeImage> {
 
 fn open_point(rbd: &Rbd, pool: &PoolSpec, src: &NativeSource, snap: Option<&str>) -> Result<Image> {
     let r = match &src.image_id {
-        Some(id) => rbd.open_by_id(pool, id, snap, true),
-        None => rbd.open(&ImageSpec { snap: snap.map(str::to_string), ..pool.image(&src.image_name) }, true),
+        // Quiet opens: a destination reading its source must not keep the source "in use".
+        Some(id) => rbd.open_quiet(pool, None, Some(id), snap),
+        None => rbd.open_quiet(pool, Some(&src.image_name), None, snap),
     };
     r.map_err(|e| match e.errno() {
         ENOENT => not_found(format!("image {}/{}: {e}", pool, src.image_name)),
@@ -98,23 +115,28 @@ fn chosen_snaps(all: &[SnapInfo], chosen: Option<&SnapRef>) -> Result<Vec<SnapIn
     }
 }
 
+/// Per point: its data from the allocation map, and what changed since the point before.
+/// Changes come from `Image::diff`, widened by every range whose allocation changed (a
+/// discard after a snapshot is not always in the diff) and by growth since the previous point.
 fn compute_changes(points: &[Image], snaps: &[SnapInfo]) -> Result<Vec<Changes>> {
     let mut out = Vec::with_capacity(points.len());
     let mut prev_data = IntervalSet::new();
+    let mut prev_size = 0;
     for (i, img) in points.iter().enumerate() {
         let from = if i == 0 { None } else { snaps.get(i - 1).map(|s| s.name.as_str()) };
         let size = img.size();
-        let diff = img.diff(from, false).map_err(image_err)?;
-        let mut changed = IntervalSet::new();
-        let mut data = prev_data.clip(0, size);
-        for d in diff {
-            changed.insert(d.offset, d.len);
-            if d.exists {
-                data.insert(d.offset, d.len);
-            } else {
-                data.remove(d.offset, d.len);
-            }
+        let data = IntervalSet::from_ranges(img.allocated_extents(0, size).map_err(image_err)?).clip(0, size);
+        let mut changed = IntervalSet::from_ranges(img.diff(from, false).map_err(image_err)?.iter().map(|d| (d.offset, d.len)));
+        if size > prev_size {
+            changed.insert(prev_size, size - prev_size);
         }
+        let old = prev_data.clip(0, size);
+        for (set, minus) in [(&data, &old), (&old, &data)] {
+            let mut only = set.clone();
+            only.subtract(minus);
+            changed.union_with(&only);
+        }
+        prev_size = size;
         prev_data = data.clone();
         out.push(Changes { data, changed, size });
     }

@@ -133,17 +133,31 @@ pub fn read_at(f: Option<&File>, offset: u64, len: u64, size: u64) -> io::Result
         return Ok(Vec::new());
     }
     let mut out = vec![0u8; (end - offset) as usize];
+    read_into(f, offset, &mut out, size)?;
+    Ok(out)
+}
+
+/// Fills the start of `buf` with the bytes at `offset` clipped to `size` and returns how many
+/// that is; bytes past the file's end (or of a version with no file) read as zeros.
+pub fn read_into(f: Option<&File>, offset: u64, buf: &mut [u8], size: u64) -> io::Result<usize> {
+    let end = offset.saturating_add(buf.len() as u64).min(size);
+    if offset >= end {
+        return Ok(0);
+    }
+    let want = &mut buf[..(end - offset) as usize];
+    let mut done = 0;
     if let Some(f) = f {
-        let mut done = 0;
-        while done < out.len() {
-            let n = f.read_at(&mut out[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
+        while done < want.len() {
+            match f.read_at(&mut want[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
-            done += n;
         }
     }
-    Ok(out)
+    want[done..].fill(0);
+    Ok(want.len())
 }
 
 /// A step as stored in the journal, owning its bytes.
@@ -237,6 +251,23 @@ mod tests {
         punch_hole(&dst, 0, 4096).expect("punch");
         assert_eq!(data_extents(&dst, 0, 2 << 20).expect("extents"), vec![(1 << 20, 4096)]);
         assert_eq!(dst.metadata().expect("meta").len(), 2 << 20);
+    }
+
+    #[test]
+    fn read_into_clips_and_zero_fills_past_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("a")).expect("open");
+        f.write_all_at(&[7; 10], 0).expect("write");
+        // The version is 16 bytes but its file only 10: the last 6 read as zeros.
+        let mut buf = [0xee; 20];
+        assert_eq!(read_into(Some(&f), 4, &mut buf, 16).expect("read"), 12);
+        assert_eq!(&buf[..12], &[7, 7, 7, 7, 7, 7, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&buf[12..], &[0xee; 8], "bytes past the version are left alone");
+        let mut buf = [0xee; 4];
+        assert_eq!(read_into(None, 0, &mut buf, 3).expect("no file"), 3);
+        assert_eq!(buf, [0, 0, 0, 0xee]);
+        assert_eq!(read_into(Some(&f), 16, &mut buf, 16).expect("at end"), 0);
+        assert_eq!(read_into(Some(&f), u64::MAX - 1, &mut buf, 16).expect("far"), 0);
     }
 
     #[test]

@@ -1,0 +1,366 @@
+//! `rbdm source info|map|export|plugins`: look at a migration source before migrating it,
+//! through the same source-spec `migration prepare` takes (`--source-spec JSON` or
+//! `--source-spec-path FILE|-`).
+//!
+//! What it is for: showing size, format and snapshots; the data and zero extents in the
+//! shape of `qemu-img map --output=json`; the raw bytes at the head or a snapshot. What it is
+//! not: no format logic; everything goes through `rbdm-registry`'s `SourceImage`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+
+use clap::{Args, Subcommand};
+use rbdm_registry::{ExtentState, OpenContext, Point, SnapExtent, SourceError, SourceImage};
+use serde_json::{json, Value};
+
+use crate::cmds::Ctx;
+use crate::output::{byte_u, ctime, CmdResult, Fail};
+
+#[derive(Subcommand, Debug)]
+pub enum SourceCmd {
+    /// Show a source's format, size and snapshots.
+    Info(SpecArgs),
+    /// Print the source's data and zero extents as JSON, as `qemu-img map --output=json` does.
+    Map(MapArgs),
+    /// Write the source's bytes (at its head or a snapshot) to a file, or '-' for stdout.
+    Export(SourceExportArgs),
+    /// List the formats and streams this binary can read.
+    Plugins,
+}
+
+#[derive(Args, Debug)]
+pub struct SpecArgs {
+    /// The source-spec, as JSON
+    #[arg(long, value_name = "JSON", conflicts_with = "source_spec_path", required_unless_present = "source_spec_path")]
+    pub source_spec: Option<String>,
+    /// A file holding the source-spec, or '-' for stdin
+    #[arg(long, value_name = "FILE")]
+    pub source_spec_path: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MapArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Map this snapshot of the source instead of its head
+    #[arg(long, value_name = "NAME")]
+    pub snap: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SourceExportArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Export this snapshot of the source instead of its head
+    #[arg(long, value_name = "NAME")]
+    pub snap: Option<String>,
+    /// Output file (never overwritten), or '-' for stdout
+    #[arg(value_name = "PATH")]
+    pub path: String,
+}
+
+/// `list_snaps` is asked this much at a time (the most a caller may ask of a format).
+const WINDOW: u64 = 32 << 20;
+/// Bytes read at a time by `export`.
+const READ_CHUNK: u64 = 4 << 20;
+/// Output blocks of zeros are skipped in a file, so the export stays sparse.
+const SPARSE: usize = 4096;
+
+pub fn run(ctx: &Ctx, cmd: &SourceCmd) -> CmdResult {
+    match cmd {
+        SourceCmd::Info(a) => info(ctx, a),
+        SourceCmd::Map(a) => map(ctx, a),
+        SourceCmd::Export(a) => export(ctx, a),
+        SourceCmd::Plugins => plugins(ctx),
+    }
+}
+
+fn source_fail(e: &SourceError, context: &str) -> Fail {
+    Fail::errno(e.errno(), context, &e.to_string())
+}
+
+/// The spec's JSON, checked: malformed JSON and invalid specs are EBADMSG, as in Ceph.
+fn load_spec(a: &SpecArgs) -> CmdResult<Value> {
+    let text = match (&a.source_spec, a.source_spec_path.as_deref()) {
+        (Some(json), _) => json.clone(),
+        (None, Some("-")) => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map_err(|e| Fail::io(&e, "error reading source-spec from stdin"))?;
+            s
+        }
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).map_err(|e| Fail::io(&e, format!("error reading source-spec {path}")))?
+        }
+        (None, None) => return Err(Fail::invalid("give --source-spec or --source-spec-path")),
+    };
+    let bad = |detail: String| Fail::errno(libc::EBADMSG, "invalid source-spec", &detail);
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+    rbdm_spec::SourceSpec::from_json(&v).map_err(|e| bad(e.to_string()))?;
+    Ok(v)
+}
+
+/// Opens the source. The store is opened only when the spec needs it: always for `native`,
+/// for a `config://` reference when one is resolved, and (if it opens) for formats this
+/// binary's built-in crates do not name.
+fn open(ctx: &Ctx, a: &SpecArgs) -> CmdResult<Box<dyn SourceImage>> {
+    let v = load_spec(a)?;
+    let kind = v["type"].as_str().unwrap_or_default();
+    let store = match kind {
+        "raw" | "qcow" => None,
+        "native" => Some(ctx.rbd()?.store().clone()),
+        _ => ctx.rbd().ok().map(|r| r.store().clone()),
+    };
+    let lookup = |key: &str| -> rbdm_registry::Result<String> {
+        let rbd = ctx.rbd().map_err(|f| SourceError::Invalid(f.msg))?;
+        let bytes = rbd.config_key_get(key).map_err(|e| match e.errno() {
+            libc::ENOENT => SourceError::NotFound(format!("config-key {key:?} does not exist")),
+            _ => SourceError::Invalid(format!("config-key {key:?}: {e}")),
+        })?;
+        String::from_utf8(bytes).map_err(|_| SourceError::Invalid(format!("config-key {key:?} is not UTF-8")))
+    };
+    let oc = OpenContext { config_key: &lookup, store };
+    rbdm_registry::open_source(&v, &oc).map_err(|e| source_fail(&e, "error opening source"))
+}
+
+fn info(ctx: &Ctx, a: &SpecArgs) -> CmdResult {
+    let img = open(ctx, a)?;
+    let snaps = img.snapshots();
+    if ctx.json {
+        let list: Vec<Value> =
+            snaps.iter().map(|s| json!({"name": s.name, "size": s.size, "timestamp": s.timestamp})).collect();
+        ctx.print_json(&json!({
+            "format": img.format(),
+            "description": img.describe(),
+            "size": img.size(),
+            "snapshot_count": snaps.len(),
+            "snapshots": list,
+        }));
+        return Ok(());
+    }
+    let mut out = format!(
+        "source {}:\n\tformat: {}\n\tsize {} ({} bytes)\n\tsnapshot_count: {}\n",
+        img.describe(),
+        img.format(),
+        byte_u(img.size()),
+        img.size(),
+        snaps.len()
+    );
+    for s in &snaps {
+        let when = s.timestamp.map(|t| format!(" ({})", ctime(t))).unwrap_or_default();
+        out.push_str(&format!("\tsnapshot {}: {}{when}\n", s.name, byte_u(s.size)));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// The point `--snap` names (or the head), and that point's size.
+fn point_of(img: &dyn SourceImage, snap: Option<&str>) -> CmdResult<(Point, u64)> {
+    let Some(name) = snap else { return Ok((Point::Head, img.size())) };
+    let snaps = img.snapshots();
+    match snaps.iter().position(|s| s.name == name) {
+        Some(i) => Ok((Point::Snap(i), snaps[i].size)),
+        None => Err(Fail::errno(libc::ENOENT, format!("snapshot '{name}' not found in the source"), "")),
+    }
+}
+
+/// One point's absolute state over a window: `Unchanged` replaced by what the earlier
+/// points say, so every extent is data (`true`) or zeros (`false`).
+fn resolve(lists: &[Vec<SnapExtent>], upto: usize) -> Vec<(u64, u64, bool)> {
+    let mut cur: Vec<(u64, u64, bool)> = Vec::new();
+    for list in lists.iter().take(upto + 1) {
+        let mut next = Vec::with_capacity(list.len());
+        for e in list {
+            match e.state {
+                ExtentState::Data => next.push((e.offset, e.len, true)),
+                ExtentState::Zero => next.push((e.offset, e.len, false)),
+                ExtentState::Unchanged => inherit(&cur, e.offset, e.offset + e.len, &mut next),
+            }
+        }
+        cur = next;
+    }
+    cur
+}
+
+/// The parts of `prev` inside `[a, b)`, zeros where `prev` says nothing.
+fn inherit(prev: &[(u64, u64, bool)], a: u64, b: u64, out: &mut Vec<(u64, u64, bool)>) {
+    let mut pos = a;
+    for &(o, l, data) in prev {
+        let (s, e) = (o.max(pos), (o + l).min(b));
+        if s >= e {
+            continue;
+        }
+        if s > pos {
+            out.push((pos, s - pos, false));
+        }
+        out.push((s, e - s, data));
+        pos = e;
+    }
+    if pos < b {
+        out.push((pos, b - pos, false));
+    }
+}
+
+fn point_index(img: &dyn SourceImage, p: Point) -> usize {
+    match p {
+        Point::Snap(i) => i,
+        Point::Head => img.snapshots().len(),
+    }
+}
+
+/// Calls `f` with the merged data/zero extents of `point` over `[0, size)`, window by window.
+fn walk(img: &dyn SourceImage, point: Point, size: u64, mut f: impl FnMut(u64, u64, bool) -> CmdResult) -> CmdResult {
+    let k = point_index(img, point);
+    let mut pending: Option<(u64, u64, bool)> = None;
+    let mut pos = 0;
+    while pos < size {
+        let n = WINDOW.min(size - pos);
+        let lists = img.list_snaps(pos, n).map_err(|e| source_fail(&e, "error reading source"))?;
+        let mut covered = pos;
+        for (o, l, data) in resolve(&lists, k) {
+            pending = match pending {
+                Some((po, pl, pd)) if pd == data && po + pl == o => Some((po, pl + l, pd)),
+                Some(p) => {
+                    f(p.0, p.1, p.2)?;
+                    Some((o, l, data))
+                }
+                None => Some((o, l, data)),
+            };
+            covered = o + l;
+        }
+        if covered != pos + n {
+            return Err(Fail::errno(libc::EIO, "error reading source", "the format did not describe the whole range"));
+        }
+        pos += n;
+    }
+    match pending {
+        Some(p) => f(p.0, p.1, p.2),
+        None => Ok(()),
+    }
+}
+
+fn map(ctx: &Ctx, a: &MapArgs) -> CmdResult {
+    let img = open(ctx, &a.spec)?;
+    let (point, size) = point_of(&*img, a.snap.as_deref())?;
+    let mut lines = Vec::new();
+    walk(&*img, point, size, |o, l, data| {
+        let offset = if data { format!(", \"offset\": {o}") } else { String::new() };
+        lines.push(format!(
+            "{{ \"start\": {o}, \"length\": {l}, \"depth\": 0, \"present\": {data}, \"zero\": {}, \"data\": {data}, \"compressed\": false{offset}}}",
+            !data
+        ));
+        Ok(())
+    })?;
+    // qemu-img's layout and keys, one extent per line; holes are "present": false, as qemu
+    // prints unallocated clusters of a qcow2.
+    let mut out = std::io::stdout().lock();
+    let text = format!("[{}]\n", lines.join(",\n"));
+    out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|e| Fail::io(&e, "error writing the map"))
+}
+
+enum Dest {
+    File(File, String),
+    Stdout,
+}
+
+fn export(ctx: &Ctx, a: &SourceExportArgs) -> CmdResult {
+    let img = open(ctx, &a.spec)?;
+    let (point, size) = point_of(&*img, a.snap.as_deref())?;
+    let dest = match a.path.as_str() {
+        "-" => Dest::Stdout,
+        path => match OpenOptions::new().write(true).create_new(true).open(path) {
+            Ok(f) => Dest::File(f, path.to_string()),
+            Err(e) => return Err(Fail::io(&e, format!("export error: error opening {path}"))),
+        },
+    };
+    let mut pc = ctx.progress("Exporting source");
+    let r = match &dest {
+        Dest::File(f, _) => export_file(&*img, point, size, f, &mut |d| pc.update(d, size)),
+        Dest::Stdout => export_stream(&*img, point, size, &mut std::io::stdout().lock(), &mut |d| pc.update(d, size)),
+    };
+    match &r {
+        Ok(()) => pc.finish(),
+        Err(_) => {
+            pc.fail();
+            if let Dest::File(_, path) = &dest {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    r
+}
+
+fn out_fail(e: std::io::Error) -> Fail {
+    Fail::io(&e, "export error: error writing the output")
+}
+
+/// Reads `[o, o+l)` of the point in pieces and hands each to `f`.
+fn read_pieces(img: &dyn SourceImage, point: Point, o: u64, l: u64, buf: &mut [u8], f: &mut dyn FnMut(u64, &[u8]) -> CmdResult) -> CmdResult {
+    let mut pos = o;
+    while pos < o + l {
+        let n = READ_CHUNK.min(o + l - pos) as usize;
+        img.read(point, pos, &mut buf[..n]).map_err(|e| source_fail(&e, "export error"))?;
+        f(pos, &buf[..n])?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+fn export_file(img: &dyn SourceImage, point: Point, size: u64, file: &File, progress: &mut dyn FnMut(u64)) -> CmdResult {
+    let mut buf = vec![0u8; READ_CHUNK as usize];
+    walk(img, point, size, |o, l, data| {
+        if data {
+            read_pieces(img, point, o, l, &mut buf, &mut |pos, bytes| {
+                for (i, block) in bytes.chunks(SPARSE).enumerate() {
+                    if block.iter().any(|&b| b != 0) {
+                        file.write_all_at(block, pos + (i * SPARSE) as u64).map_err(out_fail)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        progress(o + l);
+        Ok(())
+    })?;
+    file.set_len(size).map_err(out_fail)?;
+    file.sync_all().map_err(out_fail)
+}
+
+fn export_stream(img: &dyn SourceImage, point: Point, size: u64, out: &mut dyn Write, progress: &mut dyn FnMut(u64)) -> CmdResult {
+    let mut buf = vec![0u8; READ_CHUNK as usize];
+    let zeros = vec![0u8; 64 << 10];
+    walk(img, point, size, |o, l, data| {
+        if data {
+            read_pieces(img, point, o, l, &mut buf, &mut |_, bytes| out.write_all(bytes).map_err(out_fail))?;
+        } else {
+            let mut left = l;
+            while left > 0 {
+                let k = left.min(zeros.len() as u64) as usize;
+                out.write_all(&zeros[..k]).map_err(out_fail)?;
+                left -= k as u64;
+            }
+        }
+        progress(o + l);
+        Ok(())
+    })?;
+    out.flush().map_err(out_fail)
+}
+
+fn plugins(ctx: &Ctx) -> CmdResult {
+    let (formats, streams) = rbdm_plugins::linked();
+    if ctx.json {
+        let list = |v: &[(&str, &str)]| -> Vec<Value> { v.iter().map(|(n, d)| json!({"name": n, "description": d})).collect() };
+        ctx.print_json(&json!({"formats": list(&formats), "streams": list(&streams)}));
+        return Ok(());
+    }
+    let mut out = String::from("formats:\n");
+    for (n, d) in &formats {
+        out.push_str(&format!("\t{n}: {d}\n"));
+    }
+    out.push_str("streams:\n");
+    for (n, d) in &streams {
+        out.push_str(&format!("\t{n}: {d}\n"));
+    }
+    print!("{out}");
+    Ok(())
+}

@@ -1,0 +1,245 @@
+use std::sync::{Arc, Mutex};
+
+use proptest::prelude::*;
+use rbdm_registry::{ExtentState, Point, SourceImage, Stream, StreamExtent};
+
+use super::*;
+
+/// Bytes in memory; `holes` (ranges that really are zero) are reported by `extents` when
+/// `knows_holes`. Every read is recorded, to check that known holes are never read.
+struct MemStream {
+    data: Vec<u8>,
+    holes: Vec<(u64, u64)>,
+    knows_holes: bool,
+    reads: Mutex<Vec<(u64, u64)>>,
+}
+
+impl MemStream {
+    fn new(data: Vec<u8>, holes: Vec<(u64, u64)>, knows_holes: bool) -> Self {
+        MemStream { data, holes, knows_holes, reads: Mutex::new(Vec::new()) }
+    }
+}
+
+impl Stream for MemStream {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> rbdm_registry::Result<()> {
+        let end = offset as usize + buf.len();
+        if end > self.data.len() {
+            return Err(SourceError::Invalid("read past the end".into()));
+        }
+        buf.copy_from_slice(&self.data[offset as usize..end]);
+        self.reads.lock().unwrap().push((offset, end as u64));
+        Ok(())
+    }
+    fn extents(&self, offset: u64, len: u64) -> Option<rbdm_registry::Result<Vec<StreamExtent>>> {
+        if !self.knows_holes {
+            return None;
+        }
+        let end = (offset + len).min(self.size());
+        let mut out = Vec::new();
+        let mut pos = offset;
+        for &(a, b) in &self.holes {
+            let (a, b) = (a.max(pos), b.min(end));
+            if a >= b {
+                continue;
+            }
+            if a > pos {
+                out.push(StreamExtent { offset: pos, len: a - pos, zero: false });
+            }
+            out.push(StreamExtent { offset: a, len: b - a, zero: true });
+            pos = b;
+        }
+        if pos < end {
+            out.push(StreamExtent { offset: pos, len: end - pos, zero: false });
+        }
+        Some(Ok(out))
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+/// One point: size, writes over the previous point's bytes, and which zero runs the stream
+/// admits to being holes.
+#[derive(Clone, Debug)]
+struct PointGen {
+    size: u64,
+    writes: Vec<(u64, u64, u8)>,
+    knows_holes: bool,
+}
+
+fn point_gen() -> impl Strategy<Value = PointGen> {
+    let write = (0u64..40_000, 1u64..12_000, prop_oneof![Just(0u8), Just(7u8), any::<u8>()]);
+    (0u64..40_000, proptest::collection::vec(write, 0..5), any::<bool>())
+        .prop_map(|(size, writes, knows_holes)| PointGen { size, writes, knows_holes })
+}
+
+/// Zero runs of at least 1000 bytes: some file systems' holes, at odd offsets.
+fn zero_runs(data: &[u8]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] != 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < data.len() && data[i] == 0 {
+            i += 1;
+        }
+        if i - start >= 1000 {
+            out.push((start as u64 + 3, i as u64));
+        }
+    }
+    out
+}
+
+fn build(gens: &[PointGen]) -> (Vec<Vec<u8>>, RawImage) {
+    let mut contents: Vec<Vec<u8>> = Vec::new();
+    for g in gens {
+        let mut d = contents.last().cloned().unwrap_or_default();
+        d.resize(g.size as usize, 0);
+        for &(o, l, b) in &g.writes {
+            let (o, e) = ((o as usize).min(d.len()), ((o + l) as usize).min(d.len()));
+            d[o..e].fill(b);
+        }
+        contents.push(d);
+    }
+    let mut streams: Vec<Box<dyn Stream>> = contents
+        .iter()
+        .zip(gens)
+        .map(|(d, g)| Box::new(MemStream::new(d.clone(), zero_runs(d), g.knows_holes)) as Box<dyn Stream>)
+        .collect();
+    let head = streams.pop().expect("at least one point");
+    let snaps = streams.into_iter().enumerate().map(|(i, s)| (format!("s{i}"), s)).collect();
+    (contents, RawImage::new(head, snaps))
+}
+
+fn check(contents: &[Vec<u8>], lists: &[Vec<SnapExtent>], offset: u64, len: u64) -> Result<(), TestCaseError> {
+    prop_assert_eq!(lists.len(), contents.len());
+    for (i, (list, cur)) in lists.iter().zip(contents).enumerate() {
+        let end = (offset + len).min(cur.len() as u64);
+        let mut pos = offset;
+        for e in list {
+            prop_assert_eq!(e.offset, pos, "point {} not contiguous: {:?}", i, list);
+            prop_assert!(e.len > 0);
+            pos += e.len;
+            // Every piece of the extent inside one 4 KiB block obeys its state, strictly.
+            let mut at = e.offset;
+            while at < e.offset + e.len {
+                let stop = (e.offset + e.len).min((at / BLOCK + 1) * BLOCK);
+                let (a, b) = (at as usize, stop as usize);
+                let piece = &cur[a..b];
+                let prev = i.checked_sub(1).map(|p| &contents[p]).filter(|p| p.len() >= b).map(|p| &p[a..b]);
+                let zero = piece.iter().all(|&x| x == 0);
+                match e.state {
+                    ExtentState::Unchanged => prop_assert_eq!(Some(piece), prev, "point {} {}..{} not unchanged", i, a, b),
+                    ExtentState::Zero => prop_assert!(zero && prev != Some(piece), "point {} {}..{} wrongly zero", i, a, b),
+                    ExtentState::Data => prop_assert!(!zero && prev != Some(piece), "point {} {}..{} wrongly data", i, a, b),
+                }
+                at = stop;
+            }
+        }
+        prop_assert_eq!(pos, end.max(offset), "point {} does not cover the range: {:?}", i, list);
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn list_snaps_is_exact_and_strict(gens in proptest::collection::vec(point_gen(), 1..4), q in (0u64..45_000, 0u64..50_000)) {
+        let (contents, img) = build(&gens);
+        let lists = img.list_snaps(q.0, q.1).unwrap();
+        check(&contents, &lists, q.0, q.1)?;
+    }
+
+    #[test]
+    fn reads_match_contents_and_pad_with_zeros(gens in proptest::collection::vec(point_gen(), 1..3), off in 0u64..45_000, n in 0usize..9000) {
+        let (contents, img) = build(&gens);
+        for (i, c) in contents.iter().enumerate() {
+            let point = if i + 1 == contents.len() { Point::Head } else { Point::Snap(i) };
+            let mut buf = vec![0xaa; n];
+            img.read(point, off, &mut buf).unwrap();
+            for (k, b) in buf.iter().enumerate() {
+                prop_assert_eq!(*b, c.get(off as usize + k).copied().unwrap_or(0));
+            }
+        }
+    }
+}
+
+/// Lets a test keep a handle on a stream the image owns.
+struct Shared(Arc<MemStream>);
+
+impl Stream for Shared {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> rbdm_registry::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn extents(&self, offset: u64, len: u64) -> Option<rbdm_registry::Result<Vec<StreamExtent>>> {
+        self.0.extents(offset, len)
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+#[test]
+fn known_holes_are_never_read() {
+    let mut data = vec![0u8; 3 << 20];
+    data[100_000..200_000].fill(1);
+    data[2 << 20..(2 << 20) + 5000].fill(2);
+    let mut snap = data.clone();
+    snap[150_000..160_000].fill(3);
+    let head = Arc::new(MemStream::new(data.clone(), zero_runs(&data), true));
+    let old = Arc::new(MemStream::new(snap.clone(), zero_runs(&snap), true));
+    let img = RawImage::new(Box::new(Shared(head.clone())), vec![("old".into(), Box::new(Shared(old.clone())))]);
+    let lists = img.list_snaps(0, 3 << 20).unwrap();
+    for s in [&head, &old] {
+        let reads = s.reads.lock().unwrap();
+        assert!(!reads.is_empty());
+        for &(a, b) in reads.iter() {
+            assert!(!s.holes.iter().any(|&(ha, hb)| a < hb && ha < b), "read {a}..{b} overlaps a known hole");
+        }
+    }
+    // The only difference is 150_000..160_000 (3s in the snapshot, 1s in the head): data
+    // there, in whole 4 KiB blocks, and everything else unchanged.
+    let changed: Vec<_> = lists[1].iter().filter(|e| e.state != ExtentState::Unchanged).collect();
+    assert_eq!(changed.len(), 1, "{:?}", lists[1]);
+    assert_eq!((changed[0].offset, changed[0].len, changed[0].state), (147_456, 16_384, ExtentState::Data));
+}
+
+#[test]
+fn a_huge_sparse_stream_is_walked_without_reads() {
+    let t = 1u64 << 40;
+    struct Sparse(u64, Mutex<u64>);
+    impl Stream for Sparse {
+        fn size(&self) -> u64 {
+            self.0
+        }
+        fn read_at(&self, _: u64, buf: &mut [u8]) -> rbdm_registry::Result<()> {
+            *self.1.lock().unwrap() += buf.len() as u64;
+            buf.fill(0);
+            Ok(())
+        }
+        fn extents(&self, offset: u64, len: u64) -> Option<rbdm_registry::Result<Vec<StreamExtent>>> {
+            Some(Ok(vec![StreamExtent { offset, len: len.min(self.0 - offset), zero: true }]))
+        }
+        fn describe(&self) -> String {
+            "sparse".into()
+        }
+    }
+    let img = RawImage::new(Box::new(Sparse(t, Mutex::new(0))), vec![("a".into(), Box::new(Sparse(t, Mutex::new(0))))]);
+    let started = std::time::Instant::now();
+    let mut pos = 0;
+    while pos < t {
+        let l = img.list_snaps(pos, 32 << 20).unwrap();
+        assert_eq!(l[0], vec![SnapExtent { offset: pos, len: 32 << 20, state: ExtentState::Zero }]);
+        assert_eq!(l[1], vec![SnapExtent { offset: pos, len: 32 << 20, state: ExtentState::Unchanged }]);
+        pos += 32 << 20;
+    }
+    assert!(started.elapsed().as_secs() < 20, "took {:?}", started.elapsed());
+}

@@ -1,0 +1,80 @@
+//! `cargo xtask bench migration`: import-only migration of NOTES.md's disk shape (1 GiB, 369
+//! MiB allocated) from qcow2 and raw files, timed against `qemu-img convert -O raw` of the
+//! same file in the same run, and printed beside Ceph Pacific's figures from NOTES.md.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::util;
+
+const MIB: u64 = 1 << 20;
+
+/// 369 one-MiB extents spread over 1 GiB (a fixed pseudo-random choice, so runs compare).
+fn extents() -> Vec<u64> {
+    let mut slots: Vec<u64> = (0..1024).collect();
+    let mut x: u64 = 0x9e37_79b9;
+    for i in (1..slots.len()).rev() {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        slots.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    let mut chosen = slots[..369].to_vec();
+    chosen.sort_unstable();
+    chosen
+}
+
+fn make_disk(raw: &Path, qcow: &Path) -> Result<()> {
+    util::output(Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(raw).arg("1G"))?;
+    let exts = extents();
+    for chunk in exts.chunks(64) {
+        let mut c = Command::new("qemu-io");
+        c.args(["-f", "raw"]);
+        for slot in chunk {
+            c.arg("-c").arg(format!("write -P {} {} {}", slot % 251 + 1, slot * MIB, MIB));
+        }
+        util::output(c.arg(raw))?;
+    }
+    util::output(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(raw).arg(qcow))?;
+    Ok(())
+}
+
+pub fn run(rbdm: &Path) -> Result<()> {
+    let dir = util::scratch("bench-migration")?;
+    let (raw, qcow) = (dir.join("disk.raw"), dir.join("disk.qcow2"));
+    make_disk(&raw, &qcow)?;
+    let out = dir.join("converted.raw");
+    // Warm the page cache for both sides alike.
+    util::output(Command::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(&qcow).arg(&out))?;
+    let _ = std::fs::remove_file(&out);
+    let peer = util::timed(Command::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(&qcow).arg(&out))?;
+    println!("\nbench migration: import-only, 1 GiB disk with 369 MiB allocated, file stream, same run");
+    println!("  peer: qemu-img convert -O raw of the qcow2: {:.2} s", peer.as_secs_f64());
+    let ceph = [("qcow", 0.55), ("raw", 1.61)];
+    for (format, path) in [("qcow", &qcow), ("raw", &raw)] {
+        let store = format!("dir://{}", dir.join(format!("store-{format}")).display());
+        let spec = format!(r#"{{"type":"{format}","stream":{{"type":"file","file_path":"{}"}}}}"#, path.display());
+        let rb = |args: &[&str]| {
+            let mut c = Command::new(rbdm);
+            c.env("RBDM_STORE", &store).args(args);
+            c
+        };
+        util::output(&mut rb(&["migration", "prepare", "--import-only", "--source-spec", &spec, "img"]))?;
+        let t = util::timed(&mut rb(&["migration", "execute", "img"]))?;
+        util::output(&mut rb(&["migration", "commit", "img"]))?;
+        let du = util::output(&mut rb(&["du", "img"]))?;
+        let used = du.lines().last().unwrap_or("").split_whitespace().skip(3).collect::<Vec<_>>().join(" ");
+        let ceph_s = ceph.iter().find(|c| c.0 == format).map(|c| c.1).unwrap_or(0.0);
+        row(format, t, peer, ceph_s, &used);
+    }
+    Ok(())
+}
+
+fn row(format: &str, t: Duration, peer: Duration, ceph: f64, used: &str) {
+    println!(
+        "  {format:<5} execute {:>6.2} s   ratio to qemu-img {:.2}x   Ceph Pacific (NOTES.md) {ceph:.2} s   du used: {used}",
+        t.as_secs_f64(),
+        t.as_secs_f64() / peer.as_secs_f64()
+    );
+}
