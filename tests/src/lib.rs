@@ -7,6 +7,8 @@
 //! The binary is not built by `cargo test -p rbdm-tests` (a test crate cannot depend on a
 //! binary): run `cargo build -p rbdm-cli` first, with the same target dir and profile.
 
+pub mod servers;
+
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;

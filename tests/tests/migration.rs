@@ -295,3 +295,64 @@ fn commit_force_moves_clone_children_to_the_destination() {
     check_image(&env, "child", &raw_contents(16 * MIB, &writes), "child");
     assert!(!env.ok(&["trash", "ls", "--all"]).contains("parent"));
 }
+
+/// The NOTES.md shape in small: a qcow2 and a raw disk with holes.
+fn remote_disks(env: &Env) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let raw = env.path("web.raw");
+    let writes = [(0, MIB, 0x31), (9 * MIB, 3 * MIB, 0x32), (30 * MIB - 4096, 8192, 0x33)];
+    make_raw(&raw, 32 * MIB, &writes);
+    let qcow = env.path("web.qcow2");
+    let out = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow).output().unwrap();
+    assert!(out.status.success());
+    (raw, qcow, raw_contents(32 * MIB, &writes))
+}
+
+fn import(env: &Env, spec: &str, name: &str, want: &[u8]) {
+    env.ok(&["migration", "prepare", "--import-only", "--source-spec", spec, name]);
+    env.ok(&["migration", "execute", name]);
+    env.ok(&["migration", "commit", name]);
+    check_image(env, name, want, name);
+}
+
+#[test]
+fn import_only_over_http_and_s3_and_nbd() {
+    let env = Env::new();
+    let (raw, qcow, want) = remote_disks(&env);
+    let web = servers::nginx(env.dir.path());
+    for (format, file) in [("raw", "web.raw"), ("qcow", "web.qcow2")] {
+        let spec = format!(r#"{{"type":"{format}","stream":{{"type":"http","url":"{}"}}}}"#, web.url(file));
+        import(&env, &spec, &format!("http-{format}"), &want);
+    }
+    let missing = format!(r#"{{"type":"raw","stream":{{"type":"http","url":"{}"}}}}"#, web.url("nope.raw"));
+    assert_eq!(env.fails(&["migration", "prepare", "--import-only", "--source-spec", &missing, "x"]).status.code(), Some(2));
+
+    let (s3, ak, sk) = servers::moto(&[("disk.qcow2", &qcow), ("disk.raw", &raw)]);
+    env.ok(&["config-key", "set", "s3/secret", &sk]);
+    let url = format!("http://127.0.0.1:{}/images/disk.qcow2", s3.port);
+    let spec = format!(r#"{{"type":"qcow","stream":{{"type":"s3","url":"{url}","access_key":"{ak}","secret_key":"config://s3/secret"}}}}"#);
+    import(&env, &spec, "s3-qcow", &want);
+    assert!(!env.ok(&["status", "s3-qcow"]).contains(&sk), "secrets never printed");
+    let bad = format!(r#"{{"type":"qcow","stream":{{"type":"s3","url":"{url}","access_key":"{ak}","secret_key":"wrong"}}}}"#);
+    let out = env.fails(&["migration", "prepare", "--import-only", "--source-spec", &bad, "y"]);
+    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    assert!(!env.ok(&["ls"]).contains('y'));
+
+    // Anything qemu-nbd serves: here a vmdk, holes reported by block status.
+    let vmdk = env.path("d.vmdk");
+    let out = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "vmdk"]).arg(&raw).arg(&vmdk).output().unwrap();
+    assert!(out.status.success());
+    let sock = env.path("qnbd.sock");
+    let mut qnbd = Killed(
+        Command::new("qemu-nbd").args(["-f", "vmdk", "-r", "-t", "--socket"]).arg(&sock).arg(&vmdk).spawn().unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let spec = format!(r#"{{"type":"raw","stream":{{"type":"nbd","uri":"nbd+unix:///?socket={}"}}}}"#, sock.display());
+    import(&env, &spec, "from-nbd", &want);
+    let _ = qnbd.0.kill();
+    let du = env.json(&["du", "from-nbd"]);
+    let used = du["images"].as_array().and_then(|a| a.last()).and_then(|i| i["used_size"].as_u64()).unwrap_or(u64::MAX);
+    assert!(used <= 4 * 4 * MIB, "holes kept through nbd: used {used}");
+}

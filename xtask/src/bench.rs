@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 
 use crate::util;
 
-const BENCHES: &[&str] = &["image"];
+const BENCHES: &[&str] = &["image", "migration", "source"];
 
 pub fn run(args: &[String]) -> Result<()> {
     let names: Vec<&str> = if args.is_empty() { BENCHES.to_vec() } else { args.iter().map(String::as_str).collect() };
@@ -22,6 +22,8 @@ pub fn run(args: &[String]) -> Result<()> {
     for n in names {
         match n {
             "image" => image(&rbdm)?,
+            "migration" => crate::bench_migration::run(&rbdm)?,
+            "source" => crate::bench_source::run(&rbdm)?,
             _ => unreachable!("checked above"),
         }
     }

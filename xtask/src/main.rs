@@ -4,6 +4,8 @@
 //! What it is not: a build system. It calls cargo and the QEMU tools, and prints what it runs.
 
 mod bench;
+mod bench_migration;
+mod bench_source;
 mod demo;
 mod fuzz;
 mod util;
@@ -17,7 +19,7 @@ commands:
                      then a short smoke run of each fuzz target
   demo               a real session on the embedded store, printing each rbdm command
   bench [NAME...]    benchmarks, as ratios against a peer measured in the same run
-                     (names: image; default: all)
+                     (names: image, migration, source; default: all)
   fuzz [--seconds N] [TARGET...]
                      run the cargo-fuzz targets for N seconds each (default 60)";
 

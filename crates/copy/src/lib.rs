@@ -176,6 +176,17 @@ pub fn copy_object(
     stats: &Stats,
 ) -> Result<()> {
     let h = image.header()?;
+    if !for_write {
+        // Most objects of a sparse source hold nothing at any point: skip them without
+        // touching the destination (no lock, no store round trip), so cost follows data.
+        let points = target_points(&h, rec);
+        let max_size = points.iter().map(|p| p.size).max().unwrap_or(0);
+        let extents = h.layout.object_extents_in_image(object_no, max_size);
+        let view = source_view(source, &extents)?;
+        if view.data.iter().all(IntervalSet::is_empty) && view.changed.iter().all(IntervalSet::is_empty) {
+            return Ok(());
+        }
+    }
     let loc = image.data_loc(&h, object_no);
     let store = image.store();
     let cookie = format!("{}.{:?}", std::process::id(), std::thread::current().id());

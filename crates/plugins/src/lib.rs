@@ -14,6 +14,9 @@ pub fn link() {
     rbdm_format_raw::link();
     rbdm_format_native::link();
     rbdm_format_qcow::link();
+    rbdm_stream_http::link();
+    rbdm_stream_s3::link();
+    rbdm_stream_nbd::link();
 }
 
 /// `(type name, description)` of each plugin, by name.

@@ -36,7 +36,7 @@ macro_rules! conformance_tests {
             write_full_zero_truncate_remove, stat_version_bumps, read_into_matches_read, sparse_read_reports_data_only,
             create_exclusive, compound_op_is_atomic, xattrs, omap, snapshots_read_back,
             snapshots_and_existence, list_snaps_overlap, snap_remove_frees_clones,
-            metadata_ops_do_not_clone, locks, watchers, flush_and_handles_share_data,
+            metadata_ops_do_not_clone, locks, watchers, flush_and_handles_share_data, handles_see_each_others_changes,
             bad_input_is_invalid, threads_guarded_counter);
     };
     (@each $setup:expr; $($check:ident),* $(,)?) => {
@@ -679,6 +679,42 @@ pub fn flush_and_handles_share_data(open: Open) {
     let sa = a.snap_create(p).expect("snap a");
     let sb = b.snap_create(p).expect("snap b");
     assert!(sb > sa, "snap ids grow across clients");
+}
+
+/// A handle that has read an object sees every later change another handle (another
+/// process) makes to it: data, size, version, removal, creation, snapshots, pool removal.
+/// Backends that cache what they read must still pass this.
+pub fn handles_see_each_others_changes(open: Open) {
+    let (a, b) = (open(), open());
+    let p = rbd(&a);
+    let (o, x) = (loc(p, "o"), loc(p, "x"));
+    put(&b, &o, WriteOp::new().write_full(&fill(b'1', 8192)));
+    assert_eq!(read_all(&a, &o, HEAD), fill(b'1', 8192));
+    let v1 = a.stat(&o, HEAD).expect("stat").version;
+    put(&b, &o, WriteOp::new().write(100, b"two"));
+    assert_eq!(a.read(&o, HEAD, 99, 5).expect("read"), [b'1', b't', b'w', b'o', b'1'], "an in-place change");
+    assert!(a.stat(&o, HEAD).expect("stat").version > v1, "a sees the new version");
+    put(&b, &o, WriteOp::new().truncate(10));
+    assert_eq!(a.stat(&o, HEAD).expect("stat").size, 10, "a sees the new size");
+    let mut buf = [0u8; 64];
+    assert_eq!(a.read_into(&o, HEAD, 0, &mut buf).expect("read_into"), 10);
+    assert_err(a.read(&x, HEAD, 0, 4), is_not_found, "x is absent");
+    put(&b, &x, WriteOp::new().write_full(b"born"));
+    assert_eq!(read_all(&a, &x, HEAD), b"born", "a sees an object created after it looked");
+    let s1 = b.snap_create(p).expect("snap");
+    put_at(&b, &x, WriteOp::new().write_full(b"grown"), &ctx(&[s1]));
+    assert_eq!(read_all(&a, &x, HEAD), b"grown");
+    assert_eq!(read_all(&a, &x, s1), b"born", "a sees the clone made by b's write");
+    put_at(&b, &x, WriteOp::new().remove(), &ctx(&[s1]));
+    assert_err(a.read(&x, HEAD, 0, 4), is_not_found, "a sees the removal");
+    assert_err(a.stat(&x, HEAD), is_not_found, "a sees the removal in stat");
+    let q = b.create_pool("gone").expect("pool");
+    let y = loc(q, "y");
+    put(&b, &y, WriteOp::new().write_full(b"doomed"));
+    assert_eq!(read_all(&a, &y, HEAD), b"doomed");
+    b.remove_pool("gone").expect("remove pool");
+    assert_err(a.read(&y, HEAD, 0, 6), |e| e.errno() == libc::ENOENT, "a read in a pool b removed");
+    assert_err(a.read_into(&y, HEAD, 0, &mut buf), |e| e.errno() == libc::ENOENT, "read_into in a removed pool");
 }
 
 pub fn bad_input_is_invalid(open: Open) {

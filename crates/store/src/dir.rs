@@ -2,11 +2,14 @@
 //! that several processes can share one store at once.
 //!
 //! Layout: `<root>/meta.sqlite`, `<root>/data/<xx>/<token>` (one file per object version, named
-//! by a random token), `<root>/locks/<n>` (striped lock files).
+//! by a random token), `<root>/locks/<n>` (striped lock files, each holding its stripe's
+//! generation counter).
 //!
 //! Concurrency: every operation on an object holds `flock` on the object's lock stripe
-//! (exclusive to change it, shared to read it), opened anew per operation so that threads of
-//! one process exclude each other too; metadata changes are one `BEGIN IMMEDIATE` transaction.
+//! (exclusive to change it, shared to read it), each holder through its own open file
+//! description so that threads of one process exclude each other too; metadata changes are
+//! one `BEGIN IMMEDIATE` transaction. Reads reuse head rows cached under the stripe's
+//! generation, which every exclusive holder bumps first (see `stripes`).
 //! A stripe lock is never taken while the database is held, so the two cannot deadlock.
 //!
 //! Atomicity across SIGKILL: a change that replaces the data (new object, full overwrite,
@@ -19,11 +22,11 @@
 
 mod clients;
 mod files;
+mod stripes;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -31,6 +34,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use self::stripes::{RowCache, StripeLock, Stripes};
 use crate::plan::{self, MetaStep, Plan, View};
 use crate::snaps::{self, Version};
 use crate::{
@@ -41,6 +45,8 @@ use crate::{
 pub(crate) use clients::{hostname, now_secs};
 
 const LOCK_STRIPES: u64 = 64;
+/// Data files `flush` holds open at once.
+const FLUSH_BATCH: usize = 256;
 
 pub struct DirStore {
     root: PathBuf,
@@ -48,6 +54,9 @@ pub struct DirStore {
     client: ClientInfo,
     /// Files written since the last `flush`, to fsync then.
     dirty: Mutex<BTreeSet<String>>,
+    stripes: Stripes,
+    /// Head rows (or their absence), valid while their stripe's generation holds.
+    rows: RowCache<Locator, Option<ObjRow>>,
 }
 
 impl From<rusqlite::Error> for Error {
@@ -101,6 +110,7 @@ CREATE INDEX IF NOT EXISTS watchers_obj ON watchers(pool, ns, name);
 ";
 
 /// The head row of an object (which also carries the snapset's `seq`).
+#[derive(Clone)]
 struct ObjRow {
     id: i64,
     seq: SnapId,
@@ -126,11 +136,6 @@ struct Stored {
     size: u64,
     version: u64,
     mtime: u64,
-}
-
-/// Holds an object's stripe lock until dropped (closing the file releases the flock).
-struct StripeLock {
-    _file: File,
 }
 
 impl DirStore {
@@ -167,6 +172,8 @@ impl DirStore {
             conn: Mutex::new(conn),
             client: ClientInfo { id: uns(id), host: me.host, pid: me.pid, since },
             dirty: Mutex::new(BTreeSet::new()),
+            stripes: Stripes::new(root.join("locks"), LOCK_STRIPES),
+            rows: RowCache::new(),
         };
         if !dead.is_empty() {
             // Best effort: a failed sweep leaves garbage files, never wrong data.
@@ -185,7 +192,11 @@ impl DirStore {
 
     fn open_data(&self, token: &str) -> Result<File> {
         let path = self.path_of(token);
-        OpenOptions::new().read(true).write(true).open(&path).map_err(io_err(format!("open {}", path.display())))
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::Io { context: format!("open {}", path.display()), source: e })
     }
 
     /// A fresh data file; its token ends with our client id so a sweep knows whose it was.
@@ -218,32 +229,18 @@ impl DirStore {
         let _ = fs::remove_file(self.path_of(token));
     }
 
-    fn lock_stripe(&self, loc: &Locator, exclusive: bool) -> Result<StripeLock> {
-        let path = self.root.join("locks").join((stripe_hash(loc) % LOCK_STRIPES).to_string());
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(format!("open {}", path.display())))?;
-        let how = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
-        loop {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
-                return Ok(StripeLock { _file: f });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::Io { context: format!("flock {}", path.display()), source: e });
-            }
-        }
+    fn lock_stripe(&self, loc: &Locator, exclusive: bool) -> Result<StripeLock<'_>> {
+        self.stripes.lock(stripe_hash(loc) % LOCK_STRIPES, exclusive)
     }
 
     /// Takes the object's stripe lock and loads its row, first replaying any journal rows
-    /// (which needs the lock exclusive).
-    fn lock_and_load(&self, loc: &Locator, exclusive: bool) -> Result<(StripeLock, Option<ObjRow>)> {
+    /// (which needs the lock exclusive). Under a shared lock the row may come from the cache,
+    /// which the stripe's generation keeps exact (see `stripes`).
+    fn lock_and_load(&self, loc: &Locator, exclusive: bool) -> Result<(StripeLock<'_>, Option<ObjRow>)> {
         let lock = self.lock_stripe(loc, exclusive)?;
+        if let Some(row) = self.rows.get(loc, &lock) {
+            return Ok((lock, row));
+        }
         let row = load_row(&self.db(), loc)?;
         match row {
             Some(r) if r.pending && !exclusive => {
@@ -255,7 +252,10 @@ impl DirStore {
                 let row = load_row(&self.db(), loc)?;
                 Ok((lock, row))
             }
-            row => Ok((lock, row)),
+            row => {
+                self.rows.put(loc, &lock, &row);
+                Ok((lock, row))
+            }
         }
     }
 
@@ -312,7 +312,7 @@ impl DirStore {
     }
 
     /// Opens the data of what `snap` sees, holding the stripe lock shared meanwhile.
-    fn open_version(&self, loc: &Locator, snap: SnapId) -> Result<(StripeLock, Stored, Option<File>)> {
+    fn open_version(&self, loc: &Locator, snap: SnapId) -> Result<(StripeLock<'_>, Stored, Option<File>)> {
         let (lock, row) = self.lock_and_load(loc, false)?;
         let stored = self.stored_at(loc, row, snap)?;
         let file = stored.token.as_deref().map(|t| self.open_data(t)).transpose()?;
@@ -823,6 +823,9 @@ impl ObjectStore for DirStore {
     }
 
     fn remove_pool(&self, name: &str) -> Result<()> {
+        // Every stripe held exclusively (and so bumped) across the change: no handle keeps a
+        // cached row of the removed pool. Taken in order and before the database, as always.
+        let all = (0..LOCK_STRIPES).map(|i| self.stripes.lock(i, true)).collect::<Result<Vec<_>>>()?;
         let tokens: Vec<String> = {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -851,6 +854,7 @@ impl ObjectStore for DirStore {
             tx.commit()?;
             tokens
         };
+        drop(all);
         for t in tokens {
             self.remove_data(&t);
         }
@@ -965,12 +969,14 @@ impl ObjectStore for DirStore {
 
     fn read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<u8>> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
-        files::read_at(file.as_ref(), offset, len, stored.size).map_err(io_err(format!("read {loc}")))
+        files::read_at(file.as_ref(), offset, len, stored.size)
+            .map_err(|e| Error::Io { context: format!("read {loc}"), source: e })
     }
 
     fn read_into(&self, loc: &Locator, snap: SnapId, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
-        files::read_into(file.as_ref(), offset, buf, stored.size).map_err(io_err(format!("read {loc}")))
+        files::read_into(file.as_ref(), offset, buf, stored.size)
+            .map_err(|e| Error::Io { context: format!("read {loc}"), source: e })
     }
 
     fn sparse_read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -1169,15 +1175,28 @@ impl ObjectStore for DirStore {
     fn flush(&self) -> Result<()> {
         let tokens = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
         let mut dirs = BTreeSet::new();
-        for t in &tokens {
-            let path = self.path_of(t);
-            match File::open(&path) {
-                Ok(f) => f.sync_all().map_err(io_err(format!("fsync {}", path.display())))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::Io { context: format!("open {}", path.display()), source: e }),
+        let tokens: Vec<&String> = tokens.iter().collect();
+        // Batches bound the open descriptors. Writeback of a whole batch is started before the
+        // first fsync, so the disk sees it all at once instead of one file per fsync round trip
+        // (256 dirty 4 MiB objects: 0.7 s of fsyncs in turn before this).
+        for batch in tokens.chunks(FLUSH_BATCH) {
+            let mut open = Vec::with_capacity(batch.len());
+            for t in batch {
+                let path = self.path_of(t);
+                match File::open(&path) {
+                    Ok(f) => {
+                        files::start_writeback(&f);
+                        open.push((path, f));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::Io { context: format!("open {}", path.display()), source: e }),
+                }
             }
-            if let Some(parent) = path.parent() {
-                dirs.insert(parent.to_path_buf());
+            for (path, f) in open {
+                f.sync_all().map_err(|e| Error::Io { context: format!("fsync {}", path.display()), source: e })?;
+                if let Some(parent) = path.parent() {
+                    dirs.insert(parent.to_path_buf());
+                }
             }
         }
         // Committed metadata lives in the WAL until a checkpoint copies it into the database.
