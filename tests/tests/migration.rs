@@ -356,3 +356,37 @@ fn import_only_over_http_and_s3_and_nbd() {
     let used = du["images"].as_array().and_then(|a| a.last()).and_then(|i| i["used_size"].as_u64()).unwrap_or(u64::MAX);
     assert!(used <= 4 * 4 * MIB, "holes kept through nbd: used {used}");
 }
+
+#[test]
+fn a_migrated_clone_keeps_its_parent_unless_flattened() {
+    let env = Env::new();
+    let raw = env.path("pp.raw");
+    let writes = [(0, 6 * MIB, 0x44), (10 * MIB, MIB, 0x45)];
+    make_raw(&raw, 16 * MIB, &writes);
+    env.ok(&["import", raw.to_str().unwrap(), "gold"]);
+    env.ok(&["snap", "create", "gold@v1"]);
+    env.ok(&["snap", "protect", "gold@v1"]);
+    let mut want = raw_contents(16 * MIB, &writes);
+    for (child, flatten) in [("c1", false), ("c2", true)] {
+        env.ok(&["clone", "gold@v1", child]);
+        // The clone's own data, and a range it hides from the parent (written as zeros).
+        env.ok(&["bench", "--io-type", "write", "--io-size", "64K", "--io-total", "128K", "--io-pattern", "seq", child]);
+        let mut mine = want.clone();
+        apply_bench(&mut mine, 64 * 1024, 128 * 1024);
+        let mut args = vec!["migration", "prepare", "--object-size", "1M"];
+        if flatten {
+            args.push("--flatten");
+        }
+        let dst = format!("{child}-moved");
+        args.extend([child, dst.as_str()]);
+        env.ok(&args);
+        env.ok(&["migration", "execute", &dst]);
+        env.ok(&["migration", "commit", &dst]);
+        let info = env.ok(&["info", &dst]);
+        assert_eq!(info.contains("parent: rbd/gold@v1"), !flatten, "{child}: {info}");
+        check_image(&env, &dst, &mine, child);
+        if !flatten {
+            assert!(env.ok(&["children", "gold@v1"]).contains(&dst));
+        }
+    }
+}

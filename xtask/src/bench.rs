@@ -1,15 +1,17 @@
 //! `cargo xtask bench`: every figure is a ratio against a peer measured in the same run on the
 //! same disk, so numbers from different machines can be compared.
 
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::util;
 
-const BENCHES: &[&str] = &["image", "migration", "source"];
+const BENCHES: &[&str] = &["image", "migration", "source", "nbd"];
 
 pub fn run(args: &[String]) -> Result<()> {
     let names: Vec<&str> = if args.is_empty() { BENCHES.to_vec() } else { args.iter().map(String::as_str).collect() };
@@ -24,6 +26,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "image" => image(&rbdm)?,
             "migration" => crate::bench_migration::run(&rbdm)?,
             "source" => crate::bench_source::run(&rbdm)?,
+            "nbd" => nbd(&rbdm)?,
             _ => unreachable!("checked above"),
         }
     }
@@ -76,4 +79,145 @@ fn row(what: &str, ours: Duration, peer: Duration) {
         gib_s(peer),
         ours.as_secs_f64() / peer.as_secs_f64()
     );
+}
+
+/// The NBD bench's image and file size (`rbdm --size` reads a bare number as MiB).
+const NBD_SIZE: &str = "1G";
+/// `qemu-img bench` has no random pattern: it steps by `-S` modulo the size. An odd number of
+/// 4 KiB blocks near size/golden ratio visits every block, each request far from the last.
+const SCATTER_STEP: &str = "679481344"; // 165889 * 4096
+
+/// One `qemu-img bench` case.
+struct NbdCase {
+    name: &'static str,
+    unit: &'static str,
+    args: &'static [&'static str],
+    count: u64,
+    io_size: u64,
+}
+
+const NBD_CASES: &[NbdCase] = &[
+    NbdCase { name: "4K random read", unit: "IOPS", args: &["-s", "4k", "-S", SCATTER_STEP], count: 100_000, io_size: 4096 },
+    NbdCase { name: "4K random write", unit: "IOPS", args: &["-w", "-s", "4k", "-S", SCATTER_STEP], count: 50_000, io_size: 4096 },
+    NbdCase { name: "1M seq read", unit: "MiB/s", args: &["-s", "1M"], count: 2048, io_size: 1 << 20 },
+    NbdCase { name: "1M seq write", unit: "MiB/s", args: &["-w", "-s", "1M"], count: 1024, io_size: 1 << 20 },
+];
+
+/// A server process, stopped with SIGTERM (SIGKILL after 10 s) when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: signals a child we spawned and have not reaped, by its pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 4: `rbdm nbd export` of a 1 GiB image against `qemu-nbd` of a 1 GiB raw file on the
+/// same disk, both over a Unix socket with their page cache (writeback), both driven by
+/// `qemu-img bench` with 16 requests in flight, both fully written first so reads hit data.
+/// Each case runs twice per server, alternating; the better run of each counts.
+fn nbd(rbdm: &Path) -> Result<()> {
+    for tool in ["qemu-img", "qemu-nbd"] {
+        if !util::have(tool) {
+            bail!("bench nbd needs {tool} (Debian: qemu-utils)");
+        }
+    }
+    let dir = util::scratch("bench-nbd")?;
+    let store = format!("dir://{}", dir.join("store").display());
+    let plain = dir.join("plain.raw");
+    let size = NBD_SIZE;
+    let rb = |args: &[&str]| -> Command {
+        let mut c = Command::new(rbdm);
+        c.env("RBDM_STORE", &store).args(args);
+        c
+    };
+    util::output(&mut rb(&["create", "--size", size, "bench"]))?;
+    util::output(&mut rb(&["bench", "--io-type", "write", "--io-size", "4M", "--io-threads", "1", "--io-total", size, "bench"]))?;
+    util::output(Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&plain).arg(size))?;
+    // 256 writes of 4 MiB fill the 1 GiB.
+    util::output(Command::new("qemu-img").args(["bench", "-f", "raw", "-w", "--pattern", "90", "-s", "4M", "-c", "256"]).arg(&plain))?;
+    // rbdm's close fsynced its objects; do the same for the file so no writeback is left over.
+    util::output(Command::new("sync").arg(&plain))?;
+
+    let mut ours = rb(&["nbd", "export", "bench", "--socket"]);
+    ours.arg(dir.join("rbdm.sock"));
+    let (ours, our_uri) = start_rbdm(ours)?;
+    let (peer, peer_uri) = start_qemu_nbd(&plain, &dir.join("qemu.sock"))?;
+    println!("\nbench nbd: 1 GiB over a Unix socket, qemu-img bench -d 16, best of 2 (target: at least 0.8x qemu-nbd)");
+    for case in NBD_CASES {
+        let (mut mine, mut theirs) = (0.0f64, 0.0f64);
+        for _ in 0..2 {
+            theirs = theirs.max(qemu_bench(case, &peer_uri)?);
+            mine = mine.max(qemu_bench(case, &our_uri)?);
+        }
+        println!(
+            "  {:<16} rbdm {mine:>8.0} {unit:<5}   qemu-nbd {theirs:>8.0} {unit:<5}   ratio {:.2}x",
+            case.name,
+            mine / theirs,
+            unit = case.unit
+        );
+    }
+    drop(ours);
+    drop(peer);
+    Ok(())
+}
+
+/// Starts `rbdm nbd export`; the first line it prints is its URI, once it listens.
+fn start_rbdm(mut cmd: Command) -> Result<(Server, String)> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let shown = util::show(&cmd);
+    let mut server = Server(cmd.spawn().with_context(|| format!("cannot start {shown}"))?);
+    let out = server.0.stdout.take().context("rbdm nbd export has no stdout")?;
+    let mut uri = String::new();
+    BufReader::new(out).read_line(&mut uri).with_context(|| format!("reading the URI from {shown}"))?;
+    let uri = uri.trim().to_string();
+    if !uri.starts_with("nbd") {
+        bail!("{shown} did not print its URI (got {uri:?})");
+    }
+    Ok((server, uri))
+}
+
+fn start_qemu_nbd(file: &Path, socket: &Path) -> Result<(Server, String)> {
+    let mut cmd = Command::new("qemu-nbd");
+    cmd.args(["-f", "raw", "-t", "--cache=writeback", "--socket"]).arg(socket).arg(file);
+    cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+    let shown = util::show(&cmd);
+    let mut server = Server(cmd.spawn().with_context(|| format!("cannot start {shown}"))?);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(socket).is_err() {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            bail!("{shown} exited before listening: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("{shown} did not listen on {} within 10 s", socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((server, format!("nbd+unix:///?socket={}", socket.display())))
+}
+
+/// One case against one URI: requests a second, or MiB a second.
+fn qemu_bench(case: &NbdCase, uri: &str) -> Result<f64> {
+    let count = case.count.to_string();
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["bench", "-f", "raw", "-d", "16", "-c", &count]).args(case.args).arg(uri);
+    let out = util::output(&mut cmd)?;
+    let secs = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Run completed in ")?.strip_suffix(" seconds.")?.parse::<f64>().ok())
+        .with_context(|| format!("no 'Run completed in' line from {}:\n{out}", util::show(&cmd)))?;
+    let per_sec = case.count as f64 / secs.max(1e-9);
+    Ok(if case.unit == "IOPS" { per_sec } else { per_sec * case.io_size as f64 / f64::from(1 << 20) })
 }

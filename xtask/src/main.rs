@@ -19,7 +19,7 @@ commands:
                      then a short smoke run of each fuzz target
   demo               a real session on the embedded store, printing each rbdm command
   bench [NAME...]    benchmarks, as ratios against a peer measured in the same run
-                     (names: image, migration, source; default: all)
+                     (names: image, migration, source, nbd; default: all)
   fuzz [--seconds N] [TARGET...]
                      run the cargo-fuzz targets for N seconds each (default 60)";
 

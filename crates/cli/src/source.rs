@@ -6,9 +6,8 @@
 //! shape of `qemu-img map --output=json`; the raw bytes at the head or a snapshot. What it is
 //! not: no format logic; everything goes through `rbdm-registry`'s `SourceImage`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 
 use clap::{Args, Subcommand};
 use rbdm_registry::{ExtentState, OpenContext, Point, SnapExtent, SourceError, SourceImage};
@@ -16,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::cmds::Ctx;
 use crate::output::{byte_u, ctime, CmdResult, Fail};
+use crate::transfer::{out_fail, write_file_sparse, write_zeros, Dest};
 
 #[derive(Subcommand, Debug)]
 pub enum SourceCmd {
@@ -64,8 +64,6 @@ pub struct SourceExportArgs {
 const WINDOW: u64 = 32 << 20;
 /// Bytes read at a time by `export`.
 const READ_CHUNK: u64 = 4 << 20;
-/// Output blocks of zeros are skipped in a file, so the export stays sparse.
-const SPARSE: usize = 4096;
 
 pub fn run(ctx: &Ctx, cmd: &SourceCmd) -> CmdResult {
     match cmd {
@@ -258,40 +256,14 @@ fn map(ctx: &Ctx, a: &MapArgs) -> CmdResult {
     out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|e| Fail::io(&e, "error writing the map"))
 }
 
-enum Dest {
-    File(File, String),
-    Stdout,
-}
-
 fn export(ctx: &Ctx, a: &SourceExportArgs) -> CmdResult {
     let img = open(ctx, &a.spec)?;
     let (point, size) = point_of(&*img, a.snap.as_deref())?;
-    let dest = match a.path.as_str() {
-        "-" => Dest::Stdout,
-        path => match OpenOptions::new().write(true).create_new(true).open(path) {
-            Ok(f) => Dest::File(f, path.to_string()),
-            Err(e) => return Err(Fail::io(&e, format!("export error: error opening {path}"))),
-        },
-    };
-    let mut pc = ctx.progress("Exporting source");
-    let r = match &dest {
+    let dest = Dest::create(&a.path)?;
+    dest.fill(ctx.progress("Exporting source"), |dest, pc| match dest {
         Dest::File(f, _) => export_file(&*img, point, size, f, &mut |d| pc.update(d, size)),
         Dest::Stdout => export_stream(&*img, point, size, &mut std::io::stdout().lock(), &mut |d| pc.update(d, size)),
-    };
-    match &r {
-        Ok(()) => pc.finish(),
-        Err(_) => {
-            pc.fail();
-            if let Dest::File(_, path) = &dest {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-    r
-}
-
-fn out_fail(e: std::io::Error) -> Fail {
-    Fail::io(&e, "export error: error writing the output")
+    })
 }
 
 /// Reads `[o, o+l)` of the point in pieces and hands each to `f`.
@@ -310,14 +282,7 @@ fn export_file(img: &dyn SourceImage, point: Point, size: u64, file: &File, prog
     let mut buf = vec![0u8; READ_CHUNK as usize];
     walk(img, point, size, |o, l, data| {
         if data {
-            read_pieces(img, point, o, l, &mut buf, &mut |pos, bytes| {
-                for (i, block) in bytes.chunks(SPARSE).enumerate() {
-                    if block.iter().any(|&b| b != 0) {
-                        file.write_all_at(block, pos + (i * SPARSE) as u64).map_err(out_fail)?;
-                    }
-                }
-                Ok(())
-            })?;
+            read_pieces(img, point, o, l, &mut buf, &mut |pos, bytes| write_file_sparse(file, pos, bytes).map_err(out_fail))?;
         }
         progress(o + l);
         Ok(())
@@ -328,17 +293,11 @@ fn export_file(img: &dyn SourceImage, point: Point, size: u64, file: &File, prog
 
 fn export_stream(img: &dyn SourceImage, point: Point, size: u64, out: &mut dyn Write, progress: &mut dyn FnMut(u64)) -> CmdResult {
     let mut buf = vec![0u8; READ_CHUNK as usize];
-    let zeros = vec![0u8; 64 << 10];
     walk(img, point, size, |o, l, data| {
         if data {
             read_pieces(img, point, o, l, &mut buf, &mut |_, bytes| out.write_all(bytes).map_err(out_fail))?;
         } else {
-            let mut left = l;
-            while left > 0 {
-                let k = left.min(zeros.len() as u64) as usize;
-                out.write_all(&zeros[..k]).map_err(out_fail)?;
-                left -= k as u64;
-            }
+            write_zeros(out, l).map_err(out_fail)?;
         }
         progress(o + l);
         Ok(())

@@ -476,9 +476,39 @@ fn import_diff(s: &mut Stream, image: &Image, last_snap: &mut Option<String>, fi
 
 // ---- export
 
-enum Dest {
+/// Where an export goes: a new file or stdout.
+pub(crate) enum Dest {
     Stdout,
     File(File, String),
+}
+
+impl Dest {
+    /// `-` is stdout; a path is created, never overwritten: rbd opens it with O_EXCL too.
+    pub(crate) fn create(path: &str) -> CmdResult<Dest> {
+        match path {
+            "-" => Ok(Dest::Stdout),
+            path => match OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(f) => Ok(Dest::File(f, path.to_string())),
+                Err(e) => Err(Fail::io(&e, format!("export error: error opening {path}"))),
+            },
+        }
+    }
+
+    /// Runs `write` under the progress line `pc`; a file it failed to fill is removed, so a
+    /// failed export leaves nothing that looks like a whole one.
+    pub(crate) fn fill(&self, mut pc: Progress, write: impl FnOnce(&Dest, &mut Progress) -> CmdResult) -> CmdResult {
+        let r = write(self, &mut pc);
+        match &r {
+            Ok(()) => pc.finish(),
+            Err(_) => {
+                pc.fail();
+                if let Dest::File(_, path) = self {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        r
+    }
 }
 
 pub fn export(ctx: &Ctx, a: &ExportArgs) -> CmdResult {
@@ -487,38 +517,24 @@ pub fn export(ctx: &Ctx, a: &ExportArgs) -> CmdResult {
         return Err(Fail::invalid("export format 2 carries every snapshot: give the image, not a snapshot"));
     }
     let image = open(ctx, &spec, true)?;
-    let dest = match a.path.as_str() {
-        "-" => Dest::Stdout,
-        // Never overwrite: rbd opens the target with O_EXCL too.
-        path => match OpenOptions::new().write(true).create_new(true).open(path) {
-            Ok(f) => Dest::File(f, path.to_string()),
-            Err(e) => {
-                let _ = image.close();
-                return Err(Fail::io(&e, format!("export error: error opening {path}")));
-            }
-        },
-    };
-    let mut pc = ctx.progress("Exporting image");
-    let r = match (&dest, a.export_format) {
-        (Dest::File(f, _), 1) => export_raw_file(&image, f, &mut pc),
-        (Dest::Stdout, 1) => export_raw_stream(&image, &mut BufWriter::with_capacity(1 << 20, std::io::stdout().lock()), &mut pc),
-        (Dest::File(f, _), _) => export_v2(ctx, &spec, &image, &mut BufWriter::with_capacity(1 << 20, f), &mut pc),
-        (Dest::Stdout, _) => export_v2(ctx, &spec, &image, &mut BufWriter::with_capacity(1 << 20, std::io::stdout().lock()), &mut pc),
-    };
-    let _ = image.close();
-    match &r {
-        Ok(()) => pc.finish(),
-        Err(_) => {
-            pc.fail();
-            if let Dest::File(_, path) = &dest {
-                let _ = std::fs::remove_file(path);
-            }
+    let dest = match Dest::create(&a.path) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = image.close();
+            return Err(e);
         }
-    }
+    };
+    let r = dest.fill(ctx.progress("Exporting image"), |dest, pc| match (dest, a.export_format) {
+        (Dest::File(f, _), 1) => export_raw_file(&image, f, pc),
+        (Dest::Stdout, 1) => export_raw_stream(&image, &mut BufWriter::with_capacity(1 << 20, std::io::stdout().lock()), pc),
+        (Dest::File(f, _), _) => export_v2(ctx, &spec, &image, &mut BufWriter::with_capacity(1 << 20, f), pc),
+        (Dest::Stdout, _) => export_v2(ctx, &spec, &image, &mut BufWriter::with_capacity(1 << 20, std::io::stdout().lock()), pc),
+    });
+    let _ = image.close();
     r
 }
 
-fn out_fail(e: std::io::Error) -> Fail {
+pub(crate) fn out_fail(e: std::io::Error) -> Fail {
     Fail::io(&e, "export error: error writing the output")
 }
 
@@ -566,7 +582,8 @@ fn export_raw_file(image: &Image, file: &File, pc: &mut Progress) -> CmdResult {
     file.sync_all().map_err(out_fail)
 }
 
-fn write_file_sparse(file: &File, off: u64, data: &[u8]) -> std::io::Result<()> {
+/// Writes `data` at `off` of `file`, leaving 4 KiB blocks of zeros as holes.
+pub(crate) fn write_file_sparse(file: &File, off: u64, data: &[u8]) -> std::io::Result<()> {
     for (i, block) in data.chunks(SPARSE as usize).enumerate() {
         if !is_zero(block) {
             file.write_all_at(block, off + (i as u64) * SPARSE)?;
@@ -575,7 +592,7 @@ fn write_file_sparse(file: &File, off: u64, data: &[u8]) -> std::io::Result<()> 
     Ok(())
 }
 
-fn write_zeros(out: &mut dyn Write, mut n: u64) -> std::io::Result<()> {
+pub(crate) fn write_zeros(out: &mut dyn Write, mut n: u64) -> std::io::Result<()> {
     let zeros = [0u8; 64 << 10];
     while n > 0 {
         let k = n.min(zeros.len() as u64) as usize;

@@ -183,7 +183,8 @@ pub fn copy_object(
         let max_size = points.iter().map(|p| p.size).max().unwrap_or(0);
         let extents = h.layout.object_extents_in_image(object_no, max_size);
         let view = source_view(source, &extents)?;
-        if view.data.iter().all(IntervalSet::is_empty) && view.changed.iter().all(IntervalSet::is_empty) {
+        let nothing = view.data.iter().all(IntervalSet::is_empty) && view.changed.iter().all(IntervalSet::is_empty);
+        if nothing && !image.parent_has_data(&h, object_no)? {
             return Ok(());
         }
     }
@@ -278,7 +279,11 @@ fn copy_locked(
                 }
             }
         }
-        if !wrote && !exists && !(is_head && for_write) {
+        // A destination that keeps its source's parent: where the source holds nothing here
+        // but the parent does, the source was hiding the parent (a discard), so the object
+        // must exist to keep hiding it.
+        let hides_parent = t == 0 && !wrote && !exists && image.parent_has_data(h, object_no)?;
+        if !wrote && !exists && !(is_head && for_write) && !hides_parent {
             continue;
         }
         let marker = if is_head { DONE.to_vec() } else { (t as u64).to_le_bytes().to_vec() };

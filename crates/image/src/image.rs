@@ -265,6 +265,20 @@ impl Image {
         Ok(img)
     }
 
+    /// True when object `object_no` would read data from the parent (a clone's object that
+    /// does not exist yet): a migration keeping the parent link must create such an object
+    /// where its source hides the parent's data.
+    pub fn parent_has_data(&self, h: &Header, object_no: u64) -> Result<bool> {
+        let Some(link) = &h.parent else { return Ok(false) };
+        let parent = self.parent_image(link)?;
+        for (off, len) in self.parent_ranges(h, link, object_no) {
+            if !parent.allocated_extents(off, len)?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The migration record in the header, if the image takes part in one.
     pub fn migration_record(&self) -> Result<Option<MigrationRecord>> {
         let h = self.header()?;

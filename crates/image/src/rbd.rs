@@ -410,6 +410,12 @@ impl Rbd {
         Locator::new(parent_pool, "", CHILDREN)
     }
 
+    /// Records `child` as a clone of `link`'s snapshot (a migration destination that keeps
+    /// its source's parent).
+    pub fn register_child(&self, link: &ParentLink, child: &PoolSpec, child_id: &str) -> Result<()> {
+        self.child_register(link, child, child_id)
+    }
+
     pub(crate) fn child_register(&self, link: &ParentLink, child: &PoolSpec, child_id: &str) -> Result<()> {
         let key = Self::child_key(link, self.pool_id(&child.pool)?, child, child_id);
         self.store.operate(&self.children_loc(link.pool_id), &WriteOp::new().omap_set([(key, Vec::new())]), &no_snapc())?;

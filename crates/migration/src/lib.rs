@@ -171,6 +171,7 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
     }
     rbd.check_pool_spec(&dst.pool_spec())?;
     let info = source.info()?;
+    let src_header = source.header()?;
     let snaps: Vec<(String, u64, bool)> = source.snap_list()?.into_iter().map(|s| (s.name, s.size, s.protected)).collect();
     let create = opts.create.clone().unwrap_or_else(|| CreateOptions {
         size: info.size,
@@ -212,6 +213,9 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
     let made = (|| -> Result<()> {
         let points = create_destination(rbd, dst, &create, &snaps, info.size)?;
         let dimg = rbd.open(dst, false)?;
+        if !opts.flatten {
+            keep_parent(rbd, &src_header, &dimg, dst)?;
+        }
         let drec = MigrationRecord {
             role: MigrationRole::Destination,
             peer: Some(PeerImage { pool_id, namespace: src.namespace.clone(), name: src.image.clone(), id: info.id.clone() }),
@@ -236,6 +240,23 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
         undo_source(rbd);
         return Err(e);
     }
+    Ok(())
+}
+
+/// Gives the destination the source's parent links (head and each snapshot, by name), so a
+/// migrated clone stays a clone; the copy then only materialises what the source changed.
+fn keep_parent(rbd: &Rbd, src: &rbdm_image::header::Header, dimg: &Image, dst: &ImageSpec) -> Result<()> {
+    let Some(link) = src.parent.clone() else { return Ok(()) };
+    let by_name: std::collections::HashMap<String, Option<rbdm_image::header::ParentLink>> =
+        src.snaps.values().map(|s| (s.name.clone(), s.parent.clone())).collect();
+    dimg.update_header(|h| {
+        h.parent = Some(link.clone());
+        for s in h.snaps.values_mut() {
+            s.parent = by_name.get(&s.name).cloned().flatten();
+        }
+        Ok(())
+    })?;
+    rbd.register_child(&link, &dst.pool_spec(), dimg.id())?;
     Ok(())
 }
 

@@ -281,21 +281,12 @@ pub(crate) fn transmission_flags(dev: &dyn BlockDevice, structured: bool) -> u16
 
 fn reply<W: Write>(w: &mut W, opt: u32, kind: u32, body: &[u8]) -> io::Result<()> {
     let mut out = Vec::with_capacity(20 + body.len());
-    out.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
-    out.extend_from_slice(&opt.to_be_bytes());
-    out.extend_from_slice(&kind.to_be_bytes());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(body);
+    put_option_reply(&mut out, opt, kind, body);
     w.write_all(&out)
 }
 
 fn reply_err<W: Write>(w: &mut W, opt: u32, kind: u32, msg: &str) -> io::Result<()> {
     reply(w, opt, kind, msg.as_bytes())
-}
-
-fn put_string32(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-    out.extend_from_slice(s);
 }
 
 /// Strings on the wire must not exceed 4096 bytes; cut on a character boundary.
@@ -336,18 +327,6 @@ impl<'a> Cursor<'a> {
         }
         self.take(len)
     }
-}
-
-pub(crate) fn read_u32<R: Read>(r: &mut R) -> io::Result<u32> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b)?;
-    Ok(u32::from_be_bytes(b))
-}
-
-fn read_u64<R: Read>(r: &mut R) -> io::Result<u64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b)?;
-    Ok(u64::from_be_bytes(b))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! caching: every request goes straight to the [`BlockDevice`], which must be thread-safe.
 
 mod handshake;
-mod proto;
+pub mod proto;
 mod transmission;
 
 pub mod file_device;

@@ -1,10 +1,14 @@
-//! Wire constants of the NBD protocol (doc/proto.md of NetworkBlockDevice/nbd) and the
-//! mapping from `std::io::Error` to the errno values NBD carries.
+//! Wire constants of the NBD protocol (doc/proto.md of NetworkBlockDevice/nbd), the few
+//! message layouts both ends write, and the mapping from `std::io::Error` to the errno values
+//! NBD carries. Public so that the NBD client (the `nbd` stream plugin) speaks the same
+//! constants as this server; nothing here does I/O beyond reading one integer.
 
-use std::io;
+use std::io::{self, Read};
 
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
+/// What an old-style server sends where a newstyle one sends IHAVEOPT.
+pub const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
 pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
@@ -41,10 +45,12 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 pub const REP_INFO: u32 = 3;
 pub const REP_META_CONTEXT: u32 = 4;
-pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
-pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
-pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
-pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
+/// Set in every error reply type.
+pub const REP_FLAG_ERROR: u32 = 1 << 31;
+pub const REP_ERR_UNSUP: u32 = REP_FLAG_ERROR + 1;
+pub const REP_ERR_INVALID: u32 = REP_FLAG_ERROR + 3;
+pub const REP_ERR_UNKNOWN: u32 = REP_FLAG_ERROR + 6;
+pub const REP_ERR_TOO_BIG: u32 = REP_FLAG_ERROR + 9;
 
 // NBD_REP_INFO types.
 pub const INFO_EXPORT: u16 = 0;
@@ -72,7 +78,10 @@ pub const REPLY_TYPE_NONE: u16 = 0;
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
-pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+/// Set in every error chunk type.
+pub const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
+pub const REPLY_TYPE_ERROR: u16 = REPLY_TYPE_ERROR_BIT + 1;
+pub const REPLY_TYPE_ERROR_OFFSET: u16 = REPLY_TYPE_ERROR_BIT + 2;
 
 // base:allocation states.
 pub const STATE_HOLE: u32 = 1 << 0;
@@ -98,6 +107,71 @@ pub const MAX_PAYLOAD: u32 = 32 << 20;
 pub const MAX_OPTION_LEN: u32 = 64 << 10;
 /// The protocol's hard limit on strings (export names, queries, messages).
 pub const MAX_STRING: usize = 4096;
+
+/// A client's option request: IHAVEOPT, option, length, data.
+pub fn put_option(out: &mut Vec<u8>, opt: u32, data: &[u8]) {
+    out.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    out.extend_from_slice(&opt.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+/// A server's reply to option `opt`.
+pub fn put_option_reply(out: &mut Vec<u8>, opt: u32, kind: u32, data: &[u8]) {
+    out.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+    out.extend_from_slice(&opt.to_be_bytes());
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+/// The 28-byte header of a transmission request (a WRITE's data follows it).
+pub fn request_header(flags: u16, cmd: u16, handle: u64, offset: u64, len: u32) -> [u8; 28] {
+    let mut h = [0u8; 28];
+    h[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    h[4..6].copy_from_slice(&flags.to_be_bytes());
+    h[6..8].copy_from_slice(&cmd.to_be_bytes());
+    h[8..16].copy_from_slice(&handle.to_be_bytes());
+    h[16..24].copy_from_slice(&offset.to_be_bytes());
+    h[24..28].copy_from_slice(&len.to_be_bytes());
+    h
+}
+
+/// The 20-byte header of a structured reply chunk, with room for a data or hole chunk's
+/// offset and length to follow.
+pub fn chunk_header(handle: u64, flags: u16, kind: u16, len: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(32);
+    h.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    h.extend_from_slice(&flags.to_be_bytes());
+    h.extend_from_slice(&kind.to_be_bytes());
+    h.extend_from_slice(&handle.to_be_bytes());
+    h.extend_from_slice(&len.to_be_bytes());
+    h
+}
+
+/// A length-prefixed (u32) string, as export names and context names travel.
+pub fn put_string32(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+pub fn read_u16(r: &mut impl Read) -> io::Result<u16> {
+    let mut b = [0u8; 2];
+    r.read_exact(&mut b)?;
+    Ok(u16::from_be_bytes(b))
+}
+
+pub fn read_u32(r: &mut impl Read) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+
+pub fn read_u64(r: &mut impl Read) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_be_bytes(b))
+}
 
 /// The NBD errno for a device error: the error's kind first, then its OS code, else EIO.
 pub fn errno_for(err: &io::Error) -> u32 {

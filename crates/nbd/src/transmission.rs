@@ -373,16 +373,6 @@ fn simple_header(handle: u64, errno: u32) -> Vec<u8> {
     h
 }
 
-fn chunk_header(handle: u64, flags: u16, kind: u16, len: u32) -> Vec<u8> {
-    let mut h = Vec::with_capacity(32);
-    h.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
-    h.extend_from_slice(&flags.to_be_bytes());
-    h.extend_from_slice(&kind.to_be_bytes());
-    h.extend_from_slice(&handle.to_be_bytes());
-    h.extend_from_slice(&len.to_be_bytes());
-    h
-}
-
 fn write_all_vectored(w: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
     let mut slices: Vec<IoSlice> = parts
         .iter()

@@ -304,7 +304,7 @@ fn many_requests_in_flight() {
     raw.go("disk").expect("go");
     // 64 writes sent before reading any reply, then a flush; every handle answered once.
     for i in 0..64u64 {
-        let flags = if i % 8 == 0 { FLAG_FUA } else { 0 };
+        let flags = if i % 8 == 0 { CMD_FLAG_FUA } else { 0 };
         raw.request(
             CMD_WRITE,
             flags,

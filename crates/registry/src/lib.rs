@@ -129,6 +129,22 @@ pub struct SnapExtent {
     pub state: ExtentState,
 }
 
+/// Appends `[offset, offset+len)` in `state` to a `list_snaps` answer being built in order,
+/// merged into the last extent when it touches it in the same state, so formats answer with
+/// the fewest extents. An empty extent is dropped.
+pub fn push_extent(out: &mut Vec<SnapExtent>, offset: u64, len: u64, state: ExtentState) {
+    if len == 0 {
+        return;
+    }
+    if let Some(last) = out.last_mut() {
+        if last.state == state && last.offset + last.len == offset {
+            last.len += len;
+            return;
+        }
+    }
+    out.push(SnapExtent { offset, len, state });
+}
+
 /// A source image: snapshots oldest first, then the head.
 pub trait SourceImage: Send + Sync {
     /// The format's type name (`qcow`, `raw`, `native`).
@@ -232,4 +248,24 @@ pub fn open_source(spec: &serde_json::Value, ctx: &OpenContext) -> Result<Box<dy
         .find(|p| p.type_name == t)
         .ok_or_else(|| SourceError::Unsupported(format!("type: unknown format {t:?}")))?;
     (plugin.open)(spec, ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_extent_merges_touching_runs_of_one_state() {
+        let mut out = Vec::new();
+        push_extent(&mut out, 0, 10, ExtentState::Data);
+        push_extent(&mut out, 10, 0, ExtentState::Zero);
+        push_extent(&mut out, 10, 5, ExtentState::Data);
+        push_extent(&mut out, 15, 5, ExtentState::Zero);
+        push_extent(&mut out, 30, 5, ExtentState::Zero);
+        let got: Vec<(u64, u64, ExtentState)> = out.iter().map(|e| (e.offset, e.len, e.state)).collect();
+        assert_eq!(
+            got,
+            [(0, 15, ExtentState::Data), (15, 5, ExtentState::Zero), (30, 5, ExtentState::Zero)]
+        );
+    }
 }

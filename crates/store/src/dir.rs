@@ -150,7 +150,10 @@ impl DirStore {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Db(format!("cannot use WAL mode (got {mode})")));
         }
-        conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        // Every checkpoint fsyncs the WAL and the database. At the default 1000 pages, a
+        // stream of 1 MiB journaled writes checkpointed every fourth write; at 64 MiB the
+        // journal rows' pages, reused write after write, are mostly copied once.
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=16384;")?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(SCHEMA)?;
         let fresh = tx.query_row("SELECT 1 FROM meta WHERE key = 'format'", [], |_| Ok(())).optional()?.is_none();

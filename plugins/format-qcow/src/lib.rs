@@ -16,7 +16,7 @@ pub mod testing;
 use std::sync::{Arc, Mutex};
 
 use rbdm_registry::{
-    ExtentState, FormatPlugin, OpenContext, Point, SnapExtent, SourceError, SourceImage, SourceSnapshot, Stream,
+    push_extent, ExtentState, FormatPlugin, OpenContext, Point, SnapExtent, SourceError, SourceImage, SourceSnapshot, Stream,
 };
 
 pub use error::QcowError;
@@ -444,19 +444,6 @@ fn raw_states(s: &dyn Stream, offset: u64, len: u64, out: &mut Vec<SnapExtent>) 
     }
     push_extent(out, pos, end - pos, ExtentState::Data);
     Ok(())
-}
-
-fn push_extent(out: &mut Vec<SnapExtent>, offset: u64, len: u64, state: ExtentState) {
-    if len == 0 {
-        return;
-    }
-    if let Some(last) = out.last_mut() {
-        if last.state == state && last.offset + last.len == offset {
-            last.len += len;
-            return;
-        }
-    }
-    out.push(SnapExtent { offset, len, state });
 }
 
 impl SourceImage for QcowImage {

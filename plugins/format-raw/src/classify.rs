@@ -2,9 +2,9 @@
 //! where both this point and the previous one are uniformly a known hole, possibly data, or
 //! (for the previous point) absent. Only segments that can hold data are read.
 
-use rbdm_registry::{ExtentState, Result, SnapExtent, Stream};
+use rbdm_registry::{push_extent, ExtentState, Result, SnapExtent, Stream};
 
-use crate::{push, BLOCK, CHUNK};
+use crate::{BLOCK, CHUNK};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -47,8 +47,8 @@ pub fn classify(
         match (c, &prev) {
             (Side::Data, _) => scan(&mut out, &mut bufs, a, b, Some(cur), &prev)?,
             (_, Prev::Stream(_)) => scan(&mut out, &mut bufs, a, b, None, &prev)?,
-            (_, Prev::Zeros) => push(&mut out, a, b - a, ExtentState::Unchanged),
-            (_, Prev::Absent) => push(&mut out, a, b - a, ExtentState::Zero),
+            (_, Prev::Zeros) => push_extent(&mut out, a, b - a, ExtentState::Unchanged),
+            (_, Prev::Absent) => push_extent(&mut out, a, b - a, ExtentState::Zero),
         }
     }
     Ok(out)
@@ -108,7 +108,7 @@ fn scan(
                 (Prev::Zeros, _) => PrevBytes::Zeros,
                 _ => PrevBytes::Absent,
             };
-            push(out, at, end - at, block_state(cbuf.as_ref().map(|c| &c[r]), p));
+            push_extent(out, at, end - at, block_state(cbuf.as_ref().map(|c| &c[r]), p));
             at = end;
         }
         pos = stop;

@@ -9,7 +9,7 @@
 //! What it is not: a format prober, and not RBD export format v2.
 
 use rbdm_registry::{
-    open_stream, ExtentState, FormatPlugin, OpenContext, Point, Result, SnapExtent, SourceError, SourceImage,
+    open_stream, FormatPlugin, OpenContext, Point, Result, SnapExtent, SourceError, SourceImage,
     SourceSnapshot, Stream,
 };
 use rbdm_spec::RawSpec;
@@ -156,20 +156,6 @@ impl SourceImage for RawImage {
             n => format!("raw over {head}, {n} snapshot(s)"),
         }
     }
-}
-
-/// Appends, merging with the last extent when contiguous and of the same state.
-fn push(out: &mut Vec<SnapExtent>, offset: u64, len: u64, state: ExtentState) {
-    if len == 0 {
-        return;
-    }
-    if let Some(last) = out.last_mut() {
-        if last.state == state && last.offset + last.len == offset {
-            last.len += len;
-            return;
-        }
-    }
-    out.push(SnapExtent { offset, len, state });
 }
 
 #[cfg(test)]

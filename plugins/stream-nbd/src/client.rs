@@ -10,46 +10,8 @@
 
 use std::io::{self, Read, Write};
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
-const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-
-const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
-const FLAG_NO_ZEROES: u16 = 1 << 1;
-
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_GO: u32 = 7;
-const OPT_STRUCTURED_REPLY: u32 = 8;
-const OPT_SET_META_CONTEXT: u32 = 10;
-
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_META_CONTEXT: u32 = 4;
-const REP_FLAG_ERROR: u32 = 1 << 31;
-const REP_ERR_UNSUP: u32 = REP_FLAG_ERROR + 1;
-const REP_ERR_UNKNOWN: u32 = REP_FLAG_ERROR + 6;
-
-const INFO_EXPORT: u16 = 0;
-const INFO_BLOCK_SIZE: u16 = 3;
-
-const CMD_READ: u16 = 0;
-const CMD_DISC: u16 = 2;
-const CMD_BLOCK_STATUS: u16 = 7;
-
-const REPLY_FLAG_DONE: u16 = 1 << 0;
-const REPLY_TYPE_NONE: u16 = 0;
-const REPLY_TYPE_OFFSET_DATA: u16 = 1;
-const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
-const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
-const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
-const REPLY_TYPE_ERROR_OFFSET: u16 = REPLY_TYPE_ERROR_BIT + 2;
-
-const STATE_ZERO: u32 = 1 << 1;
-const BASE_ALLOCATION: &str = "base:allocation";
+// The constants and layouts are the ones our server (`rbdm-nbd`) speaks.
+use rbdm_nbd::proto::*;
 
 /// Largest READ we send; servers commonly refuse more than 32 MiB.
 pub const MAX_READ: u32 = 32 << 20;
@@ -90,14 +52,14 @@ fn protocol<T>(msg: impl Into<String>) -> R<T> {
 
 fn errno_name(e: u32) -> String {
     let name = match e {
-        1 => "EPERM",
-        5 => "EIO",
-        12 => "ENOMEM",
-        22 => "EINVAL",
-        28 => "ENOSPC",
-        75 => "EOVERFLOW",
-        95 => "ENOTSUP",
-        108 => "ESHUTDOWN",
+        EPERM => "EPERM",
+        EIO => "EIO",
+        ENOMEM => "ENOMEM",
+        EINVAL => "EINVAL",
+        ENOSPC => "ENOSPC",
+        EOVERFLOW => "EOVERFLOW",
+        ENOTSUP => "ENOTSUP",
+        ESHUTDOWN => "ESHUTDOWN",
         _ => "errno",
     };
     format!("{name} ({e})")
@@ -129,21 +91,21 @@ impl<S: Read + Write> Client<S> {
         if export.len() > 4096 {
             return Err(NbdError::Unsupported("export name longer than 4096 bytes".into()));
         }
-        match get_u64(&mut s)? {
+        match read_u64(&mut s)? {
             NBDMAGIC => {}
             _ => return protocol("not an NBD server (no NBDMAGIC)"),
         }
-        match get_u64(&mut s)? {
+        match read_u64(&mut s)? {
             IHAVEOPT => {}
             OLDSTYLE_MAGIC => return Err(NbdError::Unsupported("oldstyle negotiation is not supported".into())),
             m => return protocol(format!("unknown negotiation magic {m:#x}")),
         }
-        let server_flags = get_u16(&mut s)?;
+        let server_flags = read_u16(&mut s)?;
         if server_flags & FLAG_FIXED_NEWSTYLE == 0 {
             return Err(NbdError::Unsupported("server does not speak fixed newstyle negotiation".into()));
         }
         let no_zeroes = server_flags & FLAG_NO_ZEROES != 0;
-        let client_flags = u32::from(FLAG_FIXED_NEWSTYLE) | if no_zeroes { u32::from(FLAG_NO_ZEROES) } else { 0 };
+        let client_flags = FLAG_C_FIXED_NEWSTYLE | if no_zeroes { FLAG_C_NO_ZEROES } else { 0 };
         s.write_all(&client_flags.to_be_bytes())?;
         let mut c = Client { s, size: 0, structured: false, meta_id: None, max_read: MAX_READ, next_handle: 1, broken: false };
         c.structured = c.opt_structured_reply()?;
@@ -177,10 +139,7 @@ impl<S: Read + Write> Client<S> {
 
     fn send_option(&mut self, opt: u32, data: &[u8]) -> R<()> {
         let mut msg = Vec::with_capacity(16 + data.len());
-        msg.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        msg.extend_from_slice(&opt.to_be_bytes());
-        msg.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        msg.extend_from_slice(data);
+        put_option(&mut msg, opt, data);
         self.s.write_all(&msg)?;
         self.s.flush()?;
         Ok(())
@@ -188,15 +147,15 @@ impl<S: Read + Write> Client<S> {
 
     /// One option reply: (type, data).
     fn option_reply(&mut self, opt: u32) -> R<(u32, Vec<u8>)> {
-        if get_u64(&mut self.s)? != OPTION_REPLY_MAGIC {
+        if read_u64(&mut self.s)? != OPTION_REPLY_MAGIC {
             return protocol("bad option reply magic");
         }
-        let got = get_u32(&mut self.s)?;
+        let got = read_u32(&mut self.s)?;
         if got != opt {
             return protocol(format!("reply for option {got} to option {opt}"));
         }
-        let kind = get_u32(&mut self.s)?;
-        let len = get_u32(&mut self.s)?;
+        let kind = read_u32(&mut self.s)?;
+        let len = read_u32(&mut self.s)?;
         if len > MAX_SMALL {
             return protocol(format!("option reply of {len} bytes"));
         }
@@ -217,16 +176,16 @@ impl<S: Read + Write> Client<S> {
     /// Asks for `base:allocation`; `None` when the server does not offer it.
     fn opt_set_meta_context(&mut self, export: &str) -> R<Option<u32>> {
         let mut data = Vec::new();
-        put_str32(&mut data, export);
+        put_string32(&mut data, export.as_bytes());
         data.extend_from_slice(&1u32.to_be_bytes());
-        put_str32(&mut data, BASE_ALLOCATION);
+        put_string32(&mut data, META_BASE_ALLOCATION.as_bytes());
         self.send_option(OPT_SET_META_CONTEXT, &data)?;
         let mut id = None;
         loop {
             match self.option_reply(OPT_SET_META_CONTEXT)? {
                 (REP_ACK, _) => return Ok(id),
                 (REP_META_CONTEXT, d) if d.len() >= 4 => {
-                    if &d[4..] == BASE_ALLOCATION.as_bytes() {
+                    if &d[4..] == META_BASE_ALLOCATION.as_bytes() {
                         id = Some(u32::from_be_bytes([d[0], d[1], d[2], d[3]]));
                     }
                 }
@@ -239,7 +198,7 @@ impl<S: Read + Write> Client<S> {
     /// OPT_GO; `Ok(false)` when the server does not know it (then OPT_EXPORT_NAME).
     fn opt_go(&mut self, export: &str) -> R<bool> {
         let mut data = Vec::new();
-        put_str32(&mut data, export);
+        put_string32(&mut data, export.as_bytes());
         data.extend_from_slice(&1u16.to_be_bytes());
         data.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
         self.send_option(OPT_GO, &data)?;
@@ -302,13 +261,7 @@ impl<S: Read + Write> Client<S> {
     fn send_request(&mut self, kind: u16, offset: u64, len: u32) -> R<u64> {
         let handle = self.next_handle;
         self.next_handle = self.next_handle.wrapping_add(1);
-        let mut msg = [0u8; 28];
-        msg[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        msg[6..8].copy_from_slice(&kind.to_be_bytes());
-        msg[8..16].copy_from_slice(&handle.to_be_bytes());
-        msg[16..24].copy_from_slice(&offset.to_be_bytes());
-        msg[24..28].copy_from_slice(&len.to_be_bytes());
-        self.s.write_all(&msg)?;
+        self.s.write_all(&request_header(0, kind, handle, offset, len))?;
         self.s.flush()?;
         Ok(handle)
     }
@@ -343,10 +296,9 @@ impl<S: Read + Write> Client<S> {
 
     fn read_one(&mut self, offset: u64, buf: &mut [u8]) -> R<()> {
         let handle = self.send_request(CMD_READ, offset, buf.len() as u32)?;
-        let magic = get_u32(&mut self.s)?;
+        let magic = read_u32(&mut self.s)?;
         if magic == SIMPLE_REPLY_MAGIC {
-            let errno = get_u32(&mut self.s)?;
-            check_handle(get_u64(&mut self.s)?, handle)?;
+            let errno = self.simple_reply(handle)?;
             if errno != 0 {
                 return Err(NbdError::Server { errno, msg: format!("read of {} bytes at {offset}", buf.len()) });
             }
@@ -359,44 +311,29 @@ impl<S: Read + Write> Client<S> {
         let len = buf.len() as u64;
         let mut covered: Vec<(u64, u64)> = Vec::new();
         let mut total = 0u64;
-        let mut errors = Vec::new();
-        let mut first = Some(magic);
-        loop {
-            let h = self.chunk_header(handle, &mut first)?;
+        self.structured_reply(handle, magic, "READ", |c, h| {
             match h.kind {
                 REPLY_TYPE_OFFSET_DATA => {
                     if h.len < 9 || u64::from(h.len) > len + 8 {
                         return protocol(format!("OFFSET_DATA chunk of {} bytes", h.len));
                     }
-                    let (at, n) = (self.chunk_offset(offset, len)?, u64::from(h.len) - 8);
-                    self.claim(&mut covered, &mut total, at, n, len)?;
-                    self.s.read_exact(&mut buf[at as usize..(at + n) as usize])?;
+                    let (at, n) = (c.chunk_offset(offset, len)?, u64::from(h.len) - 8);
+                    claim(&mut covered, &mut total, at, n, len)?;
+                    c.s.read_exact(&mut buf[at as usize..(at + n) as usize])?;
                 }
                 REPLY_TYPE_OFFSET_HOLE => {
                     if h.len != 12 {
                         return protocol(format!("OFFSET_HOLE chunk of {} bytes", h.len));
                     }
-                    let at = self.chunk_offset(offset, len)?;
-                    let n = u64::from(get_u32(&mut self.s)?);
-                    self.claim(&mut covered, &mut total, at, n, len)?;
+                    let at = c.chunk_offset(offset, len)?;
+                    let n = u64::from(read_u32(&mut c.s)?);
+                    claim(&mut covered, &mut total, at, n, len)?;
                     buf[at as usize..(at + n) as usize].fill(0);
                 }
-                k if k & REPLY_TYPE_ERROR_BIT != 0 => {
-                    errors.push(self.error_chunk(k, h.len)?);
-                    if errors.len() > MAX_ERRORS {
-                        return protocol("too many error chunks");
-                    }
-                }
-                REPLY_TYPE_NONE if h.len == 0 && h.done => {}
-                k => return protocol(format!("unexpected chunk type {k} ({} bytes) in a READ reply", h.len)),
+                _ => return Ok(false),
             }
-            if h.done {
-                break;
-            }
-        }
-        if let Some((errno, msg)) = errors.into_iter().next() {
-            return Err(NbdError::Server { errno, msg });
-        }
+            Ok(true)
+        })?;
         // Chunks never overlap (`claim` checks), so full coverage is a byte count.
         if total != len {
             return protocol(format!("READ reply covered {total} of {len} bytes"));
@@ -404,25 +341,56 @@ impl<S: Read + Write> Client<S> {
         Ok(())
     }
 
-    /// Records that `[at, at+n)` of a `len`-byte request arrived, refusing overlaps.
-    fn claim(&mut self, covered: &mut Vec<(u64, u64)>, total: &mut u64, at: u64, n: u64, len: u64) -> R<()> {
-        if n == 0 || at.checked_add(n).is_none_or(|end| end > len) {
-            return protocol(format!("chunk of {n} bytes at {at} outside a {len}-byte request"));
+    /// The rest of a simple reply after its magic: checks the handle, returns the errno.
+    fn simple_reply(&mut self, handle: u64) -> R<u32> {
+        let errno = read_u32(&mut self.s)?;
+        check_handle(read_u64(&mut self.s)?, handle)?;
+        Ok(errno)
+    }
+
+    /// Reads the chunks of one structured reply, up to the one flagged DONE; `magic` is the
+    /// already-read magic of the first. `take` reads the payload of each chunk type the
+    /// command expects and answers `false` for any other type. Error chunks are collected
+    /// here; the first one fails the request once the whole reply is read, so the connection
+    /// stays in step.
+    fn structured_reply(
+        &mut self,
+        handle: u64,
+        magic: u32,
+        command: &str,
+        mut take: impl FnMut(&mut Self, &ChunkHeader) -> R<bool>,
+    ) -> R<()> {
+        let mut errors = Vec::new();
+        let mut first = Some(magic);
+        loop {
+            let h = self.chunk_header(handle, &mut first)?;
+            match h.kind {
+                k if k & REPLY_TYPE_ERROR_BIT != 0 => {
+                    errors.push(self.error_chunk(k, h.len)?);
+                    if errors.len() > MAX_ERRORS {
+                        return protocol("too many error chunks");
+                    }
+                }
+                REPLY_TYPE_NONE if h.len == 0 && h.done => {}
+                k => {
+                    if !take(self, &h)? {
+                        return protocol(format!("unexpected chunk type {k} ({} bytes) in a {command} reply", h.len));
+                    }
+                }
+            }
+            if h.done {
+                break;
+            }
         }
-        let i = covered.partition_point(|&(s, _)| s < at);
-        let overlaps_prev = i > 0 && covered[i - 1].1 > at;
-        let overlaps_next = i < covered.len() && covered[i].0 < at + n;
-        if overlaps_prev || overlaps_next {
-            return protocol(format!("chunk at {at} overlaps another"));
+        match errors.into_iter().next() {
+            Some((errno, msg)) => Err(NbdError::Server { errno, msg }),
+            None => Ok(()),
         }
-        covered.insert(i, (at, at + n));
-        *total += n;
-        Ok(())
     }
 
     /// The offset field of a data or hole chunk, as a position inside the request.
     fn chunk_offset(&mut self, req_offset: u64, len: u64) -> R<u64> {
-        let at = get_u64(&mut self.s)?;
+        let at = read_u64(&mut self.s)?;
         match at.checked_sub(req_offset) {
             Some(rel) if rel < len => Ok(rel),
             _ => protocol(format!("chunk offset {at} outside the request at {req_offset}")),
@@ -433,15 +401,15 @@ impl<S: Read + Write> Client<S> {
     fn chunk_header(&mut self, handle: u64, magic: &mut Option<u32>) -> R<ChunkHeader> {
         let m = match magic.take() {
             Some(m) => m,
-            None => get_u32(&mut self.s)?,
+            None => read_u32(&mut self.s)?,
         };
         if m != STRUCTURED_REPLY_MAGIC {
             return protocol(format!("bad chunk magic {m:#x}"));
         }
-        let flags = get_u16(&mut self.s)?;
-        let kind = get_u16(&mut self.s)?;
-        check_handle(get_u64(&mut self.s)?, handle)?;
-        let len = get_u32(&mut self.s)?;
+        let flags = read_u16(&mut self.s)?;
+        let kind = read_u16(&mut self.s)?;
+        check_handle(read_u64(&mut self.s)?, handle)?;
+        let len = read_u32(&mut self.s)?;
         Ok(ChunkHeader { done: flags & REPLY_FLAG_DONE != 0, kind, len })
     }
 
@@ -483,11 +451,10 @@ impl<S: Read + Write> Client<S> {
 
     fn block_status_one(&mut self, id: u32, offset: u64, ask: u32) -> R<Vec<Run>> {
         let handle = self.send_request(CMD_BLOCK_STATUS, offset, ask)?;
-        let magic = get_u32(&mut self.s)?;
+        let magic = read_u32(&mut self.s)?;
         if magic != STRUCTURED_REPLY_MAGIC {
             if magic == SIMPLE_REPLY_MAGIC {
-                let errno = get_u32(&mut self.s)?;
-                check_handle(get_u64(&mut self.s)?, handle)?;
+                let errno = self.simple_reply(handle)?;
                 if errno != 0 {
                     return Err(NbdError::Server { errno, msg: "block status".into() });
                 }
@@ -496,33 +463,16 @@ impl<S: Read + Write> Client<S> {
         }
         let end = offset + u64::from(ask);
         let mut runs: Vec<Run> = Vec::new();
-        let mut errors = Vec::new();
-        let mut first = Some(magic);
-        loop {
-            let h = self.chunk_header(handle, &mut first)?;
-            match h.kind {
-                REPLY_TYPE_BLOCK_STATUS => {
-                    if !runs.is_empty() {
-                        return protocol("more than one BLOCK_STATUS chunk for one context");
-                    }
-                    runs = self.status_chunk(id, h.len, offset, end)?;
-                }
-                k if k & REPLY_TYPE_ERROR_BIT != 0 => {
-                    errors.push(self.error_chunk(k, h.len)?);
-                    if errors.len() > MAX_ERRORS {
-                        return protocol("too many error chunks");
-                    }
-                }
-                REPLY_TYPE_NONE if h.len == 0 && h.done => {}
-                k => return protocol(format!("unexpected chunk type {k} ({} bytes) in a BLOCK_STATUS reply", h.len)),
+        self.structured_reply(handle, magic, "BLOCK_STATUS", |c, h| {
+            if h.kind != REPLY_TYPE_BLOCK_STATUS {
+                return Ok(false);
             }
-            if h.done {
-                break;
+            if !runs.is_empty() {
+                return protocol("more than one BLOCK_STATUS chunk for one context");
             }
-        }
-        if let Some((errno, msg)) = errors.into_iter().next() {
-            return Err(NbdError::Server { errno, msg });
-        }
+            runs = c.status_chunk(id, h.len, offset, end)?;
+            Ok(true)
+        })?;
         if runs.is_empty() {
             return protocol("BLOCK_STATUS reply without extents");
         }
@@ -576,6 +526,22 @@ struct ChunkHeader {
     len: u32,
 }
 
+/// Records that `[at, at+n)` of a `len`-byte request arrived, refusing overlaps.
+fn claim(covered: &mut Vec<(u64, u64)>, total: &mut u64, at: u64, n: u64, len: u64) -> R<()> {
+    if n == 0 || at.checked_add(n).is_none_or(|end| end > len) {
+        return protocol(format!("chunk of {n} bytes at {at} outside a {len}-byte request"));
+    }
+    let i = covered.partition_point(|&(s, _)| s < at);
+    let overlaps_prev = i > 0 && covered[i - 1].1 > at;
+    let overlaps_next = i < covered.len() && covered[i].0 < at + n;
+    if overlaps_prev || overlaps_next {
+        return protocol(format!("chunk at {at} overlaps another"));
+    }
+    covered.insert(i, (at, at + n));
+    *total += n;
+    Ok(())
+}
+
 fn check_handle(got: u64, want: u64) -> R<()> {
     if got == want {
         Ok(())
@@ -584,35 +550,12 @@ fn check_handle(got: u64, want: u64) -> R<()> {
     }
 }
 
-fn put_str32(v: &mut Vec<u8>, s: &str) {
-    v.extend_from_slice(&(s.len() as u32).to_be_bytes());
-    v.extend_from_slice(s.as_bytes());
-}
-
 fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-}
-
-fn get_u16(r: &mut impl Read) -> io::Result<u16> {
-    let mut b = [0u8; 2];
-    r.read_exact(&mut b)?;
-    Ok(u16::from_be_bytes(b))
-}
-
-fn get_u32(r: &mut impl Read) -> io::Result<u32> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b)?;
-    Ok(u32::from_be_bytes(b))
-}
-
-fn get_u64(r: &mut impl Read) -> io::Result<u64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b)?;
-    Ok(u64::from_be_bytes(b))
 }
 
 /// A connection whose server side is a fixed byte string: what the fuzzer and the unit tests
@@ -650,14 +593,6 @@ pub fn fuzz_client(input: &[u8]) {
 pub mod transcript {
     use super::*;
 
-    fn opt_reply(out: &mut Vec<u8>, opt: u32, kind: u32, data: &[u8]) {
-        out.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
-        out.extend_from_slice(&opt.to_be_bytes());
-        out.extend_from_slice(&kind.to_be_bytes());
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        out.extend_from_slice(data);
-    }
-
     /// A server's half of a fixed newstyle negotiation with structured replies, a
     /// `base:allocation` context (id 7) and OPT_GO for an export of `size` bytes.
     pub fn handshake(size: u64) -> Vec<u8> {
@@ -665,26 +600,23 @@ pub mod transcript {
         out.extend_from_slice(&NBDMAGIC.to_be_bytes());
         out.extend_from_slice(&IHAVEOPT.to_be_bytes());
         out.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-        opt_reply(&mut out, OPT_STRUCTURED_REPLY, REP_ACK, &[]);
+        put_option_reply(&mut out, OPT_STRUCTURED_REPLY, REP_ACK, &[]);
         let mut ctx = 7u32.to_be_bytes().to_vec();
-        ctx.extend_from_slice(BASE_ALLOCATION.as_bytes());
-        opt_reply(&mut out, OPT_SET_META_CONTEXT, REP_META_CONTEXT, &ctx);
-        opt_reply(&mut out, OPT_SET_META_CONTEXT, REP_ACK, &[]);
+        ctx.extend_from_slice(META_BASE_ALLOCATION.as_bytes());
+        put_option_reply(&mut out, OPT_SET_META_CONTEXT, REP_META_CONTEXT, &ctx);
+        put_option_reply(&mut out, OPT_SET_META_CONTEXT, REP_ACK, &[]);
         let mut info = INFO_EXPORT.to_be_bytes().to_vec();
         info.extend_from_slice(&size.to_be_bytes());
         info.extend_from_slice(&1u16.to_be_bytes());
-        opt_reply(&mut out, OPT_GO, REP_INFO, &info);
-        opt_reply(&mut out, OPT_GO, REP_ACK, &[]);
+        put_option_reply(&mut out, OPT_GO, REP_INFO, &info);
+        put_option_reply(&mut out, OPT_GO, REP_ACK, &[]);
         out
     }
 
     /// A structured reply chunk for request `handle`.
     pub fn chunk(out: &mut Vec<u8>, handle: u64, kind: u16, done: bool, payload: &[u8]) {
-        out.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
-        out.extend_from_slice(&(if done { REPLY_FLAG_DONE } else { 0 }).to_be_bytes());
-        out.extend_from_slice(&kind.to_be_bytes());
-        out.extend_from_slice(&handle.to_be_bytes());
-        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        let flags = if done { REPLY_FLAG_DONE } else { 0 };
+        out.extend_from_slice(&chunk_header(handle, flags, kind, payload.len() as u32));
         out.extend_from_slice(payload);
     }
 
@@ -719,7 +651,7 @@ pub mod transcript {
 
     pub const DATA: u16 = REPLY_TYPE_OFFSET_DATA;
     pub const HOLE: u16 = REPLY_TYPE_OFFSET_HOLE;
-    pub const ERROR: u16 = REPLY_TYPE_ERROR_BIT + 1;
+    pub const ERROR: u16 = REPLY_TYPE_ERROR;
     pub const STATUS: u16 = REPLY_TYPE_BLOCK_STATUS;
     pub const NONE: u16 = REPLY_TYPE_NONE;
 }
@@ -797,7 +729,7 @@ mod tests {
         let mut t = handshake(10);
         let go_at = t.len() - 2 * 20 - 12;
         t.truncate(go_at);
-        transcript_opt_err(&mut t);
+        put_option_reply(&mut t, OPT_GO, REP_ERR_UNKNOWN, &[]);
         assert!(matches!(Client::handshake(Replay { input: &t }, "disk"), Err(NbdError::NoExport(_))));
         assert!(matches!(Client::handshake(Replay { input: b"NBDMAGIC\0\0B\x02\x81\x86\x12\x53" }, "x"), Err(NbdError::Unsupported(_))));
         assert!(matches!(Client::handshake(Replay { input: b"HTTP/1.1 200 OK\r\n" }, "x"), Err(NbdError::Protocol(_))));
@@ -805,13 +737,6 @@ mod tests {
             let t = handshake(10);
             assert!(Client::handshake(Replay { input: &t[..cut] }, "x").is_err());
         }
-    }
-
-    fn transcript_opt_err(t: &mut Vec<u8>) {
-        t.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
-        t.extend_from_slice(&OPT_GO.to_be_bytes());
-        t.extend_from_slice(&REP_ERR_UNKNOWN.to_be_bytes());
-        t.extend_from_slice(&0u32.to_be_bytes());
     }
 
     /// The fuzz seeds are whole, valid conversations, so the fuzzer starts deep in the parser.

@@ -178,33 +178,9 @@ pub fn write_file_range(path: &Path, offset: u64, data: &[u8]) {
 
 // ---- raw client ----
 
-pub const OPT_EXPORT_NAME: u32 = 1;
-pub const OPT_ABORT: u32 = 2;
-pub const OPT_LIST: u32 = 3;
-pub const OPT_GO: u32 = 7;
-pub const OPT_STRUCTURED_REPLY: u32 = 8;
-pub const OPT_SET_META_CONTEXT: u32 = 10;
-pub const REP_ACK: u32 = 1;
-pub const REP_SERVER: u32 = 2;
-pub const REP_INFO: u32 = 3;
-pub const REP_META_CONTEXT: u32 = 4;
-pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
-pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
-pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
-pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
-pub const CMD_READ: u16 = 0;
-pub const CMD_WRITE: u16 = 1;
-pub const CMD_DISC: u16 = 2;
-pub const CMD_FLUSH: u16 = 3;
-pub const CMD_TRIM: u16 = 4;
-pub const CMD_WRITE_ZEROES: u16 = 6;
-pub const CMD_BLOCK_STATUS: u16 = 7;
-pub const FLAG_FUA: u16 = 1;
-pub const FLAG_READ_ONLY: u16 = 1 << 1;
-pub const EPERM: u32 = 1;
-pub const EINVAL: u32 = 22;
-pub const STRUCTURED_MAGIC: u32 = 0x668e_33ef;
-pub const SIMPLE_MAGIC: u32 = 0x6744_6698;
+// The server's own wire constants and layouts; the qemu tests are the independent check
+// that they match the protocol.
+pub use rbdm_nbd::proto::*;
 
 pub trait Sock: Read + Write {}
 impl Sock for TcpStream {}
@@ -214,7 +190,7 @@ pub struct Raw {
     pub s: Box<dyn Sock>,
 }
 
-/// One reply chunk; a simple reply has `magic == SIMPLE_MAGIC` and `kind == errno`.
+/// One reply chunk; a simple reply has `magic == SIMPLE_REPLY_MAGIC` and `kind == errno`.
 #[derive(Debug)]
 pub struct Chunk {
     pub magic: u32,
@@ -258,24 +234,18 @@ impl Raw {
     }
 
     pub fn send_option(&mut self, opt: u32, data: &[u8]) {
-        let mut m = b"IHAVEOPT".to_vec();
-        m.extend_from_slice(&opt.to_be_bytes());
-        m.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        m.extend_from_slice(data);
+        let mut m = Vec::new();
+        put_option(&mut m, opt, data);
         self.s.write_all(&m).expect("option");
     }
 
     /// Reads one option reply: (type, data).
     pub fn option_reply(&mut self, opt: u32) -> (u32, Vec<u8>) {
-        let mut h = [0u8; 20];
-        self.s.read_exact(&mut h).expect("option reply");
-        assert_eq!(
-            u64::from_be_bytes(h[..8].try_into().unwrap()),
-            0x0003_e889_0455_65a9
-        );
-        assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), opt);
-        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
-        let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
+        let s = &mut self.s;
+        assert_eq!(read_u64(s).expect("option reply"), OPTION_REPLY_MAGIC);
+        assert_eq!(read_u32(s).expect("option reply"), opt);
+        let kind = read_u32(s).expect("option reply");
+        let len = read_u32(s).expect("option reply");
         let mut data = vec![0u8; len as usize];
         self.s.read_exact(&mut data).expect("option data");
         (kind, data)
@@ -287,7 +257,7 @@ impl Raw {
         let mut all = Vec::new();
         loop {
             let r = self.option_reply(opt);
-            let last = r.0 == REP_ACK || r.0 & (1 << 31) != 0;
+            let last = r.0 == REP_ACK || r.0 & REP_FLAG_ERROR != 0;
             all.push(r);
             if last {
                 return all;
@@ -298,8 +268,7 @@ impl Raw {
     /// NBD_OPT_GO; returns (size, transmission flags) or the error reply type.
     pub fn go(&mut self, name: &str) -> Result<(u64, u16), u32> {
         let mut d = Vec::new();
-        d.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        d.extend_from_slice(name.as_bytes());
+        put_string32(&mut d, name.as_bytes());
         d.extend_from_slice(&0u16.to_be_bytes());
         let replies = self.option(OPT_GO, &d);
         let (last, _) = replies.last().expect("reply");
@@ -307,7 +276,7 @@ impl Raw {
             return Err(*last);
         }
         for (kind, data) in &replies {
-            if *kind == REP_INFO && u16::from_be_bytes([data[0], data[1]]) == 0 {
+            if *kind == REP_INFO && u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT {
                 let size = u64::from_be_bytes(data[2..10].try_into().unwrap());
                 return Ok((size, u16::from_be_bytes([data[10], data[11]])));
             }
@@ -319,15 +288,13 @@ impl Raw {
     pub fn structured(&mut self, name: &str) {
         assert_eq!(self.option(OPT_STRUCTURED_REPLY, &[])[0].0, REP_ACK);
         let mut d = Vec::new();
-        d.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        d.extend_from_slice(name.as_bytes());
+        put_string32(&mut d, name.as_bytes());
         d.extend_from_slice(&1u32.to_be_bytes());
-        d.extend_from_slice(&15u32.to_be_bytes());
-        d.extend_from_slice(b"base:allocation");
+        put_string32(&mut d, META_BASE_ALLOCATION.as_bytes());
         let r = self.option(OPT_SET_META_CONTEXT, &d);
         assert_eq!(r.len(), 2, "one context then ACK: {r:?}");
         assert_eq!(r[0].0, REP_META_CONTEXT);
-        assert_eq!(&r[0].1[4..], b"base:allocation");
+        assert_eq!(&r[0].1[4..], META_BASE_ALLOCATION.as_bytes());
     }
 
     pub fn request(
@@ -339,13 +306,7 @@ impl Raw {
         len: u32,
         payload: &[u8],
     ) {
-        let mut m = Vec::with_capacity(28 + payload.len());
-        m.extend_from_slice(&0x2560_9513u32.to_be_bytes());
-        m.extend_from_slice(&flags.to_be_bytes());
-        m.extend_from_slice(&cmd.to_be_bytes());
-        m.extend_from_slice(&handle.to_be_bytes());
-        m.extend_from_slice(&offset.to_be_bytes());
-        m.extend_from_slice(&len.to_be_bytes());
+        let mut m = request_header(flags, cmd, handle, offset, len).to_vec();
         m.extend_from_slice(payload);
         self.s.write_all(&m).expect("request");
     }
@@ -356,7 +317,7 @@ impl Raw {
         let mut m = [0u8; 4];
         self.s.read_exact(&mut m).expect("reply magic");
         let magic = u32::from_be_bytes(m);
-        if magic == SIMPLE_MAGIC {
+        if magic == SIMPLE_REPLY_MAGIC {
             let mut h = [0u8; 12];
             self.s.read_exact(&mut h).expect("simple reply");
             let errno = u32::from_be_bytes(h[..4].try_into().unwrap());
@@ -371,7 +332,7 @@ impl Raw {
                 payload,
             };
         }
-        assert_eq!(magic, STRUCTURED_MAGIC, "reply magic");
+        assert_eq!(magic, STRUCTURED_REPLY_MAGIC, "reply magic");
         let mut h = [0u8; 16];
         self.s.read_exact(&mut h).expect("chunk header");
         let flags = u16::from_be_bytes([h[0], h[1]]);
