@@ -407,7 +407,8 @@ impl Image {
         for ext in h.layout.map_extent(offset, data.len() as u64) {
             self.prepare_object(&h, ext.object_no)?;
             let piece = &data[ext.buf_offset as usize..(ext.buf_offset + ext.len) as usize];
-            let op = WriteOp::new().write(ext.offset, piece);
+            // A client's write may tear across pages after a crash, as on a disk.
+            let op = WriteOp::new().write(ext.offset, piece).tearable();
             self.store().operate(&self.data_loc(&h, ext.object_no), &op, &snapc)?;
         }
         Ok(())

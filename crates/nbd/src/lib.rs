@@ -6,6 +6,9 @@
 //! write-zeroes) with several requests in flight per connection and several connections.
 //! What it is not: no TLS, no old-style handshake, no extended headers, no client, no
 //! caching: every request goes straight to the [`BlockDevice`], which must be thread-safe.
+//!
+//! Why not the `nbd` crate (NOTES.md): no OPT_GO/INFO, structured replies or block status,
+//! one hard-coded export name, wrong errnos for TRIM/WRITE_ZEROES and one request at a time.
 
 mod handshake;
 pub mod proto;

@@ -102,11 +102,20 @@ pub enum Op {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteOp {
     pub ops: Vec<Op>,
+    /// The op's data may be found half-written after a crash, page by page, as a block
+    /// device's writes may (a client's write into an image). Metadata stays atomic. Lets a
+    /// backend write data in place instead of through a redo journal.
+    pub tearable: bool,
 }
 
 impl WriteOp {
     pub fn new() -> Self {
         Self::default()
+    }
+    /// See [`WriteOp::tearable`].
+    pub fn tearable(mut self) -> Self {
+        self.tearable = true;
+        self
     }
     pub fn push(mut self, op: Op) -> Self {
         self.ops.push(op);

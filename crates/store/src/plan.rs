@@ -47,6 +47,8 @@ pub struct Plan<'a> {
     /// Head ranges `(offset, len)` that changed, for clone overlap (`len` may be `u64::MAX`).
     pub cuts: Vec<(u64, u64)>,
     pub meta: Vec<MetaStep<'a>>,
+    /// From [`crate::WriteOp::tearable`].
+    pub tearable: bool,
 }
 
 impl Plan<'_> {

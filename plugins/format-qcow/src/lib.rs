@@ -6,6 +6,10 @@
 //! encrypted images and external data files are refused. Memory stays bounded: L2 tables go
 //! through a 32 MiB LRU cache and reads fetch only the requested bytes of each cluster, with
 //! physically contiguous clusters coalesced into one stream request.
+//!
+//! Why not the requested `qcow` crate (NOTES.md): it has no QCOW v1 reader, reads
+//! `extended_l2=on` images wrong, panics or aborts on corrupt headers, re-reads whole clusters
+//! per request and has no allocation-status API, which `list_snaps` needs.
 
 mod compress;
 mod error;

@@ -7,6 +7,10 @@
 //! A wrong key or secret is a PermissionDenied that says authentication failed.
 //! What it is not: no listing, no writing, no virtual-host-style URLs, no credential chains
 //! (environment, profiles, instance metadata): the spec says which credentials to use.
+//!
+//! Why not the requested `s3` crate (NOTES.md): its current versions need a newer rustc, the
+//! one that builds pulls tokio, hyper and h2 in and broke its API between patch releases; a
+//! SigV4 signer over the `http` stream's ureq client is a hundred lines.
 
 use std::sync::Arc;
 
