@@ -9,6 +9,19 @@
 
 pub mod servers;
 
+/// Deterministic bytes that do not compress or repeat (xorshift), for test objects.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;

@@ -84,6 +84,22 @@ pub fn nginx_logged(root: &Path, log: Option<&Path>) -> Server {
     panic!("nginx did not start");
 }
 
+/// moto listening on loopback, empty, authentication still off.
+pub fn start_moto() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
+    let mut child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("python3 with moto[server] must be installed (.ci/install)");
+    assert!(wait_for(port, &mut child, "moto"), "moto exited: {}", std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default());
+    Server { child, port, _dir: dir }
+}
+
 const SETUP: &str = r#"
 import json, sys, boto3, urllib.request
 endpoint, files = sys.argv[1], sys.argv[2:]
@@ -104,18 +120,8 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"]}))
 /// moto with signature checks on, holding `files` (`(object name, path)`) in bucket
 /// `images`; returns the server and an access key and secret that may read them.
 pub fn moto(files: &[(&str, &Path)]) -> (Server, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
-    let mut child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("python3 with moto[server] must be installed (.ci/install)");
-    assert!(wait_for(port, &mut child, "moto"), "moto exited");
-    let server = Server { child, port, _dir: dir };
+    let server = start_moto();
+    let port = server.port;
     let mut setup = Command::new("python3");
     setup.args(["-c", SETUP, &format!("http://127.0.0.1:{port}")]);
     for (name, path) in files {

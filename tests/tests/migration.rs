@@ -10,6 +10,10 @@ use rbdm_tests::*;
 
 const MIB: u64 = 1 << 20;
 
+fn raw_file_spec(path: &std::path::Path) -> String {
+    format!(r#"{{"type":"raw","stream":{{"type":"file","file_path":"{}"}}}}"#, path.display())
+}
+
 fn export(env: &Env, spec: &str, name: &str) -> std::path::PathBuf {
     let p = env.path(name);
     let _ = std::fs::remove_file(&p);
@@ -17,9 +21,6 @@ fn export(env: &Env, spec: &str, name: &str) -> std::path::PathBuf {
     p
 }
 
-fn same(a: &std::path::Path, b: &std::path::Path) {
-    files_equal(a, b).unwrap_or_else(|e| panic!("{e}"));
-}
 
 fn state(env: &Env, image: &str) -> String {
     let v = env.json(&["status", image]);
@@ -111,7 +112,7 @@ fn import_only_from_raw_and_qcow2_keeps_holes_and_snapshots() {
     let mut after = raw_contents(64 * MIB, &writes);
     after[2 * MIB as usize..4 * MIB as usize].fill(0x43);
 
-    let spec = format!(r#"{{"type":"raw","stream":{{"type":"file","file_path":"{}"}}}}"#, raw.display());
+    let spec = raw_file_spec(&raw);
     env.ok(&["migration", "prepare", "--import-only", "--source-spec", &spec, "fromraw"]);
     check_image(&env, "fromraw", &raw_contents(64 * MIB, &writes), "raw-pre");
     env.ok(&["migration", "execute", "fromraw"]);
@@ -169,7 +170,7 @@ fn qemu_io_writes_through_nbd_while_execute_runs() {
     let raw = env.path("big.raw");
     let writes = [(0, 24 * MIB, 0x51), (40 * MIB, 8 * MIB, 0x52)];
     make_raw(&raw, 64 * MIB, &writes);
-    let spec = format!(r#"{{"type":"raw","stream":{{"type":"file","file_path":"{}"}}}}"#, raw.display());
+    let spec = raw_file_spec(&raw);
     env.ok(&["migration", "prepare", "--import-only", "--source-spec", &spec, "live"]);
     let (_server, uri) = nbd_export(&env, "live");
     // Slow enough that the client's writes land both before and after the copy passes them.
@@ -194,7 +195,7 @@ fn execute_survives_sigkill_and_resumes() {
     let raw = env.path("k.raw");
     let writes = [(0, 40 * MIB, 0x71), (50 * MIB, 10 * MIB, 0x72)];
     make_raw(&raw, 64 * MIB, &writes);
-    let spec = format!(r#"{{"type":"raw","stream":{{"type":"file","file_path":"{}"}}}}"#, raw.display());
+    let spec = raw_file_spec(&raw);
     env.ok(&["migration", "prepare", "--import-only", "--source-spec", &spec, "k"]);
     for round in 0..3 {
         let mut c = env.command(&["migration", "execute", "--bandwidth-limit", "8M", "k"]).spawn().unwrap();
@@ -366,7 +367,7 @@ fn a_migrated_clone_keeps_its_parent_unless_flattened() {
     env.ok(&["import", raw.to_str().unwrap(), "gold"]);
     env.ok(&["snap", "create", "gold@v1"]);
     env.ok(&["snap", "protect", "gold@v1"]);
-    let mut want = raw_contents(16 * MIB, &writes);
+    let want = raw_contents(16 * MIB, &writes);
     for (child, flatten) in [("c1", false), ("c2", true)] {
         env.ok(&["clone", "gold@v1", child]);
         // The clone's own data, and a range it hides from the parent (written as zeros).

@@ -7,7 +7,7 @@ use rbdm_migration::{ExecuteOptions, PrepareOptions};
 
 use crate::args::{MigrationCmd, MigrationExecuteArgs, MigrationPrepareArgs};
 use crate::cmds::{create_options, Ctx, Snap};
-use crate::output::{CmdResult, Fail};
+use crate::output::{CmdResult, Fail, Progress};
 
 fn fail(e: rbdm_migration::Error, context: &str) -> Fail {
     Fail::errno(e.errno(), context, &e.to_string())
@@ -27,16 +27,7 @@ pub fn run(ctx: &Ctx, cmd: &MigrationCmd) -> CmdResult {
             let spec = ctx.image_spec(&a.spec, Snap::No)?;
             let mut p = ctx.progress("Abort image migration");
             let r = rbdm_migration::abort(ctx.rbd()?, &spec, &mut p.callback());
-            match r {
-                Ok(()) => {
-                    p.finish();
-                    Ok(())
-                }
-                Err(e) => {
-                    p.fail();
-                    Err(fail(e, "aborting migration failed"))
-                }
-            }
+            conclude(&mut p, r, "aborting migration failed")
         }
     }
 }
@@ -116,6 +107,11 @@ fn execute(ctx: &Ctx, a: &MigrationExecuteArgs) -> CmdResult {
     let report = |done: u64, total: u64| progress.lock().unwrap_or_else(|e| e.into_inner()).update(done, total);
     let r = rbdm_migration::execute(ctx.rbd()?, &spec, &opts, &report);
     let mut p = progress.into_inner().unwrap_or_else(|e| e.into_inner());
+    conclude(&mut p, r, "migration failed")
+}
+
+/// Ends the progress line with `done.` or `failed.` as the outcome says.
+fn conclude(p: &mut Progress, r: rbdm_migration::Result<()>, context: &str) -> CmdResult {
     match r {
         Ok(()) => {
             p.finish();
@@ -123,7 +119,7 @@ fn execute(ctx: &Ctx, a: &MigrationExecuteArgs) -> CmdResult {
         }
         Err(e) => {
             p.fail();
-            Err(fail(e, "migration failed"))
+            Err(fail(e, context))
         }
     }
 }

@@ -176,18 +176,18 @@ pub fn copy_object(
     stats: &Stats,
 ) -> Result<()> {
     let h = image.header()?;
-    if !for_write {
-        // Most objects of a sparse source hold nothing at any point: skip them without
-        // touching the destination (no lock, no store round trip), so cost follows data.
-        let points = target_points(&h, rec);
-        let max_size = points.iter().map(|p| p.size).max().unwrap_or(0);
-        let extents = h.layout.object_extents_in_image(object_no, max_size);
-        let view = source_view(source, &extents)?;
-        let nothing = view.data.iter().all(IntervalSet::is_empty) && view.changed.iter().all(IntervalSet::is_empty);
-        if nothing && !image.parent_has_data(&h, object_no)? {
-            return Ok(());
-        }
+    // The source is read-only, so what it holds for this object can be asked before the lock.
+    let points = target_points(&h, rec);
+    let max_size = points.iter().map(|p| p.size).max().unwrap_or(0);
+    let extents = h.layout.object_extents_in_image(object_no, max_size);
+    let view = source_view(source, &extents)?;
+    let nothing = view.data.iter().all(IntervalSet::is_empty) && view.changed.iter().all(IntervalSet::is_empty);
+    // Most objects of a sparse source hold nothing at any point: skip them without touching
+    // the destination (no lock, no store round trip), so cost follows data.
+    if !for_write && nothing && !image.parent_has_data(&h, object_no)? {
+        return Ok(());
     }
+    let plan = ObjectPlan { points, extents, view };
     let loc = image.data_loc(&h, object_no);
     let store = image.store();
     let cookie = format!("{}.{:?}", std::process::id(), std::thread::current().id());
@@ -200,7 +200,7 @@ pub fn copy_object(
             Err(e) => return Err(CopyError::Store { object: object_no, source: e }),
         }
     }
-    let result = copy_locked(image, &h, source, rec, object_no, for_write, stats);
+    let result = copy_locked(image, &h, source, &plan, object_no, for_write, stats);
     let _ = store.unlock(&loc, LOCK, &cookie);
     result
 }
@@ -226,20 +226,24 @@ fn resume_point(image: &Image, h: &Header, object_no: u64) -> Result<Option<usiz
     }
 }
 
+/// What one object's copy writes, worked out from the source before the lock.
+struct ObjectPlan {
+    points: Vec<TargetPoint>,
+    extents: Vec<(u64, u64)>,
+    view: SourceView,
+}
+
 fn copy_locked(
     image: &Image,
     h: &Header,
     source: &dyn SourceImage,
-    rec: &MigrationRecord,
+    plan: &ObjectPlan,
     object_no: u64,
     for_write: bool,
     stats: &Stats,
 ) -> Result<()> {
     let Some(start) = resume_point(image, h, object_no)? else { return Ok(()) };
-    let points = target_points(h, rec);
-    let max_size = points.iter().map(|p| p.size).max().unwrap_or(0);
-    let extents = h.layout.object_extents_in_image(object_no, max_size);
-    let view = source_view(source, &extents)?;
+    let ObjectPlan { points, extents, view } = plan;
     let nsnaps = source.snapshots().len();
     let loc = image.data_loc(h, object_no);
     let mut exists = start > 0;

@@ -389,13 +389,14 @@ impl Image {
             }
         }
         self.acquire_lock(&h)?;
-        if !self.touched.swap(true, Ordering::Relaxed) {
-            let t = now();
-            self.update_header(|h| {
-                h.modify_timestamp = t;
-                Ok(())
-            })?;
+        if self.touched.swap(true, Ordering::Relaxed) {
+            return Ok(h);
         }
+        let t = now();
+        self.update_header(|h| {
+            h.modify_timestamp = t;
+            Ok(())
+        })?;
         self.header()
     }
 

@@ -142,13 +142,8 @@ impl Rbd {
         Ok(self.omap_all(&loc, "name_")?.into_iter().map(|(k, _)| k["name_".len()..].to_string()).collect())
     }
 
-    /// `NotFound` unless the pool exists and the namespace was created.
-    pub fn check_pool_spec(&self, spec: &PoolSpec) -> Result<()> {
-        self.check_namespace(spec)
-    }
-
     /// `NotFound` unless the pool exists and the namespace ("" always does) was created.
-    pub(crate) fn check_namespace(&self, spec: &PoolSpec) -> Result<()> {
+    pub fn check_namespace(&self, spec: &PoolSpec) -> Result<()> {
         self.pool_id(&spec.pool)?;
         if spec.namespace.is_empty() || self.namespace_list(&spec.pool)?.contains(&spec.namespace) {
             Ok(())
@@ -410,13 +405,9 @@ impl Rbd {
         Locator::new(parent_pool, "", CHILDREN)
     }
 
-    /// Records `child` as a clone of `link`'s snapshot (a migration destination that keeps
-    /// its source's parent).
-    pub fn register_child(&self, link: &ParentLink, child: &PoolSpec, child_id: &str) -> Result<()> {
-        self.child_register(link, child, child_id)
-    }
-
-    pub(crate) fn child_register(&self, link: &ParentLink, child: &PoolSpec, child_id: &str) -> Result<()> {
+    /// Records `child` as a clone of `link`'s snapshot (also a migration destination that
+    /// keeps its source's parent).
+    pub fn child_register(&self, link: &ParentLink, child: &PoolSpec, child_id: &str) -> Result<()> {
         let key = Self::child_key(link, self.pool_id(&child.pool)?, child, child_id);
         self.store.operate(&self.children_loc(link.pool_id), &WriteOp::new().omap_set([(key, Vec::new())]), &no_snapc())?;
         Ok(())
@@ -563,18 +554,14 @@ impl Rbd {
         self.trash_restore_any(spec, &t, new_name)
     }
 
-    pub(crate) fn trash_restore_any(&self, spec: &PoolSpec, t: &TrashEntry, new_name: Option<&str>) -> Result<()> {
+    /// Restores an entry whatever its source (an aborted migration's source too).
+    pub fn trash_restore_any(&self, spec: &PoolSpec, t: &TrashEntry, new_name: Option<&str>) -> Result<()> {
         let name = new_name.unwrap_or(&t.name);
         check_name("image", name)?;
         self.dir_add(spec, name, &t.id)?;
         let loc = self.loc(spec, TRASH)?;
         self.store.operate(&loc, &WriteOp::new().omap_rm([format!("id_{}", t.id)]), &no_snapc())?;
         Ok(())
-    }
-
-    /// Puts an aborted migration's source back under its name.
-    pub fn trash_restore_as_source(&self, spec: &PoolSpec, t: &TrashEntry) -> Result<()> {
-        self.trash_restore_any(spec, t, None)
     }
 
     /// Refused before the deferment end unless `force`; refused for migration sources.

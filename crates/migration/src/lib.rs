@@ -169,7 +169,7 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
     if !in_place && rbd.open(dst, true).is_ok() {
         return Err(Error::Image(rbdm_image::Error::Exists(format!("image '{}' already exists", dst.image))));
     }
-    rbd.check_pool_spec(&dst.pool_spec())?;
+    rbd.check_namespace(&dst.pool_spec())?;
     let info = source.info()?;
     let src_header = source.header()?;
     let snaps: Vec<(String, u64, bool)> = source.snap_list()?.into_iter().map(|s| (s.name, s.size, s.protected)).collect();
@@ -200,7 +200,7 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
     let undo_source = |rbd: &Rbd| {
         let pspec = src.pool_spec();
         if let Ok(Some(t)) = rbd.trash_list(&pspec, true).map(|l| l.into_iter().find(|t| t.id == info.id)) {
-            let _ = rbd.trash_restore_as_source(&pspec, &t);
+            let _ = rbd.trash_restore_any(&pspec, &t, None);
         }
         if let Ok(s) = rbd.open_by_id(&pspec, &info.id, None, true) {
             let _ = s.set_migration_record(None);
@@ -256,7 +256,7 @@ fn keep_parent(rbd: &Rbd, src: &rbdm_image::header::Header, dimg: &Image, dst: &
         }
         Ok(())
     })?;
-    rbd.register_child(&link, &dst.pool_spec(), dimg.id())?;
+    rbd.child_register(&link, &dst.pool_spec(), dimg.id())?;
     Ok(())
 }
 
@@ -405,7 +405,7 @@ pub fn abort(rbd: &Rbd, spec: &ImageSpec, progress: &mut dyn FnMut(u64, u64)) ->
     }
     if let Some((pspec, id)) = restore {
         if let Some(t) = rbd.trash_list(&pspec, true)?.into_iter().find(|t| t.id == id) {
-            rbd.trash_restore_as_source(&pspec, &t)?;
+            rbd.trash_restore_any(&pspec, &t, None)?;
         }
     }
     Ok(())

@@ -8,21 +8,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rbdm_tests::pseudo_random;
 use rbdm_registry::{OpenContext, SourceError, Stream, StreamExtent};
 
 const MIB: u64 = 1 << 20;
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 struct QemuNbd(Child);
 

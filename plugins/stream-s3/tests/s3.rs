@@ -2,58 +2,12 @@
 //! on loopback. The bucket and objects are made by boto3 (another client than ours), then
 //! moto's authentication is switched on, so every request of ours must be signed right.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use rbdm_tests::pseudo_random;
 use rbdm_registry::{OpenContext, SourceError, Stream};
 use serde_json::{json, Value};
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_moto(dir: &Path) -> Moto {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-    let mut child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("python3 with moto[server] must be installed (.ci/install)");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("moto exited with {st}: {}", std::fs::read_to_string(dir.join("moto.log")).unwrap_or_default());
-        }
-        assert!(Instant::now() < deadline, "moto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Moto { child, port }
-}
 
 /// Creates a user with a key, a role to get temporary credentials from, a bucket and the
 /// objects; then turns authentication on. Prints the credentials as JSON.
@@ -108,7 +62,7 @@ fn moto_signed_reads_and_refusals() {
     std::fs::write(dir.path().join("disk.img"), &data).unwrap();
     std::fs::write(dir.path().join("base.img"), b"base bytes").unwrap();
     std::fs::write(dir.path().join("odd.img"), b"odd name").unwrap();
-    let moto = start_moto(dir.path());
+    let moto = rbdm_tests::servers::start_moto();
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     let out = Command::new("python3")
         .args(["-c", SETUP, &endpoint])
