@@ -31,10 +31,16 @@ use std::process::{Command, Output, Stdio};
 /// `target/<profile>/rbdm`, next to the directory holding the test executable (`deps/`).
 pub fn rbdm_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
-    let bin = exe.parent().and_then(Path::parent).map(|dir| dir.join("rbdm"));
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("rbdm"));
     match bin {
         Some(bin) if bin.exists() => bin,
-        _ => panic!("no rbdm binary next to {}: run `cargo build -p rbdm-cli` first", exe.display()),
+        _ => panic!(
+            "no rbdm binary next to {}: run `cargo build -p rbdm-cli` first",
+            exe.display()
+        ),
     }
 }
 
@@ -64,7 +70,10 @@ impl Env {
     /// A command for `rbdm args...` on this store (through `RBDM_STORE`, as a user would).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(rbdm_bin());
-        cmd.args(args).env("RBDM_STORE", &self.store).env_remove("RUST_BACKTRACE").stdin(Stdio::null());
+        cmd.args(args)
+            .env("RBDM_STORE", &self.store)
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null());
         cmd
     }
 
@@ -79,14 +88,23 @@ impl Env {
     /// Runs and requires success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.rbdm(args);
-        assert!(out.status.success(), "rbdm {args:?} failed ({:?}): {}", out.status.code(), stderr(&out));
+        assert!(
+            out.status.success(),
+            "rbdm {args:?} failed ({:?}): {}",
+            out.status.code(),
+            stderr(&out)
+        );
         stdout(&out)
     }
 
     /// Runs and requires failure; returns the output.
     pub fn fails(&self, args: &[&str]) -> Output {
         let out = self.rbdm(args);
-        assert!(!out.status.success(), "rbdm {args:?} should have failed, printed: {}", stdout(&out));
+        assert!(
+            !out.status.success(),
+            "rbdm {args:?} should have failed, printed: {}",
+            stdout(&out)
+        );
         out
     }
 
@@ -95,7 +113,8 @@ impl Env {
         let mut all = args.to_vec();
         all.extend(["--format", "json"]);
         let text = self.ok(&all);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("rbdm {all:?} printed bad JSON ({e}): {text}"))
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("rbdm {all:?} printed bad JSON ({e}): {text}"))
     }
 }
 
@@ -108,21 +127,31 @@ pub fn stderr(out: &Output) -> String {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A sparse raw file of `size` bytes made by `qemu-img create -f raw`, with each
 /// `(offset, len, byte)` written by `qemu-io -c 'write -P byte offset len'`.
 pub fn make_raw(path: &Path, size: u64, writes: &[(u64, u64, u8)]) {
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(path).arg(size.to_string()));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "raw"])
+        .arg(path)
+        .arg(size.to_string()));
     if writes.is_empty() {
         return;
     }
     let mut cmd = Command::new("qemu-io");
     cmd.args(["-f", "raw"]);
     for (off, len, byte) in writes {
-        cmd.arg("-c").arg(format!("write -P {byte:#04x} {off} {len}"));
+        cmd.arg("-c")
+            .arg(format!("write -P {byte:#04x} {off} {len}"));
     }
     run(cmd.arg(path));
 }
@@ -151,7 +180,11 @@ pub fn apply_bench(buf: &mut [u8], io_size: u64, total: u64) {
 pub fn files_equal(a: &Path, b: &Path) -> Result<(), String> {
     let (la, lb) = (len(a), len(b));
     if la != lb {
-        return Err(format!("{} is {la} bytes, {} is {lb}", a.display(), b.display()));
+        return Err(format!(
+            "{} is {la} bytes, {} is {lb}",
+            a.display(),
+            b.display()
+        ));
     }
     let (mut fa, mut fb) = (open(a), open(b));
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
@@ -180,7 +213,10 @@ pub fn bytes_equal(got: &[u8], want: &[u8]) -> Result<(), String> {
         return Err(format!("{} bytes, expected {}", got.len(), want.len()));
     }
     match got.iter().zip(want).position(|(a, b)| a != b) {
-        Some(i) => Err(format!("first difference at byte {i}: {:#04x}, expected {:#04x}", got[i], want[i])),
+        Some(i) => Err(format!(
+            "first difference at byte {i}: {:#04x}, expected {:#04x}",
+            got[i], want[i]
+        )),
         None => Ok(()),
     }
 }
@@ -190,10 +226,15 @@ fn open(p: &Path) -> File {
 }
 
 fn len(p: &Path) -> u64 {
-    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).len()
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .len()
 }
 
 /// Bytes the file system really allocated to the file (`st_blocks * 512`).
 pub fn allocated_bytes(path: &Path) -> u64 {
-    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).blocks() * 512
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .blocks()
+        * 512
 }

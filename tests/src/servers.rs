@@ -7,7 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for(port: u16, child: &mut Child, what: &str) -> bool {
@@ -37,7 +41,11 @@ impl Drop for Server {
 
 impl Server {
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{}", self.port, path.trim_start_matches('/'))
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
     }
 }
 
@@ -78,7 +86,11 @@ pub fn nginx_logged(root: &Path, log: Option<&Path>) -> Server {
             .spawn()
             .expect("nginx must be installed (.ci/install installs nginx-light)");
         if wait_for(port, &mut child, "nginx") {
-            return Server { child, port, _dir: dir };
+            return Server {
+                child,
+                port,
+                _dir: dir,
+            };
         }
     }
     panic!("nginx did not start");
@@ -90,14 +102,29 @@ pub fn start_moto() -> Server {
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
     let mut child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("python3 with moto[server] must be installed (.ci/install)");
-    assert!(wait_for(port, &mut child, "moto"), "moto exited: {}", std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default());
-    Server { child, port, _dir: dir }
+    assert!(
+        wait_for(port, &mut child, "moto"),
+        "moto exited: {}",
+        std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default()
+    );
+    Server {
+        child,
+        port,
+        _dir: dir,
+    }
 }
 
 const SETUP: &str = r#"
@@ -128,7 +155,11 @@ pub fn moto(files: &[(&str, &Path)]) -> (Server, String, String) {
         setup.arg(format!("{name}={}", path.display()));
     }
     let out = setup.output().unwrap();
-    assert!(out.status.success(), "moto setup failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "moto setup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let creds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ak = creds["ak"].as_str().unwrap().to_string();
     let sk = creds["sk"].as_str().unwrap().to_string();

@@ -19,9 +19,16 @@ impl Drop for Server {
 fn serve(env: &Env, args: &[&str]) -> (Server, String) {
     let mut all = vec!["nbd", "export"];
     all.extend(args);
-    let mut child = env.command(&all).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut child = env
+        .command(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.starts_with("nbd"), "no URI printed: {line:?}");
     (Server(child), line.trim().to_string())
 }
@@ -37,8 +44,15 @@ fn qemu_io_opts(uri: &str, opts: &[&str], cmds: &[&str]) -> (bool, String) {
         c.arg("-c").arg(x);
     }
     let out = c.arg(uri).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success() && !text.contains("failed") && !text.contains("error"), text)
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success() && !text.contains("failed") && !text.contains("error"),
+        text,
+    )
 }
 
 fn signal(s: &Server, sig: i32) {
@@ -53,19 +67,42 @@ fn qemu_clients_read_write_and_map_an_export() {
     env.ok(&["import", raw.to_str().unwrap(), "d"]);
     let (srv, uri) = serve(&env, &["d", "--bind", "127.0.0.1:0"]);
     let st = env.ok(&["status", "d"]);
-    assert!(st.contains(&format!("/{} ", srv.0.id())), "the exporter is a watcher: {st}");
-    let (ok, out) = qemu_io(&uri, &["write -P 0x33 8M 1M", "read -P 0x33 8M 1M", "read -P 0x20 16M 2M"]);
+    assert!(
+        st.contains(&format!("/{} ", srv.0.id())),
+        "the exporter is a watcher: {st}"
+    );
+    let (ok, out) = qemu_io(
+        &uri,
+        &[
+            "write -P 0x33 8M 1M",
+            "read -P 0x33 8M 1M",
+            "read -P 0x20 16M 2M",
+        ],
+    );
     assert!(ok, "{out}");
     let (ok, out) = qemu_io(&uri, &["read -P 0x44 8M 4k"]);
     assert!(!ok, "a wrong pattern must fail verification: {out}");
     // Block status: holes stay holes for qemu-img map.
-    let map = Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", &uri]).output().unwrap();
+    let map = Command::new("qemu-img")
+        .args(["map", "--output=json", "-f", "raw", &uri])
+        .output()
+        .unwrap();
     let map: serde_json::Value = serde_json::from_slice(&map.stdout).unwrap();
-    let data: u64 = map.as_array().unwrap().iter().filter(|e| e["data"] == true).map(|e| e["length"].as_u64().unwrap()).sum();
+    let data: u64 = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum();
     assert_eq!(data, 4 * MIB, "map: {map}");
     // qemu-img convert of the export equals rbdm export.
     let conv = env.path("conv.raw");
-    let out = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw", &uri]).arg(&conv).output().unwrap();
+    let out = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &uri])
+        .arg(&conv)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     signal(&srv, libc::SIGTERM);
     let mut srv = srv;
@@ -86,7 +123,10 @@ fn flushed_writes_survive_sigkill_and_read_only_exports_refuse_writes() {
     let sock = env.path("k.sock");
     let (srv, uri) = serve(&env, &["k", "--socket", sock.to_str().unwrap()]);
     // qemu-io flushes before it exits; FUA on the second write.
-    let (ok, out) = qemu_io(&uri, &["write -P 0x5a 0 1M", "write -f -P 0x5b 4M 64k", "flush"]);
+    let (ok, out) = qemu_io(
+        &uri,
+        &["write -P 0x5a 0 1M", "write -f -P 0x5b 4M 64k", "flush"],
+    );
     assert!(ok, "{out}");
     signal(&srv, libc::SIGKILL);
     drop(srv);
@@ -102,7 +142,12 @@ fn flushed_writes_survive_sigkill_and_read_only_exports_refuse_writes() {
     let (ok, out) = qemu_io_opts(&ro_uri, &["-r"], &["read -P 0x5a 0 1M"]);
     assert!(ok, "{out}");
     let (ok, out) = qemu_io(&ro_uri, &["write -P 1 0 4k"]);
-    assert!(!ok && (out.contains("Permission denied") || out.contains("read-only") || out.contains("Operation not permitted")), "{out}");
+    assert!(
+        !ok && (out.contains("Permission denied")
+            || out.contains("read-only")
+            || out.contains("Operation not permitted")),
+        "{out}"
+    );
     let (_ro2, ro2) = serve(&env, &["k", "--read-only", "--bind", "127.0.0.1:0"]);
     let (ok, _) = qemu_io(&ro2, &["write -P 1 0 4k"]);
     assert!(!ok, "--read-only refuses writes");

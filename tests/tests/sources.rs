@@ -7,7 +7,10 @@ use std::path::Path;
 use std::process::Stdio;
 
 use rbdm_image::{CreateOptions, ImageSpec, PoolSpec, Rbd};
-use rbdm_registry::{ExtentState, FormatPlugin, OpenContext, Point, SnapExtent, SourceImage, SourceSnapshot, Stream, StreamPlugin};
+use rbdm_registry::{
+    ExtentState, FormatPlugin, OpenContext, Point, SnapExtent, SourceImage, SourceSnapshot, Stream,
+    StreamPlugin,
+};
 use rbdm_tests::*;
 use serde_json::{json, Value};
 
@@ -19,7 +22,10 @@ fn file_stream(p: &Path) -> Value {
 }
 
 fn raw_spec(head: &Path, snaps: &[(&str, &Path)]) -> String {
-    let snaps: Vec<Value> = snaps.iter().map(|(n, p)| json!({"type": "raw", "name": n, "stream": file_stream(p)})).collect();
+    let snaps: Vec<Value> = snaps
+        .iter()
+        .map(|(n, p)| json!({"type": "raw", "name": n, "stream": file_stream(p)}))
+        .collect();
     json!({"type": "raw", "stream": file_stream(head), "snapshots": snaps}).to_string()
 }
 
@@ -39,7 +45,8 @@ fn model_map(bytes: &[u8]) -> Vec<(u64, u64, bool)> {
 
 /// Parses `source map` output, checking each entry's keys as qemu-img writes them.
 fn parse_map(text: &str) -> Vec<(u64, u64, bool)> {
-    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("map is not JSON ({e}): {text}"));
+    let v: Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("map is not JSON ({e}): {text}"));
     let mut out = Vec::new();
     for e in v.as_array().expect("a JSON array") {
         let (start, len) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
@@ -55,7 +62,11 @@ fn parse_map(text: &str) -> Vec<(u64, u64, bool)> {
 
 /// Data ranges of `qemu-img map` on a raw file: what the file system allocated.
 fn qemu_data(path: &Path) -> Vec<(u64, u64)> {
-    let out = std::process::Command::new("qemu-img").args(["map", "--output=json", "-f", "raw"]).arg(path).output().unwrap();
+    let out = std::process::Command::new("qemu-img")
+        .args(["map", "--output=json", "-f", "raw"])
+        .arg(path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array()
@@ -75,9 +86,20 @@ fn read_all(img: &dyn SourceImage, p: Point, size: u64) -> Vec<u8> {
 
 fn open_spec(spec: &str, store: Option<rbdm_store::StoreRef>) -> Box<dyn SourceImage> {
     rbdm_plugins::link();
-    let lookup = |k: &str| Err(rbdm_registry::SourceError::NotFound(format!("no config-key {k}")));
+    let lookup = |k: &str| {
+        Err(rbdm_registry::SourceError::NotFound(format!(
+            "no config-key {k}"
+        )))
+    };
     let v: Value = serde_json::from_str(spec).unwrap();
-    rbdm_registry::open_source(&v, &OpenContext { config_key: &lookup, store }).unwrap_or_else(|e| panic!("{spec}: {e}"))
+    rbdm_registry::open_source(
+        &v,
+        &OpenContext {
+            config_key: &lookup,
+            store,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{spec}: {e}"))
 }
 
 /// Checks `list_snaps` against the points' bytes: extents cover each point's range exactly,
@@ -114,10 +136,18 @@ fn check_extent(e: &SnapExtent, cur: &[u8], prev: Option<&[u8]>, strict: bool) {
         let same = Some(piece) == before;
         match e.state {
             ExtentState::Unchanged => assert!(same, "{e:?}: {a}..{b} is not unchanged"),
-            ExtentState::Zero => assert!(piece.iter().all(|&x| x == 0), "{e:?}: {a}..{b} is not zero"),
-            ExtentState::Data => assert!(!strict || piece.iter().any(|&x| x != 0), "{e:?}: {a}..{b} is all zeros"),
+            ExtentState::Zero => {
+                assert!(piece.iter().all(|&x| x == 0), "{e:?}: {a}..{b} is not zero")
+            }
+            ExtentState::Data => assert!(
+                !strict || piece.iter().any(|&x| x != 0),
+                "{e:?}: {a}..{b} is all zeros"
+            ),
         }
-        assert!(!strict || same == (e.state == ExtentState::Unchanged), "{e:?}: {a}..{b} did not change");
+        assert!(
+            !strict || same == (e.state == ExtentState::Unchanged),
+            "{e:?}: {a}..{b} did not change"
+        );
         at = stop;
     }
 }
@@ -125,18 +155,32 @@ fn check_extent(e: &SnapExtent, cur: &[u8], prev: Option<&[u8]>, strict: bool) {
 #[test]
 fn raw_with_snapshots_reads_maps_and_exports_like_the_files() {
     let env = Env::new();
-    let w1: Vec<(u64, u64, u8)> = vec![(0, MIB, 0x11), (5 * MIB + 512, 300 << 10, 0x22), (20 * MIB, 64 << 10, 0)];
+    let w1: Vec<(u64, u64, u8)> = vec![
+        (0, MIB, 0x11),
+        (5 * MIB + 512, 300 << 10, 0x22),
+        (20 * MIB, 64 << 10, 0),
+    ];
     let mut w2 = w1.clone();
-    w2.extend([(5 * MIB + 512 + (100 << 10), 8192, 0x33), (26 * MIB, MIB, 0x44)]);
+    w2.extend([
+        (5 * MIB + 512 + (100 << 10), 8192, 0x33),
+        (26 * MIB, MIB, 0x44),
+    ]);
     let mut w3 = w2.clone();
     w3.extend([(0, BLOCK, 0), (30 * MIB + 100, 512, 0x55)]);
-    let points = [("s1", 24 * MIB, &w1), ("s2", 32 * MIB, &w2), ("head", 32 * MIB + 1536, &w3)];
+    let points = [
+        ("s1", 24 * MIB, &w1),
+        ("s2", 32 * MIB, &w2),
+        ("head", 32 * MIB + 1536, &w3),
+    ];
     let mut bytes = Vec::new();
     for (name, size, writes) in points {
         make_raw(&env.path(name), size, writes);
         bytes.push(raw_contents(size, writes));
     }
-    let spec = raw_spec(&env.path("head"), &[("s1", &env.path("s1")), ("s2", &env.path("s2"))]);
+    let spec = raw_spec(
+        &env.path("head"),
+        &[("s1", &env.path("s1")), ("s2", &env.path("s2"))],
+    );
 
     let info = env.json(&["source", "info", "--source-spec", &spec]);
     assert_eq!(info["format"], "raw");
@@ -145,14 +189,29 @@ fn raw_with_snapshots_reads_maps_and_exports_like_the_files() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["name"].as_str().unwrap().to_string(), s["size"].as_u64().unwrap()))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["size"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(snaps, vec![("s1".to_string(), 24 * MIB), ("s2".to_string(), 32 * MIB)]);
+    assert_eq!(
+        snaps,
+        vec![("s1".to_string(), 24 * MIB), ("s2".to_string(), 32 * MIB)]
+    );
     let plain = env.ok(&["source", "info", "--source-spec", &spec]);
-    assert!(plain.contains("size 32 MiB (33555968 bytes)") && plain.contains("snapshot s2: 32 MiB"), "{plain}");
+    assert!(
+        plain.contains("size 32 MiB (33555968 bytes)") && plain.contains("snapshot s2: 32 MiB"),
+        "{plain}"
+    );
 
     for (i, (name, _, _)) in points.iter().enumerate() {
-        let snap: &[&str] = if *name == "head" { &[] } else { &["--snap", name] };
+        let snap: &[&str] = if *name == "head" {
+            &[]
+        } else {
+            &["--snap", name]
+        };
         let mut args = vec!["source", "map", "--source-spec", &spec];
         args.extend(snap);
         let map = parse_map(&env.ok(&args));
@@ -160,7 +219,10 @@ fn raw_with_snapshots_reads_maps_and_exports_like_the_files() {
         // Never data where the file system holds a hole.
         let fs_data = qemu_data(&env.path(name));
         for (o, l, _) in map.iter().filter(|e| e.2) {
-            assert!(fs_data.iter().any(|&(qo, ql)| qo <= *o && o + l <= qo + ql), "{name}: {o}+{l} not allocated: {fs_data:?}");
+            assert!(
+                fs_data.iter().any(|&(qo, ql)| qo <= *o && o + l <= qo + ql),
+                "{name}: {o}+{l} not allocated: {fs_data:?}"
+            );
         }
 
         let out = env.path(&format!("{name}.out"));
@@ -169,7 +231,11 @@ fn raw_with_snapshots_reads_maps_and_exports_like_the_files() {
         args.push(out.to_str().unwrap());
         env.ok(&args);
         files_equal(&env.path(name), &out).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(allocated_bytes(&out) < 4 * MIB, "{name}: export is not sparse: {}", allocated_bytes(&out));
+        assert!(
+            allocated_bytes(&out) < 4 * MIB,
+            "{name}: export is not sparse: {}",
+            allocated_bytes(&out)
+        );
         args.pop();
         args.push("-");
         let piped = env.rbdm(&args);
@@ -177,8 +243,19 @@ fn raw_with_snapshots_reads_maps_and_exports_like_the_files() {
         bytes_equal(&piped.stdout, &bytes[i]).unwrap_or_else(|e| panic!("{name} to stdout: {e}"));
     }
     // An export never overwrites.
-    let again = env.fails(&["source", "export", "--source-spec", &spec, env.path("head.out").to_str().unwrap()]);
-    assert_eq!(again.status.code(), Some(libc::EEXIST), "{}", stderr(&again));
+    let again = env.fails(&[
+        "source",
+        "export",
+        "--source-spec",
+        &spec,
+        env.path("head.out").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        again.status.code(),
+        Some(libc::EEXIST),
+        "{}",
+        stderr(&again)
+    );
 
     // Through the library: every point's bytes, and Unchanged exactly where nothing changed.
     let img = open_spec(&spec, None);
@@ -207,23 +284,42 @@ fn spec_from_a_file_or_stdin() {
     make_raw(&env.path("d"), MIB, &[(4096, 4096, 9)]);
     let spec = raw_spec(&env.path("d"), &[]);
     std::fs::write(env.path("spec.json"), &spec).unwrap();
-    let a = env.json(&["source", "info", "--source-spec-path", env.path("spec.json").to_str().unwrap()]);
+    let a = env.json(&[
+        "source",
+        "info",
+        "--source-spec-path",
+        env.path("spec.json").to_str().unwrap(),
+    ]);
     assert_eq!(a["size"], MIB);
     let f = std::fs::File::open(env.path("spec.json")).unwrap();
     let mut cmd = env.command(&["source", "map", "--source-spec-path", "-"]);
     let out = cmd.stdin(Stdio::from(f)).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(parse_map(&stdout(&out)), vec![(0, 4096, false), (4096, 4096, true), (8192, MIB - 8192, false)]);
+    assert_eq!(
+        parse_map(&stdout(&out)),
+        vec![
+            (0, 4096, false),
+            (4096, 4096, true),
+            (8192, MIB - 8192, false)
+        ]
+    );
     // A relative file_path is relative to the working directory.
     let rel = json!({"type": "raw", "stream": {"type": "file", "file_path": "d"}}).to_string();
-    let out = env.command(&["source", "info", "--source-spec", &rel, "--format", "json"]).current_dir(env.dir.path()).output().unwrap();
+    let out = env
+        .command(&["source", "info", "--source-spec", &rel, "--format", "json"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// Runs `rbdm source info` on `spec`: the exit status and the error line.
 fn info_error(env: &Env, spec: &str) -> (i32, String) {
     let out = env.fails(&["source", "info", "--source-spec", spec]);
-    (out.status.code().unwrap_or(-1), stderr(&out).trim_end().to_string())
+    (
+        out.status.code().unwrap_or(-1),
+        stderr(&out).trim_end().to_string(),
+    )
 }
 
 #[test]
@@ -233,7 +329,13 @@ fn file_stream_errors_name_the_file() {
     let missing = env.path("missing.raw");
     let (code, msg) = info_error(&env, &raw_spec(&missing, &[]));
     assert_eq!(code, libc::ENOENT);
-    assert_eq!(msg, format!("rbdm: error opening source: (2) No such file or directory: file {} does not exist", missing.display()));
+    assert_eq!(
+        msg,
+        format!(
+            "rbdm: error opening source: (2) No such file or directory: file {} does not exist",
+            missing.display()
+        )
+    );
     let (code, msg) = info_error(&env, &raw_spec(&env.path("ok"), &[("s", &missing)]));
     assert_eq!(code, libc::ENOENT);
     assert!(msg.contains(missing.to_str().unwrap()), "{msg}");
@@ -268,18 +370,49 @@ fn bad_specs_are_refused_naming_the_path() {
     ];
     for (spec, code, msg) in &cases {
         let (got_code, got_msg) = info_error(&env, &spec.to_string());
-        assert_eq!((got_code, got_msg.as_str()), (*code, format!("rbdm: {msg}").as_str()), "for {spec}");
+        assert_eq!(
+            (got_code, got_msg.as_str()),
+            (*code, format!("rbdm: {msg}").as_str()),
+            "for {spec}"
+        );
     }
     let (code, msg) = info_error(&env, "{\"type\": \"raw\",");
     assert_eq!(code, libc::EBADMSG);
-    assert!(msg.starts_with("rbdm: invalid source-spec: (74) Bad message: malformed JSON"), "{msg}");
-    let out = env.fails(&["source", "info", "--source-spec-path", env.path("none.json").to_str().unwrap()]);
+    assert!(
+        msg.starts_with("rbdm: invalid source-spec: (74) Bad message: malformed JSON"),
+        "{msg}"
+    );
+    let out = env.fails(&[
+        "source",
+        "info",
+        "--source-spec-path",
+        env.path("none.json").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(libc::ENOENT), "{}", stderr(&out));
-    let out = env.fails(&["source", "info", "--source-spec", "{}", "--source-spec-path", "x"]);
+    let out = env.fails(&[
+        "source",
+        "info",
+        "--source-spec",
+        "{}",
+        "--source-spec-path",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(libc::EINVAL));
-    let out = env.fails(&["source", "export", "--snap", "nope", "--source-spec", &raw_spec(&d, &[]), "-"]);
+    let out = env.fails(&[
+        "source",
+        "export",
+        "--snap",
+        "nope",
+        "--source-spec",
+        &raw_spec(&d, &[]),
+        "-",
+    ]);
     assert_eq!(out.status.code(), Some(libc::ENOENT));
-    assert!(stderr(&out).contains("snapshot 'nope' not found"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("snapshot 'nope' not found"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Writes `n` bytes of `byte` at `off` to the model and the image.
@@ -296,8 +429,11 @@ fn native_by_pool_name_or_id_and_snap_name_or_id() {
     let store = rbdm_store::open(&env.store).unwrap();
     let rbd = Rbd::new(store.clone());
     let pool = PoolSpec::new("rbd", "");
-    rbd.create(&pool, "img", &CreateOptions::with_size(size)).unwrap();
-    let img = rbd.open(&ImageSpec::parse("rbd/img", "rbd").unwrap(), false).unwrap();
+    rbd.create(&pool, "img", &CreateOptions::with_size(size))
+        .unwrap();
+    let img = rbd
+        .open(&ImageSpec::parse("rbd/img", "rbd").unwrap(), false)
+        .unwrap();
     let mut model = vec![0u8; size as usize];
     put(&mut model, &img, 0, MIB as usize, 0x11);
     put(&mut model, &img, 5 * MIB + 4096, 8192, 0x12);
@@ -313,15 +449,42 @@ fn native_by_pool_name_or_id_and_snap_name_or_id() {
     img.close().unwrap();
     let pool_id = store.pool_id("rbd").unwrap();
 
-    let by_name = json!({"type": "native", "pool_name": "rbd", "image_name": "img", "snap_name": "b"}).to_string();
+    let by_name =
+        json!({"type": "native", "pool_name": "rbd", "image_name": "img", "snap_name": "b"})
+            .to_string();
     let info = env.json(&["source", "info", "--source-spec", &by_name]);
-    assert_eq!((info["format"].as_str(), info["size"].as_u64()), (Some("native"), Some(size)));
-    assert_eq!(info["snapshots"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect::<Vec<_>>(), vec!["a"]);
+    assert_eq!(
+        (info["format"].as_str(), info["size"].as_u64()),
+        (Some("native"), Some(size))
+    );
+    assert_eq!(
+        info["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].clone())
+            .collect::<Vec<_>>(),
+        vec!["a"]
+    );
     let out = env.path("b.out");
-    env.ok(&["source", "export", "--source-spec", &by_name, out.to_str().unwrap()]);
+    env.ok(&[
+        "source",
+        "export",
+        "--source-spec",
+        &by_name,
+        out.to_str().unwrap(),
+    ]);
     file_is(&out, &at_b).unwrap();
     let out = env.path("a.out");
-    env.ok(&["source", "export", "--source-spec", &by_name, "--snap", "a", out.to_str().unwrap()]);
+    env.ok(&[
+        "source",
+        "export",
+        "--source-spec",
+        &by_name,
+        "--snap",
+        "a",
+        out.to_str().unwrap(),
+    ]);
     file_is(&out, &at_a).unwrap();
 
     let by_id = json!({"type": "native", "pool_id": pool_id, "image_name": "img", "snap_id": snap_a.to_string()}).to_string();
@@ -334,11 +497,20 @@ fn native_by_pool_name_or_id_and_snap_name_or_id() {
     let map = parse_map(&env.ok(&["source", "map", "--source-spec", &at_head]));
     for (o, l, data) in map {
         let range = &head[o as usize..(o + l) as usize];
-        assert!(data || range.iter().all(|&b| b == 0), "zero extent {o}+{l} holds data");
+        assert!(
+            data || range.iter().all(|&b| b == 0),
+            "zero extent {o}+{l} holds data"
+        );
     }
     // Through the library: every point's bytes and list_snaps against them.
     let src = open_spec(&at_head, Some(store.clone()));
-    assert_eq!(src.snapshots().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        src.snapshots()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     let points = [at_a, at_b, head.clone()];
     for (i, b) in points.iter().enumerate() {
         let p = if i == 2 { Point::Head } else { Point::Snap(i) };
@@ -353,12 +525,24 @@ fn native_by_pool_name_or_id_and_snap_name_or_id() {
     drop(rbd);
     env.ok(&["trash", "mv", "img"]);
     let listed = env.ok(&["trash", "ls"]);
-    let id = listed.split_whitespace().next().expect("one trash entry").to_string();
+    let id = listed
+        .split_whitespace()
+        .next()
+        .expect("one trash entry")
+        .to_string();
     let (code, _) = info_error(&env, &at_head);
     assert_eq!(code, libc::ENOENT);
-    let by_trash_id = json!({"type": "native", "pool_name": "rbd", "image_name": "img", "image_id": id}).to_string();
+    let by_trash_id =
+        json!({"type": "native", "pool_name": "rbd", "image_name": "img", "image_id": id})
+            .to_string();
     let out = env.path("trash.out");
-    env.ok(&["source", "export", "--source-spec", &by_trash_id, out.to_str().unwrap()]);
+    env.ok(&[
+        "source",
+        "export",
+        "--source-spec",
+        &by_trash_id,
+        out.to_str().unwrap(),
+    ]);
     file_is(&out, &head).unwrap();
 
     let no_pool = json!({"type": "native", "pool_id": 999, "image_name": "img"}).to_string();
@@ -375,18 +559,32 @@ fn plugins_lists_what_the_binary_links() {
     let plain = env.ok(&["source", "plugins"]);
     let v = env.json(&["source", "plugins"]);
     let names = |key: &str| -> Vec<String> {
-        v[key].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
     };
     for f in ["native", "qcow", "raw"] {
-        assert!(names("formats").iter().any(|n| n == f), "format {f} missing: {v}");
+        assert!(
+            names("formats").iter().any(|n| n == f),
+            "format {f} missing: {v}"
+        );
         assert!(plain.contains(&format!("\t{f}: ")), "{plain}");
     }
-    assert!(names("streams").iter().any(|n| n == "file"), "stream file missing: {v}");
+    assert!(
+        names("streams").iter().any(|n| n == "file"),
+        "stream file missing: {v}"
+    );
     // The test binary links the same plugins through rbdm-plugins.
     // (This file adds its own test-* plugins.)
     let (formats, streams) = rbdm_plugins::linked();
     let builtin = |v: Vec<(&str, &str)>| -> Vec<String> {
-        v.into_iter().map(|p| p.0.to_string()).filter(|n| !n.starts_with("test-")).collect()
+        v.into_iter()
+            .map(|p| p.0.to_string())
+            .filter(|n| !n.starts_with("test-"))
+            .collect()
     };
     assert_eq!(builtin(formats), names("formats"));
     assert_eq!(builtin(streams), names("streams"));
@@ -412,14 +610,22 @@ impl Stream for Pattern {
     }
 }
 
-fn open_pattern(spec: &Value, path: &str, _: &OpenContext) -> rbdm_registry::Result<Box<dyn Stream>> {
-    let size = spec["size"]
-        .as_u64()
-        .ok_or_else(|| rbdm_registry::SourceError::BadSpec(format!("{path}.size: expected an integer")))?;
+fn open_pattern(
+    spec: &Value,
+    path: &str,
+    _: &OpenContext,
+) -> rbdm_registry::Result<Box<dyn Stream>> {
+    let size = spec["size"].as_u64().ok_or_else(|| {
+        rbdm_registry::SourceError::BadSpec(format!("{path}.size: expected an integer"))
+    })?;
     Ok(Box::new(Pattern(size)))
 }
 
-inventory::submit!(StreamPlugin { type_name: "test-pattern", description: "test only", open: open_pattern });
+inventory::submit!(StreamPlugin {
+    type_name: "test-pattern",
+    description: "test only",
+    open: open_pattern
+});
 
 /// A format whose head is one stream and which has no snapshots: all data.
 struct Whole(Box<dyn Stream>);
@@ -439,28 +645,50 @@ impl SourceImage for Whole {
     }
     fn list_snaps(&self, offset: u64, len: u64) -> rbdm_registry::Result<Vec<Vec<SnapExtent>>> {
         let len = len.min(self.size().saturating_sub(offset));
-        Ok(vec![vec![SnapExtent { offset, len, state: ExtentState::Data }]])
+        Ok(vec![vec![SnapExtent {
+            offset,
+            len,
+            state: ExtentState::Data,
+        }]])
     }
 }
 
 fn open_whole(spec: &Value, ctx: &OpenContext) -> rbdm_registry::Result<Box<dyn SourceImage>> {
-    Ok(Box::new(Whole(rbdm_registry::open_stream(&spec["stream"], "stream", ctx)?)))
+    Ok(Box::new(Whole(rbdm_registry::open_stream(
+        &spec["stream"],
+        "stream",
+        ctx,
+    )?)))
 }
 
-inventory::submit!(FormatPlugin { type_name: "test-whole", description: "test only", open: open_whole });
+inventory::submit!(FormatPlugin {
+    type_name: "test-whole",
+    description: "test only",
+    open: open_whole
+});
 
 #[test]
 fn a_format_and_a_stream_defined_in_a_test_are_found_by_name() {
-    let img = open_spec(r#"{"type":"test-whole","stream":{"type":"test-pattern","size":1000}}"#, None);
+    let img = open_spec(
+        r#"{"type":"test-whole","stream":{"type":"test-pattern","size":1000}}"#,
+        None,
+    );
     assert_eq!((img.format(), img.size()), ("test-whole", 1000));
     let mut buf = [0u8; 4];
     img.read(Point::Head, 250, &mut buf).unwrap();
     assert_eq!(buf, [250, 0, 1, 2]);
     // The built-in raw format reads through the new stream too, zero detection included.
-    let raw = open_spec(r#"{"type":"raw","stream":{"type":"test-pattern","size":10000}}"#, None);
+    let raw = open_spec(
+        r#"{"type":"raw","stream":{"type":"test-pattern","size":10000}}"#,
+        None,
+    );
     let expect: Vec<u8> = (0..10000u64).map(|i| (i % 251) as u8).collect();
     bytes_equal(&read_all(&*raw, Point::Head, 10000), &expect).unwrap();
     check_list_snaps(&*raw, &[expect], 10000, true);
-    assert!(rbdm_registry::formats().iter().any(|f| f.type_name == "test-whole"));
-    assert!(rbdm_registry::formats().iter().any(|f| f.type_name == "raw"));
+    assert!(rbdm_registry::formats()
+        .iter()
+        .any(|f| f.type_name == "test-whole"));
+    assert!(rbdm_registry::formats()
+        .iter()
+        .any(|f| f.type_name == "raw"));
 }

@@ -14,7 +14,11 @@ use crate::util;
 const BENCHES: &[&str] = &["image", "migration", "source", "nbd"];
 
 pub fn run(args: &[String]) -> Result<()> {
-    let names: Vec<&str> = if args.is_empty() { BENCHES.to_vec() } else { args.iter().map(String::as_str).collect() };
+    let names: Vec<&str> = if args.is_empty() {
+        BENCHES.to_vec()
+    } else {
+        args.iter().map(String::as_str).collect()
+    };
     for n in &names {
         if !BENCHES.contains(n) {
             bail!("unknown bench {n:?}; known: {}", BENCHES.join(", "));
@@ -54,14 +58,37 @@ fn image(rbdm: &Path) -> Result<()> {
         "conv=fdatasync",
     ]))?;
     let rb_write = util::timed(&mut rb(&[
-        "bench", "--io-type", "write", "--io-size", "4M", "--io-threads", "1", "--io-total", "1G", "--io-pattern",
-        "seq", "bench",
+        "bench",
+        "--io-type",
+        "write",
+        "--io-size",
+        "4M",
+        "--io-threads",
+        "1",
+        "--io-total",
+        "1G",
+        "--io-pattern",
+        "seq",
+        "bench",
     ]))?;
-    let dd_read =
-        util::timed(Command::new("dd").args([&format!("if={}", plain.display()), "of=/dev/null", "bs=4M"]))?;
+    let dd_read = util::timed(Command::new("dd").args([
+        &format!("if={}", plain.display()),
+        "of=/dev/null",
+        "bs=4M",
+    ]))?;
     let rb_read = util::timed(&mut rb(&[
-        "bench", "--io-type", "read", "--io-size", "4M", "--io-threads", "1", "--io-total", "1G", "--io-pattern",
-        "seq", "bench",
+        "bench",
+        "--io-type",
+        "read",
+        "--io-size",
+        "4M",
+        "--io-threads",
+        "1",
+        "--io-total",
+        "1G",
+        "--io-pattern",
+        "seq",
+        "bench",
     ]))?;
     println!("\nbench image: 1 GiB sequential, 4 MiB I/Os, same disk, same run (target: within 1.5x of dd)");
     row("write", rb_write, dd_write);
@@ -97,10 +124,34 @@ struct NbdCase {
 }
 
 const NBD_CASES: &[NbdCase] = &[
-    NbdCase { name: "4K random read", unit: "IOPS", args: &["-s", "4k", "-S", SCATTER_STEP], count: 100_000, io_size: 4096 },
-    NbdCase { name: "4K random write", unit: "IOPS", args: &["-w", "-s", "4k", "-S", SCATTER_STEP], count: 50_000, io_size: 4096 },
-    NbdCase { name: "1M seq read", unit: "MiB/s", args: &["-s", "1M"], count: 2048, io_size: 1 << 20 },
-    NbdCase { name: "1M seq write", unit: "MiB/s", args: &["-w", "-s", "1M"], count: 1024, io_size: 1 << 20 },
+    NbdCase {
+        name: "4K random read",
+        unit: "IOPS",
+        args: &["-s", "4k", "-S", SCATTER_STEP],
+        count: 100_000,
+        io_size: 4096,
+    },
+    NbdCase {
+        name: "4K random write",
+        unit: "IOPS",
+        args: &["-w", "-s", "4k", "-S", SCATTER_STEP],
+        count: 50_000,
+        io_size: 4096,
+    },
+    NbdCase {
+        name: "1M seq read",
+        unit: "MiB/s",
+        args: &["-s", "1M"],
+        count: 2048,
+        io_size: 1 << 20,
+    },
+    NbdCase {
+        name: "1M seq write",
+        unit: "MiB/s",
+        args: &["-w", "-s", "1M"],
+        count: 1024,
+        io_size: 1 << 20,
+    },
 ];
 
 /// A server process, stopped with SIGTERM (SIGKILL after 10 s) when dropped.
@@ -144,10 +195,41 @@ fn nbd(rbdm: &Path) -> Result<()> {
         c
     };
     util::output(&mut rb(&["create", "--size", size, "bench"]))?;
-    util::output(&mut rb(&["bench", "--io-type", "write", "--io-size", "4M", "--io-threads", "1", "--io-total", size, "bench"]))?;
-    util::output(Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&plain).arg(size))?;
+    util::output(&mut rb(&[
+        "bench",
+        "--io-type",
+        "write",
+        "--io-size",
+        "4M",
+        "--io-threads",
+        "1",
+        "--io-total",
+        size,
+        "bench",
+    ]))?;
+    util::output(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "raw"])
+            .arg(&plain)
+            .arg(size),
+    )?;
     // 256 writes of 4 MiB fill the 1 GiB.
-    util::output(Command::new("qemu-img").args(["bench", "-f", "raw", "-w", "--pattern", "90", "-s", "4M", "-c", "256"]).arg(&plain))?;
+    util::output(
+        Command::new("qemu-img")
+            .args([
+                "bench",
+                "-f",
+                "raw",
+                "-w",
+                "--pattern",
+                "90",
+                "-s",
+                "4M",
+                "-c",
+                "256",
+            ])
+            .arg(&plain),
+    )?;
     // rbdm's close fsynced its objects; do the same for the file so no writeback is left over.
     util::output(Command::new("sync").arg(&plain))?;
 
@@ -178,10 +260,19 @@ fn nbd(rbdm: &Path) -> Result<()> {
 fn start_rbdm(mut cmd: Command) -> Result<(Server, String)> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let shown = util::show(&cmd);
-    let mut server = Server(cmd.spawn().with_context(|| format!("cannot start {shown}"))?);
-    let out = server.0.stdout.take().context("rbdm nbd export has no stdout")?;
+    let mut server = Server(
+        cmd.spawn()
+            .with_context(|| format!("cannot start {shown}"))?,
+    );
+    let out = server
+        .0
+        .stdout
+        .take()
+        .context("rbdm nbd export has no stdout")?;
     let mut uri = String::new();
-    BufReader::new(out).read_line(&mut uri).with_context(|| format!("reading the URI from {shown}"))?;
+    BufReader::new(out)
+        .read_line(&mut uri)
+        .with_context(|| format!("reading the URI from {shown}"))?;
     let uri = uri.trim().to_string();
     if !uri.starts_with("nbd") {
         bail!("{shown} did not print its URI (got {uri:?})");
@@ -191,10 +282,15 @@ fn start_rbdm(mut cmd: Command) -> Result<(Server, String)> {
 
 fn start_qemu_nbd(file: &Path, socket: &Path) -> Result<(Server, String)> {
     let mut cmd = Command::new("qemu-nbd");
-    cmd.args(["-f", "raw", "-t", "--cache=writeback", "--socket"]).arg(socket).arg(file);
+    cmd.args(["-f", "raw", "-t", "--cache=writeback", "--socket"])
+        .arg(socket)
+        .arg(file);
     cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
     let shown = util::show(&cmd);
-    let mut server = Server(cmd.spawn().with_context(|| format!("cannot start {shown}"))?);
+    let mut server = Server(
+        cmd.spawn()
+            .with_context(|| format!("cannot start {shown}"))?,
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(socket).is_err() {
         if let Ok(Some(status)) = server.0.try_wait() {
@@ -212,12 +308,28 @@ fn start_qemu_nbd(file: &Path, socket: &Path) -> Result<(Server, String)> {
 fn qemu_bench(case: &NbdCase, uri: &str) -> Result<f64> {
     let count = case.count.to_string();
     let mut cmd = Command::new("qemu-img");
-    cmd.args(["bench", "-f", "raw", "-d", "16", "-c", &count]).args(case.args).arg(uri);
+    cmd.args(["bench", "-f", "raw", "-d", "16", "-c", &count])
+        .args(case.args)
+        .arg(uri);
     let out = util::output(&mut cmd)?;
     let secs = out
         .lines()
-        .find_map(|l| l.strip_prefix("Run completed in ")?.strip_suffix(" seconds.")?.parse::<f64>().ok())
-        .with_context(|| format!("no 'Run completed in' line from {}:\n{out}", util::show(&cmd)))?;
+        .find_map(|l| {
+            l.strip_prefix("Run completed in ")?
+                .strip_suffix(" seconds.")?
+                .parse::<f64>()
+                .ok()
+        })
+        .with_context(|| {
+            format!(
+                "no 'Run completed in' line from {}:\n{out}",
+                util::show(&cmd)
+            )
+        })?;
     let per_sec = case.count as f64 / secs.max(1e-9);
-    Ok(if case.unit == "IOPS" { per_sec } else { per_sec * case.io_size as f64 / f64::from(1 << 20) })
+    Ok(if case.unit == "IOPS" {
+        per_sec
+    } else {
+        per_sec * case.io_size as f64 / f64::from(1 << 20)
+    })
 }

@@ -15,18 +15,29 @@ const MIB: u64 = 1 << 20;
 fn make_disk(dir: &Path) -> Result<std::path::PathBuf> {
     let raw = dir.join("half.raw");
     let qcow = dir.join("half.qcow2");
-    util::output(Command::new("qemu-img").args(["create", "-q", "-f", "raw"]).arg(&raw).arg("4G"))?;
+    util::output(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "raw"])
+            .arg(&raw)
+            .arg("4G"),
+    )?;
     // Every other MiB holds data: 2 GiB allocated, spread over the whole disk.
     let slots: Vec<u64> = (0..4096).step_by(2).collect();
     for chunk in slots.chunks(256) {
         let mut c = Command::new("qemu-io");
         c.args(["-f", "raw"]);
         for s in chunk {
-            c.arg("-c").arg(format!("write -P {} {} {}", s % 251 + 1, s * MIB, MIB));
+            c.arg("-c")
+                .arg(format!("write -P {} {} {}", s % 251 + 1, s * MIB, MIB));
         }
         util::output(c.arg(&raw))?;
     }
-    util::output(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow))?;
+    util::output(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&qcow),
+    )?;
     std::fs::remove_file(&raw)?;
     Ok(qcow)
 }
@@ -40,7 +51,12 @@ pub fn run(rbdm: &Path) -> Result<()> {
     let out = |name: &str| shm.join(name);
     let convert = |to: &Path| -> Result<std::time::Duration> {
         let _ = std::fs::remove_file(to);
-        util::timed(Command::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(&qcow).arg(to))
+        util::timed(
+            Command::new("qemu-img")
+                .args(["convert", "-f", "qcow2", "-O", "raw"])
+                .arg(&qcow)
+                .arg(to),
+        )
     };
     convert(&out("warm.raw"))?;
     std::fs::remove_file(out("warm.raw"))?;
@@ -48,21 +64,40 @@ pub fn run(rbdm: &Path) -> Result<()> {
     std::fs::remove_file(out("peer.raw"))?;
     let export = |spec: String, to: &Path| -> Result<std::time::Duration> {
         let _ = std::fs::remove_file(to);
-        util::timed(Command::new(rbdm).args(["source", "export", "--source-spec", &spec]).arg(to))
+        util::timed(
+            Command::new(rbdm)
+                .args(["source", "export", "--source-spec", &spec])
+                .arg(to),
+        )
     };
-    let file_spec = format!(r#"{{"type":"qcow","stream":{{"type":"file","file_path":"{}"}}}}"#, qcow.display());
+    let file_spec = format!(
+        r#"{{"type":"qcow","stream":{{"type":"file","file_path":"{}"}}}}"#,
+        qcow.display()
+    );
     let t_file = export(file_spec, &out("file.raw"))?;
     std::fs::remove_file(out("file.raw"))?;
     let log = dir.join("access.log");
     let web = rbdm_tests::servers::nginx_logged(&dir, Some(&log));
-    let http_spec = format!(r#"{{"type":"qcow","stream":{{"type":"http","url":"{}"}}}}"#, web.url("half.qcow2"));
+    let http_spec = format!(
+        r#"{{"type":"qcow","stream":{{"type":"http","url":"{}"}}}}"#,
+        web.url("half.qcow2")
+    );
     let t_http = export(http_spec, &out("http.raw"))?;
     drop(web);
-    let requests = std::fs::read_to_string(&log).map(|l| l.lines().count()).unwrap_or(0);
+    let requests = std::fs::read_to_string(&log)
+        .map(|l| l.lines().count())
+        .unwrap_or(0);
     let _ = std::fs::remove_dir_all(shm);
     println!("\nbench source: 4 GiB qcow2, 2 GiB allocated (64 KiB clusters), written raw into tmpfs, same run");
-    println!("  peer  qemu-img convert -O raw (file)   {:>6.2} s", peer.as_secs_f64());
-    println!("  file  rbdm source export               {:>6.2} s   ratio {:.2}x", t_file.as_secs_f64(), t_file.as_secs_f64() / peer.as_secs_f64());
+    println!(
+        "  peer  qemu-img convert -O raw (file)   {:>6.2} s",
+        peer.as_secs_f64()
+    );
+    println!(
+        "  file  rbdm source export               {:>6.2} s   ratio {:.2}x",
+        t_file.as_secs_f64(),
+        t_file.as_secs_f64() / peer.as_secs_f64()
+    );
     println!(
         "  http  rbdm source export (nginx)       {:>6.2} s   ratio {:.2}x   {requests} HTTP requests (one per cluster would be {})",
         t_http.as_secs_f64(),

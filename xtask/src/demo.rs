@@ -17,13 +17,27 @@ pub fn run() -> Result<()> {
     let store = format!("dir://{}", dir.join("store").display());
     let src = dir.join("disk.raw");
     make_source(&src)?;
-    println!("# the store lives in {}; every command below runs with RBDM_STORE={store}", dir.join("store").display());
+    println!(
+        "# the store lives in {}; every command below runs with RBDM_STORE={store}",
+        dir.join("store").display()
+    );
     let r = Rbdm { bin: rbdm, store };
 
     println!("\n# 1. a source image with data and two snapshots");
     r.run(&["import", path(&src), "rbd/vm1"])?;
     r.run(&["snap", "create", "rbd/vm1@monday"])?;
-    r.run(&["bench", "--io-type", "write", "--io-size", "64K", "--io-total", "4M", "--io-pattern", "seq", "rbd/vm1"])?;
+    r.run(&[
+        "bench",
+        "--io-type",
+        "write",
+        "--io-size",
+        "64K",
+        "--io-total",
+        "4M",
+        "--io-pattern",
+        "seq",
+        "rbd/vm1",
+    ])?;
     r.run(&["snap", "create", "rbd/vm1@tuesday"])?;
     let monday = dir.join("monday.raw");
     let tuesday = dir.join("tuesday.raw");
@@ -32,19 +46,37 @@ pub fn run() -> Result<()> {
     r.run(&["pool", "create", "fast"])?;
 
     println!("\n# 2. live migration to another pool with 1 MiB objects");
-    r.run(&["migration", "prepare", "--object-size", "1M", "rbd/vm1", "fast/vm1"])?;
+    r.run(&[
+        "migration",
+        "prepare",
+        "--object-size",
+        "1M",
+        "rbd/vm1",
+        "fast/vm1",
+    ])?;
     r.run(&["status", "fast/vm1"])?;
     r.run(&["trash", "ls", "--all", "rbd"])?;
 
     println!("\n# 3. a client uses the destination over NBD while execute copies");
     let mut server = r.spawn(&["nbd", "export", "fast/vm1", "--bind", "127.0.0.1:0"])?;
     let uri = server.uri()?;
-    let mut exec = r.spawn(&["migration", "execute", "--bandwidth-limit", "32M", "fast/vm1"])?;
+    let mut exec = r.spawn(&[
+        "migration",
+        "execute",
+        "--bandwidth-limit",
+        "32M",
+        "fast/vm1",
+    ])?;
     if util::have("qemu-io") {
         for (off, pat) in [(60 * MIB, 0x71), (MIB / 2, 0x72)] {
-            let cmds = [format!("write -P {pat} {off} 65536"), format!("read -P {pat} {off} 65536")];
+            let cmds = [
+                format!("write -P {pat} {off} 65536"),
+                format!("read -P {pat} {off} 65536"),
+            ];
             println!("$ qemu-io -f raw -c '{}' -c '{}' {uri}", cmds[0], cmds[1]);
-            util::output(Command::new("qemu-io").args(["-f", "raw", "-c", &cmds[0], "-c", &cmds[1], &uri]))?;
+            util::output(
+                Command::new("qemu-io").args(["-f", "raw", "-c", &cmds[0], "-c", &cmds[1], &uri]),
+            )?;
         }
     }
     exec.wait_ok()?;
@@ -74,7 +106,11 @@ struct Rbdm {
 impl Rbdm {
     fn run(&self, args: &[&str]) -> Result<()> {
         println!("$ rbdm {}", args.join(" "));
-        util::run(Command::new(&self.bin).env("RBDM_STORE", &self.store).args(args))
+        util::run(
+            Command::new(&self.bin)
+                .env("RBDM_STORE", &self.store)
+                .args(args),
+        )
     }
 
     /// Starts `rbdm` in the background, as a user would with `&`.
@@ -129,11 +165,21 @@ fn path(p: &Path) -> &str {
 
 /// A 64 MiB raw disk with a few data regions and holes, made by QEMU's tools when present.
 fn make_source(src: &Path) -> Result<()> {
-    let writes = [(0, 0x11, MIB), (5 * MIB, 0x22, 3 * MIB), (40 * MIB + 4096, 0x33, 512 * 1024)];
+    let writes = [
+        (0, 0x11, MIB),
+        (5 * MIB, 0x22, 3 * MIB),
+        (40 * MIB + 4096, 0x33, 512 * 1024),
+    ];
     if util::have("qemu-io") {
         util::output(Command::new("qemu-img").args(["create", "-f", "raw", path(src), "64M"]))?;
         for (off, pat, len) in writes {
-            util::output(Command::new("qemu-io").args(["-f", "raw", "-c", &format!("write -P {pat} {off} {len}"), path(src)]))?;
+            util::output(Command::new("qemu-io").args([
+                "-f",
+                "raw",
+                "-c",
+                &format!("write -P {pat} {off} {len}"),
+                path(src),
+            ]))?;
         }
         return Ok(());
     }
@@ -154,7 +200,11 @@ fn same_bytes(a: &Path, b: &Path) -> Result<()> {
         let na = read_full(&mut fa, &mut ba)?;
         let nb = read_full(&mut fb, &mut bb)?;
         if na != nb || ba[..na] != bb[..nb] {
-            bail!("{} and {} differ near offset {off}", a.display(), b.display());
+            bail!(
+                "{} and {} differ near offset {off}",
+                a.display(),
+                b.display()
+            );
         }
         if na == 0 {
             return Ok(());

@@ -17,7 +17,9 @@ pub fn run(args: &[String]) -> Result<()> {
     while let Some(a) = it.next() {
         if a == "--seconds" {
             let v = it.next().context("--seconds needs a number")?;
-            seconds = v.parse().with_context(|| format!("--seconds {v:?} is not a number"))?;
+            seconds = v
+                .parse()
+                .with_context(|| format!("--seconds {v:?} is not a number"))?;
         } else {
             targets.push(a.clone());
         }
@@ -72,7 +74,12 @@ fn list_targets() -> Result<Vec<String>> {
     for e in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "rs") {
-            names.push(p.file_stem().unwrap_or_default().to_string_lossy().into_owned());
+            names.push(
+                p.file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
     names.sort();

@@ -6,7 +6,10 @@ use anyhow::{bail, Context, Result};
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 /// Runs cargo in the workspace root, streaming its output; fails on a non-zero exit.
@@ -18,7 +21,9 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 /// Runs a command, streaming its output; fails naming the command on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = show(cmd);
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }
@@ -28,9 +33,16 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs a command and returns its stdout; fails with its stderr on a non-zero exit.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let shown = show(cmd);
-    let out = cmd.stderr(Stdio::piped()).output().with_context(|| format!("cannot start {shown}"))?;
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !out.status.success() {
-        bail!("{shown} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{shown} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -4,7 +4,11 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "rbdm", version, about = "Manage rbdm block images, in the style of Ceph's rbd")]
+#[command(
+    name = "rbdm",
+    version,
+    about = "Manage rbdm block images, in the style of Ceph's rbd"
+)]
 pub struct Cli {
     /// Store URI: dir:///PATH or mem:// [env: RBDM_STORE; default dir://$XDG_DATA_HOME/rbdm]
     #[arg(long, global = true, value_name = "URI")]
@@ -462,9 +466,13 @@ pub fn parse_size(s: &str, default_shift: u32) -> Result<u64, String> {
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(digits_end);
     if num.is_empty() {
-        return Err(format!("'{s}' is not a size (expected a number with an optional B/K/M/G/T/P/E suffix)"));
+        return Err(format!(
+            "'{s}' is not a size (expected a number with an optional B/K/M/G/T/P/E suffix)"
+        ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("size '{s}' is too large"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size '{s}' is too large"))?;
     let shift = match unit {
         "" => default_shift,
         "B" => 0,
@@ -479,15 +487,22 @@ pub fn parse_size(s: &str, default_shift: u32) -> Result<u64, String> {
                 'T' => 40,
                 'P' => 50,
                 'E' => 60,
-                _ => return Err(format!("size '{s}' has an unknown suffix '{unit}' (expected B/K/M/G/T/P/E)")),
+                _ => {
+                    return Err(format!(
+                        "size '{s}' has an unknown suffix '{unit}' (expected B/K/M/G/T/P/E)"
+                    ))
+                }
             };
             if !matches!(rest.as_str(), "" | "i" | "B" | "iB") {
-                return Err(format!("size '{s}' has an unknown suffix '{unit}' (expected B/K/M/G/T/P/E)"));
+                return Err(format!(
+                    "size '{s}' has an unknown suffix '{unit}' (expected B/K/M/G/T/P/E)"
+                ));
             }
             shift
         }
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("size '{s}' is too large"))
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 /// `--size`: a bare number is MiB, as in rbd.
@@ -503,7 +518,9 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// Features a user may ask for; `operations` and `migrating` are internal, as in Ceph.
 fn settable_features() -> impl Iterator<Item = &'static (&'static str, u64)> {
     use rbdm_image::features::{MIGRATING, NAMES, OPERATIONS};
-    NAMES.iter().filter(|(_, bit)| *bit != OPERATIONS && *bit != MIGRATING)
+    NAMES
+        .iter()
+        .filter(|(_, bit)| *bit != OPERATIONS && *bit != MIGRATING)
 }
 
 /// A feature name (as `rbd info` prints them) or a numeric feature mask.
@@ -511,14 +528,20 @@ pub fn parse_feature(s: &str) -> Result<u64, String> {
     if let Ok(mask) = s.parse::<u64>() {
         let known = settable_features().fold(0, |acc, (_, bit)| acc | bit);
         if mask & !known != 0 {
-            return Err(format!("feature mask {mask} has unknown bits {:#x}", mask & !known));
+            return Err(format!(
+                "feature mask {mask} has unknown bits {:#x}",
+                mask & !known
+            ));
         }
         return Ok(mask);
     }
-    settable_features().find(|(name, _)| *name == s).map(|(_, bit)| *bit).ok_or_else(|| {
-        let names: Vec<&str> = settable_features().map(|(n, _)| *n).collect();
-        format!("unknown image feature '{s}' (known: {})", names.join(", "))
-    })
+    settable_features()
+        .find(|(name, _)| *name == s)
+        .map(|(_, bit)| *bit)
+        .ok_or_else(|| {
+            let names: Vec<&str> = settable_features().map(|(n, _)| *n).collect();
+            format!("unknown image feature '{s}' (known: {})", names.join(", "))
+        })
 }
 
 #[cfg(test)]

@@ -55,13 +55,16 @@ impl Ctx {
     }
 
     pub fn default_pool(&self) -> &str {
-        self.pool.as_deref().unwrap_or(rbdm_image::spec::DEFAULT_POOL)
+        self.pool
+            .as_deref()
+            .unwrap_or(rbdm_image::spec::DEFAULT_POOL)
     }
 
     /// Parses `[pool/[namespace/]]image[@snap]`, filling pool and namespace from -p and
     /// --namespace when the spec does not name them.
     pub fn image_spec(&self, s: &str, snap: Snap) -> CmdResult<ImageSpec> {
-        let mut spec = ImageSpec::parse(s, self.default_pool()).map_err(|e| Fail::invalid(e.to_string()))?;
+        let mut spec =
+            ImageSpec::parse(s, self.default_pool()).map_err(|e| Fail::invalid(e.to_string()))?;
         let path = s.split('@').next().unwrap_or_default();
         if path.matches('/').count() < 2 {
             if let Some(ns) = &self.namespace {
@@ -97,14 +100,19 @@ impl Ctx {
 
 fn check_snap(spec: &ImageSpec, snap: Snap) -> CmdResult {
     match (snap, &spec.snap) {
-        (Snap::No, Some(_)) => Err(Fail::invalid("snapshot name specified for a command that doesn't use it")),
+        (Snap::No, Some(_)) => Err(Fail::invalid(
+            "snapshot name specified for a command that doesn't use it",
+        )),
         (Snap::Must, None) => Err(Fail::invalid("snapshot name was not specified")),
         _ => Ok(()),
     }
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// rbd reports a missing pool before it tries anything in it.
@@ -113,7 +121,11 @@ pub fn check_pool(ctx: &Ctx, pool: &str) -> CmdResult {
     if pools.iter().any(|p| p == pool) {
         return Ok(());
     }
-    Err(Fail::errno(libc::ENOENT, format!("error opening pool '{pool}'"), ""))
+    Err(Fail::errno(
+        libc::ENOENT,
+        format!("error opening pool '{pool}'"),
+        "",
+    ))
 }
 
 pub fn check_namespace(ctx: &Ctx, spec: &PoolSpec) -> CmdResult {
@@ -121,11 +133,18 @@ pub fn check_namespace(ctx: &Ctx, spec: &PoolSpec) -> CmdResult {
     if spec.namespace.is_empty() {
         return Ok(());
     }
-    let list = ctx.rbd()?.namespace_list(&spec.pool).map_err(err("error listing namespaces"))?;
+    let list = ctx
+        .rbd()?
+        .namespace_list(&spec.pool)
+        .map_err(err("error listing namespaces"))?;
     if list.contains(&spec.namespace) {
         return Ok(());
     }
-    Err(Fail::errno(libc::ENOENT, format!("error opening namespace '{spec}'"), ""))
+    Err(Fail::errno(
+        libc::ENOENT,
+        format!("error opening namespace '{spec}'"),
+        "",
+    ))
 }
 
 pub fn open(ctx: &Ctx, spec: &ImageSpec, read_only: bool) -> CmdResult<Image> {
@@ -133,7 +152,9 @@ pub fn open(ctx: &Ctx, spec: &ImageSpec, read_only: bool) -> CmdResult<Image> {
         Some(snap) => format!("{}@{snap}", spec.image),
         None => spec.image.clone(),
     };
-    ctx.rbd()?.open(spec, read_only).map_err(err(format!("error opening image {name}")))
+    ctx.rbd()?
+        .open(spec, read_only)
+        .map_err(err(format!("error opening image {name}")))
 }
 
 fn close(image: Image) -> CmdResult {
@@ -147,16 +168,30 @@ fn close(image: Image) -> CmdResult {
 /// of stripe unit and count, known features with their dependencies). `base` is a layout to
 /// start from (a format-2 import's header), whose stripe unit is narrowed to fit a smaller
 /// `--object-size` instead of refusing it.
-pub fn create_options(a: &LayoutArgs, size: u64, base: Option<Layout>, base_features: Option<u64>) -> CmdResult<CreateOptions> {
+pub fn create_options(
+    a: &LayoutArgs,
+    size: u64,
+    base: Option<Layout>,
+    base_features: Option<u64>,
+) -> CmdResult<CreateOptions> {
     match a.image_format {
         None | Some(2) => {}
-        Some(1) => return Err(Fail::invalid("image format 1 is not supported, only format 2")),
+        Some(1) => {
+            return Err(Fail::invalid(
+                "image format 1 is not supported, only format 2",
+            ))
+        }
         Some(n) => return Err(Fail::invalid(format!("unknown image format {n}"))),
     }
     let layout = layout_from_args(a, base)?;
     let features = match (a.features.is_empty(), base_features) {
         (false, _) => Some(a.features.iter().fold(0, |acc, f| acc | f)),
-        (true, Some(f)) => Some(f & !(features::STRIPINGV2 | features::DATA_POOL | features::OPERATIONS | features::MIGRATING)),
+        (true, Some(f)) => Some(
+            f & !(features::STRIPINGV2
+                | features::DATA_POOL
+                | features::OPERATIONS
+                | features::MIGRATING),
+        ),
         (true, None) => None,
     };
     if let Some(f) = features {
@@ -167,17 +202,26 @@ pub fn create_options(a: &LayoutArgs, size: u64, base: Option<Layout>, base_feat
             return Err(Fail::invalid(format!("invalid data pool name '{pool}'")));
         }
     }
-    Ok(CreateOptions { size, layout, features, data_pool: a.data_pool.clone() })
+    Ok(CreateOptions {
+        size,
+        layout,
+        features,
+        data_pool: a.data_pool.clone(),
+    })
 }
 
 fn layout_from_args(a: &LayoutArgs, base: Option<Layout>) -> CmdResult<Option<Layout>> {
     if a.stripe_unit.is_some() != a.stripe_count.is_some() && base.is_none() {
-        return Err(Fail::invalid("must specify both (or neither) of stripe-unit and stripe-count"));
+        return Err(Fail::invalid(
+            "must specify both (or neither) of stripe-unit and stripe-count",
+        ));
     }
     let object_size = match (a.order, a.object_size) {
         (Some(order), _) => {
             if !(rbdm_extent::layout::MIN_ORDER..=rbdm_extent::layout::MAX_ORDER).contains(&order) {
-                return Err(Fail::invalid(format!("order {order} must be in the range [12, 25]")));
+                return Err(Fail::invalid(format!(
+                    "order {order} must be in the range [12, 25]"
+                )));
             }
             Some(1u64 << order)
         }
@@ -197,7 +241,10 @@ fn layout_from_args(a: &LayoutArgs, base: Option<Layout>) -> CmdResult<Option<La
     let (unit, count) = match (a.stripe_unit, a.stripe_count) {
         (None, None) if base.is_striped() => (base.stripe_unit.min(object_size), base.stripe_count),
         (None, None) => (object_size, 1),
-        (unit, count) => (unit.unwrap_or(base.stripe_unit.min(object_size)), count.unwrap_or(base.stripe_count)),
+        (unit, count) => (
+            unit.unwrap_or(base.stripe_unit.min(object_size)),
+            count.unwrap_or(base.stripe_count),
+        ),
     };
     if count == 0 {
         return Err(Fail::invalid("stripe count must be at least 1"));
@@ -209,11 +256,17 @@ fn layout_from_args(a: &LayoutArgs, base: Option<Layout>) -> CmdResult<Option<La
             byte_u(object_size)
         )));
     }
-    Layout::new(object_size, unit, count).map(Some).map_err(|e| Fail::invalid(e.to_string()))
+    Layout::new(object_size, unit, count)
+        .map(Some)
+        .map_err(|e| Fail::invalid(e.to_string()))
 }
 
 fn feature_name(bit: u64) -> &'static str {
-    features::NAMES.iter().find(|(_, b)| *b == bit).map(|(n, _)| *n).unwrap_or("?")
+    features::NAMES
+        .iter()
+        .find(|(_, b)| *b == bit)
+        .map(|(n, _)| *n)
+        .unwrap_or("?")
 }
 
 fn check_feature_deps(f: u64) -> CmdResult {
@@ -235,7 +288,11 @@ fn check_feature_deps(f: u64) -> CmdResult {
 }
 
 pub fn feature_names(mask: u64) -> Vec<&'static str> {
-    features::NAMES.iter().filter(|(_, bit)| mask & bit != 0).map(|(n, _)| *n).collect()
+    features::NAMES
+        .iter()
+        .filter(|(_, bit)| mask & bit != 0)
+        .map(|(n, _)| *n)
+        .collect()
 }
 
 // ---- images
@@ -247,7 +304,9 @@ pub fn create(ctx: &Ctx, a: &CreateArgs) -> CmdResult {
     if let Some(pool) = &opts.data_pool {
         check_pool(ctx, pool)?;
     }
-    ctx.rbd()?.create(&spec.pool_spec(), &spec.image, &opts).map_err(err("create error"))
+    ctx.rbd()?
+        .create(&spec.pool_spec(), &spec.image, &opts)
+        .map_err(err("create error"))
 }
 
 pub fn ls(ctx: &Ctx, a: &LsArgs) -> CmdResult {
@@ -279,7 +338,10 @@ pub fn ls(ctx: &Ctx, a: &LsArgs) -> CmdResult {
             Ok(image) => image,
             Err(e) if e.errno() == libc::ENOENT => continue,
             Err(e) => {
-                eprintln!("rbdm: {}", Fail::image(&e, format!("error opening {name}")).msg);
+                eprintln!(
+                    "rbdm: {}",
+                    Fail::image(&e, format!("error opening {name}")).msg
+                );
                 continue;
             }
         };
@@ -295,7 +357,11 @@ pub fn ls(ctx: &Ctx, a: &LsArgs) -> CmdResult {
 }
 
 fn parent_string(p: &rbdm_image::ParentInfo) -> String {
-    let ns = if p.namespace.is_empty() { String::new() } else { format!("{}/", p.namespace) };
+    let ns = if p.namespace.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", p.namespace)
+    };
     format!("{}/{ns}{}@{}", p.pool, p.image_name, p.snap_name)
 }
 
@@ -303,8 +369,17 @@ fn parent_json(p: &rbdm_image::ParentInfo) -> Value {
     json!({"pool": p.pool, "pool_namespace": p.namespace, "image": p.image_name, "snapshot": p.snap_name})
 }
 
-fn long_rows(ctx: &Ctx, ps: &PoolSpec, name: &str, image: &Image, table: &mut Table, out: &mut Vec<Value>) -> CmdResult {
-    let info = image.info().map_err(err(format!("error processing image {name}")))?;
+fn long_rows(
+    ctx: &Ctx,
+    ps: &PoolSpec,
+    name: &str,
+    image: &Image,
+    table: &mut Table,
+    out: &mut Vec<Value>,
+) -> CmdResult {
+    let info = image
+        .info()
+        .map_err(err(format!("error processing image {name}")))?;
     let lock = lock_type(ctx, ps, &info.id);
     let parent = info.parent.as_ref();
     let mut obj = json!({"image": name, "id": info.id, "size": info.size, "format": 2});
@@ -323,7 +398,9 @@ fn long_rows(ctx: &Ctx, ps: &PoolSpec, name: &str, image: &Image, table: &mut Ta
         String::new(),
         lock.unwrap_or_default(),
     ]);
-    let snaps = image.snap_list().map_err(err(format!("error processing image {name}")))?;
+    let snaps = image
+        .snap_list()
+        .map_err(err(format!("error processing image {name}")))?;
     for s in snaps {
         // A snapshot keeps the parent it had when it was taken.
         let snap_parent = ctx
@@ -346,7 +423,11 @@ fn long_rows(ctx: &Ctx, ps: &PoolSpec, name: &str, image: &Image, table: &mut Ta
             byte_u(s.size),
             snap_parent.as_ref().map(parent_string).unwrap_or_default(),
             "2".into(),
-            if s.protected { "yes".into() } else { String::new() },
+            if s.protected {
+                "yes".into()
+            } else {
+                String::new()
+            },
             String::new(),
         ]);
     }
@@ -361,7 +442,11 @@ fn lock_type(ctx: &Ctx, ps: &PoolSpec, id: &str) -> Option<String> {
     let loc = rbdm_store::Locator::new(pool, &ps.namespace, &format!("rbd_header.{id}"));
     let lockers = store.list_lockers(&loc, "rbd_lock").ok()?;
     let first = lockers.first()?;
-    Some(if first.exclusive { "excl".into() } else { "shr".into() })
+    Some(if first.exclusive {
+        "excl".into()
+    } else {
+        "shr".into()
+    })
 }
 
 pub fn info(ctx: &Ctx, a: &SpecArg) -> CmdResult {
@@ -426,8 +511,15 @@ pub fn info(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     if let Some(dp) = &info.data_pool {
         s += &format!("\tdata_pool: {dp}\n");
     }
-    s += &format!("\tblock_name_prefix: {}\n\tformat: 2\n", info.block_name_prefix);
-    s += &format!("\tfeatures: {}\n\top_features: \n\tflags: {}\n", feature_names(info.features).join(", "), flags.join(", "));
+    s += &format!(
+        "\tblock_name_prefix: {}\n\tformat: 2\n",
+        info.block_name_prefix
+    );
+    s += &format!(
+        "\tfeatures: {}\n\top_features: \n\tflags: {}\n",
+        feature_names(info.features).join(", "),
+        flags.join(", ")
+    );
     s += &format!("\tcreate_timestamp: {}\n", ctime(info.create_timestamp));
     s += &format!("\taccess_timestamp: {}\n", ctime(info.access_timestamp));
     s += &format!("\tmodify_timestamp: {}\n", ctime(info.modify_timestamp));
@@ -435,10 +527,18 @@ pub fn info(ctx: &Ctx, a: &SpecArg) -> CmdResult {
         s += &format!("\tprotected: {}\n", if p { "True" } else { "False" });
     }
     if let Some(p) = &info.parent {
-        s += &format!("\tparent: {}\n\toverlap: {}\n", parent_string(p), byte_u(p.overlap));
+        s += &format!(
+            "\tparent: {}\n\toverlap: {}\n",
+            parent_string(p),
+            byte_u(p.overlap)
+        );
     }
     if info.features & features::STRIPINGV2 != 0 || layout.is_striped() {
-        s += &format!("\tstripe unit: {}\n\tstripe count: {}\n", byte_u(layout.stripe_unit), layout.stripe_count);
+        s += &format!(
+            "\tstripe unit: {}\n\tstripe count: {}\n",
+            byte_u(layout.stripe_unit),
+            layout.stripe_count
+        );
     }
     print!("{s}");
     Ok(())
@@ -466,7 +566,9 @@ pub fn resize(ctx: &Ctx, a: &ResizeArgs) -> CmdResult {
     let image = open(ctx, &spec, false)?;
     if size < image.size() && !a.allow_shrink {
         let _ = image.close();
-        return Err(Fail::invalid("shrinking an image is only allowed with the --allow-shrink flag"));
+        return Err(Fail::invalid(
+            "shrinking an image is only allowed with the --allow-shrink flag",
+        ));
     }
     let mut pc = ctx.progress("Resizing image");
     let r = image.resize(size, a.allow_shrink, &mut pc.callback());
@@ -491,7 +593,9 @@ pub fn rename(ctx: &Ctx, a: &TwoSpecs) -> CmdResult {
     if src.pool_spec() != dest.pool_spec() {
         return Err(Fail::invalid("mv/rename across pools not supported"));
     }
-    ctx.rbd()?.rename(&src.pool_spec(), &src.image, &dest.image).map_err(err("rename error"))
+    ctx.rbd()?
+        .rename(&src.pool_spec(), &src.image, &dest.image)
+        .map_err(err("rename error"))
 }
 
 // ---- snapshots
@@ -518,7 +622,9 @@ fn open_for_snap(ctx: &Ctx, s: &str) -> CmdResult<(Image, String)> {
 
 pub fn snap_create(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let (image, snap) = open_for_snap(ctx, &a.spec)?;
-    image.snap_create(&snap).map_err(err("failed to create snapshot"))?;
+    image
+        .snap_create(&snap)
+        .map_err(err("failed to create snapshot"))?;
     close(image)
 }
 
@@ -545,7 +651,13 @@ pub fn snap_ls(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     ]);
     for s in &snaps {
         let prot = if s.protected { "yes" } else { "" };
-        t.row(vec![s.id.to_string(), s.name.clone(), byte_u(s.size), prot.into(), ctime(s.timestamp)]);
+        t.row(vec![
+            s.id.to_string(),
+            s.name.clone(),
+            byte_u(s.size),
+            prot.into(),
+            ctime(s.timestamp),
+        ]);
     }
     if !t.is_empty() {
         print!("{t}");
@@ -559,7 +671,10 @@ pub fn snap_rm(ctx: &Ctx, a: &SpecArg) -> CmdResult {
         Ok(()) => close(image),
         Err(e) if e.errno() == libc::EBUSY => {
             let _ = image.close();
-            Err(Fail::new(libc::EBUSY, format!("snapshot '{snap}' is protected from removal.")))
+            Err(Fail::new(
+                libc::EBUSY,
+                format!("snapshot '{snap}' is protected from removal."),
+            ))
         }
         Err(e) => {
             let _ = image.close();
@@ -570,13 +685,17 @@ pub fn snap_rm(ctx: &Ctx, a: &SpecArg) -> CmdResult {
 
 pub fn snap_protect(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let (image, snap) = open_for_snap(ctx, &a.spec)?;
-    image.snap_protect(&snap).map_err(err("protecting snap failed"))?;
+    image
+        .snap_protect(&snap)
+        .map_err(err("protecting snap failed"))?;
     close(image)
 }
 
 pub fn snap_unprotect(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let (image, snap) = open_for_snap(ctx, &a.spec)?;
-    image.snap_unprotect(&snap).map_err(err("unprotecting snap failed"))?;
+    image
+        .snap_unprotect(&snap)
+        .map_err(err("unprotecting snap failed"))?;
     close(image)
 }
 
@@ -594,7 +713,10 @@ pub fn snap_purge(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let snaps = image.snap_list().map_err(err("removing snaps failed"))?;
     if let Some(s) = snaps.iter().find(|s| s.protected) {
         let _ = image.close();
-        return Err(Fail::new(libc::EBUSY, format!("snapshot '{}' is protected from removal.", s.name)));
+        return Err(Fail::new(
+            libc::EBUSY,
+            format!("snapshot '{}' is protected from removal.", s.name),
+        ));
     }
     if snaps.is_empty() {
         return close(image);
@@ -613,14 +735,20 @@ pub fn snap_rename(ctx: &Ctx, a: &TwoSpecs) -> CmdResult {
         src.with_snap(Some(&a.dest))
     };
     if src.pool_spec() != dest.pool_spec() {
-        return Err(Fail::invalid("source and destination pool must be the same"));
+        return Err(Fail::invalid(
+            "source and destination pool must be the same",
+        ));
     }
     if src.image != dest.image {
-        return Err(Fail::invalid("source and destination image name must be the same"));
+        return Err(Fail::invalid(
+            "source and destination image name must be the same",
+        ));
     }
     let image = open(ctx, &src.with_snap(None), false)?;
     let (from, to) = (src.snap.unwrap_or_default(), dest.snap.unwrap_or_default());
-    image.snap_rename(&from, &to).map_err(err("renaming snap failed"))?;
+    image
+        .snap_rename(&from, &to)
+        .map_err(err("renaming snap failed"))?;
     close(image)
 }
 
@@ -637,7 +765,9 @@ pub fn clone(ctx: &Ctx, a: &CloneArgs) -> CmdResult {
     let source = open(ctx, &parent, true)?;
     opts.size = source.size();
     let _ = source.close();
-    ctx.rbd()?.clone_image(&parent, &child, &opts).map_err(err("clone error"))
+    ctx.rbd()?
+        .clone_image(&parent, &child, &opts)
+        .map_err(err("clone error"))
 }
 
 pub fn flatten(ctx: &Ctx, a: &SpecArg) -> CmdResult {
@@ -658,7 +788,8 @@ pub fn children(ctx: &Ctx, a: &SpecArg) -> CmdResult {
         let v: Vec<Value> = kids
             .iter()
             .map(|c| {
-                let mut o = json!({"pool": c.pool, "pool_namespace": c.namespace, "image": c.image_name});
+                let mut o =
+                    json!({"pool": c.pool, "pool_namespace": c.namespace, "image": c.image_name});
                 if c.in_trash {
                     o["trash"] = json!(true);
                     o["id"] = json!(c.image_id);
@@ -670,8 +801,16 @@ pub fn children(ctx: &Ctx, a: &SpecArg) -> CmdResult {
         return Ok(());
     }
     for c in &kids {
-        let ns = if c.namespace.is_empty() { String::new() } else { format!("{}/", c.namespace) };
-        let trash = if c.in_trash { format!(" (trash {})", c.image_id) } else { String::new() };
+        let ns = if c.namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", c.namespace)
+        };
+        let trash = if c.in_trash {
+            format!(" (trash {})", c.image_id)
+        } else {
+            String::new()
+        };
         println!("{}/{ns}{}{trash}", c.pool, c.image_name);
     }
     Ok(())
@@ -690,14 +829,19 @@ pub fn trash(ctx: &Ctx, cmd: &TrashCmd) -> CmdResult {
 
 pub fn trash_mv(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let spec = ctx.image_spec(&a.spec, Snap::No)?;
-    ctx.rbd()?.trash_move(&spec, 0).map_err(err("deferred delete error"))?;
+    ctx.rbd()?
+        .trash_move(&spec, 0)
+        .map_err(err("deferred delete error"))?;
     Ok(())
 }
 
 pub fn trash_ls(ctx: &Ctx, a: &TrashLsArgs) -> CmdResult {
     let ps = ctx.pool_spec(a.pool_spec.as_deref())?;
     check_namespace(ctx, &ps)?;
-    let entries = ctx.rbd()?.trash_list(&ps, a.all).map_err(err("trash list"))?;
+    let entries = ctx
+        .rbd()?
+        .trash_list(&ps, a.all)
+        .map_err(err("trash list"))?;
     let status = |e: &rbdm_image::TrashEntry| {
         if e.deferment_end <= now() {
             format!("expired at {}", ctime(e.deferment_end))
@@ -707,7 +851,10 @@ pub fn trash_ls(ctx: &Ctx, a: &TrashLsArgs) -> CmdResult {
     };
     if !a.long {
         if ctx.json {
-            let v: Vec<Value> = entries.iter().map(|e| json!({"id": e.id, "name": e.name})).collect();
+            let v: Vec<Value> = entries
+                .iter()
+                .map(|e| json!({"id": e.id, "name": e.name}))
+                .collect();
             ctx.print_json(&Value::Array(v));
         } else {
             for e in &entries {
@@ -739,7 +886,14 @@ pub fn trash_ls(ctx: &Ctx, a: &TrashLsArgs) -> CmdResult {
             .unwrap_or_default();
         out.push(json!({"id": e.id, "name": e.name, "source": e.source,
             "deleted_at": ctime(e.deleted_at), "status": status(e), "parent": parent}));
-        t.row(vec![e.id.clone(), e.name.clone(), e.source.clone(), ctime(e.deleted_at), status(e), parent]);
+        t.row(vec![
+            e.id.clone(),
+            e.name.clone(),
+            e.source.clone(),
+            ctime(e.deleted_at),
+            status(e),
+            parent,
+        ]);
     }
     if ctx.json {
         ctx.print_json(&Value::Array(out));
@@ -763,7 +917,9 @@ pub fn trash_restore(ctx: &Ctx, a: &TrashRestoreArgs) -> CmdResult {
             return Err(Fail::invalid(format!("invalid image name '{name}'")));
         }
     }
-    ctx.rbd()?.trash_restore(&ps, &id, a.image.as_deref()).map_err(err("restore error"))
+    ctx.rbd()?
+        .trash_restore(&ps, &id, a.image.as_deref())
+        .map_err(err("restore error"))
 }
 
 pub fn trash_rm(ctx: &Ctx, a: &TrashRmArgs) -> CmdResult {
@@ -780,7 +936,11 @@ pub fn du(ctx: &Ctx, a: &DuArgs) -> CmdResult {
     let (ps, only, snap) = match &a.spec {
         Some(s) => {
             let spec = ctx.image_spec(s, Snap::Maybe)?;
-            (spec.pool_spec(), Some(spec.image.clone()), spec.snap.clone())
+            (
+                spec.pool_spec(),
+                Some(spec.image.clone()),
+                spec.snap.clone(),
+            )
         }
         None => (ctx.pool_spec(None)?, None, None),
     };
@@ -788,7 +948,10 @@ pub fn du(ctx: &Ctx, a: &DuArgs) -> CmdResult {
     let names = ctx.rbd()?.list(&ps).map_err(err("du failed"))?;
     if let Some(name) = &only {
         if !names.contains(name) {
-            return Err(Fail::new(libc::ENOENT, format!("du failed: specified image {name} is not found.")));
+            return Err(Fail::new(
+                libc::ENOENT,
+                format!("du failed: specified image {name} is not found."),
+            ));
         }
     }
     let mut t = Table::new(&[
@@ -798,7 +961,10 @@ pub fn du(ctx: &Ctx, a: &DuArgs) -> CmdResult {
     ]);
     let mut out = Vec::new();
     let (mut rows, mut total_prov, mut total_used) = (0, 0u64, 0u64);
-    for name in names.iter().filter(|n| only.as_ref().is_none_or(|o| o == *n)) {
+    for name in names
+        .iter()
+        .filter(|n| only.as_ref().is_none_or(|o| o == *n))
+    {
         let image = match ctx.rbd()?.open(&ps.image(name), true) {
             Ok(image) => image,
             Err(e) if e.errno() == libc::ENOENT => continue,
@@ -844,7 +1010,11 @@ pub fn du(ctx: &Ctx, a: &DuArgs) -> CmdResult {
         return Ok(());
     }
     if rows > 1 {
-        t.row(vec!["<TOTAL>".into(), byte_u(total_prov), byte_u(total_used)]);
+        t.row(vec![
+            "<TOTAL>".into(),
+            byte_u(total_prov),
+            byte_u(total_used),
+        ]);
     }
     if !names.is_empty() {
         print!("{t}");
@@ -852,10 +1022,17 @@ pub fn du(ctx: &Ctx, a: &DuArgs) -> CmdResult {
     Ok(())
 }
 
-fn check_du_snaps(entries: &[rbdm_image::DuEntry], snap: Option<&str>, from: Option<&str>) -> CmdResult {
+fn check_du_snaps(
+    entries: &[rbdm_image::DuEntry],
+    snap: Option<&str>,
+    from: Option<&str>,
+) -> CmdResult {
     for name in [snap, from].into_iter().flatten() {
         if !entries.iter().any(|e| e.snap.as_deref() == Some(name)) {
-            return Err(Fail::new(libc::ENOENT, format!("du failed: specified snapshot {name} is not found.")));
+            return Err(Fail::new(
+                libc::ENOENT,
+                format!("du failed: specified snapshot {name} is not found."),
+            ));
         }
     }
     Ok(())
@@ -864,7 +1041,9 @@ fn check_du_snaps(entries: &[rbdm_image::DuEntry], snap: Option<&str>, from: Opt
 pub fn diff(ctx: &Ctx, a: &DiffArgs) -> CmdResult {
     let spec = ctx.image_spec(&a.spec, Snap::Maybe)?;
     let image = open(ctx, &spec, true)?;
-    let extents = image.diff(a.from_snap.as_deref(), a.whole_object).map_err(err("diff error"))?;
+    let extents = image
+        .diff(a.from_snap.as_deref(), a.whole_object)
+        .map_err(err("diff error"))?;
     let _ = image.close();
     if ctx.json {
         let v: Vec<Value> = extents
@@ -880,7 +1059,11 @@ pub fn diff(ctx: &Ctx, a: &DiffArgs) -> CmdResult {
         ("Type", Align::Left, Align::Left),
     ]);
     for e in &extents {
-        t.row(vec![e.offset.to_string(), e.len.to_string(), if e.exists { "data" } else { "zero" }.into()]);
+        t.row(vec![
+            e.offset.to_string(),
+            e.len.to_string(),
+            if e.exists { "data" } else { "zero" }.into(),
+        ]);
     }
     print!("{t}");
     Ok(())
@@ -892,19 +1075,25 @@ pub fn image_meta(ctx: &Ctx, cmd: &MetaCmd) -> CmdResult {
     match cmd {
         MetaCmd::Set(a) => {
             let image = open(ctx, &ctx.image_spec(&a.spec, Snap::No)?, false)?;
-            image.metadata_set(&a.key, &a.value).map_err(err("setting metadata failed"))?;
+            image
+                .metadata_set(&a.key, &a.value)
+                .map_err(err("setting metadata failed"))?;
             close(image)
         }
         MetaCmd::Get(a) => {
             let image = open(ctx, &ctx.image_spec(&a.spec, Snap::No)?, true)?;
-            let v = image.metadata_get(&a.key).map_err(err(format!("failed to get metadata {} of image", a.key)))?;
+            let v = image
+                .metadata_get(&a.key)
+                .map_err(err(format!("failed to get metadata {} of image", a.key)))?;
             let _ = image.close();
             println!("{v}");
             Ok(())
         }
         MetaCmd::Rm(a) => {
             let image = open(ctx, &ctx.image_spec(&a.spec, Snap::No)?, false)?;
-            image.metadata_remove(&a.key).map_err(err("removing metadata failed"))?;
+            image
+                .metadata_remove(&a.key)
+                .map_err(err("removing metadata failed"))?;
             close(image)
         }
         MetaCmd::Ls(a) => meta_ls(ctx, a),
@@ -913,7 +1102,9 @@ pub fn image_meta(ctx: &Ctx, cmd: &MetaCmd) -> CmdResult {
 
 fn meta_ls(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let image = open(ctx, &ctx.image_spec(&a.spec, Snap::No)?, true)?;
-    let pairs = image.metadata_list().map_err(err("listing metadata failed"))?;
+    let pairs = image
+        .metadata_list()
+        .map_err(err("listing metadata failed"))?;
     let _ = image.close();
     if ctx.json {
         ctx.print_json(&json!(pairs));
@@ -930,7 +1121,10 @@ fn meta_ls(ctx: &Ctx, a: &SpecArg) -> CmdResult {
         pairs.len(),
         if one { "metadatum" } else { "metadata" }
     );
-    let mut t = Table::new(&[("Key", Align::Left, Align::Left), ("Value", Align::Left, Align::Left)]);
+    let mut t = Table::new(&[
+        ("Key", Align::Left, Align::Left),
+        ("Value", Align::Left, Align::Left),
+    ]);
     for (k, v) in pairs {
         t.row(vec![k, v]);
     }
@@ -967,7 +1161,12 @@ pub fn status(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     } else {
         println!("Watchers:");
         for w in &watchers {
-            println!("\twatcher={} client.{} cookie={}", addr(w), w.client.id, w.cookie);
+            println!(
+                "\twatcher={} client.{} cookie={}",
+                addr(w),
+                w.client.id,
+                w.cookie
+            );
         }
     }
     if let Some(m) = migration {
@@ -992,7 +1191,9 @@ pub fn pool(ctx: &Ctx, cmd: &PoolCmd) -> CmdResult {
     match cmd {
         PoolCmd::Create(a) => {
             check_pool_name(&a.name)?;
-            ctx.rbd()?.pool_create(&a.name).map_err(err(format!("error creating pool '{}'", a.name)))
+            ctx.rbd()?
+                .pool_create(&a.name)
+                .map_err(err(format!("error creating pool '{}'", a.name)))
         }
         PoolCmd::Ls => {
             let pools = ctx.rbd()?.pool_list().map_err(err("error listing pools"))?;
@@ -1008,7 +1209,9 @@ pub fn pool(ctx: &Ctx, cmd: &PoolCmd) -> CmdResult {
         PoolCmd::Rm(a) => {
             check_pool_name(&a.name)?;
             check_pool(ctx, &a.name)?;
-            ctx.rbd()?.pool_remove(&a.name, a.force).map_err(err(format!("error removing pool '{}'", a.name)))
+            ctx.rbd()?
+                .pool_remove(&a.name, a.force)
+                .map_err(err(format!("error removing pool '{}'", a.name)))
         }
     }
 }
@@ -1026,18 +1229,28 @@ pub fn namespace(ctx: &Ctx, cmd: &NsCmd) -> CmdResult {
         NsCmd::Create(a) => {
             let spec = ns_spec(ctx, a)?;
             check_pool(ctx, &spec.pool)?;
-            ctx.rbd()?.namespace_create(&spec.pool, &spec.namespace).map_err(err("failed to create namespace"))
+            ctx.rbd()?
+                .namespace_create(&spec.pool, &spec.namespace)
+                .map_err(err("failed to create namespace"))
         }
         NsCmd::Rm(a) => {
             let spec = ns_spec(ctx, a)?;
             check_pool(ctx, &spec.pool)?;
-            ctx.rbd()?.namespace_remove(&spec.pool, &spec.namespace).map_err(err("failed to remove namespace"))
+            ctx.rbd()?
+                .namespace_remove(&spec.pool, &spec.namespace)
+                .map_err(err("failed to remove namespace"))
         }
         NsCmd::Ls(a) => {
-            let pool = a.pool.clone().unwrap_or_else(|| ctx.default_pool().to_string());
+            let pool = a
+                .pool
+                .clone()
+                .unwrap_or_else(|| ctx.default_pool().to_string());
             check_pool_name(&pool)?;
             check_pool(ctx, &pool)?;
-            let list = ctx.rbd()?.namespace_list(&pool).map_err(err("listing namespaces failed"))?;
+            let list = ctx
+                .rbd()?
+                .namespace_list(&pool)
+                .map_err(err("listing namespaces failed"))?;
             if ctx.json {
                 let v: Vec<Value> = list.iter().map(|n| json!({"name": n})).collect();
                 ctx.print_json(&Value::Array(v));
@@ -1059,25 +1272,35 @@ pub fn config_key(ctx: &Ctx, cmd: &ConfigKeyCmd) -> CmdResult {
     match cmd {
         ConfigKeyCmd::Set(a) => {
             let value = match (&a.value, &a.in_file) {
-                (_, Some(path)) => std::fs::read(path).map_err(|e| Fail::io(&e, format!("error reading {path}")))?,
+                (_, Some(path)) => std::fs::read(path)
+                    .map_err(|e| Fail::io(&e, format!("error reading {path}")))?,
                 (Some(v), None) => v.clone().into_bytes(),
                 (None, None) => return Err(Fail::invalid("a value or --in-file is required")),
             };
-            ctx.rbd()?.config_key_set(&a.key, &value).map_err(err(format!("error setting key '{}'", a.key)))
+            ctx.rbd()?
+                .config_key_set(&a.key, &value)
+                .map_err(err(format!("error setting key '{}'", a.key)))
         }
         ConfigKeyCmd::Get(a) => {
-            let v = ctx.rbd()?.config_key_get(&a.key).map_err(err(format!("error getting key '{}'", a.key)))?;
+            let v = ctx
+                .rbd()?
+                .config_key_get(&a.key)
+                .map_err(err(format!("error getting key '{}'", a.key)))?;
             use std::io::Write;
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(&v);
             let _ = out.write_all(b"\n");
             Ok(())
         }
-        ConfigKeyCmd::Rm(a) => {
-            ctx.rbd()?.config_key_remove(&a.key).map_err(err(format!("error removing key '{}'", a.key)))
-        }
+        ConfigKeyCmd::Rm(a) => ctx
+            .rbd()?
+            .config_key_remove(&a.key)
+            .map_err(err(format!("error removing key '{}'", a.key))),
         ConfigKeyCmd::Ls => {
-            let keys = ctx.rbd()?.config_key_list().map_err(err("error listing keys"))?;
+            let keys = ctx
+                .rbd()?
+                .config_key_list()
+                .map_err(err("error listing keys"))?;
             if ctx.json {
                 ctx.print_json(&json!(keys));
             } else {
@@ -1117,7 +1340,11 @@ struct BenchPlan {
 
 impl BenchPlan {
     fn offset(&self, op: u64) -> u64 {
-        let block = if self.rand { mix(op) % self.blocks } else { op % self.blocks };
+        let block = if self.rand {
+            mix(op) % self.blocks
+        } else {
+            op % self.blocks
+        };
         block * self.io_size
     }
     fn is_read(&self, op: u64) -> bool {
@@ -1139,7 +1366,9 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> CmdResult {
     }
     // Every thread holds one IO buffer.
     if a.io_size.saturating_mul(a.io_threads) > 1 << 30 {
-        return Err(Fail::invalid("io-size times io-threads should be no more than 1 GiB"));
+        return Err(Fail::invalid(
+            "io-size times io-threads should be no more than 1 GiB",
+        ));
     }
     let spec = ctx.image_spec(&a.spec, Snap::No)?;
     let image = open(ctx, &spec, false)?;
@@ -1240,6 +1469,10 @@ fn report_bench(plan: &BenchPlan, done: &AtomicU64, stop: &AtomicBool, start: In
         let ops = done.load(Ordering::Relaxed);
         let rate = ops.saturating_sub(last_ops);
         last_ops = ops;
-        println!("{sec:5}  {ops:8}  {:8.2}  {:>8}/s", rate as f64, byte_u(rate * plan.io_size));
+        println!(
+            "{sec:5}  {ops:8}  {:8.2}  {:>8}/s",
+            rate as f64,
+            byte_u(rate * plan.io_size)
+        );
     }
 }

@@ -30,7 +30,9 @@ fn store_uri(cli: &Cli) -> String {
     let data_home = std::env::var_os("XDG_DATA_HOME")
         .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share"))
+        })
         .unwrap_or_else(|| std::path::PathBuf::from("."));
     format!("dir://{}", data_home.join("rbdm").display())
 }

@@ -19,7 +19,8 @@ pub fn run(ctx: &Ctx, cmd: &MigrationCmd) -> CmdResult {
         MigrationCmd::Execute(a) => execute(ctx, a),
         MigrationCmd::Commit(a) => {
             let spec = ctx.image_spec(&a.spec, Snap::No)?;
-            rbdm_migration::commit(ctx.rbd()?, &spec, a.force).map_err(|e| fail(e, "committing migration failed"))?;
+            rbdm_migration::commit(ctx.rbd()?, &spec, a.force)
+                .map_err(|e| fail(e, "committing migration failed"))?;
             eprintln!("Commit image migration: 100% complete...done.");
             Ok(())
         }
@@ -37,12 +38,19 @@ fn read_spec(a: &MigrationPrepareArgs) -> CmdResult<String> {
         (Some(s), None) => Ok(s.clone()),
         (None, Some(p)) if p == "-" => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).map_err(|e| Fail::io(&e, "cannot read the source-spec from stdin"))?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| Fail::io(&e, "cannot read the source-spec from stdin"))?;
             Ok(s)
         }
-        (None, Some(p)) => std::fs::read_to_string(p).map_err(|e| Fail::io(&e, format!("cannot read source-spec file {p}"))),
-        (Some(_), Some(_)) => Err(Fail::invalid("give only one of --source-spec and --source-spec-path")),
-        (None, None) => Err(Fail::invalid("--import-only needs --source-spec or --source-spec-path")),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .map_err(|e| Fail::io(&e, format!("cannot read source-spec file {p}"))),
+        (Some(_), Some(_)) => Err(Fail::invalid(
+            "give only one of --source-spec and --source-spec-path",
+        )),
+        (None, None) => Err(Fail::invalid(
+            "--import-only needs --source-spec or --source-spec-path",
+        )),
     }
 }
 
@@ -63,12 +71,21 @@ fn prepare(ctx: &Ctx, a: &MigrationPrepareArgs) -> CmdResult {
             || a.layout.stripe_count.is_some()
             || !a.layout.features.is_empty()
             || a.layout.data_pool.is_some();
-        let create = if layout_given { Some(create_options(&a.layout, 0, None, None)?) } else { None };
+        let create = if layout_given {
+            Some(create_options(&a.layout, 0, None, None)?)
+        } else {
+            None
+        };
         let rbd = ctx.rbd()?;
         let create = match create {
             Some(mut c) => {
-                let src = rbdm_migration::open_source_spec(rbd, &spec_text)
-                    .map_err(|e| Fail::errno(e.errno(), "preparing import migration failed", &e.to_string()))?;
+                let src = rbdm_migration::open_source_spec(rbd, &spec_text).map_err(|e| {
+                    Fail::errno(
+                        e.errno(),
+                        "preparing import migration failed",
+                        &e.to_string(),
+                    )
+                })?;
                 c.size = src.size();
                 Some(c)
             }
@@ -78,7 +95,9 @@ fn prepare(ctx: &Ctx, a: &MigrationPrepareArgs) -> CmdResult {
             .map_err(|e| fail(e, "preparing import migration failed"));
     }
     if a.source_spec.is_some() || a.source_spec_path.is_some() {
-        return Err(Fail::invalid("--source-spec and --source-spec-path need --import-only"));
+        return Err(Fail::invalid(
+            "--source-spec and --source-spec-path need --import-only",
+        ));
     }
     let (src, dst) = match a.specs.as_slice() {
         [s] => (s, s),
@@ -88,13 +107,25 @@ fn prepare(ctx: &Ctx, a: &MigrationPrepareArgs) -> CmdResult {
     let src = ctx.image_spec(src, Snap::No)?;
     let dst = ctx.image_spec(dst, Snap::No)?;
     let rbd = ctx.rbd()?;
-    let source = rbd.open(&src, true).map_err(crate::output::err(format!("error opening image {}", src.image)))?;
-    let info = source.info().map_err(crate::output::err("preparing migration failed"))?;
+    let source = rbd.open(&src, true).map_err(crate::output::err(format!(
+        "error opening image {}",
+        src.image
+    )))?;
+    let info = source
+        .info()
+        .map_err(crate::output::err("preparing migration failed"))?;
     drop(source);
     let create = create_options(&a.layout, info.size, Some(info.layout), Some(info.features))?;
-    let create = rbdm_image::CreateOptions { data_pool: create.data_pool.or(info.data_pool), ..create };
-    let opts = PrepareOptions { create: Some(create), flatten: a.flatten };
-    rbdm_migration::prepare(rbd, &src, &dst, &opts).map_err(|e| fail(e, "preparing migration failed"))
+    let create = rbdm_image::CreateOptions {
+        data_pool: create.data_pool.or(info.data_pool),
+        ..create
+    };
+    let opts = PrepareOptions {
+        create: Some(create),
+        flatten: a.flatten,
+    };
+    rbdm_migration::prepare(rbd, &src, &dst, &opts)
+        .map_err(|e| fail(e, "preparing migration failed"))
 }
 
 fn execute(ctx: &Ctx, a: &MigrationExecuteArgs) -> CmdResult {
@@ -103,8 +134,16 @@ fn execute(ctx: &Ctx, a: &MigrationExecuteArgs) -> CmdResult {
         return Err(Fail::invalid("--concurrency must be at least 1"));
     }
     let progress = Mutex::new(ctx.progress("Image migration"));
-    let opts = ExecuteOptions { concurrency: a.concurrency, bandwidth_limit: a.bandwidth_limit };
-    let report = |done: u64, total: u64| progress.lock().unwrap_or_else(|e| e.into_inner()).update(done, total);
+    let opts = ExecuteOptions {
+        concurrency: a.concurrency,
+        bandwidth_limit: a.bandwidth_limit,
+    };
+    let report = |done: u64, total: u64| {
+        progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(done, total)
+    };
     let r = rbdm_migration::execute(ctx.rbd()?, &spec, &opts, &report);
     let mut p = progress.into_inner().unwrap_or_else(|e| e.into_inner());
     conclude(&mut p, r, "migration failed")

@@ -61,14 +61,31 @@ pub fn export(ctx: &Ctx, a: &NbdExportArgs) -> CmdResult {
         (None, Some(path)) => std::os::unix::net::UnixListener::bind(path)
             .map(Listener::Unix)
             .map_err(|e| Fail::io(&e, format!("cannot listen on {}", path.display())))?,
-        _ => return Err(Fail::invalid("give exactly one of --bind ADDR:PORT and --socket PATH")),
+        _ => {
+            return Err(Fail::invalid(
+                "give exactly one of --bind ADDR:PORT and --socket PATH",
+            ))
+        }
     };
     let rbd = ctx.rbd()?;
-    let image = rbd.open(&spec, a.read_only).map_err(err(format!("error opening image {}", spec.image)))?;
+    let image = rbd
+        .open(&spec, a.read_only)
+        .map_err(err(format!("error opening image {}", spec.image)))?;
     let name = a.export_name.clone().unwrap_or_else(|| spec.to_string());
     let uri = match &listener {
-        Listener::Tcp(l) => format!("nbd://{}/{}", l.local_addr().map(|a| a.to_string()).unwrap_or_default(), name),
-        Listener::Unix(_) => format!("nbd+unix:///{}?socket={}", name, a.socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+        Listener::Tcp(l) => format!(
+            "nbd://{}/{}",
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            name
+        ),
+        Listener::Unix(_) => format!(
+            "nbd+unix:///{}?socket={}",
+            name,
+            a.socket
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
     };
     // SAFETY: installing async-signal-safe handlers that only store to an atomic.
     unsafe {
@@ -88,12 +105,20 @@ pub fn export(ctx: &Ctx, a: &NbdExportArgs) -> CmdResult {
     println!("{uri}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let exports = vec![Export { name, description: format!("rbdm image {spec}"), device: device.clone() }];
+    let exports = vec![Export {
+        name,
+        description: format!("rbdm image {spec}"),
+        device: device.clone(),
+    }];
     let served = rbdm_nbd::serve(listener, exports, stop);
     if let Some(path) = &a.socket {
         let _ = std::fs::remove_file(path);
     }
     served.map_err(|e| Fail::errno(libc::EIO, "nbd export failed", &e.to_string()))?;
-    let image = Arc::try_unwrap(device).map_err(|_| Fail::errno(libc::EBUSY, "nbd export", "connections still open"))?;
-    image.0.close().map_err(err(format!("error closing image {}", spec.image)))
+    let image = Arc::try_unwrap(device)
+        .map_err(|_| Fail::errno(libc::EBUSY, "nbd export", "connections still open"))?;
+    image
+        .0
+        .close()
+        .map_err(err(format!("error closing image {}", spec.image)))
 }

@@ -15,7 +15,10 @@ pub struct Fail {
 
 impl Fail {
     pub fn new(code: i32, msg: impl Into<String>) -> Self {
-        Fail { code, msg: msg.into() }
+        Fail {
+            code,
+            msg: msg.into(),
+        }
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Fail::new(libc::EINVAL, msg)
@@ -40,7 +43,11 @@ impl Fail {
     pub fn io(e: &std::io::Error, context: impl Display) -> Self {
         let code = e.raw_os_error().unwrap_or(libc::EIO);
         // The io::Error text repeats strerror plus "(os error N)"; keep only what adds to it.
-        let detail = if e.raw_os_error().is_some() { String::new() } else { e.to_string() };
+        let detail = if e.raw_os_error().is_some() {
+            String::new()
+        } else {
+            e.to_string()
+        };
         Fail::errno(code, context, &detail)
     }
 }
@@ -58,7 +65,9 @@ pub fn strerror(code: i32) -> String {
     if ptr.is_null() {
         return format!("Unknown error {code}");
     }
-    unsafe { std::ffi::CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Ceph's `byte_u_t`: "512 B", "1 GiB", "1.5 MiB" (at most 7 characters with the unit
@@ -93,7 +102,9 @@ pub fn ctime(secs: u64) -> String {
         return secs.to_string();
     }
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let day = DAYS.get(tm.tm_wday as usize).unwrap_or(&"???");
     let month = MONTHS.get(tm.tm_mon as usize).unwrap_or(&"???");
     format!(
@@ -122,7 +133,13 @@ pub struct Table {
 impl Table {
     /// `cols`: (heading, heading alignment, cell alignment).
     pub fn new(cols: &[(&str, Align, Align)]) -> Self {
-        Table { cols: cols.iter().map(|(h, a, b)| (h.to_string(), *a, *b)).collect(), rows: Vec::new() }
+        Table {
+            cols: cols
+                .iter()
+                .map(|(h, a, b)| (h.to_string(), *a, *b))
+                .collect(),
+            rows: Vec::new(),
+        }
     }
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
@@ -135,7 +152,13 @@ impl Table {
             .iter()
             .enumerate()
             .map(|(i, (h, _, _))| {
-                self.rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).chain([h.len()]).max().unwrap_or(0)
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(i))
+                    .map(|c| c.chars().count())
+                    .chain([h.len()])
+                    .max()
+                    .unwrap_or(0)
             })
             .collect()
     }
@@ -153,7 +176,12 @@ impl Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let widths = self.widths();
         let line = |cells: Vec<String>| cells.join("  ");
-        let head = self.cols.iter().zip(&widths).map(|((h, a, _), w)| pad(h, *w, *a)).collect();
+        let head = self
+            .cols
+            .iter()
+            .zip(&widths)
+            .map(|((h, a, _), w)| pad(h, *w, *a))
+            .collect();
         writeln!(f, "{}", line(head))?;
         for row in &self.rows {
             let cells = self
@@ -161,7 +189,9 @@ impl Display for Table {
                 .iter()
                 .zip(&widths)
                 .enumerate()
-                .map(|(i, ((_, _, a), w))| pad(row.get(i).map(String::as_str).unwrap_or(""), *w, *a))
+                .map(|(i, ((_, _, a), w))| {
+                    pad(row.get(i).map(String::as_str).unwrap_or(""), *w, *a)
+                })
                 .collect();
             writeln!(f, "{}", line(cells))?;
         }
@@ -202,13 +232,21 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &str, allowed: bool) -> Self {
-        Progress { label: label.to_string(), enabled: allowed && stderr_is_tty(), last: None }
+        Progress {
+            label: label.to_string(),
+            enabled: allowed && stderr_is_tty(),
+            last: None,
+        }
     }
     pub fn update(&mut self, done: u64, total: u64) {
         if !self.enabled {
             return;
         }
-        let pc = if total == 0 { 100 } else { (done.min(total) as u128 * 100 / total as u128) as u64 };
+        let pc = if total == 0 {
+            100
+        } else {
+            (done.min(total) as u128 * 100 / total as u128) as u64
+        };
         if self.last != Some(pc) {
             self.last = Some(pc);
             eprint!("\r{}: {}% complete...", self.label, pc);
@@ -222,7 +260,11 @@ impl Progress {
     }
     pub fn fail(&mut self) {
         if self.enabled {
-            eprintln!("\r{}: {}% complete...failed.", self.label, self.last.unwrap_or(0));
+            eprintln!(
+                "\r{}: {}% complete...failed.",
+                self.label,
+                self.last.unwrap_or(0)
+            );
             self.enabled = false;
         }
     }
@@ -253,7 +295,10 @@ mod tests {
 
     #[test]
     fn table_pads_like_texttable() {
-        let mut t = Table::new(&[("NAME", Align::Left, Align::Left), ("SIZE", Align::Left, Align::Right)]);
+        let mut t = Table::new(&[
+            ("NAME", Align::Left, Align::Left),
+            ("SIZE", Align::Left, Align::Right),
+        ]);
         t.row(vec!["a".into(), "1 GiB".into()]);
         assert_eq!(t.to_string(), "NAME  SIZE \na     1 GiB\n");
     }

@@ -32,7 +32,12 @@ pub enum SourceCmd {
 #[derive(Args, Debug)]
 pub struct SpecArgs {
     /// The source-spec, as JSON
-    #[arg(long, value_name = "JSON", conflicts_with = "source_spec_path", required_unless_present = "source_spec_path")]
+    #[arg(
+        long,
+        value_name = "JSON",
+        conflicts_with = "source_spec_path",
+        required_unless_present = "source_spec_path"
+    )]
     pub source_spec: Option<String>,
     /// A file holding the source-spec, or '-' for stdin
     #[arg(long, value_name = "FILE")]
@@ -84,12 +89,13 @@ fn load_spec(a: &SpecArgs) -> CmdResult<Value> {
         (Some(json), _) => json.clone(),
         (None, Some("-")) => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).map_err(|e| Fail::io(&e, "error reading source-spec from stdin"))?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| Fail::io(&e, "error reading source-spec from stdin"))?;
             s
         }
-        (None, Some(path)) => {
-            std::fs::read_to_string(path).map_err(|e| Fail::io(&e, format!("error reading source-spec {path}")))?
-        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| Fail::io(&e, format!("error reading source-spec {path}")))?,
         (None, None) => return Err(Fail::invalid("give --source-spec or --source-spec-path")),
     };
     let bad = |detail: String| Fail::errno(libc::EBADMSG, "invalid source-spec", &detail);
@@ -115,9 +121,13 @@ fn open(ctx: &Ctx, a: &SpecArgs) -> CmdResult<Box<dyn SourceImage>> {
             libc::ENOENT => SourceError::NotFound(format!("config-key {key:?} does not exist")),
             _ => SourceError::Invalid(format!("config-key {key:?}: {e}")),
         })?;
-        String::from_utf8(bytes).map_err(|_| SourceError::Invalid(format!("config-key {key:?} is not UTF-8")))
+        String::from_utf8(bytes)
+            .map_err(|_| SourceError::Invalid(format!("config-key {key:?} is not UTF-8")))
     };
-    let oc = OpenContext { config_key: &lookup, store };
+    let oc = OpenContext {
+        config_key: &lookup,
+        store,
+    };
     rbdm_registry::open_source(&v, &oc).map_err(|e| source_fail(&e, "error opening source"))
 }
 
@@ -125,8 +135,10 @@ fn info(ctx: &Ctx, a: &SpecArgs) -> CmdResult {
     let img = open(ctx, a)?;
     let snaps = img.snapshots();
     if ctx.json {
-        let list: Vec<Value> =
-            snaps.iter().map(|s| json!({"name": s.name, "size": s.size, "timestamp": s.timestamp})).collect();
+        let list: Vec<Value> = snaps
+            .iter()
+            .map(|s| json!({"name": s.name, "size": s.size, "timestamp": s.timestamp}))
+            .collect();
         ctx.print_json(&json!({
             "format": img.format(),
             "description": img.describe(),
@@ -145,8 +157,15 @@ fn info(ctx: &Ctx, a: &SpecArgs) -> CmdResult {
         snaps.len()
     );
     for s in &snaps {
-        let when = s.timestamp.map(|t| format!(" ({})", ctime(t))).unwrap_or_default();
-        out.push_str(&format!("\tsnapshot {}: {}{when}\n", s.name, byte_u(s.size)));
+        let when = s
+            .timestamp
+            .map(|t| format!(" ({})", ctime(t)))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "\tsnapshot {}: {}{when}\n",
+            s.name,
+            byte_u(s.size)
+        ));
     }
     print!("{out}");
     Ok(())
@@ -154,11 +173,17 @@ fn info(ctx: &Ctx, a: &SpecArgs) -> CmdResult {
 
 /// The point `--snap` names (or the head), and that point's size.
 fn point_of(img: &dyn SourceImage, snap: Option<&str>) -> CmdResult<(Point, u64)> {
-    let Some(name) = snap else { return Ok((Point::Head, img.size())) };
+    let Some(name) = snap else {
+        return Ok((Point::Head, img.size()));
+    };
     let snaps = img.snapshots();
     match snaps.iter().position(|s| s.name == name) {
         Some(i) => Ok((Point::Snap(i), snaps[i].size)),
-        None => Err(Fail::errno(libc::ENOENT, format!("snapshot '{name}' not found in the source"), "")),
+        None => Err(Fail::errno(
+            libc::ENOENT,
+            format!("snapshot '{name}' not found in the source"),
+            "",
+        )),
     }
 }
 
@@ -207,13 +232,20 @@ fn point_index(img: &dyn SourceImage, p: Point) -> usize {
 }
 
 /// Calls `f` with the merged data/zero extents of `point` over `[0, size)`, window by window.
-fn walk(img: &dyn SourceImage, point: Point, size: u64, mut f: impl FnMut(u64, u64, bool) -> CmdResult) -> CmdResult {
+fn walk(
+    img: &dyn SourceImage,
+    point: Point,
+    size: u64,
+    mut f: impl FnMut(u64, u64, bool) -> CmdResult,
+) -> CmdResult {
     let k = point_index(img, point);
     let mut pending: Option<(u64, u64, bool)> = None;
     let mut pos = 0;
     while pos < size {
         let n = WINDOW.min(size - pos);
-        let lists = img.list_snaps(pos, n).map_err(|e| source_fail(&e, "error reading source"))?;
+        let lists = img
+            .list_snaps(pos, n)
+            .map_err(|e| source_fail(&e, "error reading source"))?;
         let mut covered = pos;
         for (o, l, data) in resolve(&lists, k) {
             pending = match pending {
@@ -227,7 +259,11 @@ fn walk(img: &dyn SourceImage, point: Point, size: u64, mut f: impl FnMut(u64, u
             covered = o + l;
         }
         if covered != pos + n {
-            return Err(Fail::errno(libc::EIO, "error reading source", "the format did not describe the whole range"));
+            return Err(Fail::errno(
+                libc::EIO,
+                "error reading source",
+                "the format did not describe the whole range",
+            ));
         }
         pos += n;
     }
@@ -242,7 +278,11 @@ fn map(ctx: &Ctx, a: &MapArgs) -> CmdResult {
     let (point, size) = point_of(&*img, a.snap.as_deref())?;
     let mut lines = Vec::new();
     walk(&*img, point, size, |o, l, data| {
-        let offset = if data { format!(", \"offset\": {o}") } else { String::new() };
+        let offset = if data {
+            format!(", \"offset\": {o}")
+        } else {
+            String::new()
+        };
         lines.push(format!(
             "{{ \"start\": {o}, \"length\": {l}, \"depth\": 0, \"present\": {data}, \"zero\": {}, \"data\": {data}, \"compressed\": false{offset}}}",
             !data
@@ -253,7 +293,9 @@ fn map(ctx: &Ctx, a: &MapArgs) -> CmdResult {
     // prints unallocated clusters of a qcow2.
     let mut out = std::io::stdout().lock();
     let text = format!("[{}]\n", lines.join(",\n"));
-    out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|e| Fail::io(&e, "error writing the map"))
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Fail::io(&e, "error writing the map"))
 }
 
 fn export(ctx: &Ctx, a: &SourceExportArgs) -> CmdResult {
@@ -262,27 +304,49 @@ fn export(ctx: &Ctx, a: &SourceExportArgs) -> CmdResult {
     let dest = Dest::create(&a.path)?;
     dest.fill(ctx.progress("Exporting source"), |dest, pc| match dest {
         Dest::File(f, _) => export_file(&*img, point, size, f, &mut |d| pc.update(d, size)),
-        Dest::Stdout => export_stream(&*img, point, size, &mut std::io::stdout().lock(), &mut |d| pc.update(d, size)),
+        Dest::Stdout => export_stream(
+            &*img,
+            point,
+            size,
+            &mut std::io::stdout().lock(),
+            &mut |d| pc.update(d, size),
+        ),
     })
 }
 
 /// Reads `[o, o+l)` of the point in pieces and hands each to `f`.
-fn read_pieces(img: &dyn SourceImage, point: Point, o: u64, l: u64, buf: &mut [u8], f: &mut dyn FnMut(u64, &[u8]) -> CmdResult) -> CmdResult {
+fn read_pieces(
+    img: &dyn SourceImage,
+    point: Point,
+    o: u64,
+    l: u64,
+    buf: &mut [u8],
+    f: &mut dyn FnMut(u64, &[u8]) -> CmdResult,
+) -> CmdResult {
     let mut pos = o;
     while pos < o + l {
         let n = READ_CHUNK.min(o + l - pos) as usize;
-        img.read(point, pos, &mut buf[..n]).map_err(|e| source_fail(&e, "export error"))?;
+        img.read(point, pos, &mut buf[..n])
+            .map_err(|e| source_fail(&e, "export error"))?;
         f(pos, &buf[..n])?;
         pos += n as u64;
     }
     Ok(())
 }
 
-fn export_file(img: &dyn SourceImage, point: Point, size: u64, file: &File, progress: &mut dyn FnMut(u64)) -> CmdResult {
+fn export_file(
+    img: &dyn SourceImage,
+    point: Point,
+    size: u64,
+    file: &File,
+    progress: &mut dyn FnMut(u64),
+) -> CmdResult {
     let mut buf = vec![0u8; READ_CHUNK as usize];
     walk(img, point, size, |o, l, data| {
         if data {
-            read_pieces(img, point, o, l, &mut buf, &mut |pos, bytes| write_file_sparse(file, pos, bytes).map_err(out_fail))?;
+            read_pieces(img, point, o, l, &mut buf, &mut |pos, bytes| {
+                write_file_sparse(file, pos, bytes).map_err(out_fail)
+            })?;
         }
         progress(o + l);
         Ok(())
@@ -291,11 +355,19 @@ fn export_file(img: &dyn SourceImage, point: Point, size: u64, file: &File, prog
     file.sync_all().map_err(out_fail)
 }
 
-fn export_stream(img: &dyn SourceImage, point: Point, size: u64, out: &mut dyn Write, progress: &mut dyn FnMut(u64)) -> CmdResult {
+fn export_stream(
+    img: &dyn SourceImage,
+    point: Point,
+    size: u64,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64),
+) -> CmdResult {
     let mut buf = vec![0u8; READ_CHUNK as usize];
     walk(img, point, size, |o, l, data| {
         if data {
-            read_pieces(img, point, o, l, &mut buf, &mut |_, bytes| out.write_all(bytes).map_err(out_fail))?;
+            read_pieces(img, point, o, l, &mut buf, &mut |_, bytes| {
+                out.write_all(bytes).map_err(out_fail)
+            })?;
         } else {
             write_zeros(out, l).map_err(out_fail)?;
         }
@@ -308,7 +380,11 @@ fn export_stream(img: &dyn SourceImage, point: Point, size: u64, out: &mut dyn W
 fn plugins(ctx: &Ctx) -> CmdResult {
     let (formats, streams) = rbdm_plugins::linked();
     if ctx.json {
-        let list = |v: &[(&str, &str)]| -> Vec<Value> { v.iter().map(|(n, d)| json!({"name": n, "description": d})).collect() };
+        let list = |v: &[(&str, &str)]| -> Vec<Value> {
+            v.iter()
+                .map(|(n, d)| json!({"name": n, "description": d}))
+                .collect()
+        };
         ctx.print_json(&json!({"formats": list(&formats), "streams": list(&streams)}));
         return Ok(());
     }

@@ -106,9 +106,23 @@ pub fn import(ctx: &Ctx, a: &ImportArgs) -> CmdResult {
     let r = match (a.export_format, file) {
         (2, Some(f)) => {
             let total = f.metadata().map(|m| m.len()).unwrap_or(0);
-            import_v2(ctx, a, &spec, &mut BufReader::with_capacity(1 << 20, f), total, &mut pc)
+            import_v2(
+                ctx,
+                a,
+                &spec,
+                &mut BufReader::with_capacity(1 << 20, f),
+                total,
+                &mut pc,
+            )
         }
-        (2, None) => import_v2(ctx, a, &spec, &mut BufReader::with_capacity(1 << 20, std::io::stdin().lock()), 0, &mut pc),
+        (2, None) => import_v2(
+            ctx,
+            a,
+            &spec,
+            &mut BufReader::with_capacity(1 << 20, std::io::stdin().lock()),
+            0,
+            &mut pc,
+        ),
         (_, Some(f)) => import_raw_file(ctx, a, &spec, &f, &mut pc),
         (_, None) => import_raw_stream(ctx, a, &spec, &mut std::io::stdin().lock(), &mut pc),
     };
@@ -121,7 +135,9 @@ pub fn import(ctx: &Ctx, a: &ImportArgs) -> CmdResult {
 
 /// Creates the destination and opens it; the caller removes it again if anything fails.
 fn create_dest(ctx: &Ctx, spec: &ImageSpec, opts: &rbdm_image::CreateOptions) -> CmdResult<Image> {
-    ctx.rbd()?.create(&spec.pool_spec(), &spec.image, opts).map_err(err("import failed"))?;
+    ctx.rbd()?
+        .create(&spec.pool_spec(), &spec.image, opts)
+        .map_err(err("import failed"))?;
     match open(ctx, spec, false) {
         Ok(image) => Ok(image),
         Err(e) => {
@@ -132,7 +148,12 @@ fn create_dest(ctx: &Ctx, spec: &ImageSpec, opts: &rbdm_image::CreateOptions) ->
 }
 
 /// Runs `body` on the new image; on failure the image is removed, snapshots and all.
-fn fill_or_remove(ctx: &Ctx, spec: &ImageSpec, image: Image, body: impl FnOnce(&Image) -> CmdResult) -> CmdResult {
+fn fill_or_remove(
+    ctx: &Ctx,
+    spec: &ImageSpec,
+    image: Image,
+    body: impl FnOnce(&Image) -> CmdResult,
+) -> CmdResult {
     let r = body(&image).and_then(|()| image.flush().map_err(err("import failed")));
     let closed = image.close().map_err(err("import failed"));
     let r = r.and(closed);
@@ -164,7 +185,13 @@ fn io_fail(what: &str) -> impl FnOnce(std::io::Error) -> Fail + '_ {
     move |e| Fail::io(&e, format!("import failed: error reading {what}"))
 }
 
-fn import_raw_file(ctx: &Ctx, a: &ImportArgs, spec: &ImageSpec, file: &File, pc: &mut Progress) -> CmdResult {
+fn import_raw_file(
+    ctx: &Ctx,
+    a: &ImportArgs,
+    spec: &ImageSpec,
+    file: &File,
+    pc: &mut Progress,
+) -> CmdResult {
     // Seeking to the end also sizes block devices, whose metadata length is 0.
     let size = (&*file).seek(SeekFrom::End(0)).map_err(io_fail(&a.path))?;
     let opts = create_options(&a.layout, size, None, None)?;
@@ -200,18 +227,32 @@ fn next_data(file: &File, pos: u64, size: u64) -> Option<(u64, u64)> {
     let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
     if data < 0 {
         let errno = std::io::Error::last_os_error().raw_os_error();
-        return if errno == Some(libc::ENXIO) { None } else { Some((pos, size)) };
+        return if errno == Some(libc::ENXIO) {
+            None
+        } else {
+            Some((pos, size))
+        };
     }
     let data = data as u64;
     if data >= size {
         return None;
     }
     let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-    let hole = if hole < 0 { size } else { (hole as u64).min(size) };
+    let hole = if hole < 0 {
+        size
+    } else {
+        (hole as u64).min(size)
+    };
     Some((data, hole.max(data)))
 }
 
-fn import_raw_stream(ctx: &Ctx, a: &ImportArgs, spec: &ImageSpec, input: &mut dyn Read, pc: &mut Progress) -> CmdResult {
+fn import_raw_stream(
+    ctx: &Ctx,
+    a: &ImportArgs,
+    spec: &ImageSpec,
+    input: &mut dyn Read,
+    pc: &mut Progress,
+) -> CmdResult {
     let opts = create_options(&a.layout, 0, None, None)?;
     let image = create_dest(ctx, spec, &opts)?;
     let chunk = chunk_size(&image.layout());
@@ -228,7 +269,9 @@ fn import_raw_stream(ctx: &Ctx, a: &ImportArgs, spec: &ImageSpec, input: &mut dy
             // at a time) so a long stream does not pay a header update per chunk.
             if pos + n > size {
                 size = (pos + n).max(size.saturating_mul(2).min(pos + n + (1 << 30)));
-                image.resize(size, false, &mut |_, _| {}).map_err(err("import failed"))?;
+                image
+                    .resize(size, false, &mut |_, _| {})
+                    .map_err(err("import failed"))?;
             }
             write_sparse(image, pos, &buf[..n as usize], false).map_err(err("import failed"))?;
             pos += n;
@@ -238,7 +281,9 @@ fn import_raw_stream(ctx: &Ctx, a: &ImportArgs, spec: &ImageSpec, input: &mut dy
             }
         }
         if size != pos {
-            image.resize(pos, true, &mut |_, _| {}).map_err(err("import failed"))?;
+            image
+                .resize(pos, true, &mut |_, _| {})
+                .map_err(err("import failed"))?;
         }
         Ok(())
     })
@@ -251,13 +296,18 @@ struct Stream<'a> {
 }
 
 fn corrupt(at: u64, msg: impl std::fmt::Display) -> Fail {
-    Fail::errno(libc::EBADMSG, "import failed", &format!("export stream corrupt at byte {at}: {msg}"))
+    Fail::errno(
+        libc::EBADMSG,
+        "import failed",
+        &format!("export stream corrupt at byte {at}: {msg}"),
+    )
 }
 
 impl Stream<'_> {
     fn exact(&mut self, buf: &mut [u8], what: &str) -> CmdResult {
         let at = self.pos;
-        let n = read_full(self.r, buf).map_err(|e| Fail::io(&e, "import failed: error reading the stream"))?;
+        let n = read_full(self.r, buf)
+            .map_err(|e| Fail::io(&e, "import failed: error reading the stream"))?;
         self.pos += n as u64;
         if n < buf.len() {
             return Err(corrupt(at, format!("stream ends inside {what}")));
@@ -292,7 +342,8 @@ impl Stream<'_> {
     fn banner(&mut self, expected: &[u8]) -> CmdResult {
         let at = self.pos;
         let mut b = vec![0u8; expected.len()];
-        let what = String::from_utf8_lossy(expected.strip_suffix(b"\n").unwrap_or(expected)).into_owned();
+        let what =
+            String::from_utf8_lossy(expected.strip_suffix(b"\n").unwrap_or(expected)).into_owned();
         self.exact(&mut b, &format!("the banner \"{what}\""))?;
         if b != expected {
             return Err(corrupt(at, format!("expected the banner \"{what}\"")));
@@ -304,7 +355,10 @@ impl Stream<'_> {
         let at = self.pos;
         let len = self.u64("a record length")?;
         if len != want {
-            return Err(corrupt(at, format!("record '{}' has length {len}, expected {want}", tag as char)));
+            return Err(corrupt(
+                at,
+                format!("record '{}' has length {len}, expected {want}", tag as char),
+            ));
         }
         Ok(())
     }
@@ -335,7 +389,9 @@ fn read_header(s: &mut Stream) -> CmdResult<V2Header> {
                     b'T' => h.features = Some(v),
                     b'U' => h.stripe_unit = Some(v),
                     b'C' => h.stripe_count = Some(v),
-                    _ if v != 2 => return Err(corrupt(at, format!("image format {v} is not supported"))),
+                    _ if v != 2 => {
+                        return Err(corrupt(at, format!("image format {v} is not supported")))
+                    }
                     _ => {}
                 }
             }
@@ -346,11 +402,19 @@ fn read_header(s: &mut Stream) -> CmdResult<V2Header> {
                 let key = s.string("a metadata key")?;
                 let value = s.string("a metadata value")?;
                 if s.pos - start != len {
-                    return Err(corrupt(len_at, format!("metadata record length {len} does not match its contents")));
+                    return Err(corrupt(
+                        len_at,
+                        format!("metadata record length {len} does not match its contents"),
+                    ));
                 }
                 h.meta.push((key, value));
             }
-            _ => return Err(corrupt(at, format!("unknown header record tag {}", show_tag(tag)))),
+            _ => {
+                return Err(corrupt(
+                    at,
+                    format!("unknown header record tag {}", show_tag(tag)),
+                ))
+            }
         }
     }
 }
@@ -364,17 +428,28 @@ fn show_tag(tag: u8) -> String {
 }
 
 fn header_layout(h: &V2Header, at: u64) -> CmdResult<Option<Layout>> {
-    let Some(order) = h.order else { return Ok(None) };
+    let Some(order) = h.order else {
+        return Ok(None);
+    };
     if !(12..=25).contains(&order) {
         return Err(corrupt(at, format!("image order {order} is out of range")));
     }
     let object_size = 1u64 << order;
     let unit = h.stripe_unit.unwrap_or(object_size);
     let count = h.stripe_count.unwrap_or(1);
-    Layout::new(object_size, unit, count).map(Some).map_err(|e| corrupt(at, e))
+    Layout::new(object_size, unit, count)
+        .map(Some)
+        .map_err(|e| corrupt(at, e))
 }
 
-fn import_v2(ctx: &Ctx, a: &ImportArgs, spec: &ImageSpec, input: &mut dyn Read, total: u64, pc: &mut Progress) -> CmdResult {
+fn import_v2(
+    ctx: &Ctx,
+    a: &ImportArgs,
+    spec: &ImageSpec,
+    input: &mut dyn Read,
+    total: u64,
+    pc: &mut Progress,
+) -> CmdResult {
     let mut s = Stream { r: input, pos: 0 };
     let h = read_header(&mut s)?;
     let base = header_layout(&h, 0)?;
@@ -399,7 +474,12 @@ fn import_v2(ctx: &Ctx, a: &ImportArgs, spec: &ImageSpec, input: &mut dyn Read, 
     })
 }
 
-fn import_diff(s: &mut Stream, image: &Image, last_snap: &mut Option<String>, first: bool) -> CmdResult {
+fn import_diff(
+    s: &mut Stream,
+    image: &Image,
+    last_snap: &mut Option<String>,
+    first: bool,
+) -> CmdResult {
     s.banner(DIFF_BANNER)?;
     let chunk = chunk_size(&image.layout());
     let mut buf = Vec::new();
@@ -415,13 +495,19 @@ fn import_diff(s: &mut Stream, image: &Image, last_snap: &mut Option<String>, fi
                 let len = s.u64("a record length")?;
                 let name = s.string("a snapshot name")?;
                 if len != 4 + name.len() as u64 {
-                    return Err(corrupt(len_at, format!("snapshot record length {len} does not match its name")));
+                    return Err(corrupt(
+                        len_at,
+                        format!("snapshot record length {len} does not match its name"),
+                    ));
                 }
                 if tag == b't' {
                     to = Some(name);
                 } else if last_snap.as_deref() != Some(name.as_str()) {
                     let have = last_snap.as_deref().unwrap_or("(none)");
-                    return Err(corrupt(at, format!("diff starts at snapshot '{name}', but the image is at '{have}'")));
+                    return Err(corrupt(
+                        at,
+                        format!("diff starts at snapshot '{name}', but the image is at '{have}'"),
+                    ));
                 }
             }
             b'p' => {
@@ -432,7 +518,9 @@ fn import_diff(s: &mut Stream, image: &Image, last_snap: &mut Option<String>, fi
                 s.record_len(tag, 8)?;
                 size = s.u64("an image size")?;
                 if size != image.size() {
-                    image.resize(size, true, &mut |_, _| {}).map_err(err("import failed"))?;
+                    image
+                        .resize(size, true, &mut |_, _| {})
+                        .map_err(err("import failed"))?;
                 }
             }
             b'w' | b'z' => {
@@ -440,12 +528,25 @@ fn import_diff(s: &mut Stream, image: &Image, last_snap: &mut Option<String>, fi
                 let len = s.u64("a record length")?;
                 let off = s.u64("an extent offset")?;
                 let n = s.u64("an extent length")?;
-                let want = if tag == b'w' { n.checked_add(16) } else { Some(16) };
+                let want = if tag == b'w' {
+                    n.checked_add(16)
+                } else {
+                    Some(16)
+                };
                 if want != Some(len) {
-                    return Err(corrupt(len_at, format!("record '{}' has length {len}, inconsistent with its extent", tag as char)));
+                    return Err(corrupt(
+                        len_at,
+                        format!(
+                            "record '{}' has length {len}, inconsistent with its extent",
+                            tag as char
+                        ),
+                    ));
                 }
                 if off.checked_add(n).is_none_or(|end| end > size) {
-                    return Err(corrupt(at, format!("extent {off}+{n} lies beyond the image size {size}")));
+                    return Err(corrupt(
+                        at,
+                        format!("extent {off}+{n} lies beyond the image size {size}"),
+                    ));
                 }
                 if tag == b'z' {
                     image.write_zeroes(off, n).map_err(err("import failed"))?;
@@ -461,13 +562,22 @@ fn import_diff(s: &mut Stream, image: &Image, last_snap: &mut Option<String>, fi
                 }
             }
             b'e' => break,
-            _ => return Err(corrupt(at, format!("unknown diff record tag {}", show_tag(tag)))),
+            _ => {
+                return Err(corrupt(
+                    at,
+                    format!("unknown diff record tag {}", show_tag(tag)),
+                ))
+            }
         }
     }
     if let Some(name) = to {
-        image.snap_create(&name).map_err(err(format!("import failed: creating snapshot '{name}'")))?;
+        image
+            .snap_create(&name)
+            .map_err(err(format!("import failed: creating snapshot '{name}'")))?;
         if protected {
-            image.snap_protect(&name).map_err(err(format!("import failed: protecting snapshot '{name}'")))?;
+            image
+                .snap_protect(&name)
+                .map_err(err(format!("import failed: protecting snapshot '{name}'")))?;
         }
         *last_snap = Some(name);
     }
@@ -496,7 +606,11 @@ impl Dest {
 
     /// Runs `write` under the progress line `pc`; a file it failed to fill is removed, so a
     /// failed export leaves nothing that looks like a whole one.
-    pub(crate) fn fill(&self, mut pc: Progress, write: impl FnOnce(&Dest, &mut Progress) -> CmdResult) -> CmdResult {
+    pub(crate) fn fill(
+        &self,
+        mut pc: Progress,
+        write: impl FnOnce(&Dest, &mut Progress) -> CmdResult,
+    ) -> CmdResult {
         let r = write(self, &mut pc);
         match &r {
             Ok(()) => pc.finish(),
@@ -514,7 +628,9 @@ impl Dest {
 pub fn export(ctx: &Ctx, a: &ExportArgs) -> CmdResult {
     let spec = ctx.image_spec(&a.spec, Snap::Maybe)?;
     if a.export_format == 2 && spec.snap.is_some() {
-        return Err(Fail::invalid("export format 2 carries every snapshot: give the image, not a snapshot"));
+        return Err(Fail::invalid(
+            "export format 2 carries every snapshot: give the image, not a snapshot",
+        ));
     }
     let image = open(ctx, &spec, true)?;
     let dest = match Dest::create(&a.path) {
@@ -524,11 +640,29 @@ pub fn export(ctx: &Ctx, a: &ExportArgs) -> CmdResult {
             return Err(e);
         }
     };
-    let r = dest.fill(ctx.progress("Exporting image"), |dest, pc| match (dest, a.export_format) {
-        (Dest::File(f, _), 1) => export_raw_file(&image, f, pc),
-        (Dest::Stdout, 1) => export_raw_stream(&image, &mut BufWriter::with_capacity(1 << 20, std::io::stdout().lock()), pc),
-        (Dest::File(f, _), _) => export_v2(ctx, &spec, &image, &mut BufWriter::with_capacity(1 << 20, f), pc),
-        (Dest::Stdout, _) => export_v2(ctx, &spec, &image, &mut BufWriter::with_capacity(1 << 20, std::io::stdout().lock()), pc),
+    let r = dest.fill(ctx.progress("Exporting image"), |dest, pc| {
+        match (dest, a.export_format) {
+            (Dest::File(f, _), 1) => export_raw_file(&image, f, pc),
+            (Dest::Stdout, 1) => export_raw_stream(
+                &image,
+                &mut BufWriter::with_capacity(1 << 20, std::io::stdout().lock()),
+                pc,
+            ),
+            (Dest::File(f, _), _) => export_v2(
+                ctx,
+                &spec,
+                &image,
+                &mut BufWriter::with_capacity(1 << 20, f),
+                pc,
+            ),
+            (Dest::Stdout, _) => export_v2(
+                ctx,
+                &spec,
+                &image,
+                &mut BufWriter::with_capacity(1 << 20, std::io::stdout().lock()),
+                pc,
+            ),
+        }
     });
     let _ = image.close();
     r
@@ -540,7 +674,9 @@ pub(crate) fn out_fail(e: std::io::Error) -> Fail {
 
 /// Allocated extents of the image, sorted and without overlaps, cut at `size`.
 fn data_extents(image: &Image, size: u64) -> CmdResult<Vec<(u64, u64)>> {
-    let mut ext = image.allocated_extents(0, size).map_err(err("export error"))?;
+    let mut ext = image
+        .allocated_extents(0, size)
+        .map_err(err("export error"))?;
     ext.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(ext.len());
     for (off, len) in ext {
@@ -639,7 +775,13 @@ fn put_string_record(out: &mut dyn Write, tag: u8, s: &str) -> CmdResult {
     put(out, s.as_bytes())
 }
 
-fn export_v2(ctx: &Ctx, spec: &ImageSpec, image: &Image, out: &mut dyn Write, pc: &mut Progress) -> CmdResult {
+fn export_v2(
+    ctx: &Ctx,
+    spec: &ImageSpec,
+    image: &Image,
+    out: &mut dyn Write,
+    pc: &mut Progress,
+) -> CmdResult {
     let info = image.info().map_err(err("export error"))?;
     let layout = info.layout;
     put(out, IMAGE_BANNER)?;
@@ -675,7 +817,13 @@ fn export_v2(ctx: &Ctx, spec: &ImageSpec, image: &Image, out: &mut dyn Write, pc
 }
 
 /// One "rbd diff v2" from `from` (or from nothing) to the image as opened.
-fn export_diff(image: &Image, from: Option<&str>, to: Option<(&str, bool)>, size: u64, out: &mut dyn Write) -> CmdResult {
+fn export_diff(
+    image: &Image,
+    from: Option<&str>,
+    to: Option<(&str, bool)>,
+    size: u64,
+    out: &mut dyn Write,
+) -> CmdResult {
     put(out, DIFF_BANNER)?;
     if let Some(name) = from {
         put_string_record(out, b'f', name)?;
@@ -690,7 +838,10 @@ fn export_diff(image: &Image, from: Option<&str>, to: Option<(&str, bool)>, size
     // The first diff carries all data (parent data of a clone included); later ones only
     // what changed since the previous snapshot.
     let extents: Vec<(u64, u64, bool)> = match from {
-        None => data_extents(image, size)?.into_iter().map(|(o, l)| (o, l, true)).collect(),
+        None => data_extents(image, size)?
+            .into_iter()
+            .map(|(o, l)| (o, l, true))
+            .collect(),
         Some(name) => image
             .diff(Some(name), false)
             .map_err(err("export error"))?
@@ -712,7 +863,11 @@ fn export_diff(image: &Image, from: Option<&str>, to: Option<(&str, bool)>, size
             let data = &mut buf[..n as usize];
             image.read(p, data).map_err(err("export error"))?;
             if is_zero(data) {
-                return if from.is_some() { put_zero(out, p, n) } else { Ok(()) };
+                return if from.is_some() {
+                    put_zero(out, p, n)
+                } else {
+                    Ok(())
+                };
             }
             put(out, b"w")?;
             put(out, &(16 + n).to_le_bytes())?;
@@ -749,12 +904,20 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[IMAGE_BANNER.len()] = b'X';
         let mut r: &[u8] = &flipped;
-        let e = read_header(&mut Stream { r: &mut r, pos: 0 }).err().unwrap();
+        let e = read_header(&mut Stream { r: &mut r, pos: 0 })
+            .err()
+            .unwrap();
         assert_eq!(e.code, libc::EBADMSG);
-        assert!(e.msg.contains(&format!("byte {}", IMAGE_BANNER.len())), "{}", e.msg);
+        assert!(
+            e.msg.contains(&format!("byte {}", IMAGE_BANNER.len())),
+            "{}",
+            e.msg
+        );
 
         let mut r: &[u8] = &bytes[..bytes.len() - 3];
-        let e = read_header(&mut Stream { r: &mut r, pos: 0 }).err().unwrap();
+        let e = read_header(&mut Stream { r: &mut r, pos: 0 })
+            .err()
+            .unwrap();
         assert!(e.msg.contains("stream ends inside"), "{}", e.msg);
     }
 }

@@ -74,12 +74,26 @@ fn target_points(h: &Header, rec: &MigrationRecord) -> Vec<TargetPoint> {
     let mut out = Vec::new();
     let mut older: Vec<SnapId> = Vec::new();
     for s in h.snaps.values() {
-        let source = rec.point_of(Some(s.id)).map(Point::Snap).unwrap_or(Point::Head);
-        let snapc = SnapContext { seq: older.last().copied().unwrap_or(0), snaps: older.iter().rev().copied().collect() };
-        out.push(TargetPoint { source, snapc, size: s.size });
+        let source = rec
+            .point_of(Some(s.id))
+            .map(Point::Snap)
+            .unwrap_or(Point::Head);
+        let snapc = SnapContext {
+            seq: older.last().copied().unwrap_or(0),
+            snaps: older.iter().rev().copied().collect(),
+        };
+        out.push(TargetPoint {
+            source,
+            snapc,
+            size: s.size,
+        });
         older.push(s.id);
     }
-    out.push(TargetPoint { source: Point::Head, snapc: h.snap_context(), size: h.size });
+    out.push(TargetPoint {
+        source: Point::Head,
+        snapc: h.snap_context(),
+        size: h.size,
+    });
     out
 }
 
@@ -119,7 +133,11 @@ fn source_view(source: &dyn SourceImage, extents: &[(u64, u64)]) -> Result<Sourc
                 }
             }
             // Past a point's size nothing exists.
-            let size = if k + 1 < npoints { source.snapshots()[k].size } else { source.size() };
+            let size = if k + 1 < npoints {
+                source.snapshots()[k].size
+            } else {
+                source.size()
+            };
             now.remove(size, u64::MAX - size);
             data[k].union_with(&now.clip(off, len));
             prev = now;
@@ -181,13 +199,18 @@ pub fn copy_object(
     let max_size = points.iter().map(|p| p.size).max().unwrap_or(0);
     let extents = h.layout.object_extents_in_image(object_no, max_size);
     let view = source_view(source, &extents)?;
-    let nothing = view.data.iter().all(IntervalSet::is_empty) && view.changed.iter().all(IntervalSet::is_empty);
+    let nothing = view.data.iter().all(IntervalSet::is_empty)
+        && view.changed.iter().all(IntervalSet::is_empty);
     // Most objects of a sparse source hold nothing at any point: skip them without touching
     // the destination (no lock, no store round trip), so cost follows data.
     if !for_write && nothing && !image.parent_has_data(&h, object_no)? {
         return Ok(());
     }
-    let plan = ObjectPlan { points, extents, view };
+    let plan = ObjectPlan {
+        points,
+        extents,
+        view,
+    };
     let loc = image.data_loc(&h, object_no);
     let store = image.store();
     let cookie = format!("{}.{:?}", std::process::id(), std::thread::current().id());
@@ -195,9 +218,16 @@ pub fn copy_object(
     loop {
         match store.lock(&loc, LOCK, &cookie, "migration copy-up", true) {
             Ok(()) => break,
-            Err(StoreError::Busy(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Err(StoreError::Busy(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
             Err(StoreError::Busy(_)) => return Err(CopyError::LockTimeout(object_no)),
-            Err(e) => return Err(CopyError::Store { object: object_no, source: e }),
+            Err(e) => {
+                return Err(CopyError::Store {
+                    object: object_no,
+                    source: e,
+                })
+            }
         }
     }
     let result = copy_locked(image, &h, source, &plan, object_no, for_write, stats);
@@ -208,7 +238,10 @@ pub fn copy_object(
 /// Where a previous copy of this object stopped: `None` if finished, else the first point to do.
 fn resume_point(image: &Image, h: &Header, object_no: u64) -> Result<Option<usize>> {
     let loc = image.data_loc(h, object_no);
-    let err = |e| CopyError::Store { object: object_no, source: e };
+    let err = |e| CopyError::Store {
+        object: object_no,
+        source: e,
+    };
     match image.store().stat(&loc, HEAD) {
         Err(StoreError::NotFound(_)) => return Ok(Some(0)),
         Err(e) => return Err(err(e)),
@@ -217,7 +250,9 @@ fn resume_point(image: &Image, h: &Header, object_no: u64) -> Result<Option<usiz
     match image.store().get_xattr(&loc, MARKER) {
         Ok(v) if v == DONE => Ok(None),
         Ok(v) => {
-            let t: [u8; 8] = v.try_into().map_err(|_| err(StoreError::Corrupt(format!("{loc}: bad {MARKER} xattr"))))?;
+            let t: [u8; 8] = v
+                .try_into()
+                .map_err(|_| err(StoreError::Corrupt(format!("{loc}: bad {MARKER} xattr"))))?;
             Ok(Some(u64::from_le_bytes(t) as usize + 1))
         }
         // An object without a marker was written by a client after a copy that found nothing.
@@ -242,8 +277,14 @@ fn copy_locked(
     for_write: bool,
     stats: &Stats,
 ) -> Result<()> {
-    let Some(start) = resume_point(image, h, object_no)? else { return Ok(()) };
-    let ObjectPlan { points, extents, view } = plan;
+    let Some(start) = resume_point(image, h, object_no)? else {
+        return Ok(());
+    };
+    let ObjectPlan {
+        points,
+        extents,
+        view,
+    } = plan;
     let nsnaps = source.snapshots().len();
     let loc = image.data_loc(h, object_no);
     let mut exists = start > 0;
@@ -270,14 +311,27 @@ fn copy_locked(
                 stats.reserve(dlen);
                 let mut buf = vec![0u8; dlen as usize];
                 source.read(p.source, doff, &mut buf)?;
-                for e in h.layout.map_extent(doff, dlen).into_iter().filter(|e| e.object_no == object_no) {
-                    op = op.write(e.offset, &buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize]);
+                for e in h
+                    .layout
+                    .map_extent(doff, dlen)
+                    .into_iter()
+                    .filter(|e| e.object_no == object_no)
+                {
+                    op = op.write(
+                        e.offset,
+                        &buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize],
+                    );
                     wrote = true;
                 }
             }
             if exists {
                 for (zoff, zlen) in view.data[sp].gaps(off, len) {
-                    for e in h.layout.map_extent(zoff, zlen).into_iter().filter(|e| e.object_no == object_no) {
+                    for e in h
+                        .layout
+                        .map_extent(zoff, zlen)
+                        .into_iter()
+                        .filter(|e| e.object_no == object_no)
+                    {
                         op = op.zero(e.offset, e.len);
                     }
                 }
@@ -290,12 +344,19 @@ fn copy_locked(
         if !wrote && !exists && !(is_head && for_write) && !hides_parent {
             continue;
         }
-        let marker = if is_head { DONE.to_vec() } else { (t as u64).to_le_bytes().to_vec() };
+        let marker = if is_head {
+            DONE.to_vec()
+        } else {
+            (t as u64).to_le_bytes().to_vec()
+        };
         let op = op.create().set_xattr(MARKER, &marker);
         image
             .store()
             .operate(&loc, &op, &p.snapc)
-            .map_err(|e| CopyError::Store { object: object_no, source: e })?;
+            .map_err(|e| CopyError::Store {
+                object: object_no,
+                source: e,
+            })?;
         exists = true;
     }
     if exists {
@@ -327,7 +388,10 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<Stats> {
     let h = image.header()?;
-    let total = h.layout.object_count(h.size.max(h.snaps.values().map(|s| s.size).max().unwrap_or(0)));
+    let total = h.layout.object_count(
+        h.size
+            .max(h.snaps.values().map(|s| s.size).max().unwrap_or(0)),
+    );
     let next = AtomicU64::new(opts.start);
     let finished = Mutex::new((opts.start, BTreeSet::new()));
     let failed: Mutex<Option<CopyError>> = Mutex::new(None);
@@ -336,7 +400,9 @@ pub fn run(
     std::thread::scope(|scope| {
         for _ in 0..opts.concurrency.max(1) {
             scope.spawn(|| loop {
-                if stop.load(Ordering::Relaxed) || failed.lock().map(|f| f.is_some()).unwrap_or(true) {
+                if stop.load(Ordering::Relaxed)
+                    || failed.lock().map(|f| f.is_some()).unwrap_or(true)
+                {
                     return;
                 }
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -357,7 +423,10 @@ pub fn run(
                     }
                     *mark
                 };
-                progress(watermark.max(n.min(watermark + opts.concurrency as u64)), total);
+                progress(
+                    watermark.max(n.min(watermark + opts.concurrency as u64)),
+                    total,
+                );
                 let mut last = last_checkpoint.lock().unwrap_or_else(|e| e.into_inner());
                 if last.elapsed() > Duration::from_secs(1) {
                     *last = Instant::now();
@@ -380,7 +449,12 @@ pub fn run(
 }
 
 /// Extents holding data at a source point (image offsets), from `list_snaps` alone.
-pub fn allocated_at(source: &dyn SourceImage, point: Point, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+pub fn allocated_at(
+    source: &dyn SourceImage,
+    point: Point,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<(u64, u64)>> {
     let view = source_view(source, &[(offset, len)])?;
     let k = source_index(point, source.snapshots().len());
     Ok(view.data[k].iter().collect())

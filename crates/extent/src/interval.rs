@@ -63,7 +63,10 @@ impl IntervalSet {
             Some((&s, &e)) if e > start => s,
             _ => start,
         };
-        self.ranges.range(first..end).map(|(&s, &e)| (s, e)).filter(move |&(_, e)| e > start)
+        self.ranges
+            .range(first..end)
+            .map(|(&s, &e)| (s, e))
+            .filter(move |&(_, e)| e > start)
     }
 
     /// True if every byte of `[offset, offset + len)` is in the set.

@@ -43,22 +43,35 @@ pub const MAX_ORDER: u8 = 25;
 impl Default for Layout {
     /// 4 MiB objects, no striping: what `rbd create` uses.
     fn default() -> Self {
-        Layout { object_size: 4 << 20, stripe_unit: 4 << 20, stripe_count: 1 }
+        Layout {
+            object_size: 4 << 20,
+            stripe_unit: 4 << 20,
+            stripe_count: 1,
+        }
     }
 }
 
 impl Layout {
     pub fn new(object_size: u64, stripe_unit: u64, stripe_count: u64) -> Result<Self, LayoutError> {
-        if !object_size.is_power_of_two() || !(1 << MIN_ORDER..=1 << MAX_ORDER).contains(&object_size) {
+        if !object_size.is_power_of_two()
+            || !(1 << MIN_ORDER..=1 << MAX_ORDER).contains(&object_size)
+        {
             return Err(LayoutError::ObjectSize(object_size));
         }
         if stripe_unit < 512 || object_size % stripe_unit != 0 {
-            return Err(LayoutError::StripeUnit { stripe_unit, object_size });
+            return Err(LayoutError::StripeUnit {
+                stripe_unit,
+                object_size,
+            });
         }
         if stripe_count == 0 {
             return Err(LayoutError::StripeCount);
         }
-        Ok(Layout { object_size, stripe_unit, stripe_count })
+        Ok(Layout {
+            object_size,
+            stripe_unit,
+            stripe_count,
+        })
     }
 
     /// Objects of `1 << order` bytes, no striping.
@@ -97,7 +110,11 @@ impl Layout {
             return full_sets * self.stripe_count;
         }
         let row = self.stripe_unit * self.stripe_count;
-        let partial = if rest >= row { self.stripe_count } else { rest.div_ceil(self.stripe_unit) };
+        let partial = if rest >= row {
+            self.stripe_count
+        } else {
+            rest.div_ceil(self.stripe_unit)
+        };
         full_sets * self.stripe_count + partial
     }
 
@@ -134,10 +151,17 @@ impl Layout {
             let (object_no, in_object) = self.map_offset(pos);
             let piece = (self.stripe_unit - pos % self.stripe_unit).min(len - done);
             match out.last_mut() {
-                Some(last) if last.object_no == object_no && last.offset + last.len == in_object => {
+                Some(last)
+                    if last.object_no == object_no && last.offset + last.len == in_object =>
+                {
                     last.len += piece
                 }
-                _ => out.push(ObjectExtent { object_no, offset: in_object, len: piece, buf_offset: done }),
+                _ => out.push(ObjectExtent {
+                    object_no,
+                    offset: in_object,
+                    len: piece,
+                    buf_offset: done,
+                }),
             }
             done += piece;
         }
@@ -179,9 +203,18 @@ mod tests {
     #[test]
     fn validates() {
         assert!(Layout::new(4096, 4096, 1).is_ok());
-        assert_eq!(Layout::new(3 << 20, 1 << 20, 1), Err(LayoutError::ObjectSize(3 << 20)));
-        assert!(matches!(Layout::new(1 << 20, 3 << 10, 1), Err(LayoutError::StripeUnit { .. })));
-        assert_eq!(Layout::new(1 << 20, 1 << 20, 0), Err(LayoutError::StripeCount));
+        assert_eq!(
+            Layout::new(3 << 20, 1 << 20, 1),
+            Err(LayoutError::ObjectSize(3 << 20))
+        );
+        assert!(matches!(
+            Layout::new(1 << 20, 3 << 10, 1),
+            Err(LayoutError::StripeUnit { .. })
+        ));
+        assert_eq!(
+            Layout::new(1 << 20, 1 << 20, 0),
+            Err(LayoutError::StripeCount)
+        );
         assert_eq!(Layout::from_order(26), Err(LayoutError::Order(26)));
         assert_eq!(Layout::from_order(22).unwrap(), Layout::default());
     }

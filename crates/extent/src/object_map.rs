@@ -54,7 +54,10 @@ const MAX_OBJECTS: u64 = 1 << 36;
 impl ObjectMap {
     /// A map of `len` objects, all nonexistent.
     pub fn new(len: u64) -> Self {
-        ObjectMap { len, bits: vec![0; len.div_ceil(4) as usize] }
+        ObjectMap {
+            len,
+            bits: vec![0; len.div_ceil(4) as usize],
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -117,19 +120,27 @@ impl ObjectMap {
 
     pub fn decode(buf: &[u8]) -> Result<Self, ObjectMapError> {
         if buf.len() < 20 {
-            return Err(ObjectMapError::Truncated(format!("{} bytes, need at least 20", buf.len())));
+            return Err(ObjectMapError::Truncated(format!(
+                "{} bytes, need at least 20",
+                buf.len()
+            )));
         }
         if &buf[..8] != MAGIC {
             return Err(ObjectMapError::Malformed("bad magic".into()));
         }
         let len = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
         if len > MAX_OBJECTS {
-            return Err(ObjectMapError::Malformed(format!("object count {len} is implausible")));
+            return Err(ObjectMapError::Malformed(format!(
+                "object count {len} is implausible"
+            )));
         }
         let nbytes = len.div_ceil(4) as usize;
         let want = 16 + nbytes + 4;
         if buf.len() != want {
-            return Err(ObjectMapError::Truncated(format!("{} bytes for {len} objects, expected {want}", buf.len())));
+            return Err(ObjectMapError::Truncated(format!(
+                "{} bytes for {len} objects, expected {want}",
+                buf.len()
+            )));
         }
         let body = &buf[..16 + nbytes];
         let stored = u32::from_le_bytes(buf[16 + nbytes..].try_into().expect("4 bytes"));
@@ -137,10 +148,15 @@ impl ObjectMap {
         if stored != computed {
             return Err(ObjectMapError::Checksum { stored, computed });
         }
-        let map = ObjectMap { len, bits: body[16..].to_vec() };
+        let map = ObjectMap {
+            len,
+            bits: body[16..].to_vec(),
+        };
         let tail_bits = (len % 4) as u32;
         if tail_bits != 0 && map.bits[nbytes - 1] & (0xffu8 >> (2 * tail_bits)) != 0 {
-            return Err(ObjectMapError::Malformed("bits set past the last object".into()));
+            return Err(ObjectMapError::Malformed(
+                "bits set past the last object".into(),
+            ));
         }
         Ok(map)
     }

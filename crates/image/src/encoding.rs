@@ -66,9 +66,16 @@ impl<'a> Dec<'a> {
         Dec { buf, pos: 0, what }
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-            Error::Corrupt(format!("{}: truncated at byte {} (needs {n} more)", self.what, self.pos))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "{}: truncated at byte {} (needs {n} more)",
+                    self.what, self.pos
+                ))
+            })?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -77,10 +84,14 @@ impl<'a> Dec<'a> {
         Ok(self.take(1)?[0])
     }
     pub fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     pub fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     pub fn i64(&mut self) -> Result<i64> {
         Ok(self.u64()? as i64)
@@ -89,7 +100,11 @@ impl<'a> Dec<'a> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            v => Err(Error::Corrupt(format!("{}: bad boolean {v} at byte {}", self.what, self.pos - 1))),
+            v => Err(Error::Corrupt(format!(
+                "{}: bad boolean {v} at byte {}",
+                self.what,
+                self.pos - 1
+            ))),
         }
     }
     pub fn bytes(&mut self) -> Result<&'a [u8]> {
@@ -113,7 +128,14 @@ impl<'a> Dec<'a> {
             )));
         }
         let body = self.bytes()?;
-        Ok((version, Dec { buf: body, pos: 0, what: self.what }))
+        Ok((
+            version,
+            Dec {
+                buf: body,
+                pos: 0,
+                what: self.what,
+            },
+        ))
     }
     pub fn is_empty(&self) -> bool {
         self.pos == self.buf.len()
@@ -123,7 +145,11 @@ impl<'a> Dec<'a> {
         if self.is_empty() {
             Ok(())
         } else {
-            Err(Error::Corrupt(format!("{}: {} trailing bytes", self.what, self.buf.len() - self.pos)))
+            Err(Error::Corrupt(format!(
+                "{}: {} trailing bytes",
+                self.what,
+                self.buf.len() - self.pos
+            )))
         }
     }
 }
@@ -156,7 +182,10 @@ mod tests {
         assert_eq!(d.u64().unwrap(), 7);
         assert_eq!(d.str().unwrap(), "héllo");
         let (v, mut inner) = d.versioned(1).unwrap();
-        assert_eq!((v, inner.u32().unwrap(), inner.bool().unwrap()), (2, 9, true));
+        assert_eq!(
+            (v, inner.u32().unwrap(), inner.bool().unwrap()),
+            (2, 9, true)
+        );
         d.done().unwrap();
         for cut in 0..buf.len() {
             let mut d = Dec::new(&buf[..cut], "t");

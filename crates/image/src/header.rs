@@ -77,7 +77,11 @@ pub fn object_map_name(id: &str, snap: Option<SnapId>) -> String {
 fn encode_parent(p: &ParentLink) -> Vec<u8> {
     Enc::new()
         .versioned(1, 1, |e| {
-            e.i64(p.pool_id).str(&p.namespace).str(&p.image_id).u64(p.snap_id).u64(p.overlap);
+            e.i64(p.pool_id)
+                .str(&p.namespace)
+                .str(&p.image_id)
+                .u64(p.snap_id)
+                .u64(p.overlap);
         })
         .finish()
 }
@@ -96,7 +100,11 @@ fn decode_parent(d: &mut Dec) -> Result<ParentLink> {
 fn encode_snap(s: &SnapMeta) -> Vec<u8> {
     Enc::new()
         .versioned(1, 1, |e| {
-            e.u64(s.id).str(&s.name).u64(s.size).bool(s.protected).u64(s.timestamp);
+            e.u64(s.id)
+                .str(&s.name)
+                .u64(s.size)
+                .bool(s.protected)
+                .u64(s.timestamp);
             match &s.parent {
                 Some(p) => e.bool(true).bytes(&encode_parent(p)),
                 None => e.bool(false),
@@ -145,7 +153,10 @@ impl Header {
 
     /// The snap context writes at head carry: newest snapshot first.
     pub fn snap_context(&self) -> SnapContext {
-        SnapContext { seq: self.snap_seq, snaps: self.snaps.keys().rev().copied().collect() }
+        SnapContext {
+            seq: self.snap_seq,
+            snaps: self.snaps.keys().rev().copied().collect(),
+        }
     }
 
     pub fn snap_by_name(&self, name: &str) -> Option<&SnapMeta> {
@@ -186,11 +197,15 @@ impl Header {
 
     pub fn from_keys(keys: &BTreeMap<String, Vec<u8>>) -> Result<Self> {
         let get = |k: &str| -> Result<&Vec<u8>> {
-            keys.get(k).ok_or_else(|| Error::Corrupt(format!("image header has no '{k}' key")))
+            keys.get(k)
+                .ok_or_else(|| Error::Corrupt(format!("image header has no '{k}' key")))
         };
         let num = |k: &str| -> Result<u64> { decode_u64(get(k)?, k) };
         let order = num("order")?;
-        let object_size = 1u64.checked_shl(order as u32).filter(|_| order < 64).unwrap_or(0);
+        let object_size = 1u64
+            .checked_shl(order as u32)
+            .filter(|_| order < 64)
+            .unwrap_or(0);
         let layout = Layout::new(object_size, num("stripe_unit")?, num("stripe_count")?)
             .map_err(|e| Error::Corrupt(format!("image header layout: {e}")))?;
         let mut h = Header::new(
@@ -237,7 +252,11 @@ impl Header {
     }
 
     /// Read-modify-write with the generation guard; `change` may run several times.
-    pub fn update<T>(store: &StoreRef, loc: &Locator, mut change: impl FnMut(&mut Header) -> Result<T>) -> Result<(Header, T)> {
+    pub fn update<T>(
+        store: &StoreRef,
+        loc: &Locator,
+        mut change: impl FnMut(&mut Header) -> Result<T>,
+    ) -> Result<(Header, T)> {
         loop {
             let old = Header::load(store, loc)?;
             let mut new = old.clone();
@@ -267,12 +286,18 @@ fn load_keys(store: &StoreRef, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>
         let page = store.omap_get(loc, &after, "", 512)?;
         let Some((last, _)) = page.last() else { break };
         after = last.clone();
-        keys.extend(page.into_iter().filter(|(k, _)| !k.starts_with(METADATA_PREFIX)));
+        keys.extend(
+            page.into_iter()
+                .filter(|(k, _)| !k.starts_with(METADATA_PREFIX)),
+        );
     }
     if keys.is_empty() {
         // An existing object with no keys is not a header either.
         store.stat(loc, rbdm_store::HEAD)?;
-        return Err(Error::Corrupt(format!("{}: object has no header keys", loc.name)));
+        return Err(Error::Corrupt(format!(
+            "{}: object has no header keys",
+            loc.name
+        )));
     }
     Ok(keys)
 }
@@ -280,7 +305,10 @@ fn load_keys(store: &StoreRef, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>
 /// Keys an update removes are those the old header had and the new one lacks.
 pub fn stale_keys(old: &Header, new: &Header) -> BTreeSet<String> {
     let n = new.to_keys();
-    old.to_keys().into_keys().filter(|k| !n.contains_key(k)).collect()
+    old.to_keys()
+        .into_keys()
+        .filter(|k| !n.contains_key(k))
+        .collect()
 }
 
 #[cfg(test)]
@@ -289,9 +317,31 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        let mut h = Header::new(1 << 30, Layout::new(1 << 20, 1 << 16, 4).unwrap(), "rbd_data.ab".into(), 61, 5);
-        h.parent = Some(ParentLink { pool_id: 3, namespace: "ns".into(), image_id: "x".into(), snap_id: 4, overlap: 9 });
-        h.snaps.insert(4, SnapMeta { id: 4, name: "s".into(), size: 7, protected: true, timestamp: 8, parent: h.parent.clone() });
+        let mut h = Header::new(
+            1 << 30,
+            Layout::new(1 << 20, 1 << 16, 4).unwrap(),
+            "rbd_data.ab".into(),
+            61,
+            5,
+        );
+        h.parent = Some(ParentLink {
+            pool_id: 3,
+            namespace: "ns".into(),
+            image_id: "x".into(),
+            snap_id: 4,
+            overlap: 9,
+        });
+        h.snaps.insert(
+            4,
+            SnapMeta {
+                id: 4,
+                name: "s".into(),
+                size: 7,
+                protected: true,
+                timestamp: 8,
+                parent: h.parent.clone(),
+            },
+        );
         h.data_pool_id = Some(2);
         h.migration = Some(vec![1, 2, 3]);
         assert_eq!(Header::from_keys(&h.to_keys()).unwrap(), h);

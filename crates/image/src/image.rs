@@ -7,14 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rbdm_extent::{IntervalSet, ObjectMap, ObjectState};
-use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, SnapId, Watcher, WriteOp, HEAD};
+use rbdm_store::{
+    Error as StoreError, Locator, PoolId, SnapContext, SnapId, Watcher, WriteOp, HEAD,
+};
 
 use crate::header::{self, Header, ParentLink, SnapMeta, METADATA_PREFIX};
 use crate::migration::{self, MigrationRecord, MigrationRole, MigrationSource};
 use crate::rbd::now;
 use crate::{
-    features, ChildInfo, DiffExtent, DuEntry, Error, ImageInfo, Layout, ParentInfo, PoolSpec, Progress, Rbd, Result,
-    SnapInfo,
+    features, ChildInfo, DiffExtent, DuEntry, Error, ImageInfo, Layout, ParentInfo, PoolSpec,
+    Progress, Rbd, Result, SnapInfo,
 };
 
 const LOCK_NAME: &str = "rbd_lock";
@@ -70,10 +72,20 @@ impl Image {
         let version = rbd.store().stat(&hloc, HEAD).map_err(not_found)?.version;
         let h = Header::load(rbd.store(), &hloc)?;
         let snap_id = match snap {
-            Some(s) => Some(h.snap_by_name(s).ok_or_else(|| Error::NotFound(format!("snapshot '{name}@{s}' does not exist")))?.id),
+            Some(s) => Some(
+                h.snap_by_name(s)
+                    .ok_or_else(|| {
+                        Error::NotFound(format!("snapshot '{name}@{s}' does not exist"))
+                    })?
+                    .id,
+            ),
             None => None,
         };
-        let watch_cookie = if watch { Some(rbd.store().watch(&hloc)?) } else { None };
+        let watch_cookie = if watch {
+            Some(rbd.store().watch(&hloc)?)
+        } else {
+            None
+        };
         Ok(Image {
             rbd,
             spec,
@@ -120,17 +132,29 @@ impl Image {
         self.rbd.store()
     }
     fn header_loc(&self) -> Locator {
-        Locator::new(self.pool_id, &self.spec.namespace, &header::header_name(&self.id))
+        Locator::new(
+            self.pool_id,
+            &self.spec.namespace,
+            &header::header_name(&self.id),
+        )
     }
     fn map_loc(&self, snap: Option<SnapId>) -> Locator {
-        Locator::new(self.pool_id, &self.spec.namespace, &header::object_map_name(&self.id, snap))
+        Locator::new(
+            self.pool_id,
+            &self.spec.namespace,
+            &header::object_map_name(&self.id, snap),
+        )
     }
     fn data_pool(&self, h: &Header) -> PoolId {
         h.data_pool_id.unwrap_or(self.pool_id)
     }
     /// Where object `object_no` of this image lives.
     pub fn data_loc(&self, h: &Header, object_no: u64) -> Locator {
-        Locator::new(self.data_pool(h), &self.spec.namespace, &header::data_name(&self.id, object_no))
+        Locator::new(
+            self.data_pool(h),
+            &self.spec.namespace,
+            &header::data_name(&self.id, object_no),
+        )
     }
     fn read_snap(&self) -> SnapId {
         self.snap_id.unwrap_or(HEAD)
@@ -140,7 +164,12 @@ impl Image {
     pub fn header(&self) -> Result<Arc<Header>> {
         let version = match self.store().stat(&self.header_loc(), HEAD) {
             Ok(st) => st.version,
-            Err(StoreError::NotFound(_)) => return Err(Error::NotFound(format!("image '{}' was removed", self.name))),
+            Err(StoreError::NotFound(_)) => {
+                return Err(Error::NotFound(format!(
+                    "image '{}' was removed",
+                    self.name
+                )))
+            }
             Err(e) => return Err(e.into()),
         };
         {
@@ -166,7 +195,9 @@ impl Image {
         match self.snap_id {
             None => Ok((h.size, h.parent.clone())),
             Some(id) => {
-                let s = h.snaps.get(&id).ok_or_else(|| Error::NotFound(format!("snapshot {id} of '{}' was removed", self.name)))?;
+                let s = h.snaps.get(&id).ok_or_else(|| {
+                    Error::NotFound(format!("snapshot {id} of '{}' was removed", self.name))
+                })?;
                 Ok((s.size, s.parent.clone()))
             }
         }
@@ -175,7 +206,10 @@ impl Image {
     fn check_range(&self, offset: u64, len: u64, size: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= size => Ok(()),
-            _ => Err(Error::Invalid(format!("extent {offset}+{len} is beyond the end of image '{}' ({size} bytes)", self.name))),
+            _ => Err(Error::Invalid(format!(
+                "extent {offset}+{len} is beyond the end of image '{}' ({size} bytes)",
+                self.name
+            ))),
         }
     }
 
@@ -215,9 +249,17 @@ impl Image {
         let pspec = PoolSpec::new(&pool, &link.namespace);
         let image_name = match self.rbd.image_name(&pspec, &link.image_id)? {
             Some(n) => n,
-            None => self.rbd.trash_get(&pspec, &link.image_id).map(|t| t.name).unwrap_or_default(),
+            None => self
+                .rbd
+                .trash_get(&pspec, &link.image_id)
+                .map(|t| t.name)
+                .unwrap_or_default(),
         };
-        let ploc = Locator::new(link.pool_id, &link.namespace, &header::header_name(&link.image_id));
+        let ploc = Locator::new(
+            link.pool_id,
+            &link.namespace,
+            &header::header_name(&link.image_id),
+        );
         let snap_name = Header::load(self.store(), &ploc)?
             .snaps
             .get(&link.snap_id)
@@ -235,29 +277,53 @@ impl Image {
     }
 
     pub fn size(&self) -> u64 {
-        let h = self.header().unwrap_or_else(|_| self.cache.read().unwrap_or_else(|e| e.into_inner()).1.clone());
+        let h = self.header().unwrap_or_else(|_| {
+            self.cache
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .1
+                .clone()
+        });
         self.view(&h).map(|v| v.0).unwrap_or(h.size)
     }
 
     pub fn layout(&self) -> Layout {
-        self.cache.read().unwrap_or_else(|e| e.into_inner()).1.layout
+        self.cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .layout
     }
 
     pub(crate) fn parent_link(&self) -> Option<ParentLink> {
-        self.cache.read().unwrap_or_else(|e| e.into_inner()).1.parent.clone()
+        self.cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .parent
+            .clone()
     }
 
     /// The parent snapshot a clone reads through to, opened read-only once and kept.
     fn parent_image(&self, link: &ParentLink) -> Result<Arc<Image>> {
         let mut slot = lock(&self.parent);
         if let Some((l, img)) = slot.as_ref() {
-            if l.pool_id == link.pool_id && l.image_id == link.image_id && l.snap_id == link.snap_id {
+            if l.pool_id == link.pool_id && l.image_id == link.image_id && l.snap_id == link.snap_id
+            {
                 return Ok(img.clone());
             }
         }
         let pool = self.store().pool_name(link.pool_id)?;
         let pspec = PoolSpec::new(&pool, &link.namespace);
-        let mut img = Image::open(self.rbd.clone(), pspec, link.image_id.clone(), link.image_id.clone(), None, true, false)?;
+        let mut img = Image::open(
+            self.rbd.clone(),
+            pspec,
+            link.image_id.clone(),
+            link.image_id.clone(),
+            None,
+            true,
+            false,
+        )?;
         img.snap_id = Some(link.snap_id);
         img.read_only = true;
         let img = Arc::new(img);
@@ -269,7 +335,9 @@ impl Image {
     /// does not exist yet): a migration keeping the parent link must create such an object
     /// where its source hides the parent's data.
     pub fn parent_has_data(&self, h: &Header, object_no: u64) -> Result<bool> {
-        let Some(link) = &h.parent else { return Ok(false) };
+        let Some(link) = &h.parent else {
+            return Ok(false);
+        };
         let parent = self.parent_image(link)?;
         for (off, len) in self.parent_ranges(h, link, object_no) {
             if !parent.allocated_extents(off, len)?.is_empty() {
@@ -282,7 +350,10 @@ impl Image {
     /// The migration record in the header, if the image takes part in one.
     pub fn migration_record(&self) -> Result<Option<MigrationRecord>> {
         let h = self.header()?;
-        h.migration.as_deref().map(MigrationRecord::decode).transpose()
+        h.migration
+            .as_deref()
+            .map(MigrationRecord::decode)
+            .transpose()
     }
 
     /// Replaces (or with `None` clears) the migration record.
@@ -295,8 +366,13 @@ impl Image {
     }
 
     /// The source to read through to, when this image is a migration destination.
-    fn migration_source(&self, h: &Header) -> Result<Option<(MigrationRecord, Arc<dyn MigrationSource>)>> {
-        let Some(raw) = h.migration.as_deref() else { return Ok(None) };
+    fn migration_source(
+        &self,
+        h: &Header,
+    ) -> Result<Option<(MigrationRecord, Arc<dyn MigrationSource>)>> {
+        let Some(raw) = h.migration.as_deref() else {
+            return Ok(None);
+        };
         let rec = MigrationRecord::decode(raw)?;
         if rec.role != MigrationRole::Destination {
             return Ok(None);
@@ -325,10 +401,15 @@ impl Image {
         let source = self.migration_source(&h)?;
         for ext in h.layout.map_extent(offset, buf.len() as u64) {
             let dst = &mut buf[ext.buf_offset as usize..(ext.buf_offset + ext.len) as usize];
-            match self.store().read_into(&self.data_loc(&h, ext.object_no), snap, ext.offset, dst) {
+            match self
+                .store()
+                .read_into(&self.data_loc(&h, ext.object_no), snap, ext.offset, dst)
+            {
                 Ok(n) => dst[n..].fill(0),
                 Err(StoreError::NotFound(_)) => match &source {
-                    Some((rec, src)) => src.read(self.migration_point(rec), offset + ext.buf_offset, dst)?,
+                    Some((rec, src)) => {
+                        src.read(self.migration_point(rec), offset + ext.buf_offset, dst)?
+                    }
                     None => self.read_redirect(parent.as_ref(), offset + ext.buf_offset, dst)?,
                 },
                 Err(e) => return Err(e.into()),
@@ -339,7 +420,12 @@ impl Image {
 
     /// Fills `dst` (image bytes at `offset`) for an object this image does not have: from the
     /// parent below the overlap, zeros elsewhere.
-    fn read_redirect(&self, parent: Option<&ParentLink>, offset: u64, dst: &mut [u8]) -> Result<()> {
+    fn read_redirect(
+        &self,
+        parent: Option<&ParentLink>,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<()> {
         dst.fill(0);
         if let Some(link) = parent {
             if offset < link.overlap {
@@ -352,7 +438,10 @@ impl Image {
 
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
-            return Err(Error::ReadOnly(format!("image '{}' is open read-only", self.name)));
+            return Err(Error::ReadOnly(format!(
+                "image '{}' is open read-only",
+                self.name
+            )));
         }
         Ok(())
     }
@@ -367,10 +456,19 @@ impl Image {
             return Ok(());
         }
         let c = format!("auto {}", self.watch_cookie.unwrap_or(0));
-        match self.store().lock(&self.header_loc(), LOCK_NAME, &c, "rbdm exclusive lock", true) {
+        match self.store().lock(
+            &self.header_loc(),
+            LOCK_NAME,
+            &c,
+            "rbdm exclusive lock",
+            true,
+        ) {
             Ok(()) => {}
             Err(StoreError::Busy(_)) => {
-                return Err(Error::Busy(format!("image '{}' is locked by another client", self.name)))
+                return Err(Error::Busy(format!(
+                    "image '{}' is locked by another client",
+                    self.name
+                )))
             }
             Err(e) => return Err(e.into()),
         }
@@ -385,7 +483,10 @@ impl Image {
         let h = self.header()?;
         if let Some(raw) = h.migration.as_deref() {
             if MigrationRecord::decode(raw)?.role == MigrationRole::Source {
-                return Err(Error::ReadOnly(format!("image '{}' is the source of a migration and is read-only", self.name)));
+                return Err(Error::ReadOnly(format!(
+                    "image '{}' is the source of a migration and is read-only",
+                    self.name
+                )));
             }
         }
         self.acquire_lock(&h)?;
@@ -410,7 +511,8 @@ impl Image {
             let piece = &data[ext.buf_offset as usize..(ext.buf_offset + ext.len) as usize];
             // A client's write may tear across pages after a crash, as on a disk.
             let op = WriteOp::new().write(ext.offset, piece).tearable();
-            self.store().operate(&self.data_loc(&h, ext.object_no), &op, &snapc)?;
+            self.store()
+                .operate(&self.data_loc(&h, ext.object_no), &op, &snapc)?;
         }
         Ok(())
     }
@@ -436,8 +538,15 @@ impl Image {
     }
 
     /// The same, for an image of `size` bytes (a snapshot's size may differ from the head's).
-    fn parent_ranges_at(&self, h: &Header, link: &ParentLink, size: u64, object_no: u64) -> Vec<(u64, u64)> {
-        h.layout.object_extents_in_image(object_no, link.overlap.min(size))
+    fn parent_ranges_at(
+        &self,
+        h: &Header,
+        link: &ParentLink,
+        size: u64,
+        object_no: u64,
+    ) -> Vec<(u64, u64)> {
+        h.layout
+            .object_extents_in_image(object_no, link.overlap.min(size))
     }
 
     /// Creates the object from the parent's data, unless it exists. Written with an empty snap
@@ -453,11 +562,18 @@ impl Image {
         let mut op = WriteOp::new().create_exclusive();
         // Snapshots read this object too once it exists, and one taken before a shrink saw
         // more of the parent than the head does: copy what the widest view needs.
-        let same = |p: &ParentLink| p.pool_id == link.pool_id && p.image_id == link.image_id && p.snap_id == link.snap_id;
+        let same = |p: &ParentLink| {
+            p.pool_id == link.pool_id && p.image_id == link.image_id && p.snap_id == link.snap_id
+        };
         let reach = h
             .snaps
             .values()
-            .filter_map(|s| s.parent.as_ref().filter(|p| same(p)).map(|p| p.overlap.min(s.size)))
+            .filter_map(|s| {
+                s.parent
+                    .as_ref()
+                    .filter(|p| same(p))
+                    .map(|p| p.overlap.min(s.size))
+            })
             .fold(link.overlap.min(h.size), u64::max);
         for (off, len) in h.layout.object_extents_in_image(object_no, reach) {
             for (doff, dlen) in parent.allocated_extents(off, len)? {
@@ -497,7 +613,9 @@ impl Image {
         }
         for s in h.snaps.values().filter(|s| s.parent.is_some()) {
             let mut m = self.load_map(h, Some(s.id), s.size)?;
-            if m.get(object_no) == ObjectState::Nonexistent && m.set(object_no, ObjectState::ExistsClean) {
+            if m.get(object_no) == ObjectState::Nonexistent
+                && m.set(object_no, ObjectState::ExistsClean)
+            {
                 self.save_map(Some(s.id), &m)?;
             }
         }
@@ -511,7 +629,10 @@ impl Image {
     /// Loads an object map; an absent or damaged one is rebuilt from the objects themselves.
     fn load_map(&self, h: &Header, snap: Option<SnapId>, size: u64) -> Result<ObjectMap> {
         let count = h.layout.object_count(size);
-        let stored = match self.store().read(&self.map_loc(snap), HEAD, 0, u64::MAX >> 1) {
+        let stored = match self
+            .store()
+            .read(&self.map_loc(snap), HEAD, 0, u64::MAX >> 1)
+        {
             Ok(buf) => ObjectMap::decode(&buf).ok(),
             Err(StoreError::NotFound(_)) => None,
             Err(e) => return Err(e.into()),
@@ -529,9 +650,16 @@ impl Image {
     fn rebuild_map(&self, h: &Header, snap: Option<SnapId>, count: u64) -> Result<ObjectMap> {
         let mut map = ObjectMap::new(count);
         let prefix = format!("{}.", h.object_prefix);
-        for loc in self.store().list_objects(self.data_pool(h), Some(&self.spec.namespace))? {
-            let Some(hex) = loc.name.strip_prefix(&prefix) else { continue };
-            let Ok(no) = u64::from_str_radix(hex, 16) else { continue };
+        for loc in self
+            .store()
+            .list_objects(self.data_pool(h), Some(&self.spec.namespace))?
+        {
+            let Some(hex) = loc.name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Ok(no) = u64::from_str_radix(hex, 16) else {
+                continue;
+            };
             let exists = match snap {
                 None => true,
                 Some(s) => self.store().stat(&loc, s).is_ok(),
@@ -545,12 +673,17 @@ impl Image {
 
     fn save_map(&self, snap: Option<SnapId>, map: &ObjectMap) -> Result<()> {
         let op = WriteOp::new().write_full(&map.encode());
-        self.store().operate(&self.map_loc(snap), &op, &SnapContext::default())?;
+        self.store()
+            .operate(&self.map_loc(snap), &op, &SnapContext::default())?;
         Ok(())
     }
 
     /// Runs `f` on the head object map (loaded on first use) and saves it if `f` changed it.
-    fn with_head_map<T>(&self, h: &Header, f: impl FnOnce(&mut ObjectMap) -> (bool, T)) -> Result<Option<T>> {
+    fn with_head_map<T>(
+        &self,
+        h: &Header,
+        f: impl FnOnce(&mut ObjectMap) -> (bool, T),
+    ) -> Result<Option<T>> {
         if !Self::has_object_map(h) {
             return Ok(None);
         }
@@ -591,8 +724,16 @@ impl Image {
         let snapc = h.snap_context();
         for ext in h.layout.map_extent(offset, len) {
             let loc = self.data_loc(h, ext.object_no);
-            let in_parent = h.parent.as_ref().filter(|l| !self.parent_ranges(h, l, ext.object_no).is_empty());
-            let data_len: u64 = h.layout.object_extents_in_image(ext.object_no, h.size).iter().map(|e| e.1).sum();
+            let in_parent = h
+                .parent
+                .as_ref()
+                .filter(|l| !self.parent_ranges(h, l, ext.object_no).is_empty());
+            let data_len: u64 = h
+                .layout
+                .object_extents_in_image(ext.object_no, h.size)
+                .iter()
+                .map(|e| e.1)
+                .sum();
             let whole = !h.layout.is_striped() && ext.offset == 0 && ext.len >= data_len;
             if let (Some((_, src)), true) = (self.migration_source(h)?, copy_up) {
                 // The object must stop reading through to the source: copy it, then zero.
@@ -628,7 +769,13 @@ impl Image {
     }
 
     /// Objects that may hold bytes of `[offset, offset+len)`.
-    fn objects_in(&self, layout: &Layout, size: u64, offset: u64, len: u64) -> std::ops::Range<u64> {
+    fn objects_in(
+        &self,
+        layout: &Layout,
+        size: u64,
+        offset: u64,
+        len: u64,
+    ) -> std::ops::Range<u64> {
         let count = layout.object_count(size);
         if len == 0 || count == 0 {
             return 0..0;
@@ -651,15 +798,26 @@ impl Image {
         }
         let source = self.migration_source(&h)?;
         // While migrating, objects appear from other processes' copies: the map is not kept.
-        let map = if Self::has_object_map(&h) && source.is_none() { Some(self.load_map(&h, self.snap_id, size)?) } else { None };
+        let map = if Self::has_object_map(&h) && source.is_none() {
+            Some(self.load_map(&h, self.snap_id, size)?)
+        } else {
+            None
+        };
         let mut out = IntervalSet::new();
         let snap = self.read_snap();
         for object_no in self.objects_in(&h.layout, size, offset, end - offset) {
-            let in_parent = parent.as_ref().filter(|l| !self.parent_ranges_at(&h, l, size, object_no).is_empty());
+            let in_parent = parent
+                .as_ref()
+                .filter(|l| !self.parent_ranges_at(&h, l, size, object_no).is_empty());
             if in_parent.is_none() && map.as_ref().is_some_and(|m| !m.get(object_no).may_exist()) {
                 continue;
             }
-            match self.store().map_extents(&self.data_loc(&h, object_no), snap, 0, h.layout.object_size) {
+            match self.store().map_extents(
+                &self.data_loc(&h, object_no),
+                snap,
+                0,
+                h.layout.object_size,
+            ) {
                 Ok(extents) => {
                     for (o, l) in extents {
                         for (img, n) in h.layout.object_image_extents(object_no, o, l) {
@@ -670,7 +828,9 @@ impl Image {
                 Err(StoreError::NotFound(_)) if source.is_some() => {
                     let (rec, src) = source.as_ref().expect("checked");
                     for (img, n) in h.layout.object_extents_in_image(object_no, size) {
-                        for (o, l) in IntervalSet::from_ranges([(img, n)]).intersection(offset, end - offset) {
+                        for (o, l) in
+                            IntervalSet::from_ranges([(img, n)]).intersection(offset, end - offset)
+                        {
                             for e in src.allocated(self.migration_point(rec), o, l)? {
                                 out.insert(e.0, e.1);
                             }
@@ -681,7 +841,8 @@ impl Image {
                     if let Some(link) = in_parent {
                         let p = self.parent_image(link)?;
                         for (img, n) in self.parent_ranges_at(&h, link, size, object_no) {
-                            let clip = IntervalSet::from_ranges([(img, n)]).intersection(offset, end - offset);
+                            let clip = IntervalSet::from_ranges([(img, n)])
+                                .intersection(offset, end - offset);
                             for (o, l) in clip {
                                 for e in p.allocated_extents(o, l)? {
                                     out.insert(e.0, e.1);
@@ -700,14 +861,19 @@ impl Image {
         let _gate = self.io_gate.write().unwrap_or_else(|e| e.into_inner());
         let h = self.begin_change()?;
         if size < h.size && !allow_shrink {
-            return Err(Error::Invalid("shrinking an image is only allowed with the --allow-shrink flag".into()));
+            return Err(Error::Invalid(
+                "shrinking an image is only allowed with the --allow-shrink flag".into(),
+            ));
         }
         if size > h.size {
             // Bytes past the old end (left by a shrink, or copied up for a snapshot) must not
             // reappear in the head.
             let tail_end = (h.size.div_ceil(h.layout.period()) * h.layout.period()).min(size);
             if tail_end > h.size {
-                let grown = Header { size, ..(*h).clone() };
+                let grown = Header {
+                    size,
+                    ..(*h).clone()
+                };
                 self.zero_range(&grown, h.size, tail_end - h.size, false)?;
             }
         }
@@ -715,7 +881,11 @@ impl Image {
             let snapc = h.snap_context();
             let (keep, old) = (h.layout.object_count(size), h.layout.object_count(h.size));
             for object_no in keep..old {
-                ignore_not_found(self.store().operate(&self.data_loc(&h, object_no), &WriteOp::new().remove(), &snapc))?;
+                ignore_not_found(self.store().operate(
+                    &self.data_loc(&h, object_no),
+                    &WriteOp::new().remove(),
+                    &snapc,
+                ))?;
                 self.set_object_state(&h, object_no, ObjectState::Nonexistent)?;
                 progress(object_no - keep + 1, old - keep);
             }
@@ -741,15 +911,16 @@ impl Image {
 
     // ---- snapshots
     pub(crate) fn snap_meta(&self, name: &str) -> Result<SnapMeta> {
-        self.header()?
-            .snap_by_name(name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("snapshot '{}@{name}' does not exist", self.name)))
+        self.header()?.snap_by_name(name).cloned().ok_or_else(|| {
+            Error::NotFound(format!("snapshot '{}@{name}' does not exist", self.name))
+        })
     }
 
     fn check_head(&self, what: &str) -> Result<()> {
         if self.snap_id.is_some() {
-            return Err(Error::Invalid(format!("cannot {what} on a snapshot; open the image's head")));
+            return Err(Error::Invalid(format!(
+                "cannot {what} on a snapshot; open the image's head"
+            )));
         }
         Ok(())
     }
@@ -762,35 +933,59 @@ impl Image {
         let _gate = self.io_gate.write().unwrap_or_else(|e| e.into_inner());
         let h = self.header()?;
         if h.snap_by_name(name).is_some() {
-            return Err(Error::Exists(format!("snapshot '{}@{name}' already exists", self.name)));
+            return Err(Error::Exists(format!(
+                "snapshot '{}@{name}' already exists",
+                self.name
+            )));
         }
         let pool = self.data_pool(&h);
         let sid = self.store().snap_create(pool)?;
         let result = (|| -> Result<()> {
             if Self::has_object_map(&h) {
-                let map = self.with_head_map(&h, |m| (false, m.clone()))?.expect("object map feature");
+                let map = self
+                    .with_head_map(&h, |m| (false, m.clone()))?
+                    .expect("object map feature");
                 self.save_map(Some(sid), &map)?;
             }
             let t = now();
             self.update_header(|hh| {
                 if hh.snap_by_name(name).is_some() {
-                    return Err(Error::Exists(format!("snapshot '{}@{name}' already exists", self.name)));
+                    return Err(Error::Exists(format!(
+                        "snapshot '{}@{name}' already exists",
+                        self.name
+                    )));
                 }
                 let parent = hh.parent.clone();
-                hh.snaps.insert(sid, SnapMeta { id: sid, name: name.into(), size: hh.size, protected: false, timestamp: t, parent });
+                hh.snaps.insert(
+                    sid,
+                    SnapMeta {
+                        id: sid,
+                        name: name.into(),
+                        size: hh.size,
+                        protected: false,
+                        timestamp: t,
+                        parent,
+                    },
+                );
                 hh.snap_seq = hh.snap_seq.max(sid);
                 Ok(())
             })
         })();
         if let Err(e) = result {
-            let _ = self.store().operate(&self.map_loc(Some(sid)), &WriteOp::new().remove(), &SnapContext::default());
+            let _ = self.store().operate(
+                &self.map_loc(Some(sid)),
+                &WriteOp::new().remove(),
+                &SnapContext::default(),
+            );
             let _ = self.store().snap_remove(pool, sid);
             return Err(e);
         }
         // Fast-diff: from now on, "exists" in the head map means "changed since this snapshot".
         let h = self.header()?;
         self.with_head_map(&h, |m| {
-            let dirty: Vec<u64> = (0..m.len()).filter(|&i| m.get(i) == ObjectState::Exists).collect();
+            let dirty: Vec<u64> = (0..m.len())
+                .filter(|&i| m.get(i) == ObjectState::Exists)
+                .collect();
             for &i in &dirty {
                 m.set(i, ObjectState::ExistsClean);
             }
@@ -805,7 +1000,13 @@ impl Image {
             .header()?
             .snaps
             .values()
-            .map(|s| SnapInfo { id: s.id, name: s.name.clone(), size: s.size, protected: s.protected, timestamp: s.timestamp })
+            .map(|s| SnapInfo {
+                id: s.id,
+                name: s.name.clone(),
+                size: s.size,
+                protected: s.protected,
+                timestamp: s.timestamp,
+            })
             .collect())
     }
 
@@ -814,7 +1015,10 @@ impl Image {
         self.check_head("remove a snapshot")?;
         let sm = self.snap_meta(name)?;
         if sm.protected {
-            return Err(Error::Busy(format!("snapshot '{}@{name}' is protected from removal", self.name)));
+            return Err(Error::Busy(format!(
+                "snapshot '{}@{name}' is protected from removal",
+                self.name
+            )));
         }
         let h = self.header()?;
         let next = h.snaps.range(sm.id + 1..).next().map(|(id, _)| *id);
@@ -826,13 +1030,19 @@ impl Image {
             self.merge_dirty_bits(&h, &sm, next)?;
         }
         self.store().snap_remove(self.data_pool(&h), sm.id)?;
-        ignore_not_found(self.store().operate(&self.map_loc(Some(sm.id)), &WriteOp::new().remove(), &SnapContext::default()))
+        ignore_not_found(self.store().operate(
+            &self.map_loc(Some(sm.id)),
+            &WriteOp::new().remove(),
+            &SnapContext::default(),
+        ))
     }
 
     /// What changed in a removed snapshot now counts as changed in the next one (fast-diff).
     fn merge_dirty_bits(&self, h: &Header, removed: &SnapMeta, next: Option<SnapId>) -> Result<()> {
         let old = self.load_map(h, Some(removed.id), removed.size)?;
-        let dirty: Vec<u64> = (0..old.len()).filter(|&i| old.get(i) == ObjectState::Exists).collect();
+        let dirty: Vec<u64> = (0..old.len())
+            .filter(|&i| old.get(i) == ObjectState::Exists)
+            .collect();
         let mark = |m: &mut ObjectMap| {
             let mut changed = false;
             for &i in &dirty {
@@ -861,11 +1071,20 @@ impl Image {
         self.check_head("change snapshot protection")?;
         let sm = self.snap_meta(name)?;
         if sm.protected == protected {
-            let state = if protected { "already protected" } else { "not protected" };
-            return Err(Error::Invalid(format!("snapshot '{}@{name}' is {state}", self.name)));
+            let state = if protected {
+                "already protected"
+            } else {
+                "not protected"
+            };
+            return Err(Error::Invalid(format!(
+                "snapshot '{}@{name}' is {state}",
+                self.name
+            )));
         }
         if !protected {
-            let children = self.rbd.children_of(self.pool_id, &self.spec.namespace, &self.id, sm.id)?;
+            let children =
+                self.rbd
+                    .children_of(self.pool_id, &self.spec.namespace, &self.id, sm.id)?;
             if !children.is_empty() {
                 return Err(Error::Busy(format!(
                     "cannot unprotect: snapshot '{}@{name}' has {} child image(s)",
@@ -884,7 +1103,10 @@ impl Image {
 
     pub fn snap_protect(&self, name: &str) -> Result<()> {
         if self.header()?.features & features::LAYERING == 0 {
-            return Err(Error::Invalid(format!("image '{}' does not have the layering feature", self.name)));
+            return Err(Error::Invalid(format!(
+                "image '{}' does not have the layering feature",
+                self.name
+            )));
         }
         self.set_protected(name, true)
     }
@@ -901,7 +1123,11 @@ impl Image {
         let old = self.begin_change()?;
         // Which objects exist, read before the size changes and the head map with it.
         let maps = if Self::has_object_map(&old) {
-            Some((self.load_map(&old, Some(sm.id), sm.size)?, self.with_head_map(&old, |m| (false, m.clone()))?.expect("map")))
+            Some((
+                self.load_map(&old, Some(sm.id), sm.size)?,
+                self.with_head_map(&old, |m| (false, m.clone()))?
+                    .expect("map"),
+            ))
         } else {
             None
         };
@@ -927,9 +1153,18 @@ impl Image {
         Ok(())
     }
 
-    fn rollback_object(&self, h: &Header, sm: &SnapMeta, object_no: u64, snapc: &SnapContext) -> Result<()> {
+    fn rollback_object(
+        &self,
+        h: &Header,
+        sm: &SnapMeta,
+        object_no: u64,
+        snapc: &SnapContext,
+    ) -> Result<()> {
         let loc = self.data_loc(h, object_no);
-        match self.store().sparse_read(&loc, sm.id, 0, h.layout.object_size) {
+        match self
+            .store()
+            .sparse_read(&loc, sm.id, 0, h.layout.object_size)
+        {
             Ok(extents) => {
                 let size = self.store().stat(&loc, sm.id)?.size;
                 let mut op = WriteOp::new().create().truncate(0);
@@ -950,9 +1185,17 @@ impl Image {
     /// Removes every unprotected snapshot; refused if any is protected.
     pub fn snap_purge(&self) -> Result<()> {
         let snaps = self.snap_list()?;
-        let protected: Vec<&str> = snaps.iter().filter(|s| s.protected).map(|s| s.name.as_str()).collect();
+        let protected: Vec<&str> = snaps
+            .iter()
+            .filter(|s| s.protected)
+            .map(|s| s.name.as_str())
+            .collect();
         if !protected.is_empty() {
-            return Err(Error::Busy(format!("snapshots of '{}' are protected: {}", self.name, protected.join(", "))));
+            return Err(Error::Busy(format!(
+                "snapshots of '{}' are protected: {}",
+                self.name,
+                protected.join(", ")
+            )));
         }
         for s in &snaps {
             self.snap_remove(&s.name)?;
@@ -968,7 +1211,10 @@ impl Image {
         let sm = self.snap_meta(from)?;
         self.update_header(|hh| {
             if hh.snap_by_name(to).is_some() {
-                return Err(Error::Exists(format!("snapshot '{}@{to}' already exists", self.name)));
+                return Err(Error::Exists(format!(
+                    "snapshot '{}@{to}' already exists",
+                    self.name
+                )));
             }
             if let Some(s) = hh.snaps.get_mut(&sm.id) {
                 s.name = to.into();
@@ -981,7 +1227,10 @@ impl Image {
     pub fn flatten(&self, progress: Progress) -> Result<()> {
         self.check_head("flatten")?;
         let h = self.begin_change()?;
-        let link = h.parent.clone().ok_or_else(|| Error::Invalid(format!("image '{}' has no parent", self.name)))?;
+        let link = h
+            .parent
+            .clone()
+            .ok_or_else(|| Error::Invalid(format!("image '{}' has no parent", self.name)))?;
         let count = h.layout.object_count(link.overlap.min(h.size));
         for object_no in 0..count {
             progress(object_no, count);
@@ -1028,7 +1277,10 @@ impl Image {
         };
         let mut out = Vec::new();
         for s in snaps {
-            out.extend(self.rbd.children_of(self.pool_id, &self.spec.namespace, &self.id, s)?);
+            out.extend(
+                self.rbd
+                    .children_of(self.pool_id, &self.spec.namespace, &self.id, s)?,
+            );
         }
         Ok(out)
     }
@@ -1038,22 +1290,28 @@ impl Image {
         if key.is_empty() {
             return Err(Error::Invalid("image-meta: empty key".into()));
         }
-        let op = WriteOp::new().assert_exists().omap_set([(format!("{METADATA_PREFIX}{key}"), value.as_bytes().to_vec())]);
-        self.store().operate(&self.header_loc(), &op, &SnapContext::default())?;
+        let op = WriteOp::new()
+            .assert_exists()
+            .omap_set([(format!("{METADATA_PREFIX}{key}"), value.as_bytes().to_vec())]);
+        self.store()
+            .operate(&self.header_loc(), &op, &SnapContext::default())?;
         Ok(())
     }
 
     pub fn metadata_get(&self, key: &str) -> Result<String> {
         let k = format!("{METADATA_PREFIX}{key}");
         let found = self.store().omap_get_keys(&self.header_loc(), &[&k])?;
-        let v = found.get(&k).ok_or_else(|| Error::NotFound(format!("image '{}' has no metadata key '{key}'", self.name)))?;
+        let v = found.get(&k).ok_or_else(|| {
+            Error::NotFound(format!("image '{}' has no metadata key '{key}'", self.name))
+        })?;
         Ok(String::from_utf8_lossy(v).into_owned())
     }
 
     pub fn metadata_remove(&self, key: &str) -> Result<()> {
         self.metadata_get(key)?;
         let op = WriteOp::new().omap_rm([format!("{METADATA_PREFIX}{key}")]);
-        self.store().operate(&self.header_loc(), &op, &SnapContext::default())?;
+        self.store()
+            .operate(&self.header_loc(), &op, &SnapContext::default())?;
         Ok(())
     }
 
@@ -1062,7 +1320,12 @@ impl Image {
             .rbd
             .omap_all(&self.header_loc(), METADATA_PREFIX)?
             .into_iter()
-            .map(|(k, v)| (k[METADATA_PREFIX.len()..].to_string(), String::from_utf8_lossy(&v).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k[METADATA_PREFIX.len()..].to_string(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
             .collect())
     }
 
@@ -1071,7 +1334,9 @@ impl Image {
     fn changed_objects(&self, h: &Header, snap: Option<SnapId>, size: u64) -> Result<u64> {
         if Self::has_object_map(h) {
             let map = self.load_map(h, snap, size)?;
-            return Ok((0..map.len()).filter(|&i| map.get(i) == ObjectState::Exists).count() as u64);
+            return Ok((0..map.len())
+                .filter(|&i| map.get(i) == ObjectState::Exists)
+                .count() as u64);
         }
         let s = snap.unwrap_or(HEAD);
         let mut n = 0;
@@ -1090,10 +1355,18 @@ impl Image {
         let mut out = Vec::new();
         for s in h.snaps.values() {
             let n = self.changed_objects(&h, Some(s.id), s.size)?;
-            out.push(DuEntry { snap: Some(s.name.clone()), provisioned: s.size, used: used(n, s.size) });
+            out.push(DuEntry {
+                snap: Some(s.name.clone()),
+                provisioned: s.size,
+                used: used(n, s.size),
+            });
         }
         let n = self.changed_objects(&h, None, h.size)?;
-        out.push(DuEntry { snap: None, provisioned: h.size, used: used(n, h.size) });
+        out.push(DuEntry {
+            snap: None,
+            provisioned: h.size,
+            used: used(n, h.size),
+        });
         Ok(out)
     }
 
@@ -1107,20 +1380,33 @@ impl Image {
         };
         if let (Some(f), Some(to)) = (&from, self.snap_id) {
             if f.id >= to {
-                return Err(Error::Invalid(format!("snapshot '{}' is not older than the snapshot diffed to", f.name)));
+                return Err(Error::Invalid(format!(
+                    "snapshot '{}' is not older than the snapshot diffed to",
+                    f.name
+                )));
             }
         }
         let mut data = IntervalSet::new();
         let mut zero = IntervalSet::new();
         match &from {
-            None if !whole_object => data = IntervalSet::from_ranges(self.allocated_extents(0, size)?),
+            None if !whole_object => {
+                data = IntervalSet::from_ranges(self.allocated_extents(0, size)?)
+            }
             _ => self.diff_objects(&h, from.as_ref(), size, whole_object, &mut data, &mut zero)?,
         }
         zero.subtract(&data);
         let mut out: Vec<DiffExtent> = data
             .iter()
-            .map(|(offset, len)| DiffExtent { offset, len, exists: true })
-            .chain(zero.iter().map(|(offset, len)| DiffExtent { offset, len, exists: false }))
+            .map(|(offset, len)| DiffExtent {
+                offset,
+                len,
+                exists: true,
+            })
+            .chain(zero.iter().map(|(offset, len)| DiffExtent {
+                offset,
+                len,
+                exists: false,
+            }))
             .collect();
         out.sort_by_key(|e| e.offset);
         Ok(out)
@@ -1155,7 +1441,11 @@ impl Image {
             let have = at_to.clone().unwrap_or_default();
             if whole_object {
                 if !changed.is_empty() {
-                    let target = if at_to.is_some() { &mut *data } else { &mut *zero };
+                    let target = if at_to.is_some() {
+                        &mut *data
+                    } else {
+                        &mut *zero
+                    };
                     for (img, n) in h.layout.object_image_extents(object_no, 0, os) {
                         target.insert(img, n);
                     }
@@ -1187,13 +1477,26 @@ impl Image {
     /// Objects that may differ: with fast-diff, those marked changed in any version after
     /// `from`, or gone since; without, every object.
     fn diff_candidates(&self, h: &Header, from: Option<&SnapMeta>, size: u64) -> Result<Vec<u64>> {
-        let count = h.layout.object_count(size.max(from.map(|f| f.size).unwrap_or(0)));
-        let Some(f) = from.filter(|_| Self::has_object_map(h)) else { return Ok((0..count).collect()) };
+        let count = h
+            .layout
+            .object_count(size.max(from.map(|f| f.size).unwrap_or(0)));
+        let Some(f) = from.filter(|_| Self::has_object_map(h)) else {
+            return Ok((0..count).collect());
+        };
         let to = self.snap_id;
         let mut changed = vec![false; count as usize];
-        let later = h.snaps.range(f.id + 1..).map(|(id, s)| (Some(*id), s.size)).filter(|(id, _)| to.is_none() || *id <= to);
-        let versions: Vec<(Option<SnapId>, u64)> =
-            later.chain(if to.is_none() { Some((None, h.size)) } else { None }).collect();
+        let later = h
+            .snaps
+            .range(f.id + 1..)
+            .map(|(id, s)| (Some(*id), s.size))
+            .filter(|(id, _)| to.is_none() || *id <= to);
+        let versions: Vec<(Option<SnapId>, u64)> = later
+            .chain(if to.is_none() {
+                Some((None, h.size))
+            } else {
+                None
+            })
+            .collect();
         let from_map = self.load_map(h, Some(f.id), f.size)?;
         let to_map = match versions.last() {
             Some((id, sz)) => self.load_map(h, *id, *sz)?,
@@ -1213,7 +1516,13 @@ impl Image {
 
     /// Ranges of one object that differ between snapshot `from` and version `to`, and the
     /// object's size at `from` (0 if it did not exist then); `None` if it exists in neither.
-    fn changed_in_object(&self, loc: &Locator, from: SnapId, to: SnapId, os: u64) -> Result<Option<(IntervalSet, u64)>> {
+    fn changed_in_object(
+        &self,
+        loc: &Locator,
+        from: SnapId,
+        to: SnapId,
+        os: u64,
+    ) -> Result<Option<(IntervalSet, u64)>> {
         let ss = match self.store().list_snaps(loc) {
             Ok(ss) => ss,
             Err(StoreError::NotFound(_)) => return Ok(None),
@@ -1226,9 +1535,20 @@ impl Image {
             None if ss.seq < from && ss.head_size.is_some() => Some(ss.clones.len()),
             None => None,
         };
-        let to_idx = if to == HEAD { ss.clones.len() } else { serving(to).unwrap_or(ss.clones.len()) };
-        let Some(fi) = from_idx else { return Ok(Some((IntervalSet::from_ranges([(0, os)]), 0))) };
-        let from_size = ss.clones.get(fi).map(|c| c.size).or(ss.head_size).unwrap_or(0);
+        let to_idx = if to == HEAD {
+            ss.clones.len()
+        } else {
+            serving(to).unwrap_or(ss.clones.len())
+        };
+        let Some(fi) = from_idx else {
+            return Ok(Some((IntervalSet::from_ranges([(0, os)]), 0)));
+        };
+        let from_size = ss
+            .clones
+            .get(fi)
+            .map(|c| c.size)
+            .or(ss.head_size)
+            .unwrap_or(0);
         // Equal through every newer version up to `to`, within the old size.
         let mut same = IntervalSet::from_ranges([(0, from_size)]);
         for c in &ss.clones[fi.min(to_idx)..to_idx] {
@@ -1288,7 +1608,11 @@ impl Image {
             .collect();
         let total = objects.len() as u64;
         for (i, loc) in objects.iter().enumerate() {
-            ignore_not_found(self.store().operate(loc, &WriteOp::new().remove(), &SnapContext::default()))?;
+            ignore_not_found(self.store().operate(
+                loc,
+                &WriteOp::new().remove(),
+                &SnapContext::default(),
+            ))?;
             progress(i as u64 + 1, total);
         }
         Ok(())
@@ -1296,12 +1620,23 @@ impl Image {
 
     pub(crate) fn remove_header(&self) -> Result<()> {
         let map_prefix = header::object_map_name(&self.id, None);
-        for loc in self.store().list_objects(self.pool_id, Some(&self.spec.namespace))? {
+        for loc in self
+            .store()
+            .list_objects(self.pool_id, Some(&self.spec.namespace))?
+        {
             if loc.name.starts_with(&map_prefix) {
-                ignore_not_found(self.store().operate(&loc, &WriteOp::new().remove(), &SnapContext::default()))?;
+                ignore_not_found(self.store().operate(
+                    &loc,
+                    &WriteOp::new().remove(),
+                    &SnapContext::default(),
+                ))?;
             }
         }
-        ignore_not_found(self.store().operate(&self.header_loc(), &WriteOp::new().remove(), &SnapContext::default()))
+        ignore_not_found(self.store().operate(
+            &self.header_loc(),
+            &WriteOp::new().remove(),
+            &SnapContext::default(),
+        ))
     }
 
     /// Closes the image: flushes, drops the watch and any lock.

@@ -76,7 +76,12 @@ pub struct CreateOptions {
 
 impl CreateOptions {
     pub fn with_size(size: u64) -> Self {
-        CreateOptions { size, layout: None, features: None, data_pool: None }
+        CreateOptions {
+            size,
+            layout: None,
+            features: None,
+            data_pool: None,
+        }
     }
 }
 
@@ -167,4 +172,3 @@ pub struct DiffExtent {
 
 /// A progress callback: `(done, total)`, called now and then during long operations.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
-

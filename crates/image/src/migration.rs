@@ -83,10 +83,17 @@ impl MigrationRecord {
                 });
                 e.str(&self.state_description);
                 match &self.peer {
-                    Some(p) => e.bool(true).i64(p.pool_id).str(&p.namespace).str(&p.name).str(&p.id),
+                    Some(p) => e
+                        .bool(true)
+                        .i64(p.pool_id)
+                        .str(&p.namespace)
+                        .str(&p.name)
+                        .str(&p.id),
                     None => e.bool(false),
                 };
-                e.str(&self.source_spec).bool(self.import_only).bool(self.flatten);
+                e.str(&self.source_spec)
+                    .bool(self.import_only)
+                    .bool(self.flatten);
                 e.u32(self.snap_points.len() as u32);
                 for (s, i) in &self.snap_points {
                     e.u64(*s).u32(*i);
@@ -102,18 +109,31 @@ impl MigrationRecord {
         let role = match b.u8()? {
             0 => MigrationRole::Source,
             1 => MigrationRole::Destination,
-            r => return Err(Error::Corrupt(format!("migration record: unknown role {r}"))),
+            r => {
+                return Err(Error::Corrupt(format!(
+                    "migration record: unknown role {r}"
+                )))
+            }
         };
         let state = match b.u8()? {
             0 => MigrationState::Prepared,
             1 => MigrationState::Executing,
             2 => MigrationState::Executed,
             3 => MigrationState::Aborting,
-            s => return Err(Error::Corrupt(format!("migration record: unknown state {s}"))),
+            s => {
+                return Err(Error::Corrupt(format!(
+                    "migration record: unknown state {s}"
+                )))
+            }
         };
         let state_description = b.str()?;
         let peer = if b.bool()? {
-            Some(PeerImage { pool_id: b.i64()?, namespace: b.str()?, name: b.str()?, id: b.str()? })
+            Some(PeerImage {
+                pool_id: b.i64()?,
+                namespace: b.str()?,
+                name: b.str()?,
+                id: b.str()?,
+            })
         } else {
             None
         };
@@ -126,14 +146,27 @@ impl MigrationRecord {
             snap_points.push((b.u64()?, b.u32()?));
         }
         let copied_upto = b.u64()?;
-        Ok(MigrationRecord { role, state, state_description, peer, source_spec, import_only, flatten, snap_points, copied_upto })
+        Ok(MigrationRecord {
+            role,
+            state,
+            state_description,
+            peer,
+            source_spec,
+            import_only,
+            flatten,
+            snap_points,
+            copied_upto,
+        })
     }
 
     /// The source point a destination snapshot holds: `Some(index)` of a source snapshot,
     /// `None` for the source's head.
     pub fn point_of(&self, snap: Option<SnapId>) -> Option<usize> {
         let s = snap?;
-        self.snap_points.iter().find(|(id, _)| *id == s).map(|(_, i)| *i as usize)
+        self.snap_points
+            .iter()
+            .find(|(id, _)| *id == s)
+            .map(|(_, i)| *i as usize)
     }
 }
 
@@ -161,7 +194,10 @@ pub fn set_migration_opener(opener: MigrationOpener) {
 
 pub(crate) fn open_source(rbd: &Rbd, rec: &MigrationRecord) -> Result<Arc<dyn MigrationSource>> {
     let opener = OPENER.get().ok_or_else(|| {
-        Error::Unsupported("image is the destination of a migration and this program cannot read its source".into())
+        Error::Unsupported(
+            "image is the destination of a migration and this program cannot read its source"
+                .into(),
+        )
     })?;
     opener(rbd, rec)
 }
@@ -176,7 +212,12 @@ mod tests {
             role: MigrationRole::Destination,
             state: MigrationState::Executing,
             state_description: "32% complete".into(),
-            peer: Some(PeerImage { pool_id: 1, namespace: "ns".into(), name: "a".into(), id: "x".into() }),
+            peer: Some(PeerImage {
+                pool_id: 1,
+                namespace: "ns".into(),
+                name: "a".into(),
+                id: "x".into(),
+            }),
             source_spec: "{}".into(),
             import_only: false,
             flatten: true,

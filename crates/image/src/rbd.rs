@@ -6,7 +6,10 @@ use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, StoreRef, Wr
 
 use crate::encoding::{Dec, Enc};
 use crate::header::{self, Header, ParentLink};
-use crate::{features, ChildInfo, CreateOptions, Error, Image, ImageSpec, Layout, PoolSpec, Progress, Result, TrashEntry};
+use crate::{
+    features, ChildInfo, CreateOptions, Error, Image, ImageSpec, Layout, PoolSpec, Progress,
+    Result, TrashEntry,
+};
 
 /// The entry point: images, pools' RBD state, namespaces, trash, config-key, on one store.
 #[derive(Clone)]
@@ -23,7 +26,10 @@ const HIDDEN_POOL: &str = ".rbdm";
 const CONFIG_KEY: &str = "config_key";
 
 pub(crate) fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn no_snapc() -> SnapContext {
@@ -34,7 +40,12 @@ fn no_snapc() -> SnapContext {
 fn new_image_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.write_u32(std::process::id());
     format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
@@ -50,7 +61,10 @@ fn check_name(kind: &str, name: &str) -> Result<()> {
 fn encode_trash(t: &TrashEntry) -> Vec<u8> {
     Enc::new()
         .versioned(1, 1, |e| {
-            e.str(&t.name).str(&t.source).u64(t.deleted_at).u64(t.deferment_end);
+            e.str(&t.name)
+                .str(&t.source)
+                .u64(t.deleted_at)
+                .u64(t.deferment_end);
         })
         .finish()
 }
@@ -59,7 +73,13 @@ fn decode_trash(id: &str, buf: &[u8]) -> Result<TrashEntry> {
     let what = format!("trash entry {id}");
     let mut d = Dec::new(buf, &what);
     let (_, mut b) = d.versioned(1)?;
-    Ok(TrashEntry { id: id.into(), name: b.str()?, source: b.str()?, deleted_at: b.u64()?, deferment_end: b.u64()? })
+    Ok(TrashEntry {
+        id: id.into(),
+        name: b.str()?,
+        source: b.str()?,
+        deleted_at: b.u64()?,
+        deferment_end: b.u64()?,
+    })
 }
 
 impl Rbd {
@@ -78,18 +98,26 @@ impl Rbd {
     }
 
     pub(crate) fn loc(&self, spec: &PoolSpec, name: &str) -> Result<Locator> {
-        Ok(Locator::new(self.pool_id(&spec.pool)?, &spec.namespace, name))
+        Ok(Locator::new(
+            self.pool_id(&spec.pool)?,
+            &spec.namespace,
+            name,
+        ))
     }
 
     // ---- pools and namespaces
     pub fn pool_create(&self, pool: &str) -> Result<()> {
         check_name("pool", pool)?;
         if pool.starts_with('.') {
-            return Err(Error::Invalid(format!("pool names starting with '.' are reserved: '{pool}'")));
+            return Err(Error::Invalid(format!(
+                "pool names starting with '.' are reserved: '{pool}'"
+            )));
         }
         match self.store.create_pool(pool) {
             Ok(_) => Ok(()),
-            Err(StoreError::Exists(_)) => Err(Error::Exists(format!("pool '{pool}' already exists"))),
+            Err(StoreError::Exists(_)) => {
+                Err(Error::Exists(format!("pool '{pool}' already exists")))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -98,9 +126,16 @@ impl Rbd {
     pub fn pool_remove(&self, pool: &str, force: bool) -> Result<()> {
         let id = self.pool_id(pool)?;
         if !force {
-            let images = self.store.list_objects(id, None)?.into_iter().filter(|l| l.name.starts_with("rbd_header.")).count();
+            let images = self
+                .store
+                .list_objects(id, None)?
+                .into_iter()
+                .filter(|l| l.name.starts_with("rbd_header."))
+                .count();
             if images > 0 {
-                return Err(Error::Busy(format!("pool '{pool}' still holds {images} image(s)")));
+                return Err(Error::Busy(format!(
+                    "pool '{pool}' still holds {images} image(s)"
+                )));
             }
         }
         self.store.remove_pool(pool)?;
@@ -108,8 +143,13 @@ impl Rbd {
     }
 
     pub fn pool_list(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> =
-            self.store.list_pools()?.into_iter().map(|(_, n)| n).filter(|n| !n.starts_with('.')).collect();
+        let mut names: Vec<String> = self
+            .store
+            .list_pools()?
+            .into_iter()
+            .map(|(_, n)| n)
+            .filter(|n| !n.starts_with('.'))
+            .collect();
         names.sort();
         Ok(names)
     }
@@ -118,9 +158,13 @@ impl Rbd {
         check_name("namespace", ns)?;
         let loc = self.loc(&PoolSpec::new(pool, ""), NAMESPACES)?;
         let key = format!("name_{ns}");
-        let op = WriteOp::new().omap_cmp(&key, None).omap_set([(key.clone(), Vec::new())]);
+        let op = WriteOp::new()
+            .omap_cmp(&key, None)
+            .omap_set([(key.clone(), Vec::new())]);
         match self.store.operate(&loc, &op, &no_snapc()) {
-            Err(StoreError::Canceled(_)) => Err(Error::Exists(format!("namespace '{pool}/{ns}' already exists"))),
+            Err(StoreError::Canceled(_)) => Err(Error::Exists(format!(
+                "namespace '{pool}/{ns}' already exists"
+            ))),
             r => Ok(r?),
         }
     }
@@ -133,13 +177,21 @@ impl Rbd {
             return Err(Error::Busy(format!("namespace '{pool}/{ns}' is not empty")));
         }
         let loc = self.loc(&PoolSpec::new(pool, ""), NAMESPACES)?;
-        self.store.operate(&loc, &WriteOp::new().omap_rm([format!("name_{ns}")]), &no_snapc())?;
+        self.store.operate(
+            &loc,
+            &WriteOp::new().omap_rm([format!("name_{ns}")]),
+            &no_snapc(),
+        )?;
         Ok(())
     }
 
     pub fn namespace_list(&self, pool: &str) -> Result<Vec<String>> {
         let loc = self.loc(&PoolSpec::new(pool, ""), NAMESPACES)?;
-        Ok(self.omap_all(&loc, "name_")?.into_iter().map(|(k, _)| k["name_".len()..].to_string()).collect())
+        Ok(self
+            .omap_all(&loc, "name_")?
+            .into_iter()
+            .map(|(k, _)| k["name_".len()..].to_string())
+            .collect())
     }
 
     /// `NotFound` unless the pool exists and the namespace ("" always does) was created.
@@ -148,7 +200,10 @@ impl Rbd {
         if spec.namespace.is_empty() || self.namespace_list(&spec.pool)?.contains(&spec.namespace) {
             Ok(())
         } else {
-            Err(Error::NotFound(format!("namespace '{}' does not exist", spec)))
+            Err(Error::NotFound(format!(
+                "namespace '{}' does not exist",
+                spec
+            )))
         }
     }
 
@@ -177,8 +232,11 @@ impl Rbd {
             Err(StoreError::NotFound(_)) => Default::default(),
             r => r?,
         };
-        let id = found.remove(&key).ok_or_else(|| Error::NotFound(format!("image '{name}' does not exist in {spec}")))?;
-        String::from_utf8(id).map_err(|_| Error::Corrupt(format!("directory entry of '{name}' is not UTF-8")))
+        let id = found
+            .remove(&key)
+            .ok_or_else(|| Error::NotFound(format!("image '{name}' does not exist in {spec}")))?;
+        String::from_utf8(id)
+            .map_err(|_| Error::Corrupt(format!("directory entry of '{name}' is not UTF-8")))
     }
 
     pub(crate) fn image_name(&self, spec: &PoolSpec, id: &str) -> Result<Option<String>> {
@@ -188,34 +246,52 @@ impl Rbd {
             Err(StoreError::NotFound(_)) => return Ok(None),
             r => r?,
         };
-        Ok(found.get(&key).map(|v| String::from_utf8_lossy(v).into_owned()))
+        Ok(found
+            .get(&key)
+            .map(|v| String::from_utf8_lossy(v).into_owned()))
     }
 
     fn dir_add(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
-        let op = WriteOp::new()
-            .omap_cmp(&key, None)
-            .omap_set([(key.clone(), id.as_bytes().to_vec()), (format!("id_{id}"), name.as_bytes().to_vec())]);
+        let op = WriteOp::new().omap_cmp(&key, None).omap_set([
+            (key.clone(), id.as_bytes().to_vec()),
+            (format!("id_{id}"), name.as_bytes().to_vec()),
+        ]);
         match self.store.operate(&loc, &op, &no_snapc()) {
-            Err(StoreError::Canceled(_)) => Err(Error::Exists(format!("image '{name}' already exists in {spec}"))),
+            Err(StoreError::Canceled(_)) => Err(Error::Exists(format!(
+                "image '{name}' already exists in {spec}"
+            ))),
             r => r.map_err(Into::into),
         }?;
         let idloc = self.loc(spec, &header::id_object_name(name))?;
-        self.store.operate(&idloc, &WriteOp::new().write_full(id.as_bytes()), &no_snapc())?;
+        self.store.operate(
+            &idloc,
+            &WriteOp::new().write_full(id.as_bytes()),
+            &no_snapc(),
+        )?;
         Ok(())
     }
 
     fn dir_remove(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
-        let op = WriteOp::new().omap_cmp(&key, Some(id.as_bytes())).omap_rm([key.clone(), format!("id_{id}")]);
+        let op = WriteOp::new()
+            .omap_cmp(&key, Some(id.as_bytes()))
+            .omap_rm([key.clone(), format!("id_{id}")]);
         match self.store.operate(&loc, &op, &no_snapc()) {
-            Err(StoreError::Canceled(_)) => return Err(Error::NotFound(format!("image '{name}' does not exist in {spec}"))),
+            Err(StoreError::Canceled(_)) => {
+                return Err(Error::NotFound(format!(
+                    "image '{name}' does not exist in {spec}"
+                )))
+            }
             r => r?,
         }
         let idloc = self.loc(spec, &header::id_object_name(name))?;
-        match self.store.operate(&idloc, &WriteOp::new().remove(), &no_snapc()) {
+        match self
+            .store
+            .operate(&idloc, &WriteOp::new().remove(), &no_snapc())
+        {
             Err(StoreError::NotFound(_)) | Ok(()) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -228,18 +304,30 @@ impl Rbd {
         let mut feats = opts.features.unwrap_or(features::DEFAULT);
         let known: u64 = features::NAMES.iter().map(|(_, b)| b).fold(0, |a, b| a | b);
         if feats & !known != 0 {
-            return Err(Error::Invalid(format!("unknown feature bits {:#x}", feats & !known)));
+            return Err(Error::Invalid(format!(
+                "unknown feature bits {:#x}",
+                feats & !known
+            )));
         }
         if feats & features::OBJECT_MAP != 0 && feats & features::EXCLUSIVE_LOCK == 0 {
-            return Err(Error::Invalid("feature object-map requires exclusive-lock".into()));
+            return Err(Error::Invalid(
+                "feature object-map requires exclusive-lock".into(),
+            ));
         }
         if feats & features::FAST_DIFF != 0 && feats & features::OBJECT_MAP == 0 {
-            return Err(Error::Invalid("feature fast-diff requires object-map".into()));
+            return Err(Error::Invalid(
+                "feature fast-diff requires object-map".into(),
+            ));
         }
         if feats & features::JOURNALING != 0 {
-            return Err(Error::Unsupported("feature journaling is not supported".into()));
+            return Err(Error::Unsupported(
+                "feature journaling is not supported".into(),
+            ));
         }
-        feats &= !(features::STRIPINGV2 | features::DATA_POOL | features::MIGRATING | features::OPERATIONS);
+        feats &= !(features::STRIPINGV2
+            | features::DATA_POOL
+            | features::MIGRATING
+            | features::OPERATIONS);
         if layout.is_striped() {
             feats |= features::STRIPINGV2;
         }
@@ -260,11 +348,19 @@ impl Rbd {
 
     /// Creates an image whose header `adjust` may change first (parent link, migration
     /// record); returns its id. Nothing is left behind on failure.
-    pub fn create_with(&self, spec: &PoolSpec, name: &str, opts: &CreateOptions, adjust: impl FnOnce(&mut Header)) -> Result<String> {
+    pub fn create_with(
+        &self,
+        spec: &PoolSpec,
+        name: &str,
+        opts: &CreateOptions,
+        adjust: impl FnOnce(&mut Header),
+    ) -> Result<String> {
         check_name("image", name)?;
         self.check_namespace(spec)?;
         if self.image_id(spec, name).is_ok() {
-            return Err(Error::Exists(format!("image '{name}' already exists in {spec}")));
+            return Err(Error::Exists(format!(
+                "image '{name}' already exists in {spec}"
+            )));
         }
         let id = new_image_id();
         let mut h = self.new_header(spec, &id, opts)?;
@@ -272,7 +368,9 @@ impl Rbd {
         let hloc = self.loc(spec, &header::header_name(&id))?;
         h.create(&self.store, &hloc)?;
         if let Err(e) = self.dir_add(spec, name, &id) {
-            let _ = self.store.operate(&hloc, &WriteOp::new().remove(), &no_snapc());
+            let _ = self
+                .store
+                .operate(&hloc, &WriteOp::new().remove(), &no_snapc());
             return Err(e);
         }
         Ok(id)
@@ -282,27 +380,62 @@ impl Rbd {
     pub fn list(&self, spec: &PoolSpec) -> Result<Vec<String>> {
         self.check_namespace(spec)?;
         let loc = self.loc(spec, DIRECTORY)?;
-        Ok(self.omap_all(&loc, "name_")?.into_iter().map(|(k, _)| k["name_".len()..].to_string()).collect())
+        Ok(self
+            .omap_all(&loc, "name_")?
+            .into_iter()
+            .map(|(k, _)| k["name_".len()..].to_string())
+            .collect())
     }
 
     /// Opens `spec` (its `snap`, if any, read-only). `NotFound` for an image in the trash.
     pub fn open(&self, spec: &ImageSpec, read_only: bool) -> Result<Image> {
         let id = self.image_id(&spec.pool_spec(), &spec.image)?;
-        Image::open(self.clone(), spec.pool_spec(), spec.image.clone(), id, spec.snap.as_deref(), read_only, true)
+        Image::open(
+            self.clone(),
+            spec.pool_spec(),
+            spec.image.clone(),
+            id,
+            spec.snap.as_deref(),
+            read_only,
+            true,
+        )
     }
 
     /// Opens by id: this also finds images in the trash.
-    pub fn open_by_id(&self, spec: &PoolSpec, id: &str, snap: Option<&str>, read_only: bool) -> Result<Image> {
+    pub fn open_by_id(
+        &self,
+        spec: &PoolSpec,
+        id: &str,
+        snap: Option<&str>,
+        read_only: bool,
+    ) -> Result<Image> {
         let name = match self.image_name(spec, id)? {
             Some(n) => n,
-            None => self.trash_get(spec, id).map(|t| t.name).unwrap_or_else(|_| id.to_string()),
+            None => self
+                .trash_get(spec, id)
+                .map(|t| t.name)
+                .unwrap_or_else(|_| id.to_string()),
         };
-        Image::open(self.clone(), spec.clone(), name, id.to_string(), snap, read_only, true)
+        Image::open(
+            self.clone(),
+            spec.clone(),
+            name,
+            id.to_string(),
+            snap,
+            read_only,
+            true,
+        )
     }
 
     /// Opens read-only without registering as a watcher: for internal readers (a migration
     /// source read by its destination) that must not keep the image "in use".
-    pub fn open_quiet(&self, spec: &PoolSpec, name: Option<&str>, id: Option<&str>, snap: Option<&str>) -> Result<Image> {
+    pub fn open_quiet(
+        &self,
+        spec: &PoolSpec,
+        name: Option<&str>,
+        id: Option<&str>,
+        snap: Option<&str>,
+    ) -> Result<Image> {
         let id = match (id, name) {
             (Some(id), _) => id.to_string(),
             (None, Some(n)) => self.image_id(spec, n)?,
@@ -322,8 +455,22 @@ impl Rbd {
         self.remove_by_id(&pspec, &id, Some(&spec.image), progress)
     }
 
-    pub(crate) fn remove_by_id(&self, spec: &PoolSpec, id: &str, name: Option<&str>, progress: Progress) -> Result<()> {
-        let image = Image::open(self.clone(), spec.clone(), name.unwrap_or(id).into(), id.into(), None, false, false)?;
+    pub(crate) fn remove_by_id(
+        &self,
+        spec: &PoolSpec,
+        id: &str,
+        name: Option<&str>,
+        progress: Progress,
+    ) -> Result<()> {
+        let image = Image::open(
+            self.clone(),
+            spec.clone(),
+            name.unwrap_or(id).into(),
+            id.into(),
+            None,
+            false,
+            false,
+        )?;
         let label = name.unwrap_or(id);
         if !image.snap_list()?.is_empty() {
             return Err(Error::NotEmpty(format!(
@@ -349,23 +496,42 @@ impl Rbd {
         let id = self.image_id(spec, from)?;
         self.dir_add(spec, to, &id)?;
         let loc = self.loc(spec, DIRECTORY)?;
-        let op = WriteOp::new().omap_rm([format!("name_{from}")]).omap_set([(format!("id_{id}"), to.as_bytes().to_vec())]);
+        let op = WriteOp::new()
+            .omap_rm([format!("name_{from}")])
+            .omap_set([(format!("id_{id}"), to.as_bytes().to_vec())]);
         self.store.operate(&loc, &op, &no_snapc())?;
-        let _ = self.store.operate(&self.loc(spec, &header::id_object_name(from))?, &WriteOp::new().remove(), &no_snapc());
+        let _ = self.store.operate(
+            &self.loc(spec, &header::id_object_name(from))?,
+            &WriteOp::new().remove(),
+            &no_snapc(),
+        );
         Ok(())
     }
 
     /// Clones a protected snapshot `parent` (its `snap` must be set) into `child`.
-    pub fn clone_image(&self, parent: &ImageSpec, child: &ImageSpec, opts: &CreateOptions) -> Result<()> {
-        let snap = parent.snap.as_deref().ok_or_else(|| Error::Invalid("the parent must be a snapshot (image@snap)".into()))?;
+    pub fn clone_image(
+        &self,
+        parent: &ImageSpec,
+        child: &ImageSpec,
+        opts: &CreateOptions,
+    ) -> Result<()> {
+        let snap = parent
+            .snap
+            .as_deref()
+            .ok_or_else(|| Error::Invalid("the parent must be a snapshot (image@snap)".into()))?;
         let p = self.open(&parent.with_snap(None), true)?;
         let info = p.info()?;
         if info.features & features::LAYERING == 0 {
-            return Err(Error::Invalid(format!("image '{}' does not have the layering feature", parent.image)));
+            return Err(Error::Invalid(format!(
+                "image '{}' does not have the layering feature",
+                parent.image
+            )));
         }
         let sm = p.snap_meta(snap)?;
         if !sm.protected {
-            return Err(Error::Invalid(format!("parent snapshot '{parent}' must be protected")));
+            return Err(Error::Invalid(format!(
+                "parent snapshot '{parent}' must be protected"
+            )));
         }
         let mut opts = opts.clone();
         opts.size = sm.size;
@@ -382,9 +548,14 @@ impl Rbd {
         let cspec = child.pool_spec();
         self.check_namespace(&cspec)?;
         if self.image_id(&cspec, &child.image).is_ok() {
-            return Err(Error::Exists(format!("image '{}' already exists in {cspec}", child.image)));
+            return Err(Error::Exists(format!(
+                "image '{}' already exists in {cspec}",
+                child.image
+            )));
         }
-        let id = self.create_with(&cspec, &child.image, &opts, |h| h.parent = Some(link.clone()))?;
+        let id = self.create_with(&cspec, &child.image, &opts, |h| {
+            h.parent = Some(link.clone())
+        })?;
         if let Err(e) = self.child_register(&link, &cspec, &id) {
             let _ = self.remove_by_id(&cspec, &id, Some(&child.image), &mut |_, _| {});
             return Err(e);
@@ -393,8 +564,19 @@ impl Rbd {
     }
 
     // ---- the children registry: omap of `rbd_children` in the parent's pool
-    fn child_key(link: &ParentLink, child_pool: PoolId, child: &PoolSpec, child_id: &str) -> String {
-        format!("{}{}\x01{}\x01{}", Self::children_prefix(link.namespace.as_str(), &link.image_id, link.snap_id), child_pool, child.namespace, child_id)
+    fn child_key(
+        link: &ParentLink,
+        child_pool: PoolId,
+        child: &PoolSpec,
+        child_id: &str,
+    ) -> String {
+        format!(
+            "{}{}\x01{}\x01{}",
+            Self::children_prefix(link.namespace.as_str(), &link.image_id, link.snap_id),
+            child_pool,
+            child.namespace,
+            child_id
+        )
     }
 
     fn children_prefix(ns: &str, image_id: &str, snap_id: u64) -> String {
@@ -407,22 +589,46 @@ impl Rbd {
 
     /// Records `child` as a clone of `link`'s snapshot (also a migration destination that
     /// keeps its source's parent).
-    pub fn child_register(&self, link: &ParentLink, child: &PoolSpec, child_id: &str) -> Result<()> {
+    pub fn child_register(
+        &self,
+        link: &ParentLink,
+        child: &PoolSpec,
+        child_id: &str,
+    ) -> Result<()> {
         let key = Self::child_key(link, self.pool_id(&child.pool)?, child, child_id);
-        self.store.operate(&self.children_loc(link.pool_id), &WriteOp::new().omap_set([(key, Vec::new())]), &no_snapc())?;
+        self.store.operate(
+            &self.children_loc(link.pool_id),
+            &WriteOp::new().omap_set([(key, Vec::new())]),
+            &no_snapc(),
+        )?;
         Ok(())
     }
 
-    pub(crate) fn child_unregister(&self, link: &ParentLink, child: &PoolSpec, child_id: &str) -> Result<()> {
+    pub(crate) fn child_unregister(
+        &self,
+        link: &ParentLink,
+        child: &PoolSpec,
+        child_id: &str,
+    ) -> Result<()> {
         let key = Self::child_key(link, self.pool_id(&child.pool)?, child, child_id);
-        match self.store.operate(&self.children_loc(link.pool_id), &WriteOp::new().omap_rm([key]), &no_snapc()) {
+        match self.store.operate(
+            &self.children_loc(link.pool_id),
+            &WriteOp::new().omap_rm([key]),
+            &no_snapc(),
+        ) {
             Err(StoreError::NoPool(_)) | Ok(()) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
     /// Children of one snapshot of an image.
-    pub(crate) fn children_of(&self, pool: PoolId, ns: &str, image_id: &str, snap_id: u64) -> Result<Vec<ChildInfo>> {
+    pub(crate) fn children_of(
+        &self,
+        pool: PoolId,
+        ns: &str,
+        image_id: &str,
+        snap_id: u64,
+    ) -> Result<Vec<ChildInfo>> {
         let prefix = Self::children_prefix(ns, image_id, snap_id);
         let mut out = Vec::new();
         for (key, _) in self.omap_all(&self.children_loc(pool), &prefix)? {
@@ -431,14 +637,27 @@ impl Rbd {
             let [cpool, cns, cid] = parts[..] else {
                 return Err(Error::Corrupt(format!("children registry key {key:?}")));
             };
-            let cpool: PoolId = cpool.parse().map_err(|_| Error::Corrupt(format!("children registry key {key:?}")))?;
+            let cpool: PoolId = cpool
+                .parse()
+                .map_err(|_| Error::Corrupt(format!("children registry key {key:?}")))?;
             let pool_name = self.store.pool_name(cpool)?;
             let cspec = PoolSpec::new(&pool_name, cns);
             let (name, in_trash) = match self.image_name(&cspec, cid)? {
                 Some(n) => (n, false),
-                None => (self.trash_get(&cspec, cid).map(|t| t.name).unwrap_or_default(), true),
+                None => (
+                    self.trash_get(&cspec, cid)
+                        .map(|t| t.name)
+                        .unwrap_or_default(),
+                    true,
+                ),
             };
-            out.push(ChildInfo { pool: pool_name, namespace: cns.into(), image_name: name, image_id: cid.into(), in_trash });
+            out.push(ChildInfo {
+                pool: pool_name,
+                namespace: cns.into(),
+                image_name: name,
+                image_id: cid.into(),
+                in_trash,
+            });
         }
         Ok(out)
     }
@@ -450,17 +669,32 @@ impl Rbd {
         let th = to.header()?;
         let mut moved = 0;
         for s in fh.snaps.values() {
-            let children = self.children_of(from.pool(), &from.pool_spec().namespace, from.id(), s.id)?;
+            let children =
+                self.children_of(from.pool(), &from.pool_spec().namespace, from.id(), s.id)?;
             if children.is_empty() {
                 continue;
             }
             let target = th.snap_by_name(&s.name).ok_or_else(|| {
-                Error::NotFound(format!("destination '{}' has no snapshot '{}' for the clones to follow", to.name(), s.name))
+                Error::NotFound(format!(
+                    "destination '{}' has no snapshot '{}' for the clones to follow",
+                    to.name(),
+                    s.name
+                ))
             })?;
-            let old = |p: &ParentLink| p.pool_id == from.pool() && p.image_id == from.id() && p.snap_id == s.id;
+            let old = |p: &ParentLink| {
+                p.pool_id == from.pool() && p.image_id == from.id() && p.snap_id == s.id
+            };
             for c in children {
                 let cspec = PoolSpec::new(&c.pool, &c.namespace);
-                let child = Image::open(self.clone(), cspec.clone(), c.image_name.clone(), c.image_id.clone(), None, false, false)?;
+                let child = Image::open(
+                    self.clone(),
+                    cspec.clone(),
+                    c.image_name.clone(),
+                    c.image_id.clone(),
+                    None,
+                    false,
+                    false,
+                )?;
                 let mut old_link = None;
                 child.update_header(|h| {
                     let relink = |p: &mut Option<ParentLink>, found: &mut Option<ParentLink>| {
@@ -479,7 +713,13 @@ impl Rbd {
                     Ok(())
                 })?;
                 if let Some(l) = old_link {
-                    let new = ParentLink { pool_id: to.pool(), namespace: to.pool_spec().namespace.clone(), image_id: to.id().into(), snap_id: target.id, overlap: l.overlap };
+                    let new = ParentLink {
+                        pool_id: to.pool(),
+                        namespace: to.pool_spec().namespace.clone(),
+                        image_id: to.id().into(),
+                        snap_id: target.id,
+                        overlap: l.overlap,
+                    };
                     self.child_register(&new, &cspec, &c.image_id)?;
                     self.child_unregister(&l, &cspec, &c.image_id)?;
                     moved += 1;
@@ -501,9 +741,20 @@ impl Rbd {
         let pspec = spec.pool_spec();
         let id = self.image_id(&pspec, &spec.image)?;
         if source == "USER" {
-            let image = Image::open(self.clone(), pspec.clone(), spec.image.clone(), id.clone(), None, true, false)?;
+            let image = Image::open(
+                self.clone(),
+                pspec.clone(),
+                spec.image.clone(),
+                id.clone(),
+                None,
+                true,
+                false,
+            )?;
             if !image.watchers()?.is_empty() {
-                return Err(Error::Busy(format!("image '{}' still has watchers", spec.image)));
+                return Err(Error::Busy(format!(
+                    "image '{}' still has watchers",
+                    spec.image
+                )));
             }
         }
         let t = now();
@@ -515,7 +766,11 @@ impl Rbd {
             deferment_end: t + delay_secs,
         };
         let loc = self.loc(&pspec, TRASH)?;
-        self.store.operate(&loc, &WriteOp::new().omap_set([(format!("id_{id}"), encode_trash(&entry))]), &no_snapc())?;
+        self.store.operate(
+            &loc,
+            &WriteOp::new().omap_set([(format!("id_{id}"), encode_trash(&entry))]),
+            &no_snapc(),
+        )?;
         self.dir_remove(&pspec, &spec.image, &id)?;
         Ok(id)
     }
@@ -527,7 +782,9 @@ impl Rbd {
             Err(StoreError::NotFound(_)) => Default::default(),
             r => r?,
         };
-        let v = found.get(&key).ok_or_else(|| Error::NotFound(format!("image id '{id}' is not in the trash of {spec}")))?;
+        let v = found.get(&key).ok_or_else(|| {
+            Error::NotFound(format!("image id '{id}' is not in the trash of {spec}"))
+        })?;
         decode_trash(id, v)
     }
 
@@ -548,39 +805,77 @@ impl Rbd {
     pub fn trash_restore(&self, spec: &PoolSpec, id: &str, new_name: Option<&str>) -> Result<()> {
         let t = self.trash_get(spec, id)?;
         // A migration source whose migration is gone (an abort cut short) may come back.
-        if t.source == "MIGRATION" && self.open_by_id(spec, id, None, true)?.migration_record()?.is_some() {
-            return Err(Error::Busy(format!("image '{}' is the source of a migration; use 'rbdm migration abort'", t.name)));
+        if t.source == "MIGRATION"
+            && self
+                .open_by_id(spec, id, None, true)?
+                .migration_record()?
+                .is_some()
+        {
+            return Err(Error::Busy(format!(
+                "image '{}' is the source of a migration; use 'rbdm migration abort'",
+                t.name
+            )));
         }
         self.trash_restore_any(spec, &t, new_name)
     }
 
     /// Restores an entry whatever its source (an aborted migration's source too).
-    pub fn trash_restore_any(&self, spec: &PoolSpec, t: &TrashEntry, new_name: Option<&str>) -> Result<()> {
+    pub fn trash_restore_any(
+        &self,
+        spec: &PoolSpec,
+        t: &TrashEntry,
+        new_name: Option<&str>,
+    ) -> Result<()> {
         let name = new_name.unwrap_or(&t.name);
         check_name("image", name)?;
         self.dir_add(spec, name, &t.id)?;
         let loc = self.loc(spec, TRASH)?;
-        self.store.operate(&loc, &WriteOp::new().omap_rm([format!("id_{}", t.id)]), &no_snapc())?;
+        self.store.operate(
+            &loc,
+            &WriteOp::new().omap_rm([format!("id_{}", t.id)]),
+            &no_snapc(),
+        )?;
         Ok(())
     }
 
     /// Refused before the deferment end unless `force`; refused for migration sources.
-    pub fn trash_remove(&self, spec: &PoolSpec, id: &str, force: bool, progress: Progress) -> Result<()> {
+    pub fn trash_remove(
+        &self,
+        spec: &PoolSpec,
+        id: &str,
+        force: bool,
+        progress: Progress,
+    ) -> Result<()> {
         let t = self.trash_get(spec, id)?;
         if t.source == "MIGRATION" {
-            return Err(Error::Busy(format!("image '{}' is the source of a migration; use 'rbdm migration commit'", t.name)));
+            return Err(Error::Busy(format!(
+                "image '{}' is the source of a migration; use 'rbdm migration commit'",
+                t.name
+            )));
         }
         if !force && now() < t.deferment_end {
-            return Err(Error::Busy(format!("image '{}' is not yet expired from the trash (use --force)", t.name)));
+            return Err(Error::Busy(format!(
+                "image '{}' is not yet expired from the trash (use --force)",
+                t.name
+            )));
         }
         self.trash_purge_entry(spec, &t, progress)
     }
 
     /// Deletes a trash entry and its image whatever its source.
-    pub fn trash_purge_entry(&self, spec: &PoolSpec, t: &TrashEntry, progress: Progress) -> Result<()> {
+    pub fn trash_purge_entry(
+        &self,
+        spec: &PoolSpec,
+        t: &TrashEntry,
+        progress: Progress,
+    ) -> Result<()> {
         self.remove_by_id(spec, &t.id, None, progress)?;
         let loc = self.loc(spec, TRASH)?;
-        self.store.operate(&loc, &WriteOp::new().omap_rm([format!("id_{}", t.id)]), &no_snapc())?;
+        self.store.operate(
+            &loc,
+            &WriteOp::new().omap_rm([format!("id_{}", t.id)]),
+            &no_snapc(),
+        )?;
         Ok(())
     }
 
@@ -602,7 +897,11 @@ impl Rbd {
         if key.is_empty() {
             return Err(Error::Invalid("config-key: empty key".into()));
         }
-        self.store.operate(&self.config_loc()?, &WriteOp::new().omap_set([(key.to_string(), value.to_vec())]), &no_snapc())?;
+        self.store.operate(
+            &self.config_loc()?,
+            &WriteOp::new().omap_set([(key.to_string(), value.to_vec())]),
+            &no_snapc(),
+        )?;
         Ok(())
     }
 
@@ -611,27 +910,44 @@ impl Rbd {
             Err(StoreError::NotFound(_)) => Default::default(),
             r => r?,
         };
-        found.get(key).cloned().ok_or_else(|| Error::NotFound(format!("config-key '{key}' does not exist")))
+        found
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("config-key '{key}' does not exist")))
     }
 
     pub fn config_key_remove(&self, key: &str) -> Result<()> {
         self.config_key_get(key)?;
-        self.store.operate(&self.config_loc()?, &WriteOp::new().omap_rm([key]), &no_snapc())?;
+        self.store.operate(
+            &self.config_loc()?,
+            &WriteOp::new().omap_rm([key]),
+            &no_snapc(),
+        )?;
         Ok(())
     }
 
     pub fn config_key_list(&self) -> Result<Vec<String>> {
-        Ok(self.omap_all(&self.config_loc()?, "")?.into_iter().map(|(k, _)| k).collect())
+        Ok(self
+            .omap_all(&self.config_loc()?, "")?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
     }
 }
 
 /// Layout check shared by create paths that take user input.
-pub fn layout_for(object_size: Option<u64>, stripe_unit: Option<u64>, stripe_count: Option<u64>) -> Result<Option<Layout>> {
+pub fn layout_for(
+    object_size: Option<u64>,
+    stripe_unit: Option<u64>,
+    stripe_count: Option<u64>,
+) -> Result<Option<Layout>> {
     if object_size.is_none() && stripe_unit.is_none() && stripe_count.is_none() {
         return Ok(None);
     }
     let os = object_size.unwrap_or(4 << 20);
     let su = stripe_unit.unwrap_or(os);
     let sc = stripe_count.unwrap_or(1);
-    Layout::new(os, su, sc).map(Some).map_err(|e| Error::Invalid(e.to_string()))
+    Layout::new(os, su, sc)
+        .map(Some)
+        .map_err(|e| Error::Invalid(e.to_string()))
 }

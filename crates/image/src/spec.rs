@@ -24,7 +24,10 @@ pub struct ImageSpec {
 
 impl PoolSpec {
     pub fn new(pool: &str, namespace: &str) -> Self {
-        PoolSpec { pool: pool.into(), namespace: namespace.into() }
+        PoolSpec {
+            pool: pool.into(),
+            namespace: namespace.into(),
+        }
     }
     /// `pool[/namespace]`.
     pub fn parse(s: &str) -> Result<Self> {
@@ -37,7 +40,12 @@ impl PoolSpec {
         Ok(PoolSpec::new(pool, ns))
     }
     pub fn image(&self, name: &str) -> ImageSpec {
-        ImageSpec { pool: self.pool.clone(), namespace: self.namespace.clone(), image: name.into(), snap: None }
+        ImageSpec {
+            pool: self.pool.clone(),
+            namespace: self.namespace.clone(),
+            image: name.into(),
+            snap: None,
+        }
     }
 }
 
@@ -46,7 +54,9 @@ impl ImageSpec {
     pub fn parse(s: &str, default_pool: &str) -> Result<Self> {
         let bad = || Error::Invalid(format!("invalid image spec '{s}'"));
         let (path, snap) = match s.split_once('@') {
-            Some((p, snap)) if !snap.is_empty() && !snap.contains('@') => (p, Some(snap.to_string())),
+            Some((p, snap)) if !snap.is_empty() && !snap.contains('@') => {
+                (p, Some(snap.to_string()))
+            }
             Some(_) => return Err(bad()),
             None => (s, None),
         };
@@ -60,13 +70,21 @@ impl ImageSpec {
         if pool.is_empty() || image.is_empty() || (parts.len() == 3 && ns.is_empty()) {
             return Err(bad());
         }
-        Ok(ImageSpec { pool: pool.into(), namespace: ns.into(), image: image.into(), snap })
+        Ok(ImageSpec {
+            pool: pool.into(),
+            namespace: ns.into(),
+            image: image.into(),
+            snap,
+        })
     }
     pub fn pool_spec(&self) -> PoolSpec {
         PoolSpec::new(&self.pool, &self.namespace)
     }
     pub fn with_snap(&self, snap: Option<&str>) -> Self {
-        ImageSpec { snap: snap.map(str::to_string), ..self.clone() }
+        ImageSpec {
+            snap: snap.map(str::to_string),
+            ..self.clone()
+        }
     }
 }
 
@@ -97,9 +115,20 @@ mod tests {
     #[test]
     fn parses_every_shape() {
         let s = ImageSpec::parse("img", DEFAULT_POOL).unwrap();
-        assert_eq!((s.pool.as_str(), s.namespace.as_str(), s.image.as_str(), s.snap), ("rbd", "", "img", None));
+        assert_eq!(
+            (
+                s.pool.as_str(),
+                s.namespace.as_str(),
+                s.image.as_str(),
+                s.snap
+            ),
+            ("rbd", "", "img", None)
+        );
         let s = ImageSpec::parse("p/ns/img@s1", DEFAULT_POOL).unwrap();
-        assert_eq!((s.pool.as_str(), s.namespace.as_str(), s.image.as_str()), ("p", "ns", "img"));
+        assert_eq!(
+            (s.pool.as_str(), s.namespace.as_str(), s.image.as_str()),
+            ("p", "ns", "img")
+        );
         assert_eq!(s.snap.as_deref(), Some("s1"));
         assert_eq!(s.to_string(), "p/ns/img@s1");
         for bad in ["", "a/b/c/d", "p//img", "/img", "img@", "a@b@c", "p/"] {

@@ -55,25 +55,47 @@ fn check(rbd: &Rbd, s: &Subject) -> Result<(), TestCaseError> {
     let spec = ImageSpec::parse(&s.name, "rbd").unwrap();
     let img = rbd.open(&spec, true).unwrap();
     prop_assert_eq!(img.size(), s.head.len() as u64);
-    prop_assert!(read_all(&img, s.head.len() as u64) == s.head, "head of {} differs", s.name);
+    prop_assert!(
+        read_all(&img, s.head.len() as u64) == s.head,
+        "head of {} differs",
+        s.name
+    );
     // Allocation never hides data: every non-zero byte lies in an allocated extent.
     let alloc = img.allocated_extents(0, s.head.len() as u64).unwrap();
     let mut covered = vec![false; s.head.len()];
     for (o, l) in alloc {
-        covered[o as usize..(o + l) as usize].iter_mut().for_each(|c| *c = true);
+        covered[o as usize..(o + l) as usize]
+            .iter_mut()
+            .for_each(|c| *c = true);
     }
-    prop_assert!(s.head.iter().zip(&covered).all(|(b, c)| *b == 0 || *c), "allocated_extents misses data");
+    prop_assert!(
+        s.head.iter().zip(&covered).all(|(b, c)| *b == 0 || *c),
+        "allocated_extents misses data"
+    );
     for (name, bytes) in &s.snaps {
         let snap = rbd.open(&spec.with_snap(Some(name)), true).unwrap();
-        prop_assert!(read_all(&snap, bytes.len() as u64) == *bytes, "snapshot {}@{} differs", s.name, name);
+        prop_assert!(
+            read_all(&snap, bytes.len() as u64) == *bytes,
+            "snapshot {}@{} differs",
+            s.name,
+            name
+        );
     }
     Ok(())
 }
 
 fn run(rbd: Rbd, layout: Layout, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let opts = CreateOptions { layout: Some(layout), ..CreateOptions::with_size(SIZE) };
+    let opts = CreateOptions {
+        layout: Some(layout),
+        ..CreateOptions::with_size(SIZE)
+    };
     rbd.create(&PoolSpec::new("rbd", ""), "img", &opts).unwrap();
-    let mut subjects = vec![Subject { name: "img".into(), head: vec![0; SIZE as usize], snaps: vec![], has_parent: false }];
+    let mut subjects = vec![Subject {
+        name: "img".into(),
+        head: vec![0; SIZE as usize],
+        snaps: vec![],
+        has_parent: false,
+    }];
     let mut nsnap = 0;
     for op in ops {
         let count = subjects.len();
@@ -111,9 +133,18 @@ fn run(rbd: Rbd, layout: Layout, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 let child = format!("clone{count}");
                 drop(img);
-                rbd.clone_image(&spec.with_snap(Some(&name)), &ImageSpec::parse(&child, "rbd").unwrap(), &CreateOptions::with_size(0))
-                    .unwrap();
-                subjects.push(Subject { name: child, head: bytes, snaps: vec![], has_parent: true });
+                rbd.clone_image(
+                    &spec.with_snap(Some(&name)),
+                    &ImageSpec::parse(&child, "rbd").unwrap(),
+                    &CreateOptions::with_size(0),
+                )
+                .unwrap();
+                subjects.push(Subject {
+                    name: child,
+                    head: bytes,
+                    snaps: vec![],
+                    has_parent: true,
+                });
                 continue;
             }
             Op::Flatten if s.has_parent => {

@@ -18,10 +18,24 @@ fn no_progress() -> impl FnMut(u64, u64) {
 fn create_list_rename_remove() {
     let r = rbd();
     let pool = PoolSpec::new("rbd", "");
-    r.create(&pool, "a", &CreateOptions::with_size(1 << 20)).unwrap();
-    assert!(matches!(r.create(&pool, "a", &CreateOptions::with_size(1 << 20)), Err(Error::Exists(_))));
-    assert!(matches!(r.create(&PoolSpec::new("nope", ""), "a", &CreateOptions::with_size(1)), Err(Error::NotFound(_))));
-    let bad = CreateOptions { features: Some(features::OBJECT_MAP), ..CreateOptions::with_size(1) };
+    r.create(&pool, "a", &CreateOptions::with_size(1 << 20))
+        .unwrap();
+    assert!(matches!(
+        r.create(&pool, "a", &CreateOptions::with_size(1 << 20)),
+        Err(Error::Exists(_))
+    ));
+    assert!(matches!(
+        r.create(
+            &PoolSpec::new("nope", ""),
+            "a",
+            &CreateOptions::with_size(1)
+        ),
+        Err(Error::NotFound(_))
+    ));
+    let bad = CreateOptions {
+        features: Some(features::OBJECT_MAP),
+        ..CreateOptions::with_size(1)
+    };
     assert!(matches!(r.create(&pool, "b", &bad), Err(Error::Invalid(_))));
     assert_eq!(r.list(&pool).unwrap(), vec!["a"]);
     r.rename(&pool, "a", "b").unwrap();
@@ -31,15 +45,32 @@ fn create_list_rename_remove() {
     img.write(4096, b"hello").unwrap();
     img.snap_create("s").unwrap();
     drop(img);
-    assert!(matches!(r.remove(&spec("b"), &mut no_progress()), Err(Error::NotEmpty(_))));
+    assert!(matches!(
+        r.remove(&spec("b"), &mut no_progress()),
+        Err(Error::NotEmpty(_))
+    ));
     let watcher = r.open(&spec("b"), true).unwrap();
     r.open(&spec("b"), false).unwrap().snap_purge().unwrap();
-    assert!(matches!(r.remove(&spec("b"), &mut no_progress()), Err(Error::Busy(_))), "watchers refuse removal");
+    assert!(
+        matches!(
+            r.remove(&spec("b"), &mut no_progress()),
+            Err(Error::Busy(_))
+        ),
+        "watchers refuse removal"
+    );
     drop(watcher);
     r.remove(&spec("b"), &mut no_progress()).unwrap();
     assert!(r.list(&pool).unwrap().is_empty());
-    let leftovers: Vec<_> = r.store().list_objects(r.store().pool_id("rbd").unwrap(), None).unwrap().into_iter()
-        .filter(|l| l.name.starts_with("rbd_data") || l.name.starts_with("rbd_header") || l.name.starts_with("rbd_object_map"))
+    let leftovers: Vec<_> = r
+        .store()
+        .list_objects(r.store().pool_id("rbd").unwrap(), None)
+        .unwrap()
+        .into_iter()
+        .filter(|l| {
+            l.name.starts_with("rbd_data")
+                || l.name.starts_with("rbd_header")
+                || l.name.starts_with("rbd_object_map")
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -48,19 +79,31 @@ fn create_list_rename_remove() {
 fn trash_round_trip() {
     let r = rbd();
     let pool = PoolSpec::new("rbd", "");
-    r.create(&pool, "t", &CreateOptions::with_size(1 << 20)).unwrap();
+    r.create(&pool, "t", &CreateOptions::with_size(1 << 20))
+        .unwrap();
     let id = r.trash_move(&spec("t"), 3600).unwrap();
-    assert!(matches!(r.open(&spec("t"), true), Err(Error::NotFound(_))), "trash hides the name");
+    assert!(
+        matches!(r.open(&spec("t"), true), Err(Error::NotFound(_))),
+        "trash hides the name"
+    );
     assert!(r.open_by_id(&pool, &id, None, true).is_ok());
     let t = r.trash_list(&pool, false).unwrap();
     assert_eq!((t.len(), t[0].name.as_str()), (1, "t"));
-    assert!(matches!(r.trash_remove(&pool, &id, false, &mut no_progress()), Err(Error::Busy(_))), "deferment");
+    assert!(
+        matches!(
+            r.trash_remove(&pool, &id, false, &mut no_progress()),
+            Err(Error::Busy(_))
+        ),
+        "deferment"
+    );
     r.trash_restore(&pool, &id, Some("t2")).unwrap();
     assert_eq!(r.list(&pool).unwrap(), vec!["t2"]);
     let id = r.trash_move(&spec("t2"), 0).unwrap();
-    r.trash_remove(&pool, &id, false, &mut no_progress()).unwrap();
+    r.trash_remove(&pool, &id, false, &mut no_progress())
+        .unwrap();
     assert!(r.trash_list(&pool, true).unwrap().is_empty());
-    r.create(&pool, "m", &CreateOptions::with_size(1 << 20)).unwrap();
+    r.create(&pool, "m", &CreateOptions::with_size(1 << 20))
+        .unwrap();
     let rec = rbdm_image::migration::MigrationRecord {
         role: rbdm_image::migration::MigrationRole::Source,
         state: rbdm_image::migration::MigrationState::Prepared,
@@ -72,15 +115,29 @@ fn trash_round_trip() {
         snap_points: vec![],
         copied_upto: 0,
     };
-    r.open(&spec("m"), true).unwrap().set_migration_record(Some(&rec)).unwrap();
+    r.open(&spec("m"), true)
+        .unwrap()
+        .set_migration_record(Some(&rec))
+        .unwrap();
     let id = r.trash_move_as(&spec("m"), 0, "MIGRATION").unwrap();
     assert!(r.trash_list(&pool, false).unwrap().is_empty());
     assert_eq!(r.trash_list(&pool, true).unwrap().len(), 1);
-    assert!(r.trash_remove(&pool, &id, true, &mut no_progress()).is_err());
-    assert!(r.trash_restore(&pool, &id, None).is_err(), "a live migration's source stays");
-    r.open_by_id(&pool, &id, None, true).unwrap().set_migration_record(None).unwrap();
+    assert!(r
+        .trash_remove(&pool, &id, true, &mut no_progress())
+        .is_err());
+    assert!(
+        r.trash_restore(&pool, &id, None).is_err(),
+        "a live migration's source stays"
+    );
+    r.open_by_id(&pool, &id, None, true)
+        .unwrap()
+        .set_migration_record(None)
+        .unwrap();
     r.trash_restore(&pool, &id, None).unwrap();
-    assert!(r.list(&pool).unwrap().contains(&"m".to_string()), "an abandoned migration's source comes back");
+    assert!(
+        r.list(&pool).unwrap().contains(&"m".to_string()),
+        "an abandoned migration's source comes back"
+    );
 }
 
 #[test]
@@ -88,12 +145,31 @@ fn pools_namespaces_config_key_metadata() {
     let r = rbd();
     r.pool_create("p2").unwrap();
     assert!(matches!(r.pool_create("p2"), Err(Error::Exists(_))));
-    assert!(r.create(&PoolSpec::new("p2", "ns"), "x", &CreateOptions::with_size(1)).is_err(), "namespace must exist");
+    assert!(
+        r.create(
+            &PoolSpec::new("p2", "ns"),
+            "x",
+            &CreateOptions::with_size(1)
+        )
+        .is_err(),
+        "namespace must exist"
+    );
     r.namespace_create("p2", "ns").unwrap();
-    r.create(&PoolSpec::new("p2", "ns"), "x", &CreateOptions::with_size(1 << 20)).unwrap();
-    assert!(r.list(&PoolSpec::new("p2", "")).unwrap().is_empty(), "namespaces isolate");
+    r.create(
+        &PoolSpec::new("p2", "ns"),
+        "x",
+        &CreateOptions::with_size(1 << 20),
+    )
+    .unwrap();
+    assert!(
+        r.list(&PoolSpec::new("p2", "")).unwrap().is_empty(),
+        "namespaces isolate"
+    );
     assert_eq!(r.list(&PoolSpec::new("p2", "ns")).unwrap(), vec!["x"]);
-    assert!(matches!(r.namespace_remove("p2", "ns"), Err(Error::Busy(_))));
+    assert!(matches!(
+        r.namespace_remove("p2", "ns"),
+        Err(Error::Busy(_))
+    ));
     assert!(matches!(r.pool_remove("p2", false), Err(Error::Busy(_))));
     r.config_key_set("k", b"v").unwrap();
     assert_eq!(r.config_key_get("k").unwrap(), b"v");
@@ -101,14 +177,20 @@ fn pools_namespaces_config_key_metadata() {
     assert!(!r.pool_list().unwrap().iter().any(|p| p.starts_with('.')));
     r.config_key_remove("k").unwrap();
     assert!(matches!(r.config_key_get("k"), Err(Error::NotFound(_))));
-    let img = r.open(&ImageSpec::parse("p2/ns/x", "rbd").unwrap(), false).unwrap();
+    let img = r
+        .open(&ImageSpec::parse("p2/ns/x", "rbd").unwrap(), false)
+        .unwrap();
     img.metadata_set("conf_a", "1").unwrap();
     assert_eq!(img.metadata_get("conf_a").unwrap(), "1");
     assert_eq!(img.metadata_list().unwrap().len(), 1);
     img.metadata_remove("conf_a").unwrap();
     assert!(img.metadata_get("conf_a").is_err());
     drop(img);
-    r.remove(&ImageSpec::parse("p2/ns/x", "rbd").unwrap(), &mut no_progress()).unwrap();
+    r.remove(
+        &ImageSpec::parse("p2/ns/x", "rbd").unwrap(),
+        &mut no_progress(),
+    )
+    .unwrap();
     r.namespace_remove("p2", "ns").unwrap();
     r.pool_remove("p2", false).unwrap();
     assert_eq!(r.pool_list().unwrap(), vec!["rbd"]);
@@ -118,20 +200,44 @@ fn pools_namespaces_config_key_metadata() {
 fn clones_children_and_protection() {
     let r = rbd();
     let pool = PoolSpec::new("rbd", "");
-    r.create(&pool, "parent", &CreateOptions::with_size(8 << 20)).unwrap();
+    r.create(&pool, "parent", &CreateOptions::with_size(8 << 20))
+        .unwrap();
     let p = r.open(&spec("parent"), false).unwrap();
     p.write(0, &[7u8; 8192]).unwrap();
     p.snap_create("s").unwrap();
-    assert!(matches!(r.clone_image(&spec("parent@s"), &spec("child"), &CreateOptions::with_size(0)), Err(Error::Invalid(_))), "unprotected");
+    assert!(
+        matches!(
+            r.clone_image(
+                &spec("parent@s"),
+                &spec("child"),
+                &CreateOptions::with_size(0)
+            ),
+            Err(Error::Invalid(_))
+        ),
+        "unprotected"
+    );
     p.snap_protect("s").unwrap();
-    r.clone_image(&spec("parent@s"), &spec("child"), &CreateOptions::with_size(0)).unwrap();
+    r.clone_image(
+        &spec("parent@s"),
+        &spec("child"),
+        &CreateOptions::with_size(0),
+    )
+    .unwrap();
     p.write(0, &[9u8; 4096]).unwrap();
     let c = r.open(&spec("child"), false).unwrap();
     let mut buf = [0u8; 8192];
     c.read(0, &mut buf).unwrap();
-    assert!(buf.iter().all(|&b| b == 7), "child reads the parent's snapshot");
+    assert!(
+        buf.iter().all(|&b| b == 7),
+        "child reads the parent's snapshot"
+    );
     let info = c.info().unwrap();
-    assert_eq!(info.parent.as_ref().map(|p| (p.image_name.as_str(), p.snap_name.as_str())), Some(("parent", "s")));
+    assert_eq!(
+        info.parent
+            .as_ref()
+            .map(|p| (p.image_name.as_str(), p.snap_name.as_str())),
+        Some(("parent", "s"))
+    );
     assert_eq!(p.children().unwrap().len(), 1);
     assert!(matches!(p.snap_unprotect("s"), Err(Error::Busy(_))));
     assert!(matches!(p.snap_remove("s"), Err(Error::Busy(_))));
@@ -150,7 +256,10 @@ fn clones_children_and_protection() {
 fn du_and_diff_follow_the_object_map() {
     let r = rbd();
     let pool = PoolSpec::new("rbd", "");
-    let opts = CreateOptions { layout: Some(rbdm_image::Layout::from_order(20).unwrap()), ..CreateOptions::with_size(16 << 20) };
+    let opts = CreateOptions {
+        layout: Some(rbdm_image::Layout::from_order(20).unwrap()),
+        ..CreateOptions::with_size(16 << 20)
+    };
     r.create(&pool, "d", &opts).unwrap();
     let img = r.open(&spec("d"), false).unwrap();
     img.write(0, &[1u8; 4096]).unwrap();
@@ -160,26 +269,57 @@ fn du_and_diff_follow_the_object_map() {
     img.write(9 << 20, &[2u8; 100]).unwrap();
     img.discard(0, 1 << 20).unwrap();
     let du = img.du().unwrap();
-    assert_eq!(du.iter().map(|d| d.used).collect::<Vec<_>>(), vec![2 << 20, 2 << 20]);
+    assert_eq!(
+        du.iter().map(|d| d.used).collect::<Vec<_>>(),
+        vec![2 << 20, 2 << 20]
+    );
     let all = img.diff(None, false).unwrap();
-    assert_eq!(all.iter().map(|e| (e.offset, e.len, e.exists)).collect::<Vec<_>>(),
-               vec![(5 << 20, 4096, true), (9 << 20, 100, true)]);
+    assert_eq!(
+        all.iter()
+            .map(|e| (e.offset, e.len, e.exists))
+            .collect::<Vec<_>>(),
+        vec![(5 << 20, 4096, true), (9 << 20, 100, true)]
+    );
     let since = img.diff(Some("a"), false).unwrap();
-    assert_eq!(since.iter().map(|e| (e.offset, e.len, e.exists)).collect::<Vec<_>>(),
-               vec![(0, 4096, false), (5 << 20, 100, true), (9 << 20, 100, true)]);
+    assert_eq!(
+        since
+            .iter()
+            .map(|e| (e.offset, e.len, e.exists))
+            .collect::<Vec<_>>(),
+        vec![(0, 4096, false), (5 << 20, 100, true), (9 << 20, 100, true)]
+    );
     let whole = img.diff(Some("a"), true).unwrap();
-    assert_eq!(whole.iter().map(|e| (e.offset, e.len, e.exists)).collect::<Vec<_>>(),
-               vec![(0, 1 << 20, false), (5 << 20, 1 << 20, true), (9 << 20, 1 << 20, true)]);
+    assert_eq!(
+        whole
+            .iter()
+            .map(|e| (e.offset, e.len, e.exists))
+            .collect::<Vec<_>>(),
+        vec![
+            (0, 1 << 20, false),
+            (5 << 20, 1 << 20, true),
+            (9 << 20, 1 << 20, true)
+        ]
+    );
 }
 
 #[test]
 fn a_partial_discard_after_a_snapshot_shows_in_diff() {
     let r = rbd();
-    r.create(&PoolSpec::new("rbd", ""), "z", &CreateOptions::with_size(8 << 20)).unwrap();
+    r.create(
+        &PoolSpec::new("rbd", ""),
+        "z",
+        &CreateOptions::with_size(8 << 20),
+    )
+    .unwrap();
     let img = r.open(&spec("z"), false).unwrap();
     img.write(0, &[5u8; 1 << 20]).unwrap();
     img.snap_create("s").unwrap();
     img.discard(0, 65536).unwrap();
     let d = img.diff(Some("s"), false).unwrap();
-    assert_eq!(d.iter().map(|e| (e.offset, e.len, e.exists)).collect::<Vec<_>>(), vec![(0, 65536, false)]);
+    assert_eq!(
+        d.iter()
+            .map(|e| (e.offset, e.len, e.exists))
+            .collect::<Vec<_>>(),
+        vec![(0, 65536, false)]
+    );
 }

@@ -10,7 +10,9 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use rbdm_image::migration::{MigrationRecord, MigrationRole, MigrationSource, MigrationState, PeerImage};
+use rbdm_image::migration::{
+    MigrationRecord, MigrationRole, MigrationSource, MigrationState, PeerImage,
+};
 use rbdm_image::{CreateOptions, Image, ImageSpec, PoolSpec, Rbd};
 use rbdm_registry::{OpenContext, Point, SourceError, SourceImage};
 use serde_json::{json, Value};
@@ -66,38 +68,72 @@ fn point(p: Option<usize>) -> Point {
 fn to_image_error(e: impl std::fmt::Display, errno: i32) -> rbdm_image::Error {
     match errno {
         libc::ENOENT => rbdm_image::Error::NotFound(format!("migration source: {e}")),
-        libc::EINVAL | libc::EBADMSG => rbdm_image::Error::Invalid(format!("migration source: {e}")),
+        libc::EINVAL | libc::EBADMSG => {
+            rbdm_image::Error::Invalid(format!("migration source: {e}"))
+        }
         _ => rbdm_image::Error::Corrupt(format!("migration source: {e}")),
     }
 }
 
 impl MigrationSource for Source {
     fn read(&self, p: Option<usize>, offset: u64, buf: &mut [u8]) -> rbdm_image::Result<()> {
-        self.image.read(point(p), offset, buf).map_err(|e| to_image_error(&e, e.errno()))
-    }
-    fn allocated(&self, p: Option<usize>, offset: u64, len: u64) -> rbdm_image::Result<Vec<(u64, u64)>> {
-        rbdm_copy::allocated_at(&*self.image, point(p), offset, len).map_err(|e| to_image_error(&e, e.errno()))
-    }
-    fn copy_object(&self, image: &Image, object_no: u64, for_write: bool) -> rbdm_image::Result<()> {
-        rbdm_copy::copy_object(image, &*self.image, &self.rec, object_no, for_write, &self.stats)
+        self.image
+            .read(point(p), offset, buf)
             .map_err(|e| to_image_error(&e, e.errno()))
+    }
+    fn allocated(
+        &self,
+        p: Option<usize>,
+        offset: u64,
+        len: u64,
+    ) -> rbdm_image::Result<Vec<(u64, u64)>> {
+        rbdm_copy::allocated_at(&*self.image, point(p), offset, len)
+            .map_err(|e| to_image_error(&e, e.errno()))
+    }
+    fn copy_object(
+        &self,
+        image: &Image,
+        object_no: u64,
+        for_write: bool,
+    ) -> rbdm_image::Result<()> {
+        rbdm_copy::copy_object(
+            image,
+            &*self.image,
+            &self.rec,
+            object_no,
+            for_write,
+            &self.stats,
+        )
+        .map_err(|e| to_image_error(&e, e.errno()))
     }
 }
 
-fn open_for_image(rbd: &Rbd, rec: &MigrationRecord) -> rbdm_image::Result<Arc<dyn MigrationSource>> {
-    let image = open_source_spec(rbd, &rec.source_spec).map_err(|e| to_image_error(&e, e.errno()))?;
-    Ok(Arc::new(Source { image: image.into(), rec: rec.clone(), stats: Default::default() }))
+fn open_for_image(
+    rbd: &Rbd,
+    rec: &MigrationRecord,
+) -> rbdm_image::Result<Arc<dyn MigrationSource>> {
+    let image =
+        open_source_spec(rbd, &rec.source_spec).map_err(|e| to_image_error(&e, e.errno()))?;
+    Ok(Arc::new(Source {
+        image: image.into(),
+        rec: rec.clone(),
+        stats: Default::default(),
+    }))
 }
 
 /// Parses and opens a source-spec; malformed JSON is `EBADMSG`, as Ceph reports it.
 pub fn open_source_spec(rbd: &Rbd, text: &str) -> Result<Box<dyn SourceImage>, SourceError> {
-    let json: Value = serde_json::from_str(text).map_err(|e| SourceError::BadSpec(format!("invalid JSON: {e}")))?;
+    let json: Value = serde_json::from_str(text)
+        .map_err(|e| SourceError::BadSpec(format!("invalid JSON: {e}")))?;
     let lookup = |key: &str| -> Result<String, SourceError> {
         rbd.config_key_get(key)
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .map_err(|e| SourceError::NotFound(format!("config://{key}: {e}")))
     };
-    let ctx = OpenContext { config_key: &lookup, store: Some(rbd.store().clone()) };
+    let ctx = OpenContext {
+        config_key: &lookup,
+        store: Some(rbd.store().clone()),
+    };
     rbdm_registry::open_source(&json, &ctx)
 }
 
@@ -122,7 +158,14 @@ fn create_destination(
     head_size: u64,
 ) -> Result<Vec<(u64, u32)>> {
     let first = snaps.first().map(|s| s.1).unwrap_or(head_size);
-    rbd.create(&dst.pool_spec(), &dst.image, &CreateOptions { size: first, ..opts.clone() })?;
+    rbd.create(
+        &dst.pool_spec(),
+        &dst.image,
+        &CreateOptions {
+            size: first,
+            ..opts.clone()
+        },
+    )?;
     let made = (|| -> Result<Vec<(u64, u32)>> {
         let img = rbd.open(dst, false)?;
         let mut points = Vec::new();
@@ -160,34 +203,58 @@ fn remove_image(rbd: &Rbd, spec: &ImageSpec) {
 pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOptions) -> Result<()> {
     let source = rbd.open(src, true)?;
     if record_of(&source)?.is_some() {
-        return Err(Error::Busy(format!("image '{}' is already being migrated", src.image)));
+        return Err(Error::Busy(format!(
+            "image '{}' is already being migrated",
+            src.image
+        )));
     }
     if !source.lockers()?.is_empty() {
-        return Err(Error::Busy(format!("image '{}' is open read-write by another client", src.image)));
+        return Err(Error::Busy(format!(
+            "image '{}' is open read-write by another client",
+            src.image
+        )));
     }
     let in_place = src.pool == dst.pool && src.namespace == dst.namespace && src.image == dst.image;
     if !in_place && rbd.open(dst, true).is_ok() {
-        return Err(Error::Image(rbdm_image::Error::Exists(format!("image '{}' already exists", dst.image))));
+        return Err(Error::Image(rbdm_image::Error::Exists(format!(
+            "image '{}' already exists",
+            dst.image
+        ))));
     }
     rbd.check_namespace(&dst.pool_spec())?;
     let info = source.info()?;
     let src_header = source.header()?;
-    let snaps: Vec<(String, u64, bool)> = source.snap_list()?.into_iter().map(|s| (s.name, s.size, s.protected)).collect();
+    let snaps: Vec<(String, u64, bool)> = source
+        .snap_list()?
+        .into_iter()
+        .map(|s| (s.name, s.size, s.protected))
+        .collect();
     let create = opts.create.clone().unwrap_or_else(|| CreateOptions {
         size: info.size,
         layout: Some(info.layout),
         features: Some(info.features),
         data_pool: info.data_pool.clone(),
     });
-    let pool_id = rbd.store().pool_id(&src.pool).map_err(rbdm_image::Error::from)?;
-    let dst_pool = rbd.store().pool_id(&dst.pool).map_err(rbdm_image::Error::from)?;
+    let pool_id = rbd
+        .store()
+        .pool_id(&src.pool)
+        .map_err(rbdm_image::Error::from)?;
+    let dst_pool = rbd
+        .store()
+        .pool_id(&dst.pool)
+        .map_err(rbdm_image::Error::from)?;
     let spec = json!({"type": "native", "pool_id": pool_id, "pool_namespace": src.namespace,
                       "image_name": src.image, "image_id": info.id});
     let mut rec = MigrationRecord {
         role: MigrationRole::Source,
         state: MigrationState::Prepared,
         state_description: String::new(),
-        peer: Some(PeerImage { pool_id: dst_pool, namespace: dst.namespace.clone(), name: dst.image.clone(), id: String::new() }),
+        peer: Some(PeerImage {
+            pool_id: dst_pool,
+            namespace: dst.namespace.clone(),
+            name: dst.image.clone(),
+            id: String::new(),
+        }),
         source_spec: spec.to_string(),
         import_only: false,
         flatten: opts.flatten,
@@ -199,7 +266,10 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
     drop(source);
     let undo_source = |rbd: &Rbd| {
         let pspec = src.pool_spec();
-        if let Ok(Some(t)) = rbd.trash_list(&pspec, true).map(|l| l.into_iter().find(|t| t.id == info.id)) {
+        if let Ok(Some(t)) = rbd
+            .trash_list(&pspec, true)
+            .map(|l| l.into_iter().find(|t| t.id == info.id))
+        {
             let _ = rbd.trash_restore_any(&pspec, &t, None);
         }
         if let Ok(s) = rbd.open_by_id(&pspec, &info.id, None, true) {
@@ -218,7 +288,12 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
         }
         let drec = MigrationRecord {
             role: MigrationRole::Destination,
-            peer: Some(PeerImage { pool_id, namespace: src.namespace.clone(), name: src.image.clone(), id: info.id.clone() }),
+            peer: Some(PeerImage {
+                pool_id,
+                namespace: src.namespace.clone(),
+                name: src.image.clone(),
+                id: info.id.clone(),
+            }),
             snap_points: points,
             ..rec.clone()
         };
@@ -228,13 +303,22 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
                 dimg.snap_protect(name)?;
             }
         }
-        rec.peer = Some(PeerImage { pool_id: dst_pool, namespace: dst.namespace.clone(), name: dst.image.clone(), id: dimg.id().into() });
+        rec.peer = Some(PeerImage {
+            pool_id: dst_pool,
+            namespace: dst.namespace.clone(),
+            name: dst.image.clone(),
+            id: dimg.id().into(),
+        });
         let s = rbd.open_by_id(&src.pool_spec(), &info.id, None, true)?;
         s.set_migration_record(Some(&rec))?;
         Ok(())
     })();
     if let Err(e) = made {
-        if rbd.open(dst, true).map(|i| i.id() != info.id).unwrap_or(false) {
+        if rbd
+            .open(dst, true)
+            .map(|i| i.id() != info.id)
+            .unwrap_or(false)
+        {
             remove_image(rbd, dst);
         }
         undo_source(rbd);
@@ -245,10 +329,20 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
 
 /// Gives the destination the source's parent links (head and each snapshot, by name), so a
 /// migrated clone stays a clone; the copy then only materialises what the source changed.
-fn keep_parent(rbd: &Rbd, src: &rbdm_image::header::Header, dimg: &Image, dst: &ImageSpec) -> Result<()> {
-    let Some(link) = src.parent.clone() else { return Ok(()) };
-    let by_name: std::collections::HashMap<String, Option<rbdm_image::header::ParentLink>> =
-        src.snaps.values().map(|s| (s.name.clone(), s.parent.clone())).collect();
+fn keep_parent(
+    rbd: &Rbd,
+    src: &rbdm_image::header::Header,
+    dimg: &Image,
+    dst: &ImageSpec,
+) -> Result<()> {
+    let Some(link) = src.parent.clone() else {
+        return Ok(());
+    };
+    let by_name: std::collections::HashMap<String, Option<rbdm_image::header::ParentLink>> = src
+        .snaps
+        .values()
+        .map(|s| (s.name.clone(), s.parent.clone()))
+        .collect();
     dimg.update_header(|h| {
         h.parent = Some(link.clone());
         for s in h.snaps.values_mut() {
@@ -261,13 +355,27 @@ fn keep_parent(rbd: &Rbd, src: &rbdm_image::header::Header, dimg: &Image, dst: &
 }
 
 /// `migration prepare --import-only --source-spec JSON DST`.
-pub fn prepare_import(rbd: &Rbd, spec_text: &str, dst: &ImageSpec, create: Option<&CreateOptions>) -> Result<()> {
+pub fn prepare_import(
+    rbd: &Rbd,
+    spec_text: &str,
+    dst: &ImageSpec,
+    create: Option<&CreateOptions>,
+) -> Result<()> {
     let source = open_source_spec(rbd, spec_text)?;
     if rbd.open(dst, true).is_ok() {
-        return Err(Error::Image(rbdm_image::Error::Exists(format!("image '{}' already exists", dst.image))));
+        return Err(Error::Image(rbdm_image::Error::Exists(format!(
+            "image '{}' already exists",
+            dst.image
+        ))));
     }
-    let snaps: Vec<(String, u64, bool)> = source.snapshots().into_iter().map(|s| (s.name, s.size, false)).collect();
-    let opts = create.cloned().unwrap_or_else(|| CreateOptions::with_size(source.size()));
+    let snaps: Vec<(String, u64, bool)> = source
+        .snapshots()
+        .into_iter()
+        .map(|s| (s.name, s.size, false))
+        .collect();
+    let opts = create
+        .cloned()
+        .unwrap_or_else(|| CreateOptions::with_size(source.size()));
     let points = create_destination(rbd, dst, &opts, &snaps, source.size())?;
     let rec = MigrationRecord {
         role: MigrationRole::Destination,
@@ -280,7 +388,9 @@ pub fn prepare_import(rbd: &Rbd, spec_text: &str, dst: &ImageSpec, create: Optio
         snap_points: points,
         copied_upto: 0,
     };
-    let set = rbd.open(dst, false).and_then(|img| img.set_migration_record(Some(&rec)));
+    let set = rbd
+        .open(dst, false)
+        .and_then(|img| img.set_migration_record(Some(&rec)));
     if let Err(e) = set {
         remove_image(rbd, dst);
         return Err(e.into());
@@ -293,7 +403,10 @@ fn destination(rbd: &Rbd, spec: &ImageSpec) -> Result<(Image, MigrationRecord)> 
     let img = rbd.open(spec, false)?;
     match record_of(&img)? {
         Some(r) if r.role == MigrationRole::Destination => Ok((img, r)),
-        _ => Err(Error::Invalid(format!("image '{}' is not being migrated (no migration in progress)", spec.image))),
+        _ => Err(Error::Invalid(format!(
+            "image '{}' is not being migrated (no migration in progress)",
+            spec.image
+        ))),
     }
 }
 
@@ -303,17 +416,36 @@ pub struct ExecuteOptions {
 }
 
 /// `migration execute`: copies what is left; `progress(done, total)` in objects.
-pub fn execute(rbd: &Rbd, spec: &ImageSpec, opts: &ExecuteOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<()> {
+pub fn execute(
+    rbd: &Rbd,
+    spec: &ImageSpec,
+    opts: &ExecuteOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<()> {
     let (img, mut rec) = destination(rbd, spec)?;
     match rec.state {
-        MigrationState::Executed => return Err(Error::Invalid(format!("migration of '{}' is already executed", spec.image))),
-        MigrationState::Aborting => return Err(Error::Invalid(format!("migration of '{}' is being aborted", spec.image))),
+        MigrationState::Executed => {
+            return Err(Error::Invalid(format!(
+                "migration of '{}' is already executed",
+                spec.image
+            )))
+        }
+        MigrationState::Aborting => {
+            return Err(Error::Invalid(format!(
+                "migration of '{}' is being aborted",
+                spec.image
+            )))
+        }
         _ => {}
     }
     rec.state = MigrationState::Executing;
     img.set_migration_record(Some(&rec))?;
     let source = open_source_spec(rbd, &rec.source_spec)?;
-    let run_opts = rbdm_copy::RunOptions { concurrency: opts.concurrency, bandwidth_limit: opts.bandwidth_limit, start: rec.copied_upto };
+    let run_opts = rbdm_copy::RunOptions {
+        concurrency: opts.concurrency,
+        bandwidth_limit: opts.bandwidth_limit,
+        start: rec.copied_upto,
+    };
     let total = std::sync::atomic::AtomicU64::new(1);
     let checkpoint = |mark: u64| {
         let t = total.load(std::sync::atomic::Ordering::Relaxed).max(1);
@@ -346,7 +478,10 @@ pub fn commit(rbd: &Rbd, spec: &ImageSpec, force: bool) -> Result<()> {
         )));
     }
     if let (false, Some(peer)) = (rec.import_only, &rec.peer) {
-        let pool = rbd.store().pool_name(peer.pool_id).map_err(rbdm_image::Error::from)?;
+        let pool = rbd
+            .store()
+            .pool_name(peer.pool_id)
+            .map_err(rbdm_image::Error::from)?;
         let pspec = PoolSpec::new(&pool, &peer.namespace);
         let src = rbd.open_by_id(&pspec, &peer.id, None, false)?;
         let children = src.children()?;
@@ -369,7 +504,10 @@ pub fn commit(rbd: &Rbd, spec: &ImageSpec, force: bool) -> Result<()> {
         }
         src.snap_purge()?;
         drop(src);
-        let entry = rbd.trash_list(&pspec, true)?.into_iter().find(|t| t.id == peer.id);
+        let entry = rbd
+            .trash_list(&pspec, true)?
+            .into_iter()
+            .find(|t| t.id == peer.id);
         if let Some(t) = entry {
             rbd.trash_purge_entry(&pspec, &t, &mut |_, _| {})?;
         }
@@ -387,7 +525,10 @@ pub fn abort(rbd: &Rbd, spec: &ImageSpec, progress: &mut dyn FnMut(u64, u64)) ->
     img.set_migration_record(Some(&rec))?;
     let mut restore = None;
     if let (false, Some(peer)) = (rec.import_only, &rec.peer) {
-        let pool = rbd.store().pool_name(peer.pool_id).map_err(rbdm_image::Error::from)?;
+        let pool = rbd
+            .store()
+            .pool_name(peer.pool_id)
+            .map_err(rbdm_image::Error::from)?;
         let pspec = PoolSpec::new(&pool, &peer.namespace);
         let src = rbd.open_by_id(&pspec, &peer.id, None, false)?;
         src.set_migration_record(None)?;
@@ -400,11 +541,18 @@ pub fn abort(rbd: &Rbd, spec: &ImageSpec, progress: &mut dyn FnMut(u64, u64)) ->
     remove_image(rbd, spec);
     if let Ok(left) = rbd.open(spec, true) {
         if restore.as_ref().is_none_or(|(_, id)| left.id() != id) {
-            return Err(Error::Busy(format!("could not remove destination image '{}' (still open?)", spec.image)));
+            return Err(Error::Busy(format!(
+                "could not remove destination image '{}' (still open?)",
+                spec.image
+            )));
         }
     }
     if let Some((pspec, id)) = restore {
-        if let Some(t) = rbd.trash_list(&pspec, true)?.into_iter().find(|t| t.id == id) {
+        if let Some(t) = rbd
+            .trash_list(&pspec, true)?
+            .into_iter()
+            .find(|t| t.id == id)
+        {
             rbd.trash_restore_any(&pspec, &t, None)?;
         }
     }
@@ -419,7 +567,11 @@ fn write_back(dst: &Image, src: &Image, progress: &mut dyn FnMut(u64, u64)) -> R
     const CHUNK: usize = 4096;
     for object_no in 0..count {
         progress(object_no, count);
-        if dst.store().stat(&dst.data_loc(&h, object_no), rbdm_store::HEAD).is_err() {
+        if dst
+            .store()
+            .stat(&dst.data_loc(&h, object_no), rbdm_store::HEAD)
+            .is_err()
+        {
             continue;
         }
         for (off, len) in h.layout.object_extents_in_image(object_no, size) {
@@ -455,10 +607,21 @@ pub struct Status {
 /// The migration `spec` takes part in, if any.
 pub fn status(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Status>> {
     let img = rbd.open(spec, true)?;
-    let Some(rec) = record_of(&img)? else { return Ok(None) };
-    let here = format!("{}/{}{} ({})", spec.pool, ns_prefix(&spec.namespace), spec.image, img.id());
+    let Some(rec) = record_of(&img)? else {
+        return Ok(None);
+    };
+    let here = format!(
+        "{}/{}{} ({})",
+        spec.pool,
+        ns_prefix(&spec.namespace),
+        spec.image,
+        img.id()
+    );
     let peer = |p: &PeerImage| -> String {
-        let pool = rbd.store().pool_name(p.pool_id).unwrap_or_else(|_| p.pool_id.to_string());
+        let pool = rbd
+            .store()
+            .pool_name(p.pool_id)
+            .unwrap_or_else(|_| p.pool_id.to_string());
         format!("{pool}/{}{} ({})", ns_prefix(&p.namespace), p.name, p.id)
     };
     let state = match (rec.state, rec.state_description.is_empty()) {
@@ -476,7 +639,12 @@ pub fn status(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Status>> {
         (MigrationRole::Source, Some(p)) => (here, peer(p)),
         (MigrationRole::Source, None) => (here, String::new()),
     };
-    Ok(Some(Status { source, destination, state, import_only: rec.import_only }))
+    Ok(Some(Status {
+        source,
+        destination,
+        state,
+        import_only: rec.import_only,
+    }))
 }
 
 fn ns_prefix(ns: &str) -> String {

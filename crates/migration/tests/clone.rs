@@ -14,13 +14,22 @@ fn hidden_parent_data_stays_hidden() {
     let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
     let pool = PoolSpec::new("rbd", "");
     let layout = Layout::from_order(16).unwrap();
-    rbd.create(&pool, "gold", &CreateOptions { layout: Some(layout), ..CreateOptions::with_size(1 << 20) }).unwrap();
+    rbd.create(
+        &pool,
+        "gold",
+        &CreateOptions {
+            layout: Some(layout),
+            ..CreateOptions::with_size(1 << 20)
+        },
+    )
+    .unwrap();
     let gold = rbd.open(&spec("gold"), false).unwrap();
     gold.write(0, &vec![7u8; 1 << 20]).unwrap();
     gold.snap_create("v1").unwrap();
     gold.snap_protect("v1").unwrap();
     drop(gold);
-    rbd.clone_image(&spec("gold@v1"), &spec("kid"), &CreateOptions::with_size(0)).unwrap();
+    rbd.clone_image(&spec("gold@v1"), &spec("kid"), &CreateOptions::with_size(0))
+        .unwrap();
     let kid = rbd.open(&spec("kid"), false).unwrap();
     kid.discard(64 << 10, 128 << 10).unwrap();
     kid.write(512 << 10, &[9u8; 1000]).unwrap();
@@ -29,15 +38,24 @@ fn hidden_parent_data_stays_hidden() {
     assert!(want[64 << 10..192 << 10].iter().all(|&b| b == 0));
     drop(kid);
     let opts = rbdm_migration::PrepareOptions {
-        create: Some(CreateOptions { layout: Some(Layout::from_order(14).unwrap()), ..CreateOptions::with_size(1 << 20) }),
+        create: Some(CreateOptions {
+            layout: Some(Layout::from_order(14).unwrap()),
+            ..CreateOptions::with_size(1 << 20)
+        }),
         flatten: false,
     };
     rbdm_migration::prepare(&rbd, &spec("kid"), &spec("kid2"), &opts).unwrap();
-    let exec = rbdm_migration::ExecuteOptions { concurrency: 2, bandwidth_limit: None };
+    let exec = rbdm_migration::ExecuteOptions {
+        concurrency: 2,
+        bandwidth_limit: None,
+    };
     rbdm_migration::execute(&rbd, &spec("kid2"), &exec, &|_, _| {}).unwrap();
     rbdm_migration::commit(&rbd, &spec("kid2"), false).unwrap();
     let moved = rbd.open(&spec("kid2"), true).unwrap();
-    assert!(moved.info().unwrap().parent.is_some(), "the parent link is kept");
+    assert!(
+        moved.info().unwrap().parent.is_some(),
+        "the parent link is kept"
+    );
     let mut got = vec![0u8; 1 << 20];
     moved.read(0, &mut got).unwrap();
     assert!(got == want, "bytes after commit");

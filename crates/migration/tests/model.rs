@@ -17,7 +17,8 @@ enum Op {
 }
 
 fn layout() -> impl Strategy<Value = Layout> {
-    (12u32..=14, 0u32..=2, 1u64..=3).prop_map(|(o, s, c)| Layout::new(1 << o, (1 << o) >> s, c).unwrap())
+    (12u32..=14, 0u32..=2, 1u64..=3)
+        .prop_map(|(o, s, c)| Layout::new(1 << o, (1 << o) >> s, c).unwrap())
 }
 
 fn extent() -> impl Strategy<Value = (u64, u64)> {
@@ -47,12 +48,26 @@ fn read(img: &Image, off: u64, len: u64) -> Vec<u8> {
     buf
 }
 
-fn run(src_layout: Layout, dst_layout: Layout, seed_writes: Vec<((u64, u64), u8)>, ops: Vec<Op>, abort: bool) -> Result<(), TestCaseError> {
+fn run(
+    src_layout: Layout,
+    dst_layout: Layout,
+    seed_writes: Vec<((u64, u64), u8)>,
+    ops: Vec<Op>,
+    abort: bool,
+) -> Result<(), TestCaseError> {
     rbdm_plugins::link();
     rbdm_migration::link();
     let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
     let pool = PoolSpec::new("rbd", "");
-    rbd.create(&pool, "src", &CreateOptions { layout: Some(src_layout), ..CreateOptions::with_size(SIZE) }).unwrap();
+    rbd.create(
+        &pool,
+        "src",
+        &CreateOptions {
+            layout: Some(src_layout),
+            ..CreateOptions::with_size(SIZE)
+        },
+    )
+    .unwrap();
     let mut model = vec![0u8; SIZE as usize];
     let mut snaps = Vec::new();
     {
@@ -71,7 +86,10 @@ fn run(src_layout: Layout, dst_layout: Layout, seed_writes: Vec<((u64, u64), u8)
         }
     }
     let opts = rbdm_migration::PrepareOptions {
-        create: Some(CreateOptions { layout: Some(dst_layout), ..CreateOptions::with_size(SIZE) }),
+        create: Some(CreateOptions {
+            layout: Some(dst_layout),
+            ..CreateOptions::with_size(SIZE)
+        }),
         flatten: false,
     };
     rbdm_migration::prepare(&rbd, &spec("src"), &spec("dst"), &opts).unwrap();
@@ -94,11 +112,17 @@ fn run(src_layout: Layout, dst_layout: Layout, seed_writes: Vec<((u64, u64), u8)
                 rbdm_copy::copy_object(&dst, &*source, &rec, n, false, &stats).unwrap();
             }
             Op::Read { off, len } => {
-                prop_assert!(read(&dst, off, len) == model[off as usize..(off + len) as usize], "head read {off}+{len}");
+                prop_assert!(
+                    read(&dst, off, len) == model[off as usize..(off + len) as usize],
+                    "head read {off}+{len}"
+                );
             }
             Op::ReadSnap { snap, off, len } => {
                 let s = rbd.open(&spec(&format!("dst@s{snap}")), true).unwrap();
-                prop_assert!(read(&s, off, len) == snaps[snap][off as usize..(off + len) as usize], "snap {snap} read {off}+{len}");
+                prop_assert!(
+                    read(&s, off, len) == snaps[snap][off as usize..(off + len) as usize],
+                    "snap {snap} read {off}+{len}"
+                );
             }
         }
     }
@@ -106,17 +130,30 @@ fn run(src_layout: Layout, dst_layout: Layout, seed_writes: Vec<((u64, u64), u8)
     drop(source);
     let image = if abort {
         rbdm_migration::abort(&rbd, &spec("dst"), &mut |_, _| {}).unwrap();
-        prop_assert!(rbd.open(&spec("dst"), true).is_err(), "abort removed the destination");
+        prop_assert!(
+            rbd.open(&spec("dst"), true).is_err(),
+            "abort removed the destination"
+        );
         "src"
     } else {
-        let opts = rbdm_migration::ExecuteOptions { concurrency: 3, bandwidth_limit: None };
+        let opts = rbdm_migration::ExecuteOptions {
+            concurrency: 3,
+            bandwidth_limit: None,
+        };
         rbdm_migration::execute(&rbd, &spec("dst"), &opts, &|_, _| {}).unwrap();
         rbdm_migration::commit(&rbd, &spec("dst"), false).unwrap();
-        prop_assert!(rbd.trash_list(&pool, true).unwrap().is_empty(), "commit removed the source");
+        prop_assert!(
+            rbd.trash_list(&pool, true).unwrap().is_empty(),
+            "commit removed the source"
+        );
         "dst"
     };
     let img = rbd.open(&spec(image), true).unwrap();
-    prop_assert!(read(&img, 0, SIZE) == model, "{image} head after {}", if abort { "abort" } else { "commit" });
+    prop_assert!(
+        read(&img, 0, SIZE) == model,
+        "{image} head after {}",
+        if abort { "abort" } else { "commit" }
+    );
     for (i, want) in snaps.iter().enumerate() {
         let s = rbd.open(&spec(&format!("{image}@s{i}")), true).unwrap();
         prop_assert!(read(&s, 0, SIZE) == *want, "{image}@s{i}");

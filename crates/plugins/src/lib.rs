@@ -25,7 +25,13 @@ pub type Listing = Vec<(&'static str, &'static str)>;
 /// What this binary can open: (formats, streams).
 pub fn linked() -> (Listing, Listing) {
     link();
-    let formats = rbdm_registry::formats().into_iter().map(|p| (p.type_name, p.description)).collect();
-    let streams = rbdm_registry::streams().into_iter().map(|p| (p.type_name, p.description)).collect();
+    let formats = rbdm_registry::formats()
+        .into_iter()
+        .map(|p| (p.type_name, p.description))
+        .collect();
+    let streams = rbdm_registry::streams()
+        .into_iter()
+        .map(|p| (p.type_name, p.description))
+        .collect();
     (formats, streams)
 }

@@ -31,7 +31,10 @@ pub enum SourceError {
     #[error("{0}")]
     Changed(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     /// A server answered something we cannot use (status, missing header, ignored Range).
     #[error("{0}")]
     Remote(String),
@@ -52,7 +55,10 @@ impl SourceError {
         }
     }
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        SourceError::Io { context: context.into(), source }
+        SourceError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -90,7 +96,10 @@ pub trait Stream: Send + Sync {
     /// backing file): a sibling path for `file`, a sibling URL for `http`/`s3`. Refused with a
     /// reason where that is not possible or would escape the stream's base.
     fn open_relative(&self, name: &str) -> Result<Box<dyn Stream>> {
-        Err(SourceError::Unsupported(format!("{}: cannot open related file {name:?}", self.describe())))
+        Err(SourceError::Unsupported(format!(
+            "{}: cannot open related file {name:?}",
+            self.describe()
+        )))
     }
     /// Says what this is, for messages (`file /path/x.qcow2`), without secrets.
     fn describe(&self) -> String;
@@ -185,7 +194,8 @@ pub struct StreamPlugin {
     pub description: &'static str,
     /// Opens the stream described by `spec` (the whole stream object, `type` included).
     /// `path` names the object in the full spec (`stream`, `snapshots[1].stream`) for errors.
-    pub open: fn(spec: &serde_json::Value, path: &str, ctx: &OpenContext) -> Result<Box<dyn Stream>>,
+    pub open:
+        fn(spec: &serde_json::Value, path: &str, ctx: &OpenContext) -> Result<Box<dyn Stream>>,
 }
 
 /// A format type: the top-level `{"type": NAME, ...}` of a source-spec.
@@ -214,11 +224,19 @@ pub fn formats() -> Vec<&'static FormatPlugin> {
 }
 
 fn type_of<'a>(spec: &'a serde_json::Value, path: &str) -> Result<&'a str> {
-    let obj = spec.as_object().ok_or_else(|| SourceError::BadSpec(format!("{path}: expected a JSON object")))?;
+    let obj = spec
+        .as_object()
+        .ok_or_else(|| SourceError::BadSpec(format!("{path}: expected a JSON object")))?;
     match obj.get("type") {
         Some(serde_json::Value::String(t)) => Ok(t),
-        Some(_) => Err(SourceError::BadSpec(format!("{}type: expected a string", dotted(path)))),
-        None => Err(SourceError::BadSpec(format!("{}type: missing", dotted(path)))),
+        Some(_) => Err(SourceError::BadSpec(format!(
+            "{}type: expected a string",
+            dotted(path)
+        ))),
+        None => Err(SourceError::BadSpec(format!(
+            "{}type: missing",
+            dotted(path)
+        ))),
     }
 }
 
@@ -231,12 +249,18 @@ fn dotted(path: &str) -> String {
 }
 
 /// Opens the stream object at `path` of a spec through the plugin its `type` names.
-pub fn open_stream(spec: &serde_json::Value, path: &str, ctx: &OpenContext) -> Result<Box<dyn Stream>> {
+pub fn open_stream(
+    spec: &serde_json::Value,
+    path: &str,
+    ctx: &OpenContext,
+) -> Result<Box<dyn Stream>> {
     let t = type_of(spec, path)?;
     let plugin = streams()
         .into_iter()
         .find(|p| p.type_name == t)
-        .ok_or_else(|| SourceError::Unsupported(format!("{}type: unknown stream type {t:?}", dotted(path))))?;
+        .ok_or_else(|| {
+            SourceError::Unsupported(format!("{}type: unknown stream type {t:?}", dotted(path)))
+        })?;
     (plugin.open)(spec, path, ctx)
 }
 
@@ -262,10 +286,15 @@ mod tests {
         push_extent(&mut out, 10, 5, ExtentState::Data);
         push_extent(&mut out, 15, 5, ExtentState::Zero);
         push_extent(&mut out, 30, 5, ExtentState::Zero);
-        let got: Vec<(u64, u64, ExtentState)> = out.iter().map(|e| (e.offset, e.len, e.state)).collect();
+        let got: Vec<(u64, u64, ExtentState)> =
+            out.iter().map(|e| (e.offset, e.len, e.state)).collect();
         assert_eq!(
             got,
-            [(0, 15, ExtentState::Data), (15, 5, ExtentState::Zero), (30, 5, ExtentState::Zero)]
+            [
+                (0, 15, ExtentState::Data),
+                (15, 5, ExtentState::Zero),
+                (30, 5, ExtentState::Zero)
+            ]
         );
     }
 }

@@ -37,7 +37,10 @@ impl std::fmt::Display for SpecError {
 
 impl SpecError {
     pub fn new(path: impl Into<String>, msg: impl Into<String>) -> Self {
-        SpecError { path: path.into(), msg: msg.into() }
+        SpecError {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }
 
@@ -52,7 +55,10 @@ pub fn config_ref(value: &str) -> Option<&str> {
 }
 
 /// The value itself, or what `lookup` returns for a `config://KEY` reference.
-pub fn resolve_config<E>(value: &str, lookup: &dyn Fn(&str) -> Result<String, E>) -> Result<String, E> {
+pub fn resolve_config<E>(
+    value: &str,
+    lookup: &dyn Fn(&str) -> Result<String, E>,
+) -> Result<String, E> {
     match config_ref(value) {
         Some(key) => lookup(key),
         None => Ok(value.to_string()),
@@ -69,8 +75,16 @@ pub fn mask_secrets(spec: &Value) -> Value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
-                    let hide = SECRET_KEYS.contains(&k.as_str()) && v.as_str().is_none_or(|s| config_ref(s).is_none());
-                    (k.clone(), if hide { Value::from("***") } else { mask_secrets(v) })
+                    let hide = SECRET_KEYS.contains(&k.as_str())
+                        && v.as_str().is_none_or(|s| config_ref(s).is_none());
+                    (
+                        k.clone(),
+                        if hide {
+                            Value::from("***")
+                        } else {
+                            mask_secrets(v)
+                        },
+                    )
                 })
                 .collect(),
         ),
@@ -86,13 +100,17 @@ pub enum SourceSpec {
     Qcow(QcowSpec),
     Raw(RawSpec),
     /// A format this crate does not know: only its `type` was checked.
-    Other { type_name: String, json: Value },
+    Other {
+        type_name: String,
+        json: Value,
+    },
 }
 
 impl SourceSpec {
     /// Parses JSON text: malformed JSON and invalid specs are both a `SpecError`.
     pub fn parse(text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text).map_err(|e| SpecError::new("", format!("malformed JSON: {e}")))?;
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| SpecError::new("", format!("malformed JSON: {e}")))?;
         Self::from_json(&v)
     }
 
@@ -102,7 +120,10 @@ impl SourceSpec {
             "native" => NativeSpec::from_json(v, "").map(SourceSpec::Native),
             "qcow" => QcowSpec::from_json(v, "").map(SourceSpec::Qcow),
             "raw" => RawSpec::from_json(v, "").map(SourceSpec::Raw),
-            other => Ok(SourceSpec::Other { type_name: other.to_string(), json: v.clone() }),
+            other => Ok(SourceSpec::Other {
+                type_name: other.to_string(),
+                json: v.clone(),
+            }),
         }
     }
 
@@ -127,7 +148,9 @@ impl SourceSpec {
 
 /// The `type` of the object at `path`: present and a string.
 pub fn type_of<'a>(v: &'a Value, path: &str) -> Result<&'a str> {
-    let obj = v.as_object().ok_or_else(|| SpecError::new(path, "expected a JSON object"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| SpecError::new(path, "expected a JSON object"))?;
     match obj.get("type") {
         Some(Value::String(t)) if !t.is_empty() => Ok(t),
         Some(Value::String(_)) => Err(SpecError::new(join(path, "type"), "must not be empty")),
@@ -141,11 +164,19 @@ fn expect_type(f: &mut Fields, want: &str) -> Result<()> {
     if t == want {
         return Ok(());
     }
-    Err(SpecError::new(f.child("type"), format!("expected {want:?}, got {t:?}")))
+    Err(SpecError::new(
+        f.child("type"),
+        format!("expected {want:?}, got {t:?}"),
+    ))
 }
 
 fn obj(pairs: Vec<(&str, Value)>) -> Value {
-    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Map<_, _>>())
+    Value::Object(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,22 +210,43 @@ impl NativeSpec {
         let mut f = Fields::new(v, path)?;
         expect_type(&mut f, "native")?;
         let pool = match (f.opt_name("pool_name")?, f.opt_int("pool_id")?) {
-            (Some(_), Some(_)) => return Err(SpecError::new(f.child("pool_id"), "both pool_name and pool_id given")),
+            (Some(_), Some(_)) => {
+                return Err(SpecError::new(
+                    f.child("pool_id"),
+                    "both pool_name and pool_id given",
+                ))
+            }
             (Some(n), None) => PoolRef::Name(n),
             (None, Some(id)) => PoolRef::Id(id),
-            (None, None) => return Err(SpecError::new(f.child("pool_name"), "missing (give pool_name or pool_id)")),
+            (None, None) => {
+                return Err(SpecError::new(
+                    f.child("pool_name"),
+                    "missing (give pool_name or pool_id)",
+                ))
+            }
         };
         let pool_namespace = f.opt_string("pool_namespace")?.unwrap_or_default();
         let image_name = f.name("image_name")?;
         let image_id = f.opt_name("image_id")?;
         let snap = match (f.opt_name("snap_name")?, f.opt_snap_id("snap_id")?) {
-            (Some(_), Some(_)) => return Err(SpecError::new(f.child("snap_id"), "both snap_name and snap_id given")),
+            (Some(_), Some(_)) => {
+                return Err(SpecError::new(
+                    f.child("snap_id"),
+                    "both snap_name and snap_id given",
+                ))
+            }
             (Some(n), None) => Some(SnapRef::Name(n)),
             (None, Some(id)) => Some(SnapRef::Id(id)),
             (None, None) => None,
         };
         f.finish()?;
-        Ok(NativeSpec { pool, pool_namespace, image_name, image_id, snap })
+        Ok(NativeSpec {
+            pool,
+            pool_namespace,
+            image_name,
+            image_id,
+            snap,
+        })
     }
 
     pub fn to_json(&self) -> Value {
@@ -235,7 +287,10 @@ impl QcowSpec {
     }
 
     pub fn to_json(&self) -> Value {
-        obj(vec![("type", Value::from("qcow")), ("stream", self.stream.to_json())])
+        obj(vec![
+            ("type", Value::from("qcow")),
+            ("stream", self.stream.to_json()),
+        ])
     }
 }
 
@@ -264,7 +319,10 @@ impl RawSpec {
                 let p = format!("{}[{i}]", f.child("snapshots"));
                 let snap = RawSnapSpec::from_json(item, &p)?;
                 if snapshots.iter().any(|s| s.name == snap.name) {
-                    return Err(SpecError::new(join(&p, "name"), format!("duplicate snapshot name {:?}", snap.name)));
+                    return Err(SpecError::new(
+                        join(&p, "name"),
+                        format!("duplicate snapshot name {:?}", snap.name),
+                    ));
                 }
                 snapshots.push(snap);
             }
@@ -274,9 +332,15 @@ impl RawSpec {
     }
 
     pub fn to_json(&self) -> Value {
-        let mut m = vec![("type", Value::from("raw")), ("stream", self.stream.to_json())];
+        let mut m = vec![
+            ("type", Value::from("raw")),
+            ("stream", self.stream.to_json()),
+        ];
         if !self.snapshots.is_empty() {
-            m.push(("snapshots", Value::Array(self.snapshots.iter().map(RawSnapSpec::to_json).collect())));
+            m.push((
+                "snapshots",
+                Value::Array(self.snapshots.iter().map(RawSnapSpec::to_json).collect()),
+            ));
         }
         obj(m)
     }
@@ -293,7 +357,11 @@ impl RawSnapSpec {
     }
 
     pub fn to_json(&self) -> Value {
-        obj(vec![("type", Value::from("raw")), ("name", Value::from(self.name.as_str())), ("stream", self.stream.to_json())])
+        obj(vec![
+            ("type", Value::from("raw")),
+            ("name", Value::from(self.name.as_str())),
+            ("stream", self.stream.to_json()),
+        ])
     }
 }
 
@@ -305,7 +373,10 @@ pub enum StreamSpec {
     S3(S3StreamSpec),
     Nbd(NbdStreamSpec),
     /// A stream type this crate does not know: only its `type` was checked.
-    Other { type_name: String, json: Value },
+    Other {
+        type_name: String,
+        json: Value,
+    },
 }
 
 impl StreamSpec {
@@ -315,7 +386,10 @@ impl StreamSpec {
             "http" => HttpStreamSpec::from_json(v, path).map(StreamSpec::Http),
             "s3" => S3StreamSpec::from_json(v, path).map(StreamSpec::S3),
             "nbd" => NbdStreamSpec::from_json(v, path).map(StreamSpec::Nbd),
-            other => Ok(StreamSpec::Other { type_name: other.to_string(), json: v.clone() }),
+            other => Ok(StreamSpec::Other {
+                type_name: other.to_string(),
+                json: v.clone(),
+            }),
         }
     }
 
@@ -359,7 +433,10 @@ impl FileStreamSpec {
     }
 
     pub fn to_json(&self) -> Value {
-        obj(vec![("type", Value::from("file")), ("file_path", Value::from(self.file_path.as_str()))])
+        obj(vec![
+            ("type", Value::from("file")),
+            ("file_path", Value::from(self.file_path.as_str())),
+        ])
     }
 }
 
@@ -380,7 +457,10 @@ impl HttpStreamSpec {
     }
 
     pub fn to_json(&self) -> Value {
-        obj(vec![("type", Value::from("http")), ("url", Value::from(self.url.as_str()))])
+        obj(vec![
+            ("type", Value::from("http")),
+            ("url", Value::from(self.url.as_str())),
+        ])
     }
 }
 
@@ -397,7 +477,9 @@ fn check_http_url(url: &str) -> Result<(), String> {
         return Err(format!("no host in URL {url:?}"));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("URL {url:?} contains whitespace or control characters"));
+        return Err(format!(
+            "URL {url:?} contains whitespace or control characters"
+        ));
     }
     Ok(())
 }
@@ -428,7 +510,13 @@ impl S3StreamSpec {
             None => None,
         };
         f.finish()?;
-        Ok(S3StreamSpec { url, access_key, secret_key, region, session_token })
+        Ok(S3StreamSpec {
+            url,
+            access_key,
+            secret_key,
+            region,
+            session_token,
+        })
     }
 
     pub fn to_json(&self) -> Value {
@@ -450,7 +538,10 @@ impl S3StreamSpec {
 
 fn check_secret(f: &Fields, key: &str, value: String) -> Result<String> {
     if config_ref(&value) == Some("") {
-        return Err(SpecError::new(f.child(key), "config:// reference names no key"));
+        return Err(SpecError::new(
+            f.child(key),
+            "config:// reference names no key",
+        ));
     }
     Ok(value)
 }
@@ -474,7 +565,10 @@ impl NbdStreamSpec {
     }
 
     pub fn to_json(&self) -> Value {
-        obj(vec![("type", Value::from("nbd")), ("uri", Value::from(self.uri.as_str()))])
+        obj(vec![
+            ("type", Value::from("nbd")),
+            ("uri", Value::from(self.uri.as_str())),
+        ])
     }
 }
 

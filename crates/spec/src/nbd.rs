@@ -4,8 +4,15 @@
 /// Where an NBD export is served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NbdTarget {
-    Tcp { host: String, port: u16, export: String },
-    Unix { socket: String, export: String },
+    Tcp {
+        host: String,
+        port: u16,
+        export: String,
+    },
+    Unix {
+        socket: String,
+        export: String,
+    },
 }
 
 /// The NBD port registered with IANA, used when a URI names none.
@@ -19,7 +26,9 @@ impl NbdTarget {
         if let Some(rest) = uri.strip_prefix("nbd+unix://") {
             return parse_unix(rest);
         }
-        Err(format!("expected nbd://host[:port]/export or nbd+unix:///export?socket=PATH, got {uri:?}"))
+        Err(format!(
+            "expected nbd://host[:port]/export or nbd+unix:///export?socket=PATH, got {uri:?}"
+        ))
     }
 
     pub fn export(&self) -> &str {
@@ -35,7 +44,11 @@ fn parse_tcp(rest: &str) -> Result<NbdTarget, String> {
     }
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (host, port) = split_host_port(authority)?;
-    Ok(NbdTarget::Tcp { host, port, export: decode(path)? })
+    Ok(NbdTarget::Tcp {
+        host,
+        port,
+        export: decode(path)?,
+    })
 }
 
 fn split_host_port(authority: &str) -> Result<(String, u16), String> {
@@ -57,24 +70,41 @@ fn split_host_port(authority: &str) -> Result<(String, u16), String> {
     }
     let port = match port {
         None => DEFAULT_PORT,
-        Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("bad port {p:?}"))?,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("bad port {p:?}"))?,
     };
     Ok((host.to_string(), port))
 }
 
 fn parse_unix(rest: &str) -> Result<NbdTarget, String> {
-    let (before, query) = rest.split_once('?').ok_or("nbd+unix:// needs ?socket=PATH")?;
-    let path = before.strip_prefix('/').ok_or("nbd+unix:// takes no host: write nbd+unix:///export?socket=PATH")?;
+    let (before, query) = rest
+        .split_once('?')
+        .ok_or("nbd+unix:// needs ?socket=PATH")?;
+    let path = before
+        .strip_prefix('/')
+        .ok_or("nbd+unix:// takes no host: write nbd+unix:///export?socket=PATH")?;
     let mut socket = None;
     for pair in query.split('&') {
         match pair.split_once('=') {
             Some(("socket", v)) if socket.is_none() => socket = Some(decode(v)?),
             Some(("socket", _)) => return Err("socket given twice".into()),
-            _ => return Err(format!("unknown query parameter {pair:?} (only socket=PATH)")),
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {pair:?} (only socket=PATH)"
+                ))
+            }
         }
     }
-    let socket = socket.filter(|s| !s.is_empty()).ok_or("nbd+unix:// needs ?socket=PATH")?;
-    Ok(NbdTarget::Unix { socket, export: decode(path)? })
+    let socket = socket
+        .filter(|s| !s.is_empty())
+        .ok_or("nbd+unix:// needs ?socket=PATH")?;
+    Ok(NbdTarget::Unix {
+        socket,
+        export: decode(path)?,
+    })
 }
 
 /// Percent-decoding; the result must be UTF-8 (export names are strings in NBD).
@@ -84,8 +114,12 @@ fn decode(s: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            let b = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| format!("bad %-escape in {s:?}"))?;
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            let b = hex
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad %-escape in {s:?}"))?;
             out.push(b);
             i += 3;
         } else {
@@ -104,16 +138,34 @@ mod tests {
     fn tcp_and_unix_forms() {
         assert_eq!(
             NbdTarget::parse("nbd://localhost:10810/disk%20a"),
-            Ok(NbdTarget::Tcp { host: "localhost".into(), port: 10810, export: "disk a".into() })
+            Ok(NbdTarget::Tcp {
+                host: "localhost".into(),
+                port: 10810,
+                export: "disk a".into()
+            })
         );
         assert_eq!(
             NbdTarget::parse("nbd://[::1]/x"),
-            Ok(NbdTarget::Tcp { host: "::1".into(), port: DEFAULT_PORT, export: "x".into() })
+            Ok(NbdTarget::Tcp {
+                host: "::1".into(),
+                port: DEFAULT_PORT,
+                export: "x".into()
+            })
         );
-        assert_eq!(NbdTarget::parse("nbd://h"), Ok(NbdTarget::Tcp { host: "h".into(), port: DEFAULT_PORT, export: "".into() }));
+        assert_eq!(
+            NbdTarget::parse("nbd://h"),
+            Ok(NbdTarget::Tcp {
+                host: "h".into(),
+                port: DEFAULT_PORT,
+                export: "".into()
+            })
+        );
         assert_eq!(
             NbdTarget::parse("nbd+unix:///exp?socket=/run/a%2Bb.sock"),
-            Ok(NbdTarget::Unix { socket: "/run/a+b.sock".into(), export: "exp".into() })
+            Ok(NbdTarget::Unix {
+                socket: "/run/a+b.sock".into(),
+                export: "exp".into()
+            })
         );
         for bad in [
             "nbd://",

@@ -12,21 +12,33 @@ fn err(v: Value) -> String {
 
 #[test]
 fn good_specs_parse_to_what_they_say() {
-    let s = SourceSpec::parse(r#"{"type":"raw","stream":{"type":"file","file_path":"/mnt/image.raw"}}"#).unwrap();
+    let s = SourceSpec::parse(
+        r#"{"type":"raw","stream":{"type":"file","file_path":"/mnt/image.raw"}}"#,
+    )
+    .unwrap();
     assert_eq!(
         s,
         SourceSpec::Raw(RawSpec {
-            stream: StreamSpec::File(FileStreamSpec { file_path: "/mnt/image.raw".into() }),
+            stream: StreamSpec::File(FileStreamSpec {
+                file_path: "/mnt/image.raw".into()
+            }),
             snapshots: vec![]
         })
     );
-    let n = SourceSpec::from_json(&json!({"type":"native","pool_id":3,"image_name":"i","snap_id":"12"})).unwrap();
-    let SourceSpec::Native(n) = n else { panic!("not native") };
+    let n = SourceSpec::from_json(
+        &json!({"type":"native","pool_id":3,"image_name":"i","snap_id":"12"}),
+    )
+    .unwrap();
+    let SourceSpec::Native(n) = n else {
+        panic!("not native")
+    };
     assert_eq!((n.pool, n.snap), (PoolRef::Id(3), Some(SnapRef::Id(12))));
     let o = SourceSpec::from_json(&json!({"type":"vmdk","anything":[1]})).unwrap();
     assert_eq!(o.type_name(), "vmdk");
     let q = SourceSpec::from_json(&json!({"type":"qcow","stream":{"type":"weird","x":1}})).unwrap();
-    let SourceSpec::Qcow(q) = q else { panic!("not qcow") };
+    let SourceSpec::Qcow(q) = q else {
+        panic!("not qcow")
+    };
     assert_eq!(q.stream.type_name(), "weird");
 }
 
@@ -39,13 +51,34 @@ fn bad_specs_name_the_path() {
         (json!({"type":5}), "type: expected a string"),
         (json!({"type":""}), "type: must not be empty"),
         (json!({"type":"raw"}), "stream: missing"),
-        (json!({"type":"raw","stream":{"type":"file"}}), "stream.file_path: missing"),
-        (json!({"type":"raw","stream":{"type":"file","file_path":7}}), "stream.file_path: expected a string"),
-        (json!({"type":"raw","stream":{"type":"file","file_path":""}}), "stream.file_path: must not be empty"),
-        (json!({"type":"raw","stream":{"type":"file","file_path":"/x","extra":1}}), "stream.extra: unknown field"),
-        (json!({"type":"raw","stream":file.clone(),"snap":[]}), "snap: unknown field"),
-        (json!({"type":"raw","stream":file.clone(),"snapshots":{}}), "snapshots: expected an array"),
-        (json!({"type":"raw","stream":file.clone(),"snapshots":[{"type":"raw","stream":file.clone()}]}), "snapshots[0].name: missing"),
+        (
+            json!({"type":"raw","stream":{"type":"file"}}),
+            "stream.file_path: missing",
+        ),
+        (
+            json!({"type":"raw","stream":{"type":"file","file_path":7}}),
+            "stream.file_path: expected a string",
+        ),
+        (
+            json!({"type":"raw","stream":{"type":"file","file_path":""}}),
+            "stream.file_path: must not be empty",
+        ),
+        (
+            json!({"type":"raw","stream":{"type":"file","file_path":"/x","extra":1}}),
+            "stream.extra: unknown field",
+        ),
+        (
+            json!({"type":"raw","stream":file.clone(),"snap":[]}),
+            "snap: unknown field",
+        ),
+        (
+            json!({"type":"raw","stream":file.clone(),"snapshots":{}}),
+            "snapshots: expected an array",
+        ),
+        (
+            json!({"type":"raw","stream":file.clone(),"snapshots":[{"type":"raw","stream":file.clone()}]}),
+            "snapshots[0].name: missing",
+        ),
         (
             json!({"type":"raw","stream":file.clone(),"snapshots":[{"type":"qcow","name":"a","stream":file.clone()}]}),
             "snapshots[0].type: expected \"raw\", got \"qcow\"",
@@ -62,26 +95,74 @@ fn bad_specs_name_the_path() {
                 {"type":"raw","name":"a","stream":file.clone()}]}),
             "snapshots[1].name: duplicate snapshot name \"a\"",
         ),
-        (json!({"type":"qcow","stream":"file"}), "stream: expected a JSON object"),
-        (json!({"type":"qcow","stream":{"file_path":"/x"}}), "stream.type: missing"),
-        (json!({"type":"qcow","stream":{"type":"http","url":"ftp://h/x"}}), "stream.url: expected an http:// or https:// URL, got \"ftp://h/x\""),
-        (json!({"type":"qcow","stream":{"type":"http","url":"http:///x"}}), "stream.url: no host in URL \"http:///x\""),
-        (json!({"type":"raw","stream":{"type":"s3","url":"http://h/b/k","access_key":"a"}}), "stream.secret_key: missing"),
+        (
+            json!({"type":"qcow","stream":"file"}),
+            "stream: expected a JSON object",
+        ),
+        (
+            json!({"type":"qcow","stream":{"file_path":"/x"}}),
+            "stream.type: missing",
+        ),
+        (
+            json!({"type":"qcow","stream":{"type":"http","url":"ftp://h/x"}}),
+            "stream.url: expected an http:// or https:// URL, got \"ftp://h/x\"",
+        ),
+        (
+            json!({"type":"qcow","stream":{"type":"http","url":"http:///x"}}),
+            "stream.url: no host in URL \"http:///x\"",
+        ),
+        (
+            json!({"type":"raw","stream":{"type":"s3","url":"http://h/b/k","access_key":"a"}}),
+            "stream.secret_key: missing",
+        ),
         (
             json!({"type":"raw","stream":{"type":"s3","url":"http://h/b/k","access_key":"config://","secret_key":"s"}}),
             "stream.access_key: config:// reference names no key",
         ),
-        (json!({"type":"raw","stream":{"type":"nbd","uri":"nbd+unix:///e"}}), "stream.uri: nbd+unix:// needs ?socket=PATH"),
-        (json!({"type":"native","image_name":"i"}), "pool_name: missing (give pool_name or pool_id)"),
-        (json!({"type":"native","pool_name":"rbd","pool_id":1,"image_name":"i"}), "pool_id: both pool_name and pool_id given"),
-        (json!({"type":"native","pool_id":"1","image_name":"i"}), "pool_id: expected an integer"),
-        (json!({"type":"native","pool_id":1.5,"image_name":"i"}), "pool_id: expected an integer"),
-        (json!({"type":"native","pool_id":-1,"image_name":"i"}), "pool_id: expected a non-negative integer"),
-        (json!({"type":"native","pool_name":"rbd"}), "image_name: missing"),
-        (json!({"type":"native","pool_name":"rbd","image_name":"i","snap_id":"x1"}), "snap_id: expected an integer or a numeric string"),
-        (json!({"type":"native","pool_name":"rbd","image_name":"i","snap_id":-2}), "snap_id: expected a non-negative integer"),
-        (json!({"type":"native","pool_name":"rbd","image_name":"i","snap_name":"s","snap_id":1}), "snap_id: both snap_name and snap_id given"),
-        (json!({"type":"native","pool_name":"rbd","image_name":"i","stream":file}), "stream: unknown field"),
+        (
+            json!({"type":"raw","stream":{"type":"nbd","uri":"nbd+unix:///e"}}),
+            "stream.uri: nbd+unix:// needs ?socket=PATH",
+        ),
+        (
+            json!({"type":"native","image_name":"i"}),
+            "pool_name: missing (give pool_name or pool_id)",
+        ),
+        (
+            json!({"type":"native","pool_name":"rbd","pool_id":1,"image_name":"i"}),
+            "pool_id: both pool_name and pool_id given",
+        ),
+        (
+            json!({"type":"native","pool_id":"1","image_name":"i"}),
+            "pool_id: expected an integer",
+        ),
+        (
+            json!({"type":"native","pool_id":1.5,"image_name":"i"}),
+            "pool_id: expected an integer",
+        ),
+        (
+            json!({"type":"native","pool_id":-1,"image_name":"i"}),
+            "pool_id: expected a non-negative integer",
+        ),
+        (
+            json!({"type":"native","pool_name":"rbd"}),
+            "image_name: missing",
+        ),
+        (
+            json!({"type":"native","pool_name":"rbd","image_name":"i","snap_id":"x1"}),
+            "snap_id: expected an integer or a numeric string",
+        ),
+        (
+            json!({"type":"native","pool_name":"rbd","image_name":"i","snap_id":-2}),
+            "snap_id: expected a non-negative integer",
+        ),
+        (
+            json!({"type":"native","pool_name":"rbd","image_name":"i","snap_name":"s","snap_id":1}),
+            "snap_id: both snap_name and snap_id given",
+        ),
+        (
+            json!({"type":"native","pool_name":"rbd","image_name":"i","stream":file}),
+            "stream: unknown field",
+        ),
     ];
     for (spec, want) in cases {
         assert_eq!(err(spec.clone()), want, "for {spec}");
@@ -111,9 +192,15 @@ fn config_references_resolve_through_the_callback() {
             Err(format!("no key {k}"))
         }
     };
-    assert_eq!(resolve_config("config://rbd/s3/key", &lookup), Ok("v".into()));
+    assert_eq!(
+        resolve_config("config://rbd/s3/key", &lookup),
+        Ok("v".into())
+    );
     assert_eq!(resolve_config("plain", &lookup), Ok("plain".into()));
-    assert_eq!(resolve_config("config://other", &lookup), Err("no key other".into()));
+    assert_eq!(
+        resolve_config("config://other", &lookup),
+        Err("no key other".into())
+    );
 }
 
 // ---- property tests: every valid spec round-trips; every damaged one names where.
@@ -123,8 +210,19 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn url() -> impl Strategy<Value = String> {
-    ("(http|https|HTTP)", "[a-z0-9.-]{1,10}", proptest::option::of(1u16..), "[a-zA-Z0-9/_.-]{0,12}", "(\\?[a-z=&0-9]{1,8})?")
-        .prop_map(|(s, h, p, path, q)| format!("{s}://{h}{}/{path}{q}", p.map(|p| format!(":{p}")).unwrap_or_default()))
+    (
+        "(http|https|HTTP)",
+        "[a-z0-9.-]{1,10}",
+        proptest::option::of(1u16..),
+        "[a-zA-Z0-9/_.-]{0,12}",
+        "(\\?[a-z=&0-9]{1,8})?",
+    )
+        .prop_map(|(s, h, p, path, q)| {
+            format!(
+                "{s}://{h}{}/{path}{q}",
+                p.map(|p| format!(":{p}")).unwrap_or_default()
+            )
+        })
 }
 
 fn secret() -> impl Strategy<Value = String> {
@@ -133,9 +231,17 @@ fn secret() -> impl Strategy<Value = String> {
 
 fn nbd_uri() -> impl Strategy<Value = String> {
     prop_oneof![
-        ("[a-z0-9.]{1,8}", proptest::option::of(1u16..), "[a-zA-Z0-9]{0,6}")
-            .prop_map(|(h, p, e)| format!("nbd://{h}{}/{e}", p.map(|p| format!(":{p}")).unwrap_or_default())),
-        ("[a-zA-Z0-9]{0,6}", "/[a-z0-9/]{1,10}").prop_map(|(e, s)| format!("nbd+unix:///{e}?socket={s}")),
+        (
+            "[a-z0-9.]{1,8}",
+            proptest::option::of(1u16..),
+            "[a-zA-Z0-9]{0,6}"
+        )
+            .prop_map(|(h, p, e)| format!(
+                "nbd://{h}{}/{e}",
+                p.map(|p| format!(":{p}")).unwrap_or_default()
+            )),
+        ("[a-zA-Z0-9]{0,6}", "/[a-z0-9/]{1,10}")
+            .prop_map(|(e, s)| format!("nbd+unix:///{e}?socket={s}")),
     ]
 }
 
@@ -143,36 +249,73 @@ fn stream() -> impl Strategy<Value = StreamSpec> {
     prop_oneof![
         text().prop_map(|file_path| StreamSpec::File(FileStreamSpec { file_path })),
         url().prop_map(|url| StreamSpec::Http(HttpStreamSpec { url })),
-        (url(), secret(), secret(), proptest::option::of(text()), proptest::option::of(secret())).prop_map(
-            |(url, access_key, secret_key, region, session_token)| {
-                StreamSpec::S3(S3StreamSpec { url, access_key, secret_key, region, session_token })
-            }
-        ),
+        (
+            url(),
+            secret(),
+            secret(),
+            proptest::option::of(text()),
+            proptest::option::of(secret())
+        )
+            .prop_map(|(url, access_key, secret_key, region, session_token)| {
+                StreamSpec::S3(S3StreamSpec {
+                    url,
+                    access_key,
+                    secret_key,
+                    region,
+                    session_token,
+                })
+            }),
         nbd_uri().prop_map(|uri| {
             let target = NbdTarget::parse(&uri).expect("generated URIs are valid");
             StreamSpec::Nbd(NbdStreamSpec { uri, target })
         }),
-        ("x-[a-z]{1,6}", text()).prop_map(|(t, x)| StreamSpec::Other { type_name: t.clone(), json: json!({"type": t, "x": x}) }),
+        ("x-[a-z]{1,6}", text()).prop_map(|(t, x)| StreamSpec::Other {
+            type_name: t.clone(),
+            json: json!({"type": t, "x": x})
+        }),
     ]
 }
 
 fn native() -> impl Strategy<Value = NativeSpec> {
-    let pool = prop_oneof![text().prop_map(PoolRef::Name), (0i64..).prop_map(PoolRef::Id)];
-    let snap = proptest::option::of(prop_oneof![text().prop_map(SnapRef::Name), any::<u64>().prop_map(SnapRef::Id)]);
-    (pool, "[a-z]{0,4}", text(), proptest::option::of("[0-9a-f]{12}"), snap).prop_map(
-        |(pool, pool_namespace, image_name, image_id, snap)| NativeSpec { pool, pool_namespace, image_name, image_id, snap },
+    let pool = prop_oneof![
+        text().prop_map(PoolRef::Name),
+        (0i64..).prop_map(PoolRef::Id)
+    ];
+    let snap = proptest::option::of(prop_oneof![
+        text().prop_map(SnapRef::Name),
+        any::<u64>().prop_map(SnapRef::Id)
+    ]);
+    (
+        pool,
+        "[a-z]{0,4}",
+        text(),
+        proptest::option::of("[0-9a-f]{12}"),
+        snap,
     )
+        .prop_map(
+            |(pool, pool_namespace, image_name, image_id, snap)| NativeSpec {
+                pool,
+                pool_namespace,
+                image_name,
+                image_id,
+                snap,
+            },
+        )
 }
 
 fn spec() -> impl Strategy<Value = SourceSpec> {
     let snaps = proptest::collection::vec((text(), stream()), 0..4).prop_map(|v| {
         let mut seen = std::collections::HashSet::new();
-        v.into_iter().filter(|(n, _)| seen.insert(n.clone())).map(|(name, stream)| RawSnapSpec { name, stream }).collect()
+        v.into_iter()
+            .filter(|(n, _)| seen.insert(n.clone()))
+            .map(|(name, stream)| RawSnapSpec { name, stream })
+            .collect()
     });
     prop_oneof![
         native().prop_map(SourceSpec::Native),
         stream().prop_map(|stream| SourceSpec::Qcow(QcowSpec { stream })),
-        (stream(), snaps).prop_map(|(stream, snapshots)| SourceSpec::Raw(RawSpec { stream, snapshots })),
+        (stream(), snaps)
+            .prop_map(|(stream, snapshots)| SourceSpec::Raw(RawSpec { stream, snapshots })),
     ]
 }
 
@@ -195,17 +338,29 @@ fn objects(v: &Value, path: String, out: &mut Vec<(String, Value)>) {
 }
 
 /// `v` with the object at `path` replaced by `f(object)`.
-fn edit(v: &Value, at: &str, path: String, f: &dyn Fn(&mut serde_json::Map<String, Value>)) -> Value {
+fn edit(
+    v: &Value,
+    at: &str,
+    path: String,
+    f: &dyn Fn(&mut serde_json::Map<String, Value>),
+) -> Value {
     match v {
         Value::Object(m) => {
-            let mut m: serde_json::Map<String, Value> =
-                m.iter().map(|(k, c)| (k.clone(), edit(c, at, walk::join(&path, k), f))).collect();
+            let mut m: serde_json::Map<String, Value> = m
+                .iter()
+                .map(|(k, c)| (k.clone(), edit(c, at, walk::join(&path, k), f)))
+                .collect();
             if path == at {
                 f(&mut m);
             }
             Value::Object(m)
         }
-        Value::Array(a) => Value::Array(a.iter().enumerate().map(|(i, c)| edit(c, at, format!("{path}[{i}]"), f)).collect()),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, c)| edit(c, at, format!("{path}[{i}]"), f))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }

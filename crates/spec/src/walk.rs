@@ -22,8 +22,14 @@ pub struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub fn new(v: &'a Value, path: &str) -> Result<Self> {
-        let map = v.as_object().ok_or_else(|| SpecError::new(path, "expected a JSON object"))?;
-        Ok(Fields { map, path: path.to_string(), known: Vec::new() })
+        let map = v
+            .as_object()
+            .ok_or_else(|| SpecError::new(path, "expected a JSON object"))?;
+        Ok(Fields {
+            map,
+            path: path.to_string(),
+            known: Vec::new(),
+        })
     }
 
     pub fn child(&self, key: &str) -> String {
@@ -52,7 +58,8 @@ impl<'a> Fields<'a> {
     }
 
     pub fn string(&mut self, key: &'static str) -> Result<String> {
-        self.opt_string(key)?.ok_or_else(|| self.err(key, "missing"))
+        self.opt_string(key)?
+            .ok_or_else(|| self.err(key, "missing"))
     }
 
     /// An optional string that, when present, is not empty.
@@ -90,10 +97,14 @@ impl<'a> Fields<'a> {
     pub fn opt_snap_id(&mut self, key: &'static str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| self.err(key, "expected a non-negative integer")),
-            Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-                s.parse().map(Some).map_err(|_| self.err(key, format!("snapshot id {s:?} is out of range")))
-            }
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.err(key, "expected a non-negative integer")),
+            Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| self.err(key, format!("snapshot id {s:?} is out of range"))),
             Some(_) => Err(self.err(key, "expected an integer or a numeric string")),
         }
     }

@@ -8,7 +8,9 @@ use rbdm_store::{dir::DirStore, Locator, ObjectStore, SnapContext, WriteOp};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let root = args.get(1).ok_or("usage: store_bench DIR [MiB] [object MiB] [--flush]")?;
+    let root = args
+        .get(1)
+        .ok_or("usage: store_bench DIR [MiB] [object MiB] [--flush]")?;
     let total: u64 = args.get(2).map_or(Ok(1024), |s| s.parse())?;
     let obj_mib: u64 = args.get(3).map_or(Ok(4), |s| s.parse())?;
     let flush = args.iter().any(|a| a == "--flush");
@@ -26,7 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             store.flush()?;
         }
         let secs = start.elapsed().as_secs_f64();
-        println!("{round}: {total} MiB in {secs:.3} s = {:.0} MiB/s", total as f64 / secs);
+        println!(
+            "{round}: {total} MiB in {secs:.3} s = {:.0} MiB/s",
+            total as f64 / secs
+        );
     }
     // Small in-place writes go through the journal: one transaction to log, one to clear.
     let small = vec![7u8; 4096];
@@ -40,6 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.operate(&loc, &WriteOp::new().write(offset, &small), &snapc)?;
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("4 KiB in-place writes: {count} in {secs:.3} s = {:.0} µs each", secs * 1e6 / count as f64);
+    println!(
+        "4 KiB in-place writes: {count} in {secs:.3} s = {:.0} µs each",
+        secs * 1e6 / count as f64
+    );
     Ok(())
 }

@@ -73,7 +73,10 @@ fn writer(store: &DirStore, seed: u64) -> Result<(), Box<dyn std::error::Error>>
     // restarted writer carries on with the same snap context.
     let snaps_obj = Locator::new(pool, "", "snaps");
     let mut snaps: Vec<SnapId> = match store.omap_get(&snaps_obj, "", "", usize::MAX) {
-        Ok(kv) => kv.iter().filter_map(|(k, _)| u64::from_str_radix(k, 16).ok()).collect(),
+        Ok(kv) => kv
+            .iter()
+            .filter_map(|(k, _)| u64::from_str_radix(k, 16).ok())
+            .collect(),
         Err(e) if e.is_not_found() => Vec::new(),
         Err(e) => return Err(e.into()),
     };
@@ -91,12 +94,19 @@ fn writer(store: &DirStore, seed: u64) -> Result<(), Box<dyn std::error::Error>>
             snaps.insert(0, id);
             if snaps.len() > 3 {
                 let Some(old) = snaps.pop() else { continue };
-                store.operate(&snaps_obj, &WriteOp::new().omap_rm([format!("{old:016x}")]), &SnapContext::default())?;
+                store.operate(
+                    &snaps_obj,
+                    &WriteOp::new().omap_rm([format!("{old:016x}")]),
+                    &SnapContext::default(),
+                )?;
                 store.snap_remove(pool, old)?;
             }
             continue;
         }
-        let snapc = SnapContext { seq: snaps.first().copied().unwrap_or(0), snaps: snaps.clone() };
+        let snapc = SnapContext {
+            seq: snaps.first().copied().unwrap_or(0),
+            snaps: snaps.clone(),
+        };
         let loc = Locator::new(pool, "", &format!("obj{}", rng.next() % OBJECTS));
         let value = (rng.next() % 255 + 1) as u8;
         let chunks = OBJ / CHUNK;
@@ -105,7 +115,11 @@ fn writer(store: &DirStore, seed: u64) -> Result<(), Box<dyn std::error::Error>>
             (0, chunks)
         } else {
             let first = rng.next() % chunks;
-            let end = (first + 1 + rng.next() % (chunks - first)).min(if first == 0 { chunks - 1 } else { chunks });
+            let end = (first + 1 + rng.next() % (chunks - first)).min(if first == 0 {
+                chunks - 1
+            } else {
+                chunks
+            });
             (first, end)
         };
         let data = vec![value; ((end - first) * CHUNK) as usize];

@@ -38,8 +38,8 @@ use self::stripes::{RowCache, StripeLock, Stripes};
 use crate::plan::{self, DataStep, MetaStep, Plan, View};
 use crate::snaps::{self, Version};
 use crate::{
-    ClientInfo, CloneInfo, Error, Locator, LockInfo, ObjectStat, ObjectStore, PoolId, Result, SnapContext, SnapId,
-    SnapSet, Watcher, WriteOp, HEAD,
+    ClientInfo, CloneInfo, Error, Locator, LockInfo, ObjectStat, ObjectStore, PoolId, Result,
+    SnapContext, SnapId, SnapSet, Watcher, WriteOp, HEAD,
 };
 
 pub(crate) use clients::{hostname, now_secs};
@@ -156,7 +156,10 @@ impl DirStore {
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=16384;")?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(SCHEMA)?;
-        let fresh = tx.query_row("SELECT 1 FROM meta WHERE key = 'format'", [], |_| Ok(())).optional()?.is_none();
+        let fresh = tx
+            .query_row("SELECT 1 FROM meta WHERE key = 'format'", [], |_| Ok(()))
+            .optional()?
+            .is_none();
         if fresh {
             tx.execute("INSERT INTO meta(key, value) VALUES ('format', '1')", [])?;
             tx.execute("INSERT INTO pools(name) VALUES ('rbd')", [])?;
@@ -173,7 +176,12 @@ impl DirStore {
         let store = DirStore {
             root: root.to_path_buf(),
             conn: Mutex::new(conn),
-            client: ClientInfo { id: uns(id), host: me.host, pid: me.pid, since },
+            client: ClientInfo {
+                id: uns(id),
+                host: me.host,
+                pid: me.pid,
+                since,
+            },
             dirty: Mutex::new(BTreeSet::new()),
             stripes: Stripes::new(root.join("locks"), LOCK_STRIPES),
             rows: RowCache::new(),
@@ -190,7 +198,10 @@ impl DirStore {
     }
 
     fn path_of(&self, token: &str) -> PathBuf {
-        self.root.join("data").join(token.get(..2).unwrap_or("00")).join(token)
+        self.root
+            .join("data")
+            .join(token.get(..2).unwrap_or("00"))
+            .join(token)
     }
 
     fn open_data(&self, token: &str) -> Result<File> {
@@ -199,7 +210,10 @@ impl DirStore {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| Error::Io { context: format!("open {}", path.display()), source: e })
+            .map_err(|e| Error::Io {
+                context: format!("open {}", path.display()),
+                source: e,
+            })
     }
 
     /// A fresh data file; its token ends with our client id so a sweep knows whose it was.
@@ -207,22 +221,44 @@ impl DirStore {
         loop {
             let token = format!("{:016x}-{:x}", random_u64(), self.client.id);
             let path = self.path_of(&token);
-            match OpenOptions::new().read(true).write(true).create_new(true).mode(0o644).open(&path) {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&path)
+            {
                 Ok(f) => return Ok((token, f)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 // Fan-out directories are made when first needed: a fresh store stays cheap.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     if let Some(parent) = path.parent() {
-                        fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+                        fs::create_dir_all(parent)
+                            .map_err(io_err(format!("create {}", parent.display())))?;
                     }
-                    let f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o644).open(&path);
+                    let f = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o644)
+                        .open(&path);
                     match f {
                         Ok(f) => return Ok((token, f)),
                         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                        Err(e) => return Err(Error::Io { context: format!("create {}", path.display()), source: e }),
+                        Err(e) => {
+                            return Err(Error::Io {
+                                context: format!("create {}", path.display()),
+                                source: e,
+                            })
+                        }
                     }
                 }
-                Err(e) => return Err(Error::Io { context: format!("create {}", path.display()), source: e }),
+                Err(e) => {
+                    return Err(Error::Io {
+                        context: format!("create {}", path.display()),
+                        source: e,
+                    })
+                }
             }
         }
     }
@@ -233,13 +269,18 @@ impl DirStore {
     }
 
     fn lock_stripe(&self, loc: &Locator, exclusive: bool) -> Result<StripeLock<'_>> {
-        self.stripes.lock(stripe_hash(loc) % LOCK_STRIPES, exclusive)
+        self.stripes
+            .lock(stripe_hash(loc) % LOCK_STRIPES, exclusive)
     }
 
     /// Takes the object's stripe lock and loads its row, first replaying any journal rows
     /// (which needs the lock exclusive). Under a shared lock the row may come from the cache,
     /// which the stripe's generation keeps exact (see `stripes`).
-    fn lock_and_load(&self, loc: &Locator, exclusive: bool) -> Result<(StripeLock<'_>, Option<ObjRow>)> {
+    fn lock_and_load(
+        &self,
+        loc: &Locator,
+        exclusive: bool,
+    ) -> Result<(StripeLock<'_>, Option<ObjRow>)> {
         let lock = self.lock_stripe(loc, exclusive)?;
         if let Some(row) = self.rows.get(loc, &lock) {
             return Ok((lock, row));
@@ -266,7 +307,9 @@ impl DirStore {
     fn replay(&self, oid: i64) -> Result<()> {
         let rows: Vec<(i64, String, i64, Vec<u8>)> = {
             let db = self.db();
-            let mut st = db.prepare_cached("SELECT id, token, size, steps FROM journal WHERE oid = ?1 ORDER BY id")?;
+            let mut st = db.prepare_cached(
+                "SELECT id, token, size, steps FROM journal WHERE oid = ?1 ORDER BY id",
+            )?;
             let rows = st.query_map([oid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
             rows.collect::<Result<_, _>>()?
         };
@@ -274,8 +317,11 @@ impl DirStore {
             let steps = files::decode_steps(&steps)?;
             let steps: Vec<_> = steps.iter().map(files::OwnedStep::as_step).collect();
             let f = self.open_data(&token)?;
-            files::apply_steps(&f, &steps, uns(size)).map_err(io_err(format!("replay journal into {token}")))?;
-            self.db().prepare_cached("DELETE FROM journal WHERE id = ?1")?.execute([id])?;
+            files::apply_steps(&f, &steps, uns(size))
+                .map_err(io_err(format!("replay journal into {token}")))?;
+            self.db()
+                .prepare_cached("DELETE FROM journal WHERE id = ?1")?
+                .execute([id])?;
         }
         Ok(())
     }
@@ -295,45 +341,74 @@ impl DirStore {
         };
         if snap == HEAD || snap > row.seq {
             return match row.exists {
-                true => Ok(Stored { token: row.token, size: row.size, version: row.version, mtime: row.mtime }),
+                true => Ok(Stored {
+                    token: row.token,
+                    size: row.size,
+                    version: row.version,
+                    mtime: row.mtime,
+                }),
                 false => Err(Error::NotFound(loc.to_string())),
             };
         }
         let clones = load_clones(&self.db(), row.id)?;
         let ss = snapset(&row, &clones);
         let found = match snaps::version_at(&ss, snap) {
-            Version::Head => Some(Stored { token: row.token, size: row.size, version: row.version, mtime: row.mtime }),
-            Version::Clone(id) => clones.into_iter().find(|c| c.info.id == id).map(|c| Stored {
-                token: c.token,
-                size: c.info.size,
-                version: c.version,
-                mtime: c.mtime,
+            Version::Head => Some(Stored {
+                token: row.token,
+                size: row.size,
+                version: row.version,
+                mtime: row.mtime,
             }),
+            Version::Clone(id) => clones
+                .into_iter()
+                .find(|c| c.info.id == id)
+                .map(|c| Stored {
+                    token: c.token,
+                    size: c.info.size,
+                    version: c.version,
+                    mtime: c.mtime,
+                }),
             Version::Absent => None,
         };
         found.ok_or_else(|| Error::NotFound(format!("{loc}@{snap}")))
     }
 
     /// Opens the data of what `snap` sees, holding the stripe lock shared meanwhile.
-    fn open_version(&self, loc: &Locator, snap: SnapId) -> Result<(StripeLock<'_>, Stored, Option<File>)> {
+    fn open_version(
+        &self,
+        loc: &Locator,
+        snap: SnapId,
+    ) -> Result<(StripeLock<'_>, Stored, Option<File>)> {
         let (lock, row) = self.lock_and_load(loc, false)?;
         let stored = self.stored_at(loc, row, snap)?;
-        let file = stored.token.as_deref().map(|t| self.open_data(t)).transpose()?;
+        let file = stored
+            .token
+            .as_deref()
+            .map(|t| self.open_data(t))
+            .transpose()?;
         Ok((lock, stored, file))
     }
 
     /// Data extents of a version within `[offset, offset+len)`, clipped to its size.
-    fn extents_of(stored: &Stored, file: Option<&File>, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+    fn extents_of(
+        stored: &Stored,
+        file: Option<&File>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64)>> {
         let end = offset.saturating_add(len).min(stored.size);
         match file {
-            Some(f) if offset < end => files::data_extents(f, offset, end).map_err(io_err("seek data")),
+            Some(f) if offset < end => {
+                files::data_extents(f, offset, end).map_err(io_err("seek data"))
+            }
             _ => Ok(Vec::new()),
         }
     }
 
     fn removed_snaps(&self, pool: PoolId, above: SnapId) -> Result<HashSet<SnapId>> {
         let db = self.db();
-        let mut st = db.prepare_cached("SELECT snap FROM removed_snaps WHERE pool = ?1 AND snap > ?2")?;
+        let mut st =
+            db.prepare_cached("SELECT snap FROM removed_snaps WHERE pool = ?1 AND snap > ?2")?;
         let rows = st.query_map(params![pool, sql(above)], |r| r.get::<_, i64>(0))?;
         Ok(rows.map(|r| r.map(uns)).collect::<Result<_, _>>()?)
     }
@@ -359,10 +434,11 @@ impl DirStore {
                 .query_map([], |r| r.get::<_, i64>(0))?
                 .map(|r| r.map(uns))
                 .collect::<Result<_, _>>()?;
-            let max_id: i64 =
-                tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'clients'", [], |r| {
-                    r.get(0)
-                })?;
+            let max_id: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'clients'",
+                [],
+                |r| r.get(0),
+            )?;
             tx.commit()?;
             (referenced, live, uns(max_id))
         };
@@ -373,7 +449,9 @@ impl DirStore {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let writer = name.rsplit_once('-').and_then(|(_, c)| u64::from_str_radix(c, 16).ok());
+                let writer = name
+                    .rsplit_once('-')
+                    .and_then(|(_, c)| u64::from_str_radix(c, 16).ok());
                 let gone = writer.is_some_and(|w| w <= max_id && !live.contains(&w));
                 if gone && !referenced.contains(&name) {
                     let _ = fs::remove_file(entry.path());
@@ -384,7 +462,13 @@ impl DirStore {
     }
 
     /// Applies a planned op (caller holds the stripe lock exclusive and loaded `row`).
-    fn apply_plan(&self, loc: &Locator, row: Option<ObjRow>, p: &Plan, snapc: &SnapContext) -> Result<()> {
+    fn apply_plan(
+        &self,
+        loc: &Locator,
+        row: Option<ObjRow>,
+        p: &Plan,
+        snapc: &SnapContext,
+    ) -> Result<()> {
         let clones = match &row {
             Some(r) => load_clones(&self.db(), r.id)?,
             None => Vec::new(),
@@ -427,11 +511,18 @@ impl DirStore {
             }
             (Err(_), _) => return committed.map(|_| ()),
             (Ok(_), DataPlan::NewFile(t)) => Some(t.clone()),
-            (Ok(_), DataPlan::Keep | DataPlan::Journal(_) | DataPlan::InPage { .. }) => old_token.clone(),
+            (Ok(_), DataPlan::Keep | DataPlan::Journal(_) | DataPlan::InPage { .. }) => {
+                old_token.clone()
+            }
             (Ok(_), DataPlan::NoFile) => None,
         };
         if let (Ok(Some(journal_id)), DataPlan::Journal(steps)) = (&committed, &data) {
-            self.apply_journal(*journal_id, old_token.as_deref().unwrap_or_default(), steps, p.size_after)?;
+            self.apply_journal(
+                *journal_id,
+                old_token.as_deref().unwrap_or_default(),
+                steps,
+                p.size_after,
+            )?;
         }
         if let Some(old) = &old_token {
             if clone.is_none() && new_token.as_ref() != Some(old) {
@@ -439,7 +530,10 @@ impl DirStore {
             }
         }
         if let Some(t) = new_token {
-            self.dirty.lock().unwrap_or_else(|e| e.into_inner()).insert(t);
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(t);
         }
         Ok(())
     }
@@ -450,13 +544,27 @@ impl DirStore {
     /// back. This is the common case of small random writes (NBD clients' 4 KiB writes).
     /// A tearable op (a client's block write) may span pages: a crash may leave some pages
     /// new, as a disk may.
-    fn write_in_page(&self, p: &Plan, old_token: Option<&str>, old_size: u64, cloning: bool) -> Result<Option<DataPlan>> {
+    fn write_in_page(
+        &self,
+        p: &Plan,
+        old_token: Option<&str>,
+        old_size: u64,
+        cloning: bool,
+    ) -> Result<Option<DataPlan>> {
         const PAGE: u64 = 4096;
-        let (Some(token), false, false) = (old_token, cloning, p.reset) else { return Ok(None) };
-        let [DataStep::Write { offset, data }] = p.steps.as_slice() else { return Ok(None) };
+        let (Some(token), false, false) = (old_token, cloning, p.reset) else {
+            return Ok(None);
+        };
+        let [DataStep::Write { offset, data }] = p.steps.as_slice() else {
+            return Ok(None);
+        };
         let (offset, len) = (*offset, data.len() as u64);
         let one_page = offset / PAGE == (offset + len - 1) / PAGE;
-        if len == 0 || !(one_page || p.tearable) || offset + len > old_size || p.size_after != old_size {
+        if len == 0
+            || !(one_page || p.tearable)
+            || offset + len > old_size
+            || p.size_after != old_size
+        {
             return Ok(None);
         }
         let f = self.open_data(token)?;
@@ -464,9 +572,15 @@ impl DirStore {
             return Ok(None);
         }
         let mut old = vec![0u8; len as usize];
-        f.read_exact_at(&mut old, offset).map_err(io_err(format!("read {token}")))?;
-        f.write_all_at(data, offset).map_err(io_err(format!("write {token}")))?;
-        Ok(Some(DataPlan::InPage { token: token.to_string(), offset, old }))
+        f.read_exact_at(&mut old, offset)
+            .map_err(io_err(format!("read {token}")))?;
+        f.write_all_at(data, offset)
+            .map_err(io_err(format!("write {token}")))?;
+        Ok(Some(DataPlan::InPage {
+            token: token.to_string(),
+            offset,
+            old,
+        }))
     }
 
     /// Decides how the data changes and writes any new file (before the metadata commit).
@@ -493,7 +607,8 @@ impl DirStore {
             if let Some(old) = base {
                 let src = self.open_data(old)?;
                 let size = src.metadata().map_err(io_err("stat data"))?.len();
-                files::copy_sparse(&src, &f, size).map_err(io_err(format!("copy {old} to {token}")))?;
+                files::copy_sparse(&src, &f, size)
+                    .map_err(io_err(format!("copy {old} to {token}")))?;
             }
             files::apply_steps(&f, &p.steps, p.size_after).map_err(io_err(format!("write {token}")))
         })();
@@ -511,7 +626,9 @@ impl DirStore {
         let steps: Vec<_> = owned.iter().map(files::OwnedStep::as_step).collect();
         let f = self.open_data(token)?;
         files::apply_steps(&f, &steps, size).map_err(io_err(format!("write {token}")))?;
-        self.db().prepare_cached("DELETE FROM journal WHERE id = ?1")?.execute([id])?;
+        self.db()
+            .prepare_cached("DELETE FROM journal WHERE id = ?1")?
+            .execute([id])?;
         Ok(())
     }
 
@@ -530,18 +647,17 @@ impl DirStore {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: Option<i64> = tx
-            .prepare_cached("UPDATE pools SET version = version + 1 WHERE id = ?1 RETURNING version")?
+            .prepare_cached(
+                "UPDATE pools SET version = version + 1 WHERE id = ?1 RETURNING version",
+            )?
             .query_row([loc.pool], |r| r.get(0))
             .optional()?;
         let Some(version) = version else {
             return Err(Error::NoPool(loc.pool.to_string()));
         };
         if !p.exists_after {
-            tx.prepare_cached("DELETE FROM watchers WHERE pool = ?1 AND ns = ?2 AND name = ?3")?.execute(params![
-                loc.pool,
-                loc.namespace,
-                loc.name
-            ])?;
+            tx.prepare_cached("DELETE FROM watchers WHERE pool = ?1 AND ns = ?2 AND name = ?3")?
+                .execute(params![loc.pool, loc.namespace, loc.name])?;
         }
         if !p.exists_after && ss.clones.is_empty() {
             if let Some(r) = row {
@@ -558,7 +674,9 @@ impl DirStore {
         }
         let token = match data {
             DataPlan::NewFile(t) => Some(t.as_str()),
-            DataPlan::Keep | DataPlan::Journal(_) | DataPlan::InPage { .. } => row.and_then(|r| r.token.as_deref()),
+            DataPlan::Keep | DataPlan::Journal(_) | DataPlan::InPage { .. } => {
+                row.and_then(|r| r.token.as_deref())
+            }
             DataPlan::NoFile => None,
         };
         let (size, mtime) = (sql(p.size_after), sql(now_secs()));
@@ -610,8 +728,14 @@ impl DirStore {
                     ])?;
                 }
                 (Some(b), _) if b.info.overlap != c.overlap => {
-                    tx.prepare_cached("UPDATE clones SET overlap = ?3 WHERE oid = ?1 AND clone_id = ?2")?
-                        .execute(params![oid, sql(c.id), snaps::encode_ranges(&c.overlap)])?;
+                    tx.prepare_cached(
+                        "UPDATE clones SET overlap = ?3 WHERE oid = ?1 AND clone_id = ?2",
+                    )?
+                    .execute(params![
+                        oid,
+                        sql(c.id),
+                        snaps::encode_ranges(&c.overlap)
+                    ])?;
                 }
                 _ => {}
             }
@@ -642,13 +766,24 @@ impl DirStore {
         for id in &freed {
             tx.prepare_cached("DELETE FROM clones WHERE oid = ?1 AND clone_id = ?2")?
                 .execute(params![row.id, sql(*id)])?;
-            if let Some(t) = clones.iter().find(|c| c.info.id == *id).and_then(|c| c.token.clone()) {
+            if let Some(t) = clones
+                .iter()
+                .find(|c| c.info.id == *id)
+                .and_then(|c| c.token.clone())
+            {
                 freed_tokens.push(t);
             }
         }
         for c in &ss.clones {
-            tx.prepare_cached("UPDATE clones SET snaps = ?3, overlap = ?4 WHERE oid = ?1 AND clone_id = ?2")?
-                .execute(params![row.id, sql(c.id), snaps::encode_snaps(&c.snaps), snaps::encode_ranges(&c.overlap)])?;
+            tx.prepare_cached(
+                "UPDATE clones SET snaps = ?3, overlap = ?4 WHERE oid = ?1 AND clone_id = ?2",
+            )?
+            .execute(params![
+                row.id,
+                sql(c.id),
+                snaps::encode_snaps(&c.snaps),
+                snaps::encode_ranges(&c.overlap)
+            ])?;
         }
         if !row.exists && ss.clones.is_empty() {
             for table in [
@@ -668,11 +803,17 @@ impl DirStore {
     }
 
     /// Runs `f` in a read transaction after checking the object exists at head.
-    fn with_head<T>(&self, loc: &Locator, f: impl FnOnce(&Connection, i64) -> Result<T>) -> Result<T> {
+    fn with_head<T>(
+        &self,
+        loc: &Locator,
+        f: impl FnOnce(&Connection, i64) -> Result<T>,
+    ) -> Result<T> {
         let mut db = self.db();
         let tx = db.transaction()?;
         let oid: Option<i64> = tx
-            .prepare_cached("SELECT id FROM objects WHERE pool = ?1 AND ns = ?2 AND name = ?3 AND head = 1")?
+            .prepare_cached(
+                "SELECT id FROM objects WHERE pool = ?1 AND ns = ?2 AND name = ?3 AND head = 1",
+            )?
             .query_row(params![loc.pool, loc.namespace, loc.name], |r| r.get(0))
             .optional()?;
         let out = match oid {
@@ -699,12 +840,17 @@ enum DataPlan {
     /// The head's file changes in place through the journal (encoded steps).
     Journal(Vec<u8>),
     /// One page of the head's file was already rewritten in place; `old` undoes it.
-    InPage { token: String, offset: u64, old: Vec<u8> },
+    InPage {
+        token: String,
+        offset: u64,
+        old: Vec<u8>,
+    },
 }
 
 fn create_layout(root: &Path) -> Result<()> {
     for sub in ["data", "locks"] {
-        fs::create_dir_all(root.join(sub)).map_err(io_err(format!("create {}", root.join(sub).display())))?;
+        fs::create_dir_all(root.join(sub))
+            .map_err(io_err(format!("create {}", root.join(sub).display())))?;
     }
     Ok(())
 }
@@ -713,8 +859,12 @@ fn create_layout(root: &Path) -> Result<()> {
 fn stripe_hash(loc: &Locator) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let bytes = loc.pool.to_le_bytes();
-    for b in
-        bytes.iter().chain([0u8].iter()).chain(loc.namespace.as_bytes()).chain([0u8].iter()).chain(loc.name.as_bytes())
+    for b in bytes
+        .iter()
+        .chain([0u8].iter())
+        .chain(loc.namespace.as_bytes())
+        .chain([0u8].iter())
+        .chain(loc.name.as_bytes())
     {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
@@ -725,10 +875,14 @@ fn stripe_hash(loc: &Locator) -> u64 {
 /// Unique enough for file names (creation is exclusive, so a collision only retries).
 fn random_u64() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let mut x = nanos
         ^ (u64::from(std::process::id()) << 32)
-        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     // splitmix64 finaliser
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -736,7 +890,11 @@ fn random_u64() -> u64 {
 }
 
 fn pool_exists(conn: &Connection, pool: PoolId) -> Result<bool> {
-    Ok(conn.prepare_cached("SELECT 1 FROM pools WHERE id = ?1")?.query_row([pool], |_| Ok(())).optional()?.is_some())
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM pools WHERE id = ?1")?
+        .query_row([pool], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 fn load_row(conn: &Connection, loc: &Locator) -> Result<Option<ObjRow>> {
@@ -762,8 +920,9 @@ fn load_row(conn: &Connection, loc: &Locator) -> Result<Option<ObjRow>> {
 }
 
 fn load_clones(conn: &Connection, oid: i64) -> Result<Vec<CloneRow>> {
-    let mut st =
-        conn.prepare_cached("SELECT clone_id, snaps, size, overlap, token, version, mtime FROM clones WHERE oid = ?1")?;
+    let mut st = conn.prepare_cached(
+        "SELECT clone_id, snaps, size, overlap, token, version, mtime FROM clones WHERE oid = ?1",
+    )?;
     let raw = st.query_map([oid], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -807,14 +966,19 @@ fn apply_meta(conn: &Connection, oid: i64, meta: &[MetaStep]) -> Result<()> {
     for step in meta {
         match *step {
             MetaStep::SetXattr(name, value) => {
-                conn.prepare_cached("INSERT OR REPLACE INTO xattrs(oid, name, value) VALUES (?1, ?2, ?3)")?
-                    .execute(params![oid, name, value])?;
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO xattrs(oid, name, value) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![oid, name, value])?;
             }
             MetaStep::RmXattr(name) => {
-                conn.prepare_cached("DELETE FROM xattrs WHERE oid = ?1 AND name = ?2")?.execute(params![oid, name])?;
+                conn.prepare_cached("DELETE FROM xattrs WHERE oid = ?1 AND name = ?2")?
+                    .execute(params![oid, name])?;
             }
             MetaStep::OmapSet(kv) => {
-                let mut st = conn.prepare_cached("INSERT OR REPLACE INTO omap(oid, key, value) VALUES (?1, ?2, ?3)")?;
+                let mut st = conn.prepare_cached(
+                    "INSERT OR REPLACE INTO omap(oid, key, value) VALUES (?1, ?2, ?3)",
+                )?;
                 for (k, v) in kv {
                     st.execute(params![oid, k, v])?;
                 }
@@ -826,11 +990,14 @@ fn apply_meta(conn: &Connection, oid: i64, meta: &[MetaStep]) -> Result<()> {
                 }
             }
             MetaStep::OmapClear => {
-                conn.prepare_cached("DELETE FROM omap WHERE oid = ?1")?.execute([oid])?;
+                conn.prepare_cached("DELETE FROM omap WHERE oid = ?1")?
+                    .execute([oid])?;
             }
             MetaStep::ClearAll => {
-                conn.prepare_cached("DELETE FROM omap WHERE oid = ?1")?.execute([oid])?;
-                conn.prepare_cached("DELETE FROM xattrs WHERE oid = ?1")?.execute([oid])?;
+                conn.prepare_cached("DELETE FROM omap WHERE oid = ?1")?
+                    .execute([oid])?;
+                conn.prepare_cached("DELETE FROM xattrs WHERE oid = ?1")?
+                    .execute([oid])?;
             }
         }
     }
@@ -855,10 +1022,18 @@ impl ObjectStore for DirStore {
     fn create_pool(&self, name: &str) -> Result<PoolId> {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if tx.query_row("SELECT 1 FROM pools WHERE name = ?1", [name], |_| Ok(())).optional()?.is_some() {
+        if tx
+            .query_row("SELECT 1 FROM pools WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some()
+        {
             return Err(Error::Exists(format!("pool {name}")));
         }
-        let id = tx.query_row("INSERT INTO pools(name) VALUES (?1) RETURNING id", [name], |r| r.get(0))?;
+        let id = tx.query_row(
+            "INSERT INTO pools(name) VALUES (?1) RETURNING id",
+            [name],
+            |r| r.get(0),
+        )?;
         tx.commit()?;
         Ok(id)
     }
@@ -866,12 +1041,15 @@ impl ObjectStore for DirStore {
     fn remove_pool(&self, name: &str) -> Result<()> {
         // Every stripe held exclusively (and so bumped) across the change: no handle keeps a
         // cached row of the removed pool. Taken in order and before the database, as always.
-        let all = (0..LOCK_STRIPES).map(|i| self.stripes.lock(i, true)).collect::<Result<Vec<_>>>()?;
+        let all = (0..LOCK_STRIPES)
+            .map(|i| self.stripes.lock(i, true))
+            .collect::<Result<Vec<_>>>()?;
         let tokens: Vec<String> = {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let id: Option<i64> =
-                tx.query_row("SELECT id FROM pools WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+            let id: Option<i64> = tx
+                .query_row("SELECT id FROM pools WHERE name = ?1", [name], |r| r.get(0))
+                .optional()?;
             let Some(id) = id else {
                 return Err(Error::NoPool(name.to_string()));
             };
@@ -884,7 +1062,9 @@ impl ObjectStore for DirStore {
                 .collect::<Result<_, _>>()?;
             for table in ["xattrs", "omap", "clones", "journal"] {
                 tx.execute(
-                    &format!("DELETE FROM {table} WHERE oid IN (SELECT id FROM objects WHERE pool = ?1)"),
+                    &format!(
+                        "DELETE FROM {table} WHERE oid IN (SELECT id FROM objects WHERE pool = ?1)"
+                    ),
                     [id],
                 )?;
             }
@@ -911,15 +1091,19 @@ impl ObjectStore for DirStore {
 
     fn pool_id(&self, name: &str) -> Result<PoolId> {
         let db = self.db();
-        let id =
-            db.prepare_cached("SELECT id FROM pools WHERE name = ?1")?.query_row([name], |r| r.get(0)).optional()?;
+        let id = db
+            .prepare_cached("SELECT id FROM pools WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?;
         id.ok_or_else(|| Error::NoPool(name.to_string()))
     }
 
     fn pool_name(&self, id: PoolId) -> Result<String> {
         let db = self.db();
-        let name =
-            db.prepare_cached("SELECT name FROM pools WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()?;
+        let name = db
+            .prepare_cached("SELECT name FROM pools WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
         name.ok_or_else(|| Error::NoPool(id.to_string()))
     }
 
@@ -932,8 +1116,13 @@ impl ObjectStore for DirStore {
         let mut st = tx.prepare_cached(
             "SELECT ns, name FROM objects WHERE pool = ?1 AND head = 1 AND (?2 IS NULL OR ns = ?2) ORDER BY ns, name",
         )?;
-        let rows =
-            st.query_map(params![pool, namespace], |r| Ok(Locator { pool, namespace: r.get(0)?, name: r.get(1)? }))?;
+        let rows = st.query_map(params![pool, namespace], |r| {
+            Ok(Locator {
+                pool,
+                namespace: r.get(0)?,
+                name: r.get(1)?,
+            })
+        })?;
         let out = rows.collect::<Result<_, _>>()?;
         drop(st);
         tx.commit()?;
@@ -944,9 +1133,11 @@ impl ObjectStore for DirStore {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let seq: Option<i64> = tx
-            .query_row("UPDATE pools SET snap_seq = snap_seq + 1 WHERE id = ?1 RETURNING snap_seq", [pool], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "UPDATE pools SET snap_seq = snap_seq + 1 WHERE id = ?1 RETURNING snap_seq",
+                [pool],
+                |r| r.get(0),
+            )
             .optional()?;
         let seq = seq.ok_or_else(|| Error::NoPool(pool.to_string()))?;
         tx.commit()?;
@@ -957,19 +1148,29 @@ impl ObjectStore for DirStore {
         let objects: Vec<(String, String)> = {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let seq: Option<i64> =
-                tx.query_row("SELECT snap_seq FROM pools WHERE id = ?1", [pool], |r| r.get(0)).optional()?;
+            let seq: Option<i64> = tx
+                .query_row("SELECT snap_seq FROM pools WHERE id = ?1", [pool], |r| {
+                    r.get(0)
+                })
+                .optional()?;
             let seq = uns(seq.ok_or_else(|| Error::NoPool(pool.to_string()))?);
             if snap == 0 || snap > seq {
-                return Err(Error::Invalid(format!("pool {pool}: snapshot {snap} was never created")));
+                return Err(Error::Invalid(format!(
+                    "pool {pool}: snapshot {snap} was never created"
+                )));
             }
-            tx.execute("INSERT OR IGNORE INTO removed_snaps(pool, snap) VALUES (?1, ?2)", params![pool, sql(snap)])?;
+            tx.execute(
+                "INSERT OR IGNORE INTO removed_snaps(pool, snap) VALUES (?1, ?2)",
+                params![pool, sql(snap)],
+            )?;
             let objects = tx
                 .prepare(
                     "SELECT DISTINCT o.ns, o.name FROM objects o JOIN clones c ON c.oid = o.id
                      WHERE o.pool = ?1 AND (',' || c.snaps || ',') LIKE ('%,' || ?2 || ',%')",
                 )?
-                .query_map(params![pool, snap.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![pool, snap.to_string()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
                 .collect::<Result<_, _>>()?;
             tx.commit()?;
             objects
@@ -987,7 +1188,10 @@ impl ObjectStore for DirStore {
         let lookup = |sql: &str, key: &str| -> Result<Option<Vec<u8>>> {
             let Some(oid) = head_id else { return Ok(None) };
             let db = self.db();
-            let value = db.prepare_cached(sql)?.query_row(params![oid, key], |r| r.get(0)).optional()?;
+            let value = db
+                .prepare_cached(sql)?
+                .query_row(params![oid, key], |r| r.get(0))
+                .optional()?;
             Ok(value)
         };
         let xattr = |n: &str| lookup("SELECT value FROM xattrs WHERE oid = ?1 AND name = ?2", n);
@@ -1011,28 +1215,48 @@ impl ObjectStore for DirStore {
 
     fn read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<u8>> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
-        files::read_at(file.as_ref(), offset, len, stored.size)
-            .map_err(|e| Error::Io { context: format!("read {loc}"), source: e })
+        files::read_at(file.as_ref(), offset, len, stored.size).map_err(|e| Error::Io {
+            context: format!("read {loc}"),
+            source: e,
+        })
     }
 
     fn read_into(&self, loc: &Locator, snap: SnapId, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
-        files::read_into(file.as_ref(), offset, buf, stored.size)
-            .map_err(|e| Error::Io { context: format!("read {loc}"), source: e })
+        files::read_into(file.as_ref(), offset, buf, stored.size).map_err(|e| Error::Io {
+            context: format!("read {loc}"),
+            source: e,
+        })
     }
 
-    fn sparse_read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    fn sparse_read(
+        &self,
+        loc: &Locator,
+        snap: SnapId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
         let extents = Self::extents_of(&stored, file.as_ref(), offset, len)?;
         extents
             .into_iter()
             .map(|(o, l)| {
-                Ok((o, files::read_at(file.as_ref(), o, l, stored.size).map_err(io_err(format!("read {loc}")))?))
+                Ok((
+                    o,
+                    files::read_at(file.as_ref(), o, l, stored.size)
+                        .map_err(io_err(format!("read {loc}")))?,
+                ))
             })
             .collect()
     }
 
-    fn map_extents(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+    fn map_extents(
+        &self,
+        loc: &Locator,
+        snap: SnapId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64)>> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
         Self::extents_of(&stored, file.as_ref(), offset, len)
     }
@@ -1040,7 +1264,11 @@ impl ObjectStore for DirStore {
     fn stat(&self, loc: &Locator, snap: SnapId) -> Result<ObjectStat> {
         let (_lock, row) = self.lock_and_load(loc, false)?;
         let s = self.stored_at(loc, row, snap)?;
-        Ok(ObjectStat { size: s.size, version: s.version, mtime: s.mtime })
+        Ok(ObjectStat {
+            size: s.size,
+            version: s.version,
+            mtime: s.mtime,
+        })
     }
 
     fn list_snaps(&self, loc: &Locator) -> Result<SnapSet> {
@@ -1068,7 +1296,13 @@ impl ObjectStore for DirStore {
         })
     }
 
-    fn omap_get(&self, loc: &Locator, start_after: &str, prefix: &str, max: usize) -> Result<Vec<(String, Vec<u8>)>> {
+    fn omap_get(
+        &self,
+        loc: &Locator,
+        start_after: &str,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         self.with_head(loc, |db, oid| {
             let mut st = db
                 .prepare_cached("SELECT key, value FROM omap WHERE oid = ?1 AND key > ?2 AND key >= ?3 ORDER BY key")?;
@@ -1103,7 +1337,14 @@ impl ObjectStore for DirStore {
         self.client.clone()
     }
 
-    fn lock(&self, loc: &Locator, name: &str, cookie: &str, description: &str, exclusive: bool) -> Result<()> {
+    fn lock(
+        &self,
+        loc: &Locator,
+        name: &str,
+        cookie: &str,
+        description: &str,
+        exclusive: bool,
+    ) -> Result<()> {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if !pool_exists(&tx, loc.pool)? {
@@ -1121,8 +1362,13 @@ impl ObjectStore for DirStore {
                 .execute(params![loc.pool, loc.namespace, loc.name, name, sql(info.client.id)])?;
             }
         }
-        if live.iter().any(|h| h.client.id == self.client.id && h.cookie == cookie) {
-            return Err(Error::Exists(format!("{loc} lock {name:?} cookie {cookie:?}")));
+        if live
+            .iter()
+            .any(|h| h.client.id == self.client.id && h.cookie == cookie)
+        {
+            return Err(Error::Exists(format!(
+                "{loc} lock {name:?} cookie {cookie:?}"
+            )));
         }
         if !live.is_empty() && (exclusive || live.iter().any(|h| h.exclusive)) {
             return Err(Error::Busy(format!("{loc} lock {name:?}")));
@@ -1157,7 +1403,9 @@ impl ObjectStore for DirStore {
             )?
             .execute(params![loc.pool, loc.namespace, loc.name, name, sql(client_id), cookie])?;
         if n == 0 {
-            return Err(Error::NotFound(format!("{loc} lock {name:?} held by client {client_id} cookie {cookie:?}")));
+            return Err(Error::NotFound(format!(
+                "{loc} lock {name:?} held by client {client_id} cookie {cookie:?}"
+            )));
         }
         Ok(())
     }
@@ -1168,14 +1416,20 @@ impl ObjectStore for DirStore {
             return Err(Error::NoPool(loc.pool.to_string()));
         }
         let holders = lockers(&db, loc, name)?;
-        Ok(holders.into_iter().filter(|(h, start)| self.alive(&h.client, *start)).map(|(h, _)| h).collect())
+        Ok(holders
+            .into_iter()
+            .filter(|(h, start)| self.alive(&h.client, *start))
+            .map(|(h, _)| h)
+            .collect())
     }
 
     fn watch(&self, loc: &Locator) -> Result<u64> {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists = tx
-            .prepare_cached("SELECT 1 FROM objects WHERE pool = ?1 AND ns = ?2 AND name = ?3 AND head = 1")?
+            .prepare_cached(
+                "SELECT 1 FROM objects WHERE pool = ?1 AND ns = ?2 AND name = ?3 AND head = 1",
+            )?
             .query_row(params![loc.pool, loc.namespace, loc.name], |_| Ok(()))
             .optional()?;
         if exists.is_none() {
@@ -1191,7 +1445,9 @@ impl ObjectStore for DirStore {
     fn unwatch(&self, loc: &Locator, cookie: u64) -> Result<()> {
         let db = self.db();
         let n = db
-            .prepare_cached("DELETE FROM watchers WHERE cookie = ?1 AND pool = ?2 AND ns = ?3 AND name = ?4")?
+            .prepare_cached(
+                "DELETE FROM watchers WHERE cookie = ?1 AND pool = ?2 AND ns = ?3 AND name = ?4",
+            )?
             .execute(params![sql(cookie), loc.pool, loc.namespace, loc.name])?;
         if n == 0 {
             return Err(Error::NotFound(format!("{loc} watch {cookie}")));
@@ -1231,11 +1487,19 @@ impl ObjectStore for DirStore {
                         open.push((path, f));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::Io { context: format!("open {}", path.display()), source: e }),
+                    Err(e) => {
+                        return Err(Error::Io {
+                            context: format!("open {}", path.display()),
+                            source: e,
+                        })
+                    }
                 }
             }
             for (path, f) in open {
-                f.sync_all().map_err(|e| Error::Io { context: format!("fsync {}", path.display()), source: e })?;
+                f.sync_all().map_err(|e| Error::Io {
+                    context: format!("fsync {}", path.display()),
+                    source: e,
+                })?;
                 if let Some(parent) = path.parent() {
                     dirs.insert(parent.to_path_buf());
                 }
@@ -1247,9 +1511,16 @@ impl ObjectStore for DirStore {
         }
         for path in dirs {
             match File::open(&path) {
-                Ok(f) => f.sync_all().map_err(io_err(format!("fsync {}", path.display())))?,
+                Ok(f) => f
+                    .sync_all()
+                    .map_err(io_err(format!("fsync {}", path.display())))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::Io { context: format!("open {}", path.display()), source: e }),
+                Err(e) => {
+                    return Err(Error::Io {
+                        context: format!("open {}", path.display()),
+                        source: e,
+                    })
+                }
             }
         }
         Ok(())

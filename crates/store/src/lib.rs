@@ -44,7 +44,11 @@ pub struct Locator {
 
 impl Locator {
     pub fn new(pool: PoolId, namespace: &str, name: &str) -> Self {
-        Locator { pool, namespace: namespace.to_string(), name: name.to_string() }
+        Locator {
+            pool,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
     }
 }
 
@@ -78,20 +82,35 @@ pub enum Op {
     /// Create the object if it does not exist (an empty object); never fails.
     Create,
     /// Fail with `Canceled` unless xattr `name` equals `value` (`None`: must be absent).
-    CmpXattr { name: String, value: Option<Vec<u8>> },
+    CmpXattr {
+        name: String,
+        value: Option<Vec<u8>>,
+    },
     /// Fail with `Canceled` unless omap key `key` equals `value` (`None`: must be absent).
-    OmapCmp { key: String, value: Option<Vec<u8>> },
+    OmapCmp {
+        key: String,
+        value: Option<Vec<u8>>,
+    },
     /// Write bytes at an offset (extends the object; creates it if needed).
-    Write { offset: u64, data: Vec<u8> },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
     /// Replace the whole data with these bytes.
     WriteFull(Vec<u8>),
     /// Make a range read as zeros, deallocating it (a hole); does not extend the object.
-    Zero { offset: u64, len: u64 },
+    Zero {
+        offset: u64,
+        len: u64,
+    },
     /// Set the data size, cutting or extending with a hole.
     Truncate(u64),
     /// Remove the object at head (its clones stay for the snapshots that need them).
     Remove,
-    SetXattr { name: String, value: Vec<u8> },
+    SetXattr {
+        name: String,
+        value: Vec<u8>,
+    },
     RmXattr(String),
     OmapSet(Vec<(String, Vec<u8>)>),
     OmapRm(Vec<String>),
@@ -131,13 +150,22 @@ impl WriteOp {
         self.push(Op::Create)
     }
     pub fn cmp_xattr(self, name: &str, value: Option<&[u8]>) -> Self {
-        self.push(Op::CmpXattr { name: name.into(), value: value.map(<[u8]>::to_vec) })
+        self.push(Op::CmpXattr {
+            name: name.into(),
+            value: value.map(<[u8]>::to_vec),
+        })
     }
     pub fn omap_cmp(self, key: &str, value: Option<&[u8]>) -> Self {
-        self.push(Op::OmapCmp { key: key.into(), value: value.map(<[u8]>::to_vec) })
+        self.push(Op::OmapCmp {
+            key: key.into(),
+            value: value.map(<[u8]>::to_vec),
+        })
     }
     pub fn write(self, offset: u64, data: &[u8]) -> Self {
-        self.push(Op::Write { offset, data: data.to_vec() })
+        self.push(Op::Write {
+            offset,
+            data: data.to_vec(),
+        })
     }
     pub fn write_full(self, data: &[u8]) -> Self {
         self.push(Op::WriteFull(data.to_vec()))
@@ -152,13 +180,18 @@ impl WriteOp {
         self.push(Op::Remove)
     }
     pub fn set_xattr(self, name: &str, value: &[u8]) -> Self {
-        self.push(Op::SetXattr { name: name.into(), value: value.to_vec() })
+        self.push(Op::SetXattr {
+            name: name.into(),
+            value: value.to_vec(),
+        })
     }
     pub fn rm_xattr(self, name: &str) -> Self {
         self.push(Op::RmXattr(name.into()))
     }
     pub fn omap_set<K: Into<String>>(self, kv: impl IntoIterator<Item = (K, Vec<u8>)>) -> Self {
-        self.push(Op::OmapSet(kv.into_iter().map(|(k, v)| (k.into(), v)).collect()))
+        self.push(Op::OmapSet(
+            kv.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+        ))
     }
     pub fn omap_rm<K: Into<String>>(self, keys: impl IntoIterator<Item = K>) -> Self {
         self.push(Op::OmapRm(keys.into_iter().map(Into::into).collect()))
@@ -246,7 +279,10 @@ pub enum Error {
     #[error("store is corrupt: {0}")]
     Corrupt(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("metadata database: {0}")]
     Db(String),
 }
@@ -310,11 +346,27 @@ pub trait ObjectStore: Send + Sync {
         Ok(n)
     }
     /// Like `read` but returns only the extents that hold data, as `(offset, bytes)`, sorted.
-    fn sparse_read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, Vec<u8>)>>;
+    fn sparse_read(
+        &self,
+        loc: &Locator,
+        snap: SnapId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>>;
     /// The extents `(offset, len)` of `[offset, offset + len)` that hold data at `snap`, sorted,
     /// without reading the data. Backends should override this default, which reads.
-    fn map_extents(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
-        Ok(self.sparse_read(loc, snap, offset, len)?.into_iter().map(|(o, d)| (o, d.len() as u64)).collect())
+    fn map_extents(
+        &self,
+        loc: &Locator,
+        snap: SnapId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64)>> {
+        Ok(self
+            .sparse_read(loc, snap, offset, len)?
+            .into_iter()
+            .map(|(o, d)| (o, d.len() as u64))
+            .collect())
     }
     /// `NotFound` if the object did not exist at `snap`.
     fn stat(&self, loc: &Locator, snap: SnapId) -> Result<ObjectStat>;
@@ -323,8 +375,13 @@ pub trait ObjectStore: Send + Sync {
     fn get_xattr(&self, loc: &Locator, name: &str) -> Result<Vec<u8>>;
     fn get_xattrs(&self, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>>>;
     /// Up to `max` omap entries with keys `> start_after` that begin with `prefix`, sorted.
-    fn omap_get(&self, loc: &Locator, start_after: &str, prefix: &str, max: usize)
-        -> Result<Vec<(String, Vec<u8>)>>;
+    fn omap_get(
+        &self,
+        loc: &Locator,
+        start_after: &str,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
     /// The values of these keys; absent keys are left out.
     fn omap_get_keys(&self, loc: &Locator, keys: &[&str]) -> Result<BTreeMap<String, Vec<u8>>>;
 
@@ -333,7 +390,14 @@ pub trait ObjectStore: Send + Sync {
     fn client(&self) -> ClientInfo;
     /// Takes lock `name` on the object for this client. `Busy` if another live client holds it
     /// exclusively (or at all, for an exclusive request). Locks of dead clients are broken.
-    fn lock(&self, loc: &Locator, name: &str, cookie: &str, description: &str, exclusive: bool) -> Result<()>;
+    fn lock(
+        &self,
+        loc: &Locator,
+        name: &str,
+        cookie: &str,
+        description: &str,
+        exclusive: bool,
+    ) -> Result<()>;
     /// `NotFound` if this client does not hold it with this cookie.
     fn unlock(&self, loc: &Locator, name: &str, cookie: &str) -> Result<()>;
     fn break_lock(&self, loc: &Locator, name: &str, client_id: u64, cookie: &str) -> Result<()>;
@@ -363,5 +427,7 @@ pub fn open(uri: &str) -> Result<StoreRef> {
     if uri == "mem://" || uri.starts_with("mem://") {
         return Ok(Arc::new(mem::MemStore::new()));
     }
-    Err(Error::Invalid(format!("store URI {uri:?}: expected dir:///PATH or mem://")))
+    Err(Error::Invalid(format!(
+        "store URI {uri:?}: expected dir:///PATH or mem://"
+    )))
 }

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::plan::{self, DataStep, MetaStep, View};
 use crate::snaps::{self, Version};
 use crate::{
-    ClientInfo, Error, Locator, LockInfo, ObjectStat, ObjectStore, PoolId, Result, SnapContext, SnapId, SnapSet,
-    Watcher, WriteOp,
+    ClientInfo, Error, Locator, LockInfo, ObjectStat, ObjectStore, PoolId, Result, SnapContext,
+    SnapId, SnapSet, Watcher, WriteOp,
 };
 
 pub struct MemStore {
@@ -72,7 +72,10 @@ struct LockRec {
 impl MemStore {
     /// A new, empty store with a pool `rbd`, as a fresh `dir` store has.
     pub fn new() -> Self {
-        let mut state = State { next_pool: 1, ..State::default() };
+        let mut state = State {
+            next_pool: 1,
+            ..State::default()
+        };
         state.pools.insert(1, Pool::new("rbd"));
         state.next_pool = 2;
         Self::register(Arc::new(Mutex::new(state)))
@@ -143,15 +146,23 @@ fn key(loc: &Locator) -> (String, String) {
 
 impl State {
     fn pool(&self, id: PoolId) -> Result<&Pool> {
-        self.pools.get(&id).ok_or_else(|| Error::NoPool(id.to_string()))
+        self.pools
+            .get(&id)
+            .ok_or_else(|| Error::NoPool(id.to_string()))
     }
 
     fn obj(&self, loc: &Locator) -> Result<&Obj> {
-        self.pool(loc.pool)?.objects.get(&key(loc)).ok_or_else(|| Error::NotFound(loc.to_string()))
+        self.pool(loc.pool)?
+            .objects
+            .get(&key(loc))
+            .ok_or_else(|| Error::NotFound(loc.to_string()))
     }
 
     fn head(&self, loc: &Locator) -> Result<&Head> {
-        self.obj(loc)?.head.as_ref().ok_or_else(|| Error::NotFound(loc.to_string()))
+        self.obj(loc)?
+            .head
+            .as_ref()
+            .ok_or_else(|| Error::NotFound(loc.to_string()))
     }
 
     fn stored_at(&self, loc: &Locator, snap: SnapId) -> Result<&Stored> {
@@ -183,7 +194,11 @@ impl ObjectStore for MemStore {
 
     fn remove_pool(&self, name: &str) -> Result<()> {
         let mut st = self.state();
-        let id = st.pools.iter().find(|(_, p)| p.name == name).map(|(id, _)| *id);
+        let id = st
+            .pools
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .map(|(id, _)| *id);
         let id = id.ok_or_else(|| Error::NoPool(name.to_string()))?;
         st.pools.remove(&id);
         st.locks.retain(|(loc, _), _| loc.pool != id);
@@ -192,12 +207,21 @@ impl ObjectStore for MemStore {
     }
 
     fn list_pools(&self) -> Result<Vec<(PoolId, String)>> {
-        Ok(self.state().pools.iter().map(|(id, p)| (*id, p.name.clone())).collect())
+        Ok(self
+            .state()
+            .pools
+            .iter()
+            .map(|(id, p)| (*id, p.name.clone()))
+            .collect())
     }
 
     fn pool_id(&self, name: &str) -> Result<PoolId> {
         let st = self.state();
-        let found = st.pools.iter().find(|(_, p)| p.name == name).map(|(id, _)| *id);
+        let found = st
+            .pools
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .map(|(id, _)| *id);
         found.ok_or_else(|| Error::NoPool(name.to_string()))
     }
 
@@ -217,16 +241,24 @@ impl ObjectStore for MemStore {
 
     fn snap_create(&self, pool: PoolId) -> Result<SnapId> {
         let mut st = self.state();
-        let p = st.pools.get_mut(&pool).ok_or_else(|| Error::NoPool(pool.to_string()))?;
+        let p = st
+            .pools
+            .get_mut(&pool)
+            .ok_or_else(|| Error::NoPool(pool.to_string()))?;
         p.snap_seq += 1;
         Ok(p.snap_seq)
     }
 
     fn snap_remove(&self, pool: PoolId, snap: SnapId) -> Result<()> {
         let mut st = self.state();
-        let p = st.pools.get_mut(&pool).ok_or_else(|| Error::NoPool(pool.to_string()))?;
+        let p = st
+            .pools
+            .get_mut(&pool)
+            .ok_or_else(|| Error::NoPool(pool.to_string()))?;
         if snap == 0 || snap > p.snap_seq {
-            return Err(Error::Invalid(format!("pool {pool}: snapshot {snap} was never created")));
+            return Err(Error::Invalid(format!(
+                "pool {pool}: snapshot {snap} was never created"
+            )));
         }
         p.removed_snaps.insert(snap);
         p.objects.retain(|_, obj| {
@@ -241,12 +273,19 @@ impl ObjectStore for MemStore {
     fn operate(&self, loc: &Locator, op: &WriteOp, snapc: &SnapContext) -> Result<()> {
         snaps::validate_snapc(snapc)?;
         let mut st = self.state();
-        let pool = st.pools.get_mut(&loc.pool).ok_or_else(|| Error::NoPool(loc.pool.to_string()))?;
+        let pool = st
+            .pools
+            .get_mut(&loc.pool)
+            .ok_or_else(|| Error::NoPool(loc.pool.to_string()))?;
         let head = pool.objects.get(&key(loc)).and_then(|o| o.head.as_ref());
         let xattr = |n: &str| Ok(head.and_then(|h| h.xattrs.get(n).cloned()));
         let omap = |k: &str| Ok(head.and_then(|h| h.omap.get(k).cloned()));
-        let view =
-            View { exists: head.is_some(), size: head.map_or(0, |h| h.stored.data.size), xattr: &xattr, omap: &omap };
+        let view = View {
+            exists: head.is_some(),
+            size: head.map_or(0, |h| h.stored.data.size),
+            xattr: &xattr,
+            omap: &omap,
+        };
         let p = plan::plan(loc, &op.ops, &view)?;
         if !p.mutates {
             return Ok(());
@@ -271,7 +310,15 @@ impl ObjectStore for MemStore {
                 Some(h) => (h.stored.data, h.xattrs, h.omap),
                 None => Default::default(),
             };
-            let mut head = Head { stored: Stored { data, version, mtime: crate::dir::now_secs() }, xattrs, omap };
+            let mut head = Head {
+                stored: Stored {
+                    data,
+                    version,
+                    mtime: crate::dir::now_secs(),
+                },
+                xattrs,
+                omap,
+            };
             apply(&mut head, &p);
             head
         });
@@ -279,8 +326,15 @@ impl ObjectStore for MemStore {
         if obj.head.is_none() {
             let gone_loc = loc.clone();
             st.watchers.retain(|_, (l, _)| *l != gone_loc);
-            let pool = st.pools.get_mut(&loc.pool).ok_or_else(|| Error::NoPool(loc.pool.to_string()))?;
-            if pool.objects.get(&key(loc)).is_some_and(|o| o.clones.is_empty()) {
+            let pool = st
+                .pools
+                .get_mut(&loc.pool)
+                .ok_or_else(|| Error::NoPool(loc.pool.to_string()))?;
+            if pool
+                .objects
+                .get(&key(loc))
+                .is_some_and(|o| o.clones.is_empty())
+            {
                 pool.objects.remove(&key(loc));
             }
         }
@@ -292,23 +346,47 @@ impl ObjectStore for MemStore {
     }
 
     fn read_into(&self, loc: &Locator, snap: SnapId, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        Ok(self.state().stored_at(loc, snap)?.data.read_into(offset, buf))
+        Ok(self
+            .state()
+            .stored_at(loc, snap)?
+            .data
+            .read_into(offset, buf))
     }
 
-    fn sparse_read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    fn sparse_read(
+        &self,
+        loc: &Locator,
+        snap: SnapId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
         Ok(self.state().stored_at(loc, snap)?.data.extents(offset, len))
     }
 
-    fn map_extents(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+    fn map_extents(
+        &self,
+        loc: &Locator,
+        snap: SnapId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64)>> {
         let st = self.state();
         let data = &st.stored_at(loc, snap)?.data;
-        Ok(data.extents(offset, len).into_iter().map(|(o, d)| (o, d.len() as u64)).collect())
+        Ok(data
+            .extents(offset, len)
+            .into_iter()
+            .map(|(o, d)| (o, d.len() as u64))
+            .collect())
     }
 
     fn stat(&self, loc: &Locator, snap: SnapId) -> Result<ObjectStat> {
         let st = self.state();
         let s = st.stored_at(loc, snap)?;
-        Ok(ObjectStat { size: s.data.size, version: s.version, mtime: s.mtime })
+        Ok(ObjectStat {
+            size: s.data.size,
+            version: s.version,
+            mtime: s.mtime,
+        })
     }
 
     fn list_snaps(&self, loc: &Locator) -> Result<SnapSet> {
@@ -325,10 +403,20 @@ impl ObjectStore for MemStore {
         Ok(self.state().head(loc)?.xattrs.clone())
     }
 
-    fn omap_get(&self, loc: &Locator, start_after: &str, prefix: &str, max: usize) -> Result<Vec<(String, Vec<u8>)>> {
+    fn omap_get(
+        &self,
+        loc: &Locator,
+        start_after: &str,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let st = self.state();
         let omap = &st.head(loc)?.omap;
-        let from = if start_after >= prefix { start_after } else { prefix };
+        let from = if start_after >= prefix {
+            start_after
+        } else {
+            prefix
+        };
         Ok(omap
             .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
             .filter(|(k, _)| k.as_str() > start_after)
@@ -341,21 +429,36 @@ impl ObjectStore for MemStore {
     fn omap_get_keys(&self, loc: &Locator, keys: &[&str]) -> Result<BTreeMap<String, Vec<u8>>> {
         let st = self.state();
         let omap = &st.head(loc)?.omap;
-        Ok(keys.iter().filter_map(|k| omap.get(*k).map(|v| (k.to_string(), v.clone()))).collect())
+        Ok(keys
+            .iter()
+            .filter_map(|k| omap.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect())
     }
 
     fn client(&self) -> ClientInfo {
         self.client.clone()
     }
 
-    fn lock(&self, loc: &Locator, name: &str, cookie: &str, description: &str, exclusive: bool) -> Result<()> {
+    fn lock(
+        &self,
+        loc: &Locator,
+        name: &str,
+        cookie: &str,
+        description: &str,
+        exclusive: bool,
+    ) -> Result<()> {
         let mut st = self.state();
         st.pool(loc.pool)?;
         let live: BTreeSet<u64> = st.clients.keys().copied().collect();
         let holders = st.locks.entry((loc.clone(), name.to_string())).or_default();
         holders.retain(|h| live.contains(&h.client));
-        if holders.iter().any(|h| h.client == self.client.id && h.cookie == cookie) {
-            return Err(Error::Exists(format!("{loc} lock {name:?} cookie {cookie:?}")));
+        if holders
+            .iter()
+            .any(|h| h.client == self.client.id && h.cookie == cookie)
+        {
+            return Err(Error::Exists(format!(
+                "{loc} lock {name:?} cookie {cookie:?}"
+            )));
         }
         if !holders.is_empty() && (exclusive || holders.iter().any(|h| h.exclusive)) {
             return Err(Error::Busy(format!("{loc} lock {name:?}")));
@@ -381,7 +484,9 @@ impl ObjectStore for MemStore {
         let before = holders.len();
         holders.retain(|h| !(h.client == client_id && h.cookie == cookie));
         if holders.len() == before {
-            return Err(Error::NotFound(format!("{loc} lock {name:?} held by client {client_id} cookie {cookie:?}")));
+            return Err(Error::NotFound(format!(
+                "{loc} lock {name:?} held by client {client_id} cookie {cookie:?}"
+            )));
         }
         Ok(())
     }
@@ -389,7 +494,11 @@ impl ObjectStore for MemStore {
     fn list_lockers(&self, loc: &Locator, name: &str) -> Result<Vec<LockInfo>> {
         let st = self.state();
         st.pool(loc.pool)?;
-        let holders = st.locks.get(&(loc.clone(), name.to_string())).cloned().unwrap_or_default();
+        let holders = st
+            .locks
+            .get(&(loc.clone(), name.to_string()))
+            .cloned()
+            .unwrap_or_default();
         Ok(holders
             .into_iter()
             .filter_map(|h| {
@@ -432,7 +541,12 @@ impl ObjectStore for MemStore {
             .watchers
             .iter()
             .filter(|(_, (l, c))| l == loc && st.alive(*c))
-            .filter_map(|(cookie, (_, c))| Some(Watcher { client: st.clients.get(c)?.clone(), cookie: *cookie }))
+            .filter_map(|(cookie, (_, c))| {
+                Some(Watcher {
+                    client: st.clients.get(c)?.clone(),
+                    cookie: *cookie,
+                })
+            })
             .collect())
     }
 
@@ -448,7 +562,10 @@ fn apply(head: &mut Head, p: &plan::Plan) {
     }
     for step in &p.steps {
         match *step {
-            DataStep::Write { offset, data: bytes } => data.write(offset, bytes),
+            DataStep::Write {
+                offset,
+                data: bytes,
+            } => data.write(offset, bytes),
             DataStep::Zero { offset, len } => data.punch(offset, offset + len),
             DataStep::Truncate(size) => data.truncate(size),
         }
@@ -486,8 +603,13 @@ struct Sparse {
 
 impl Sparse {
     fn punch(&mut self, start: u64, end: u64) {
-        let hit: Vec<u64> =
-            self.ext.range(..end).rev().take_while(|(o, d)| **o + d.len() as u64 > start).map(|(o, _)| *o).collect();
+        let hit: Vec<u64> = self
+            .ext
+            .range(..end)
+            .rev()
+            .take_while(|(o, d)| **o + d.len() as u64 > start)
+            .map(|(o, _)| *o)
+            .collect();
         for off in hit {
             let Some(mut d) = self.ext.remove(&off) else {
                 continue;
@@ -556,11 +678,16 @@ impl Sparse {
         if start >= end {
             return 0;
         }
-        let first = self.ext.range(..=start).next_back().map_or(start, |(o, _)| *o);
+        let first = self
+            .ext
+            .range(..=start)
+            .next_back()
+            .map_or(start, |(o, _)| *o);
         for (&o, d) in self.ext.range(first..end) {
             let (lo, hi) = (o.max(start), (o + d.len() as u64).min(end));
             if lo < hi {
-                out[(lo - start) as usize..(hi - start) as usize].copy_from_slice(&d[(lo - o) as usize..(hi - o) as usize]);
+                out[(lo - start) as usize..(hi - start) as usize]
+                    .copy_from_slice(&d[(lo - o) as usize..(hi - o) as usize]);
             }
         }
         out.len()
@@ -571,7 +698,11 @@ impl Sparse {
         if start >= end {
             return Vec::new();
         }
-        let first = self.ext.range(..=start).next_back().map_or(start, |(o, _)| *o);
+        let first = self
+            .ext
+            .range(..=start)
+            .next_back()
+            .map_or(start, |(o, _)| *o);
         self.ext
             .range(first..end)
             .filter_map(|(&o, d)| {

@@ -68,7 +68,12 @@ pub struct View<'v> {
 
 pub fn plan<'a>(loc: &Locator, ops: &'a [Op], view: &View) -> Result<Plan<'a>> {
     check_guards(loc, ops, view)?;
-    let mut p = Plan { exists_after: view.exists, size_after: view.size, reset: !view.exists, ..Plan::default() };
+    let mut p = Plan {
+        exists_after: view.exists,
+        size_after: view.size,
+        reset: !view.exists,
+        ..Plan::default()
+    };
     for op in ops {
         apply(loc, op, &mut p)?;
     }
@@ -107,7 +112,10 @@ fn apply<'a>(loc: &Locator, op: &'a Op, p: &mut Plan<'a>) -> Result<()> {
                 p.steps.push(DataStep::Write { offset: 0, data });
                 p.size_after = end;
             } else {
-                p.steps.push(DataStep::Write { offset: *offset, data });
+                p.steps.push(DataStep::Write {
+                    offset: *offset,
+                    data,
+                });
                 p.size_after = p.size_after.max(end);
             }
             p.cuts.push((*offset, data.len() as u64));
@@ -128,7 +136,10 @@ fn apply<'a>(loc: &Locator, op: &'a Op, p: &mut Plan<'a>) -> Result<()> {
             // RADOS: zero neither creates nor extends.
             let end = offset.saturating_add(*len).min(p.size_after);
             if p.exists_after && *offset < end {
-                p.steps.push(DataStep::Zero { offset: *offset, len: end - offset });
+                p.steps.push(DataStep::Zero {
+                    offset: *offset,
+                    len: end - offset,
+                });
                 p.cuts.push((*offset, end - offset));
             }
         }
@@ -214,7 +225,12 @@ mod tests {
     use crate::WriteOp;
 
     fn view(exists: bool, size: u64) -> View<'static> {
-        View { exists, size, xattr: &|_| Ok(None), omap: &|_| Ok(Some(b"1".to_vec())) }
+        View {
+            exists,
+            size,
+            xattr: &|_| Ok(None),
+            omap: &|_| Ok(Some(b"1".to_vec())),
+        }
     }
 
     fn loc() -> Locator {
@@ -224,12 +240,24 @@ mod tests {
     #[test]
     fn guards_fail_before_anything() {
         let op = WriteOp::new().write(0, b"x").omap_cmp("k", Some(b"2"));
-        assert!(matches!(plan(&loc(), &op.ops, &view(true, 4)), Err(Error::Canceled(_))));
+        assert!(matches!(
+            plan(&loc(), &op.ops, &view(true, 4)),
+            Err(Error::Canceled(_))
+        ));
         let op = WriteOp::new().write(0, b"x").assert_exists();
-        assert!(matches!(plan(&loc(), &op.ops, &view(false, 0)), Err(Error::NotFound(_))));
+        assert!(matches!(
+            plan(&loc(), &op.ops, &view(false, 0)),
+            Err(Error::NotFound(_))
+        ));
         let op = WriteOp::new().create_exclusive();
-        assert!(matches!(plan(&loc(), &op.ops, &view(true, 0)), Err(Error::Exists(_))));
-        let op = WriteOp::new().cmp_xattr("a", None).omap_cmp("k", Some(b"1")).write(0, b"x");
+        assert!(matches!(
+            plan(&loc(), &op.ops, &view(true, 0)),
+            Err(Error::Exists(_))
+        ));
+        let op = WriteOp::new()
+            .cmp_xattr("a", None)
+            .omap_cmp("k", Some(b"1"))
+            .write(0, b"x");
         assert!(plan(&loc(), &op.ops, &view(true, 4)).is_ok());
     }
 
@@ -255,16 +283,27 @@ mod tests {
     #[test]
     fn remove_of_absent_fails_and_limits_hold() {
         let op = WriteOp::new().remove();
-        assert!(matches!(plan(&loc(), &op.ops, &view(false, 0)), Err(Error::NotFound(_))));
+        assert!(matches!(
+            plan(&loc(), &op.ops, &view(false, 0)),
+            Err(Error::NotFound(_))
+        ));
         let op = WriteOp::new().truncate(u64::MAX);
-        assert!(matches!(plan(&loc(), &op.ops, &view(true, 0)), Err(Error::Invalid(_))));
+        assert!(matches!(
+            plan(&loc(), &op.ops, &view(true, 0)),
+            Err(Error::Invalid(_))
+        ));
         let op = WriteOp::new().write(u64::MAX - 1, b"ab");
-        assert!(matches!(plan(&loc(), &op.ops, &view(true, 0)), Err(Error::Invalid(_))));
+        assert!(matches!(
+            plan(&loc(), &op.ops, &view(true, 0)),
+            Err(Error::Invalid(_))
+        ));
     }
 
     #[test]
     fn metadata_only_does_not_touch_data() {
-        let op = WriteOp::new().set_xattr("a", b"1").omap_set([("k", b"v".to_vec())]);
+        let op = WriteOp::new()
+            .set_xattr("a", b"1")
+            .omap_set([("k", b"v".to_vec())]);
         let p = plan(&loc(), &op.ops, &view(true, 3)).expect("plan");
         assert!(p.mutates && !p.data_touch && p.data_unchanged());
     }

@@ -20,17 +20,26 @@ pub enum Version {
 /// `seq` (RADOS `SnapContext::is_valid`).
 pub fn validate_snapc(snapc: &SnapContext) -> Result<()> {
     let sorted = snapc.snaps.windows(2).all(|w| w[0] > w[1]);
-    let bounded = snapc.snaps.first().is_none_or(|&newest| newest <= snapc.seq);
+    let bounded = snapc
+        .snaps
+        .first()
+        .is_none_or(|&newest| newest <= snapc.seq);
     if sorted && bounded {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("snap context {snapc:?}: snaps must be newest first and <= seq")))
+        Err(Error::Invalid(format!(
+            "snap context {snapc:?}: snaps must be newest first and <= seq"
+        )))
     }
 }
 
 /// The version a read at `snap` sees.
 pub fn version_at(ss: &SnapSet, snap: SnapId) -> Version {
-    let head = if ss.head_size.is_some() { Version::Head } else { Version::Absent };
+    let head = if ss.head_size.is_some() {
+        Version::Head
+    } else {
+        Version::Absent
+    };
     if snap == crate::HEAD || snap > ss.seq {
         return head;
     }
@@ -45,21 +54,43 @@ pub fn version_at(ss: &SnapSet, snap: SnapId) -> Version {
 /// The clone a data-changing op must preserve before it applies, if any: the head exists and
 /// the writer knows of snapshots newer than the last one this object saw. Snapshots already
 /// removed are left out; if none is left no clone is needed.
-pub fn needs_clone(ss: &SnapSet, snapc: &SnapContext, is_removed: impl Fn(SnapId) -> bool) -> Option<CloneInfo> {
+pub fn needs_clone(
+    ss: &SnapSet,
+    snapc: &SnapContext,
+    is_removed: impl Fn(SnapId) -> bool,
+) -> Option<CloneInfo> {
     let size = ss.head_size?;
-    let mut snaps: Vec<SnapId> =
-        snapc.snaps.iter().copied().take_while(|&s| s > ss.seq).filter(|&s| !is_removed(s)).collect();
+    let mut snaps: Vec<SnapId> = snapc
+        .snaps
+        .iter()
+        .copied()
+        .take_while(|&s| s > ss.seq)
+        .filter(|&s| !is_removed(s))
+        .collect();
     if snaps.is_empty() {
         return None;
     }
     snaps.reverse();
-    let overlap = if size > 0 { vec![(0, size)] } else { Vec::new() };
-    Some(CloneInfo { id: snapc.seq, snaps, size, overlap })
+    let overlap = if size > 0 {
+        vec![(0, size)]
+    } else {
+        Vec::new()
+    };
+    Some(CloneInfo {
+        id: snapc.seq,
+        snaps,
+        size,
+        overlap,
+    })
 }
 
 /// Prepares the snapset for a data-changing op: records the clone (returned, so the caller
 /// can preserve the head's data under it) and advances `seq`.
-pub fn make_writeable(ss: &mut SnapSet, snapc: &SnapContext, is_removed: impl Fn(SnapId) -> bool) -> Option<CloneInfo> {
+pub fn make_writeable(
+    ss: &mut SnapSet,
+    snapc: &SnapContext,
+    is_removed: impl Fn(SnapId) -> bool,
+) -> Option<CloneInfo> {
     let clone = needs_clone(ss, snapc, is_removed);
     if let Some(c) = &clone {
         ss.clones.push(c.clone());
@@ -140,7 +171,11 @@ pub fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
 
 /// Text form of a range list for storage: `off:len,off:len`.
 pub fn encode_ranges(ranges: &[(u64, u64)]) -> String {
-    ranges.iter().map(|(o, l)| format!("{o}:{l}")).collect::<Vec<_>>().join(",")
+    ranges
+        .iter()
+        .map(|(o, l)| format!("{o}:{l}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn decode_ranges(text: &str) -> Result<Vec<(u64, u64)>> {
@@ -156,13 +191,20 @@ pub fn decode_ranges(text: &str) -> Result<Vec<(u64, u64)>> {
 
 /// Text form of a snap id list: `1,2,3`.
 pub fn encode_snaps(snaps: &[SnapId]) -> String {
-    snaps.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    snaps
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn decode_snaps(text: &str) -> Result<Vec<SnapId>> {
     text.split(',')
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| Error::Corrupt(format!("snap list {text:?}"))))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| Error::Corrupt(format!("snap list {text:?}")))
+        })
         .collect()
 }
 
@@ -172,14 +214,24 @@ mod tests {
     use proptest::prelude::*;
 
     fn snapc(seq: SnapId, snaps: &[SnapId]) -> SnapContext {
-        SnapContext { seq, snaps: snaps.to_vec() }
+        SnapContext {
+            seq,
+            snaps: snaps.to_vec(),
+        }
     }
 
     #[test]
     fn first_write_after_snap_clones_once() {
-        let mut ss = SnapSet { seq: 0, clones: vec![], head_size: Some(100) };
+        let mut ss = SnapSet {
+            seq: 0,
+            clones: vec![],
+            head_size: Some(100),
+        };
         let c = make_writeable(&mut ss, &snapc(3, &[3, 1]), |_| false).expect("clone");
-        assert_eq!((c.id, c.snaps.clone(), c.size, c.overlap.clone()), (3, vec![1, 3], 100, vec![(0, 100)]));
+        assert_eq!(
+            (c.id, c.snaps.clone(), c.size, c.overlap.clone()),
+            (3, vec![1, 3], 100, vec![(0, 100)])
+        );
         assert_eq!(ss.seq, 3);
         assert!(make_writeable(&mut ss, &snapc(3, &[3, 1]), |_| false).is_none());
         assert_eq!(ss.clones.len(), 1);
@@ -187,18 +239,38 @@ mod tests {
 
     #[test]
     fn no_clone_without_head_or_with_removed_snaps() {
-        let mut ss = SnapSet { seq: 0, clones: vec![], head_size: None };
+        let mut ss = SnapSet {
+            seq: 0,
+            clones: vec![],
+            head_size: None,
+        };
         assert!(make_writeable(&mut ss, &snapc(2, &[2]), |_| false).is_none());
         assert_eq!(ss.seq, 2);
-        let ss = SnapSet { seq: 0, clones: vec![], head_size: Some(1) };
+        let ss = SnapSet {
+            seq: 0,
+            clones: vec![],
+            head_size: Some(1),
+        };
         assert!(needs_clone(&ss, &snapc(2, &[2, 1]), |s| s <= 2).is_none());
-        assert_eq!(needs_clone(&ss, &snapc(2, &[2, 1]), |s| s == 1).map(|c| c.snaps), Some(vec![2]));
+        assert_eq!(
+            needs_clone(&ss, &snapc(2, &[2, 1]), |s| s == 1).map(|c| c.snaps),
+            Some(vec![2])
+        );
     }
 
     #[test]
     fn version_at_follows_rados() {
-        let clone = |id, snaps: &[SnapId]| CloneInfo { id, snaps: snaps.to_vec(), size: 1, overlap: vec![] };
-        let ss = SnapSet { seq: 5, clones: vec![clone(2, &[1, 2]), clone(5, &[4, 5])], head_size: Some(1) };
+        let clone = |id, snaps: &[SnapId]| CloneInfo {
+            id,
+            snaps: snaps.to_vec(),
+            size: 1,
+            overlap: vec![],
+        };
+        let ss = SnapSet {
+            seq: 5,
+            clones: vec![clone(2, &[1, 2]), clone(5, &[4, 5])],
+            head_size: Some(1),
+        };
         assert_eq!(version_at(&ss, 1), Version::Clone(2));
         assert_eq!(version_at(&ss, 2), Version::Clone(2));
         // Snap 3 was not in any writer's context (another image's snap): the clone that
@@ -207,7 +279,10 @@ mod tests {
         assert_eq!(version_at(&ss, 5), Version::Clone(5));
         assert_eq!(version_at(&ss, 6), Version::Head);
         assert_eq!(version_at(&ss, crate::HEAD), Version::Head);
-        let gone = SnapSet { head_size: None, ..ss };
+        let gone = SnapSet {
+            head_size: None,
+            ..ss
+        };
         assert_eq!(version_at(&gone, 6), Version::Absent);
         assert_eq!(version_at(&gone, 4), Version::Clone(5));
     }
@@ -217,8 +292,18 @@ mod tests {
         let mut ss = SnapSet {
             seq: 3,
             clones: vec![
-                CloneInfo { id: 1, snaps: vec![1], size: 10, overlap: vec![(0, 6)] },
-                CloneInfo { id: 2, snaps: vec![2], size: 10, overlap: vec![(4, 6)] },
+                CloneInfo {
+                    id: 1,
+                    snaps: vec![1],
+                    size: 10,
+                    overlap: vec![(0, 6)],
+                },
+                CloneInfo {
+                    id: 2,
+                    snaps: vec![2],
+                    size: 10,
+                    overlap: vec![(4, 6)],
+                },
             ],
             head_size: Some(10),
         };

@@ -3,7 +3,10 @@
 mod mem {
     rbdm_store::conformance_tests!(|| {
         let store = rbdm_store::mem::MemStore::new();
-        (move || std::sync::Arc::new(store.handle()) as rbdm_store::StoreRef, ())
+        (
+            move || std::sync::Arc::new(store.handle()) as rbdm_store::StoreRef,
+            (),
+        )
     });
 }
 
@@ -12,7 +15,8 @@ mod dir {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         let open = move || {
-            std::sync::Arc::new(rbdm_store::dir::DirStore::open(&root).expect("open dir store")) as rbdm_store::StoreRef
+            std::sync::Arc::new(rbdm_store::dir::DirStore::open(&root).expect("open dir store"))
+                as rbdm_store::StoreRef
         };
         (open, dir)
     });

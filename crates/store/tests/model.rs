@@ -10,12 +10,28 @@ use rbdm_store::{Locator, SnapContext, SnapId, StoreRef, WriteOp, HEAD};
 
 #[derive(Clone, Debug)]
 enum Step {
-    Write { obj: usize, off: u64, len: u64, byte: u8 },
-    Zero { obj: usize, off: u64, len: u64 },
-    Truncate { obj: usize, size: u64 },
-    Remove { obj: usize },
+    Write {
+        obj: usize,
+        off: u64,
+        len: u64,
+        byte: u8,
+    },
+    Zero {
+        obj: usize,
+        off: u64,
+        len: u64,
+    },
+    Truncate {
+        obj: usize,
+        size: u64,
+    },
+    Remove {
+        obj: usize,
+    },
     Snap,
-    RemoveSnap { pick: usize },
+    RemoveSnap {
+        pick: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -38,7 +54,9 @@ struct Model {
 }
 
 fn run(store: &StoreRef, steps: &[Step]) -> Result<(), TestCaseError> {
-    let pool = store.pool_id("rbd").map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let pool = store
+        .pool_id("rbd")
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let locs = [Locator::new(pool, "", "a"), Locator::new(pool, "", "b")];
     let mut m = Model::default();
     for s in steps {
@@ -47,7 +65,12 @@ fn run(store: &StoreRef, steps: &[Step]) -> Result<(), TestCaseError> {
             snaps: m.snaps.keys().rev().copied().collect(),
         };
         let (obj, op) = match *s {
-            Step::Write { obj, off, len, byte } => {
+            Step::Write {
+                obj,
+                off,
+                len,
+                byte,
+            } => {
                 let head = m.head[obj].get_or_insert_with(Vec::new);
                 let end = (off + len) as usize;
                 if head.len() < end {
@@ -66,7 +89,9 @@ fn run(store: &StoreRef, steps: &[Step]) -> Result<(), TestCaseError> {
                 (obj, WriteOp::new().zero(off, len))
             }
             Step::Truncate { obj, size } => {
-                m.head[obj].get_or_insert_with(Vec::new).resize(size as usize, 0);
+                m.head[obj]
+                    .get_or_insert_with(Vec::new)
+                    .resize(size as usize, 0);
                 (obj, WriteOp::new().truncate(size))
             }
             Step::Remove { obj } => {
@@ -76,7 +101,9 @@ fn run(store: &StoreRef, steps: &[Step]) -> Result<(), TestCaseError> {
                 continue;
             }
             Step::Snap => {
-                let id = store.snap_create(pool).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let id = store
+                    .snap_create(pool)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 m.snaps.insert(id, m.head.clone());
                 continue;
             }
@@ -85,13 +112,21 @@ fn run(store: &StoreRef, steps: &[Step]) -> Result<(), TestCaseError> {
                     continue;
                 };
                 m.snaps.remove(&id);
-                store.snap_remove(pool, id).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                store
+                    .snap_remove(pool, id)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 continue;
             }
         };
-        store.operate(&locs[obj], &op, &snapc).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        store
+            .operate(&locs[obj], &op, &snapc)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
-    let views = m.snaps.iter().map(|(id, v)| (*id, v.clone())).chain([(HEAD, m.head.clone())]);
+    let views = m
+        .snaps
+        .iter()
+        .map(|(id, v)| (*id, v.clone()))
+        .chain([(HEAD, m.head.clone())]);
     for (snap, objs) in views {
         for (i, want) in objs.iter().enumerate() {
             let got = store.read(&locs[i], snap, 0, 1000);
@@ -100,7 +135,13 @@ fn run(store: &StoreRef, steps: &[Step]) -> Result<(), TestCaseError> {
                     prop_assert_eq!(got.ok(), Some(bytes.clone()), "{} at snap {}", i, snap)
                 }
                 None => {
-                    prop_assert!(got.as_ref().is_err_and(|e| e.is_not_found()), "{} at snap {}: {:?}", i, snap, got)
+                    prop_assert!(
+                        got.as_ref().is_err_and(|e| e.is_not_found()),
+                        "{} at snap {}: {:?}",
+                        i,
+                        snap,
+                        got
+                    )
                 }
             }
         }
@@ -109,7 +150,11 @@ fn run(store: &StoreRef, steps: &[Step]) -> Result<(), TestCaseError> {
     for loc in &locs {
         if let Ok(ss) = store.list_snaps(loc) {
             for c in &ss.clones {
-                prop_assert!(c.snaps.iter().all(|s| m.snaps.contains_key(s)), "clone {:?} serves only live snaps", c);
+                prop_assert!(
+                    c.snaps.iter().all(|s| m.snaps.contains_key(s)),
+                    "clone {:?} serves only live snaps",
+                    c
+                );
                 prop_assert!(!c.snaps.is_empty());
             }
         }

@@ -9,7 +9,8 @@
 use rbdm_extent::IntervalSet;
 use rbdm_image::{Image, PoolSpec, Rbd, SnapInfo};
 use rbdm_registry::{
-    ExtentState, FormatPlugin, OpenContext, Point, Result, SnapExtent, SourceError, SourceImage, SourceSnapshot,
+    ExtentState, FormatPlugin, OpenContext, Point, Result, SnapExtent, SourceError, SourceImage,
+    SourceSnapshot,
 };
 pub use rbdm_spec::{NativeSpec, PoolRef, SnapRef};
 
@@ -25,7 +26,13 @@ pub struct NativeSource {
 
 impl From<NativeSpec> for NativeSource {
     fn from(s: NativeSpec) -> Self {
-        NativeSource { pool: s.pool, namespace: s.pool_namespace, image_name: s.image_name, image_id: s.image_id, snap: s.snap }
+        NativeSource {
+            pool: s.pool,
+            namespace: s.pool_namespace,
+            image_name: s.image_name,
+            image_id: s.image_id,
+            snap: s.snap,
+        }
     }
 }
 
@@ -40,11 +47,11 @@ inventory::submit!(FormatPlugin {
 pub fn link() {}
 
 fn open_spec(spec: &serde_json::Value, ctx: &OpenContext) -> Result<Box<dyn SourceImage>> {
-    let parsed = NativeSpec::from_json(spec, "").map_err(|e| SourceError::BadSpec(e.to_string()))?;
-    let store = ctx
-        .store
-        .clone()
-        .ok_or_else(|| SourceError::Invalid("the native format reads an image in a store, and none is open".into()))?;
+    let parsed =
+        NativeSpec::from_json(spec, "").map_err(|e| SourceError::BadSpec(e.to_string()))?;
+    let store = ctx.store.clone().ok_or_else(|| {
+        SourceError::Invalid("the native format reads an image in a store, and none is open".into())
+    })?;
     Ok(Box::new(open(&Rbd::new(store), &parsed.into())?))
 }
 
@@ -66,7 +73,10 @@ struct Changes {
 pub fn open(rbd: &Rbd, src: &NativeSource) -> Result<NativeImage> {
     let pool = match &src.pool {
         PoolRef::Name(n) => n.clone(),
-        PoolRef::Id(id) => rbd.store().pool_name(*id).map_err(|e| not_found(format!("pool id {id}: {e}")))?,
+        PoolRef::Id(id) => rbd
+            .store()
+            .pool_name(*id)
+            .map_err(|e| not_found(format!("pool id {id}: {e}")))?,
     };
     let pool_spec = PoolSpec::new(&pool, &src.namespace);
     let head = open_point(rbd, &pool_spec, src, None)?;
@@ -81,13 +91,21 @@ pub fn open(rbd: &Rbd, src: &NativeSource) -> Result<NativeImage> {
         None => &upto[..],
     }
     .iter()
-    .map(|s| SourceSnapshot { name: s.name.clone(), size: s.size, timestamp: Some(s.timestamp) })
+    .map(|s| SourceSnapshot {
+        name: s.name.clone(),
+        size: s.size,
+        timestamp: Some(s.timestamp),
+    })
     .collect();
     if src.snap.is_none() {
         points.push(head);
     }
     let changes = compute_changes(&points, &upto)?;
-    Ok(NativeImage { points, snapshots, changes })
+    Ok(NativeImage {
+        points,
+        snapshots,
+        changes,
+    })
 }
 
 fn open_point(rbd: &Rbd, pool: &PoolSpec, src: &NativeSource, snap: Option<&str>) -> Result<Image> {
@@ -104,14 +122,18 @@ fn open_point(rbd: &Rbd, pool: &PoolSpec, src: &NativeSource, snap: Option<&str>
 
 /// The snapshots up to and including the chosen one, oldest first.
 fn chosen_snaps(all: &[SnapInfo], chosen: Option<&SnapRef>) -> Result<Vec<SnapInfo>> {
-    let Some(chosen) = chosen else { return Ok(all.to_vec()) };
+    let Some(chosen) = chosen else {
+        return Ok(all.to_vec());
+    };
     let pos = all.iter().position(|s| match chosen {
         SnapRef::Name(n) => &s.name == n,
         SnapRef::Id(id) => s.id == *id,
     });
     match pos {
         Some(i) => Ok(all[..=i].to_vec()),
-        None => Err(not_found(format!("snapshot {chosen:?} not found in the source image"))),
+        None => Err(not_found(format!(
+            "snapshot {chosen:?} not found in the source image"
+        ))),
     }
 }
 
@@ -123,10 +145,20 @@ fn compute_changes(points: &[Image], snaps: &[SnapInfo]) -> Result<Vec<Changes>>
     let mut prev_data = IntervalSet::new();
     let mut prev_size = 0;
     for (i, img) in points.iter().enumerate() {
-        let from = if i == 0 { None } else { snaps.get(i - 1).map(|s| s.name.as_str()) };
+        let from = if i == 0 {
+            None
+        } else {
+            snaps.get(i - 1).map(|s| s.name.as_str())
+        };
         let size = img.size();
-        let data = IntervalSet::from_ranges(img.allocated_extents(0, size).map_err(image_err)?).clip(0, size);
-        let mut changed = IntervalSet::from_ranges(img.diff(from, false).map_err(image_err)?.iter().map(|d| (d.offset, d.len)));
+        let data = IntervalSet::from_ranges(img.allocated_extents(0, size).map_err(image_err)?)
+            .clip(0, size);
+        let mut changed = IntervalSet::from_ranges(
+            img.diff(from, false)
+                .map_err(image_err)?
+                .iter()
+                .map(|d| (d.offset, d.len)),
+        );
         if size > prev_size {
             changed.insert(prev_size, size - prev_size);
         }
@@ -138,7 +170,11 @@ fn compute_changes(points: &[Image], snaps: &[SnapInfo]) -> Result<Vec<Changes>>
         }
         prev_size = size;
         prev_data = data.clone();
-        out.push(Changes { data, changed, size });
+        out.push(Changes {
+            data,
+            changed,
+            size,
+        });
     }
     Ok(out)
 }
@@ -164,7 +200,12 @@ impl SourceImage for NativeImage {
         img.read(offset, &mut buf[..n]).map_err(image_err)
     }
     fn list_snaps(&self, offset: u64, len: u64) -> Result<Vec<Vec<SnapExtent>>> {
-        Ok(self.changes.iter().enumerate().map(|(i, c)| point_extents(c, i == 0, offset, len)).collect())
+        Ok(self
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| point_extents(c, i == 0, offset, len))
+            .collect())
     }
 }
 
@@ -172,7 +213,11 @@ impl NativeImage {
     fn point(&self, point: Point) -> Result<&Image> {
         let i = match point {
             Point::Snap(i) if i < self.snapshots.len() => i,
-            Point::Snap(i) => return Err(SourceError::Invalid(format!("no snapshot #{i} in the source"))),
+            Point::Snap(i) => {
+                return Err(SourceError::Invalid(format!(
+                    "no snapshot #{i} in the source"
+                )))
+            }
             Point::Head => self.points.len() - 1,
         };
         Ok(&self.points[i])
@@ -188,16 +233,32 @@ fn point_extents(c: &Changes, first: bool, offset: u64, len: u64) -> Vec<SnapExt
     }
     let span = end - offset;
     let mut out = Vec::new();
-    let changed = if first { IntervalSet::from_ranges([(offset, span)]) } else { c.changed.clip(offset, span) };
+    let changed = if first {
+        IntervalSet::from_ranges([(offset, span)])
+    } else {
+        c.changed.clip(offset, span)
+    };
     for (o, l) in changed.gaps(offset, span) {
-        out.push(SnapExtent { offset: o, len: l, state: ExtentState::Unchanged });
+        out.push(SnapExtent {
+            offset: o,
+            len: l,
+            state: ExtentState::Unchanged,
+        });
     }
     for (co, cl) in changed.iter() {
         for (o, l) in c.data.intersection(co, cl) {
-            out.push(SnapExtent { offset: o, len: l, state: ExtentState::Data });
+            out.push(SnapExtent {
+                offset: o,
+                len: l,
+                state: ExtentState::Data,
+            });
         }
         for (o, l) in c.data.gaps(co, cl) {
-            out.push(SnapExtent { offset: o, len: l, state: ExtentState::Zero });
+            out.push(SnapExtent {
+                offset: o,
+                len: l,
+                state: ExtentState::Zero,
+            });
         }
     }
     out.sort_by_key(|e| e.offset);

@@ -11,7 +11,12 @@ const ZSTD_MAGIC: u32 = 0xfd2f_b528;
 /// bigger declared windows keeps a forged frame from sizing a large buffer.
 const ZSTD_MAX_WINDOW: u64 = 32 << 20;
 
-pub(crate) fn decompress(kind: Compression, input: &[u8], out: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+pub(crate) fn decompress(
+    kind: Compression,
+    input: &[u8],
+    out: &mut [u8],
+    what: &dyn Fn() -> String,
+) -> Result<()> {
     match kind {
         Compression::Deflate => inflate(input, out, what),
         Compression::Zstd => unzstd(input, out, what),
@@ -46,7 +51,9 @@ fn unzstd(mut input: &[u8], out: &mut [u8], what: &dyn Fn() -> String) -> Result
         }
         check_zstd_frame(input, what)?;
         let before = input.len();
-        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| zstd_frame(&mut input, &mut out[filled..])));
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            zstd_frame(&mut input, &mut out[filled..])
+        }));
         match got {
             Ok(Ok(n)) => filled += n,
             Ok(Err(e)) => return corrupt(format!("{}: bad zstd data: {e}", what())),
@@ -61,7 +68,8 @@ fn unzstd(mut input: &[u8], out: &mut [u8], what: &dyn Fn() -> String) -> Result
 
 /// Decodes one frame into `out` (stopping when `out` is full); advances `input` past it.
 fn zstd_frame(input: &mut &[u8], out: &mut [u8]) -> std::io::Result<usize> {
-    let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut *input).map_err(std::io::Error::other)?;
+    let mut dec =
+        ruzstd::decoding::StreamingDecoder::new(&mut *input).map_err(std::io::Error::other)?;
     let mut filled = 0;
     while filled < out.len() {
         let n = dec.read(&mut out[filled..])?;
@@ -77,7 +85,10 @@ fn zstd_frame(input: &mut &[u8], out: &mut [u8]) -> std::io::Result<usize> {
 fn check_zstd_frame(input: &[u8], what: &dyn Fn() -> String) -> Result<()> {
     let magic = u32::from_le_bytes([input[0], input[1], input[2], input[3]]);
     if magic != ZSTD_MAGIC {
-        return corrupt(format!("{}: not a zstd frame (magic {magic:#010x})", what()));
+        return corrupt(format!(
+            "{}: not a zstd frame (magic {magic:#010x})",
+            what()
+        ));
     }
     let Some(&descriptor) = input.get(4) else {
         return corrupt(format!("{}: truncated zstd frame header", what()));
@@ -118,7 +129,10 @@ fn check_zstd_frame(input: &[u8], what: &dyn Fn() -> String) -> Result<()> {
         base + (base / 8) * u64::from(wd & 7)
     };
     if window > ZSTD_MAX_WINDOW {
-        return corrupt(format!("{}: zstd frame declares a {window} byte window, over the limit", what()));
+        return corrupt(format!(
+            "{}: zstd frame declares a {window} byte window, over the limit",
+            what()
+        ));
     }
     Ok(())
 }

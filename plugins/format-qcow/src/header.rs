@@ -132,7 +132,12 @@ fn be64(b: &[u8], at: usize) -> u64 {
 
 /// Reads `len` bytes at `offset`, refusing (as corrupt) a range beyond the end of the file.
 /// Callers bound `len` before calling.
-pub(crate) fn read_bytes(stream: &dyn Stream, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_bytes(
+    stream: &dyn Stream,
+    offset: u64,
+    len: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
     check_in_file(stream, offset, len, what)?;
     let mut buf = vec![0u8; len as usize];
     stream.read_at(offset, &mut buf)?;
@@ -159,7 +164,11 @@ struct HeadBuf<'a> {
 impl<'a> HeadBuf<'a> {
     fn new(stream: &'a dyn Stream) -> Result<Self> {
         let limit = stream.size();
-        let mut head = HeadBuf { stream, bytes: Vec::new(), limit };
+        let mut head = HeadBuf {
+            stream,
+            bytes: Vec::new(),
+            limit,
+        };
         head.ensure(4096.min(limit), "header")?;
         Ok(head)
     }
@@ -187,7 +196,9 @@ impl<'a> HeadBuf<'a> {
 pub(crate) fn parse(stream: &dyn Stream) -> Result<Header> {
     let file_size = stream.size();
     if file_size < 8 {
-        return corrupt(format!("not a qcow image: the file is {file_size} bytes, too short for a header"));
+        return corrupt(format!(
+            "not a qcow image: the file is {file_size} bytes, too short for a header"
+        ));
     }
     let head = HeadBuf::new(stream)?;
     if head.bytes[0..4] != MAGIC {
@@ -218,10 +229,14 @@ fn parse_v1(stream: &dyn Stream, mut head: HeadBuf<'_>) -> Result<Header> {
 
     check_size(size)?;
     if !(9..=16).contains(&cluster_bits) {
-        return corrupt(format!("cluster_bits {cluster_bits} (field at offset 32) is out of range 9..16"));
+        return corrupt(format!(
+            "cluster_bits {cluster_bits} (field at offset 32) is out of range 9..16"
+        ));
     }
     if !(6..=13).contains(&l2_bits) {
-        return corrupt(format!("l2_bits {l2_bits} (field at offset 33) is out of range 6..13"));
+        return corrupt(format!(
+            "l2_bits {l2_bits} (field at offset 33) is out of range 6..13"
+        ));
     }
     if crypt != 0 {
         return Err(QcowError::Unsupported(format!(
@@ -237,7 +252,10 @@ fn parse_v1(stream: &dyn Stream, mut head: HeadBuf<'_>) -> Result<Header> {
         compression: Compression::Deflate,
     };
     let entries = l1_entries_checked(&geometry, size, "virtual size (field at offset 24)")?;
-    let l1 = L1Location { offset: l1_offset, entries };
+    let l1 = L1Location {
+        offset: l1_offset,
+        entries,
+    };
     check_l1(stream, &geometry, l1, "L1 table (offset field at 40)")?;
     let backing_file = read_backing_name(stream, backing_offset, backing_len)?;
     Ok(Header {
@@ -265,7 +283,11 @@ fn parse_v2(stream: &dyn Stream, mut head: HeadBuf<'_>) -> Result<Header> {
     let l1_offset = be64(b, 40);
     let nb_snapshots = be32(b, 60);
     let snapshots_offset = be64(b, 64);
-    let (incompatible, header_len) = if version == 2 { (0, 72) } else { (be64(b, 72), be32(b, 100)) };
+    let (incompatible, header_len) = if version == 2 {
+        (0, 72)
+    } else {
+        (be64(b, 72), be32(b, 100))
+    };
 
     if !(9..=21).contains(&cluster_bits) {
         return corrupt(format!(
@@ -284,10 +306,14 @@ fn parse_v2(stream: &dyn Stream, mut head: HeadBuf<'_>) -> Result<Header> {
     if version == 3 {
         let order = be32(b, 96);
         if order > 6 {
-            return corrupt(format!("refcount_order {order} (field at offset 96) is over 6 (64-bit refcounts)"));
+            return corrupt(format!(
+                "refcount_order {order} (field at offset 96) is over 6 (64-bit refcounts)"
+            ));
         }
     }
-    if version == 3 && (header_len < 104 || header_len % 8 != 0 || u64::from(header_len) > cluster_size) {
+    if version == 3
+        && (header_len < 104 || header_len % 8 != 0 || u64::from(header_len) > cluster_size)
+    {
         return corrupt(format!(
             "header_length {header_len} (field at offset 100) must be a multiple of 8 between 104 and the cluster size {cluster_size}"
         ));
@@ -324,7 +350,10 @@ fn parse_v2(stream: &dyn Stream, mut head: HeadBuf<'_>) -> Result<Header> {
             "L1 table has {l1_entries} entries (field at offset 36) but the virtual size {size} needs {needed}"
         ));
     }
-    let l1 = L1Location { offset: l1_offset, entries: l1_entries };
+    let l1 = L1Location {
+        offset: l1_offset,
+        entries: l1_entries,
+    };
     check_l1(stream, &geometry, l1, "L1 table (offset field at 40)")?;
     let backing_file = read_backing_name(stream, backing_offset, backing_len)?;
     let snapshots = if nb_snapshots == 0 {
@@ -361,7 +390,11 @@ fn check_refcount_table(offset: u64, clusters: u32, cluster_bits: u32) -> Result
         ));
     }
     let bytes = u64::from(clusters) << cluster_bits;
-    if offset & ((1u64 << cluster_bits) - 1) != 0 || offset.checked_add(bytes).is_none_or(|e| e > i64::MAX as u64) {
+    if offset & ((1u64 << cluster_bits) - 1) != 0
+        || offset
+            .checked_add(bytes)
+            .is_none_or(|e| e > i64::MAX as u64)
+    {
         return corrupt(format!(
             "refcount_table_offset {offset:#x} (field at offset 48) is not cluster aligned or overflows"
         ));
@@ -371,7 +404,9 @@ fn check_refcount_table(offset: u64, clusters: u32, cluster_bits: u32) -> Result
 
 fn check_size(size: u64) -> Result<()> {
     if size > MAX_SIZE {
-        return corrupt(format!("virtual size {size} (field at offset 24) is absurd: over 2^56 bytes"));
+        return corrupt(format!(
+            "virtual size {size} (field at offset 24) is absurd: over 2^56 bytes"
+        ));
     }
     Ok(())
 }
@@ -389,12 +424,23 @@ fn l1_entries_checked(g: &Geometry, size: u64, what: &str) -> Result<u32> {
     Ok(needed as u32)
 }
 
-pub(crate) fn check_l1(stream: &dyn Stream, g: &Geometry, l1: L1Location, what: &str) -> Result<()> {
+pub(crate) fn check_l1(
+    stream: &dyn Stream,
+    g: &Geometry,
+    l1: L1Location,
+    what: &str,
+) -> Result<()> {
     if l1.bytes() > MAX_L1_BYTES {
-        return corrupt(format!("{what}: {} entries is over the 32 MiB limit", l1.entries));
+        return corrupt(format!(
+            "{what}: {} entries is over the 32 MiB limit",
+            l1.entries
+        ));
     }
     if g.version >= 2 && l1.offset & (g.cluster_size() - 1) != 0 {
-        return corrupt(format!("{what}: offset {} is not cluster aligned", l1.offset));
+        return corrupt(format!(
+            "{what}: offset {} is not cluster aligned",
+            l1.offset
+        ));
     }
     if l1.entries == 0 {
         return Ok(());
@@ -431,7 +477,9 @@ fn parse_extensions(head: &mut HeadBuf<'_>, start: u64, end: u64) -> Result<Exte
     let mut pos = start;
     while pos < end {
         if end - pos < 8 {
-            return corrupt(format!("header extension at offset {pos} does not fit before offset {end}"));
+            return corrupt(format!(
+                "header extension at offset {pos} does not fit before offset {end}"
+            ));
         }
         head.ensure(pos + 8, "header extension")?;
         let kind = be32(&head.bytes, pos as usize);
@@ -448,8 +496,12 @@ fn parse_extensions(head: &mut HeadBuf<'_>, start: u64, end: u64) -> Result<Exte
         head.ensure(data_start + len, "header extension")?;
         let data = &head.bytes[data_start as usize..(data_start + len) as usize];
         match kind {
-            EXT_BACKING_FORMAT => ext.backing_format = Some(ext_string(data, pos, "backing format")?),
-            EXT_DATA_FILE => ext.data_file = Some(ext_string(data, pos, "external data file name")?),
+            EXT_BACKING_FORMAT => {
+                ext.backing_format = Some(ext_string(data, pos, "backing format")?)
+            }
+            EXT_DATA_FILE => {
+                ext.data_file = Some(ext_string(data, pos, "external data file name")?)
+            }
             EXT_FEATURE_TABLE => ext.feature_names = feature_table(data),
             _ => {}
         }
@@ -461,7 +513,9 @@ fn parse_extensions(head: &mut HeadBuf<'_>, start: u64, end: u64) -> Result<Exte
 fn ext_string(data: &[u8], pos: u64, what: &str) -> Result<String> {
     match std::str::from_utf8(data) {
         Ok(s) => Ok(s.to_string()),
-        Err(_) => corrupt(format!("{what} header extension at offset {pos} is not UTF-8")),
+        Err(_) => corrupt(format!(
+            "{what} header extension at offset {pos} is not UTF-8"
+        )),
     }
 }
 
@@ -483,7 +537,11 @@ fn feature_name(names: &[(u8, u8, String)], bit: u32) -> String {
         .unwrap_or_default()
 }
 
-fn check_incompatible(bits: u64, names: &[(u8, u8, String)], data_file: Option<&str>) -> Result<()> {
+fn check_incompatible(
+    bits: u64,
+    names: &[(u8, u8, String)],
+    data_file: Option<&str>,
+) -> Result<()> {
     if bits & INCOMPAT_CORRUPT != 0 {
         return corrupt(
             "the image is marked corrupt (incompatible feature bit 1, field at offset 72); repair it with `qemu-img check -r all` first",
@@ -536,12 +594,18 @@ struct SeqReader<'a> {
 impl<'a> SeqReader<'a> {
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
         if self.pos + n - self.start > MAX_SNAPSHOT_TABLE_BYTES {
-            return corrupt(format!("{}: the snapshot table is over the 64 MiB limit", what()));
+            return corrupt(format!(
+                "{}: the snapshot table is over the 64 MiB limit",
+                what()
+            ));
         }
         let end = self.pos + n;
         let have_end = self.buf_at + self.buf.len() as u64;
         if self.pos < self.buf_at || end > have_end {
-            let want = n.max(64 << 10).min(self.stream.size().saturating_sub(self.pos)).max(n);
+            let want = n
+                .max(64 << 10)
+                .min(self.stream.size().saturating_sub(self.pos))
+                .max(n);
             self.buf = read_bytes(self.stream, self.pos, want, &what())?;
             self.buf_at = self.pos;
         }
@@ -560,12 +624,22 @@ fn parse_snapshots(
     head_size: u64,
 ) -> Result<Vec<SnapshotInfo>> {
     if count > MAX_SNAPSHOTS {
-        return corrupt(format!("nb_snapshots {count} (field at offset 60) is over the limit of {MAX_SNAPSHOTS}"));
+        return corrupt(format!(
+            "nb_snapshots {count} (field at offset 60) is over the limit of {MAX_SNAPSHOTS}"
+        ));
     }
     if offset & (g.cluster_size() - 1) != 0 {
-        return corrupt(format!("snapshot table offset {offset} (field at offset 64) is not cluster aligned"));
+        return corrupt(format!(
+            "snapshot table offset {offset} (field at offset 64) is not cluster aligned"
+        ));
     }
-    let mut reader = SeqReader { stream, start: offset, pos: offset, buf: Vec::new(), buf_at: offset };
+    let mut reader = SeqReader {
+        stream,
+        start: offset,
+        pos: offset,
+        buf: Vec::new(),
+        buf_at: offset,
+    };
     let mut out = Vec::with_capacity(count.min(1024) as usize);
     for i in 0..count {
         let at = reader.pos;
@@ -578,19 +652,32 @@ fn parse_snapshots(
         let date_sec = be32(&fixed, 16);
         let extra_len = be32(&fixed, 36);
         if extra_len > MAX_SNAPSHOT_EXTRA {
-            return corrupt(format!("{}: extra data size {extra_len} is over the 1024 byte limit", what()));
+            return corrupt(format!(
+                "{}: extra data size {extra_len} is over the 1024 byte limit",
+                what()
+            ));
         }
         let extra = reader.take(u64::from(extra_len), &what)?;
         let id = reader.take(u64::from(id_len), &what)?;
         let name = reader.take(u64::from(name_len), &what)?;
         let used = reader.pos - offset;
         reader.pos += used.div_ceil(8) * 8 - used;
-        let disk_size = if extra.len() >= 16 { be64(&extra, 8) } else { head_size };
+        let disk_size = if extra.len() >= 16 {
+            be64(&extra, 8)
+        } else {
+            head_size
+        };
         if disk_size > MAX_SIZE {
-            return corrupt(format!("{}: disk size {disk_size} is absurd: over 2^56 bytes", what()));
+            return corrupt(format!(
+                "{}: disk size {disk_size} is absurd: over 2^56 bytes",
+                what()
+            ));
         }
         l1_entries_checked(g, disk_size, &format!("{}: disk size", what()))?;
-        let l1 = L1Location { offset: l1_offset, entries: l1_entries };
+        let l1 = L1Location {
+            offset: l1_offset,
+            entries: l1_entries,
+        };
         check_l1(stream, g, l1, &format!("{}: L1 table", what()))?;
         out.push(SnapshotInfo {
             id: String::from_utf8_lossy(&id).into_owned(),

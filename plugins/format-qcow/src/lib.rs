@@ -20,7 +20,8 @@ pub mod testing;
 use std::sync::{Arc, Mutex};
 
 use rbdm_registry::{
-    push_extent, ExtentState, FormatPlugin, OpenContext, Point, SnapExtent, SourceError, SourceImage, SourceSnapshot, Stream,
+    push_extent, ExtentState, FormatPlugin, OpenContext, Point, SnapExtent, SourceError,
+    SourceImage, SourceSnapshot, Stream,
 };
 
 pub use error::QcowError;
@@ -71,7 +72,10 @@ pub fn link() {}
 
 /// `{"type":"qcow","stream":{...}}`: the spec crate checks the shape (unknown fields, missing
 /// stream), the stream's own plugin checks the stream object.
-fn open_spec(spec: &serde_json::Value, ctx: &OpenContext) -> rbdm_registry::Result<Box<dyn SourceImage>> {
+fn open_spec(
+    spec: &serde_json::Value,
+    ctx: &OpenContext,
+) -> rbdm_registry::Result<Box<dyn SourceImage>> {
     rbdm_spec::QcowSpec::from_json(spec, "").map_err(|e| SourceError::BadSpec(e.to_string()))?;
     let stream = rbdm_registry::open_stream(&spec["stream"], "stream", ctx)?;
     open_source(stream)
@@ -111,7 +115,13 @@ fn open_chain(stream: Box<dyn Stream>, depth: usize, seen: &mut Vec<String>) -> 
         )));
     }
     let backing = match &header.backing_file {
-        Some(name) => Some(open_backing(&*stream, name, header.backing_format.as_deref(), depth, seen)?),
+        Some(name) => Some(open_backing(
+            &*stream,
+            name,
+            header.backing_format.as_deref(),
+            depth,
+            seen,
+        )?),
         None => None,
     };
     Ok(QcowImage {
@@ -138,7 +148,9 @@ fn open_backing(
         )));
     }
     let ctx = format!("backing file {name:?} of {}", parent.describe());
-    let stream = parent.open_relative(name).map_err(|e| in_context(e, &ctx))?;
+    let stream = parent
+        .open_relative(name)
+        .map_err(|e| in_context(e, &ctx))?;
     let resolved = stream.describe();
     if seen.contains(&resolved) {
         return Err(QcowError::Backing(format!(
@@ -176,7 +188,10 @@ fn in_context(e: SourceError, ctx: &str) -> QcowError {
         SourceError::Unsupported(m) => SourceError::Unsupported(format!("{ctx}: {m}")),
         SourceError::Invalid(m) => SourceError::Invalid(format!("{ctx}: {m}")),
         SourceError::Corrupt(m) => SourceError::Corrupt(format!("{ctx}: {m}")),
-        SourceError::Io { context, source } => SourceError::Io { context: format!("{ctx}: {context}"), source },
+        SourceError::Io { context, source } => SourceError::Io {
+            context: format!("{ctx}: {context}"),
+            source,
+        },
         other => other,
     };
     QcowError::Stream(e)
@@ -237,7 +252,11 @@ impl QcowImage {
     }
 
     fn point_size(&self, p: usize) -> u64 {
-        self.header.snapshots.get(p).map(|s| s.disk_size).unwrap_or(self.header.size)
+        self.header
+            .snapshots
+            .get(p)
+            .map(|s| s.disk_size)
+            .unwrap_or(self.header.size)
     }
 
     /// Reads at point index `p`: bytes past that point's size are zeros.
@@ -295,21 +314,33 @@ impl QcowImage {
         let from = (run.offset - cluster_start) as usize;
         match cluster.get(from..from + buf.len()) {
             Some(src) => buf.copy_from_slice(src),
-            None => return corrupt(format!("compressed run at guest offset {} crosses its cluster", run.offset)),
+            None => {
+                return corrupt(format!(
+                    "compressed run at guest offset {} crosses its cluster",
+                    run.offset
+                ))
+            }
         }
         Ok(())
     }
 
     fn compressed_cluster(&self, host: u64, size: u64, guest: u64) -> Result<Arc<Vec<u8>>> {
         {
-            let cached = self.last_compressed.lock().unwrap_or_else(|p| p.into_inner());
+            let cached = self
+                .last_compressed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if let Some((h, s, data)) = cached.as_ref() {
                 if *h == host && *s == size {
                     return Ok(data.clone());
                 }
             }
         }
-        let what = || format!("compressed cluster for guest offset {guest} (host offset {host}, {size} bytes)");
+        let what = || {
+            format!(
+                "compressed cluster for guest offset {guest} (host offset {host}, {size} bytes)"
+            )
+        };
         let file = self.stream.size();
         if host >= file || size == 0 {
             return corrupt(format!("{}: outside the file ({file} bytes)", what()));
@@ -319,7 +350,10 @@ impl QcowImage {
         let mut out = vec![0u8; self.cluster_size() as usize];
         compress::decompress(self.compression(), &input, &mut out, &what)?;
         let out = Arc::new(out);
-        *self.last_compressed.lock().unwrap_or_else(|p| p.into_inner()) = Some((host, size, out.clone()));
+        *self
+            .last_compressed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((host, size, out.clone()));
         Ok(out)
     }
 
@@ -331,7 +365,10 @@ impl QcowImage {
     fn list_snaps_inner(&self, offset: u64, len: u64) -> Result<Vec<Vec<SnapExtent>>> {
         let mut out = vec![Vec::new(); self.points()];
         // Nothing lies past the largest point: stop there, not at the caller's (maybe huge) end.
-        let largest = (0..self.points()).map(|p| self.point_size(p)).max().unwrap_or(0);
+        let largest = (0..self.points())
+            .map(|p| self.point_size(p))
+            .max()
+            .unwrap_or(0);
         let end = offset.saturating_add(len).min(largest);
         let window = self.list_window();
         let mut pos = offset;
@@ -386,7 +423,9 @@ impl QcowImage {
 
     fn own_state(&self, run: &Run, from: u64, to: u64, out: &mut Vec<SnapExtent>) -> Result<()> {
         match run.kind {
-            Kind::Data { .. } | Kind::Compressed { .. } => push_extent(out, from, to - from, ExtentState::Data),
+            Kind::Data { .. } | Kind::Compressed { .. } => {
+                push_extent(out, from, to - from, ExtentState::Data)
+            }
             Kind::Zero => push_extent(out, from, to - from, ExtentState::Zero),
             Kind::Unalloc => self.backing_states(from, to - from, out)?,
         }
@@ -415,7 +454,10 @@ impl QcowImage {
         let window = self.list_window();
         while pos < valid_end {
             let window_end = pos.saturating_add(window - pos % window).min(valid_end);
-            for run in self.tables.map(&*self.stream, self.head(), pos, window_end - pos)? {
+            for run in self
+                .tables
+                .map(&*self.stream, self.head(), pos, window_end - pos)?
+            {
                 self.own_state(&run, run.offset, run.end(), out)?;
             }
             pos = window_end;
@@ -441,7 +483,11 @@ fn raw_states(s: &dyn Stream, offset: u64, len: u64, out: &mut Vec<SnapExtent>) 
             }
             // A gap the stream did not describe is treated as data: never lose bytes.
             push_extent(out, pos, from - pos, ExtentState::Data);
-            let state = if e.zero { ExtentState::Zero } else { ExtentState::Data };
+            let state = if e.zero {
+                ExtentState::Zero
+            } else {
+                ExtentState::Data
+            };
             push_extent(out, from, to - from, state);
             pos = to;
         }
@@ -464,7 +510,11 @@ impl SourceImage for QcowImage {
             .snapshots
             .iter()
             .map(|s| SourceSnapshot {
-                name: if s.name.is_empty() { s.id.clone() } else { s.name.clone() },
+                name: if s.name.is_empty() {
+                    s.id.clone()
+                } else {
+                    s.name.clone()
+                },
                 size: s.disk_size,
                 timestamp: (s.date_sec != 0).then_some(u64::from(s.date_sec)),
             })

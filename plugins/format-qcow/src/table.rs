@@ -26,9 +26,14 @@ pub(crate) enum Kind {
     Unalloc,
     Zero,
     /// Host offset of the run's first byte.
-    Data { host: u64 },
+    Data {
+        host: u64,
+    },
     /// A whole compressed cluster: `size` bytes of compressed data at `host`.
-    Compressed { host: u64, size: u64 },
+    Compressed {
+        host: u64,
+        size: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +59,9 @@ pub(crate) fn push_run(runs: &mut Vec<Run>, run: Run) {
         if last.end() == run.offset {
             let merge = match (last.kind, run.kind) {
                 (Kind::Unalloc, Kind::Unalloc) | (Kind::Zero, Kind::Zero) => true,
-                (Kind::Data { host: a }, Kind::Data { host: b }) => a.checked_add(last.len) == Some(b),
+                (Kind::Data { host: a }, Kind::Data { host: b }) => {
+                    a.checked_add(last.len) == Some(b)
+                }
                 _ => false,
             };
             if merge {
@@ -87,7 +94,11 @@ impl L2Cache {
         while !self.tables.is_empty()
             && (self.bytes + size > L2_CACHE_BYTES || self.tables.len() >= L2_CACHE_TABLES)
         {
-            let oldest = self.tables.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k);
+            let oldest = self
+                .tables
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k);
             if let Some((t, _)) = oldest.and_then(|k| self.tables.remove(&k)) {
                 self.bytes -= t.len() as u64 * 8;
             }
@@ -126,13 +137,20 @@ impl Tables {
                 })
             })
             .collect();
-        let l1_tables = l1_locations.iter().map(|_| std::sync::OnceLock::new()).collect();
+        let l1_tables = l1_locations
+            .iter()
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
         Tables {
             geometry,
             l1_locations,
             l1_tables,
             point_l1,
-            l2_cache: Mutex::new(L2Cache { tables: HashMap::new(), tick: 0, bytes: 0 }),
+            l2_cache: Mutex::new(L2Cache {
+                tables: HashMap::new(),
+                tick: 0,
+                bytes: 0,
+            }),
         }
     }
 
@@ -187,7 +205,13 @@ impl Tables {
 
     /// Runs covering exactly `[offset, offset+len)` at `point`. Cost: one L1 lookup per L1
     /// entry span, one (cached) L2 table per allocated span, nothing per unallocated span.
-    pub fn map(&self, stream: &dyn Stream, point: usize, offset: u64, len: u64) -> Result<Vec<Run>> {
+    pub fn map(
+        &self,
+        stream: &dyn Stream,
+        point: usize,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<Run>> {
         let l1 = self.l1(stream, point)?;
         let g = &self.geometry;
         let mut runs = Vec::new();
@@ -197,14 +221,36 @@ impl Tables {
             let l1_index = pos >> g.l1_shift();
             if l1_index >= l1.len() as u64 {
                 // Past the table (a snapshot's smaller L1): unallocated to the end, in one step.
-                push_run(&mut runs, Run { offset: pos, len: end - pos, kind: Kind::Unalloc });
+                push_run(
+                    &mut runs,
+                    Run {
+                        offset: pos,
+                        len: end - pos,
+                        kind: Kind::Unalloc,
+                    },
+                );
                 break;
             }
             let span_end = ((l1_index + 1) << g.l1_shift()).min(end);
-            let entry = usize::try_from(l1_index).ok().and_then(|i| l1.get(i)).copied().unwrap_or(0);
-            let l2_host = if g.version == 1 { entry } else { entry & OFFSET_MASK };
+            let entry = usize::try_from(l1_index)
+                .ok()
+                .and_then(|i| l1.get(i))
+                .copied()
+                .unwrap_or(0);
+            let l2_host = if g.version == 1 {
+                entry
+            } else {
+                entry & OFFSET_MASK
+            };
             if l2_host == 0 {
-                push_run(&mut runs, Run { offset: pos, len: span_end - pos, kind: Kind::Unalloc });
+                push_run(
+                    &mut runs,
+                    Run {
+                        offset: pos,
+                        len: span_end - pos,
+                        kind: Kind::Unalloc,
+                    },
+                );
             } else {
                 let l2 = self.l2(stream, l2_host, pos)?;
                 self.map_l2(&l2, pos, span_end, &mut runs)?;
@@ -228,10 +274,19 @@ impl Tables {
             } else {
                 let kind = self.decode(entry, cluster_start)?;
                 let kind = match kind {
-                    Kind::Data { host } => Kind::Data { host: host + (pos - cluster_start) },
+                    Kind::Data { host } => Kind::Data {
+                        host: host + (pos - cluster_start),
+                    },
                     k => k,
                 };
-                push_run(runs, Run { offset: pos, len: cluster_end - pos, kind });
+                push_run(
+                    runs,
+                    Run {
+                        offset: pos,
+                        len: cluster_end - pos,
+                        kind,
+                    },
+                );
             }
             pos = cluster_end;
         }
@@ -299,7 +354,14 @@ impl Tables {
     ) -> Result<()> {
         let kind = self.decode(entry, cluster_start)?;
         if let Kind::Compressed { .. } = kind {
-            push_run(runs, Run { offset: pos, len: end - pos, kind });
+            push_run(
+                runs,
+                Run {
+                    offset: pos,
+                    len: end - pos,
+                    kind,
+                },
+            );
             return Ok(());
         }
         let host = match kind {
@@ -327,7 +389,14 @@ impl Tables {
                 (false, true) => Kind::Zero,
                 (false, false) => Kind::Unalloc,
             };
-            push_run(runs, Run { offset: pos, len: sub_end - pos, kind });
+            push_run(
+                runs,
+                Run {
+                    offset: pos,
+                    len: sub_end - pos,
+                    kind,
+                },
+            );
             pos = sub_end;
         }
         Ok(())

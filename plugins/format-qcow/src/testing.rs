@@ -18,7 +18,12 @@ pub struct MemStream {
 
 impl MemStream {
     pub fn new(data: Vec<u8>) -> Self {
-        MemStream { name: "memory".into(), data: Arc::new(data), siblings: Arc::new(HashMap::new()), echo: None }
+        MemStream {
+            name: "memory".into(),
+            data: Arc::new(data),
+            siblings: Arc::new(HashMap::new()),
+            echo: None,
+        }
     }
 
     /// Same bytes, and every name `open_relative` is asked for (other than named siblings)
@@ -51,7 +56,11 @@ impl Stream for MemStream {
                 Ok(())
             }
             None => Err(SourceError::io(
-                format!("{}: read of {} bytes at {offset}", self.describe(), buf.len()),
+                format!(
+                    "{}: read of {} bytes at {offset}",
+                    self.describe(),
+                    buf.len()
+                ),
                 std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
             )),
         }
@@ -62,7 +71,12 @@ impl Stream for MemStream {
             Some(data) => data.clone(),
             None => match &self.echo {
                 Some(data) => data.clone(),
-                None => return Err(SourceError::NotFound(format!("{}: no sibling named {name:?}", self.describe()))),
+                None => {
+                    return Err(SourceError::NotFound(format!(
+                        "{}: no sibling named {name:?}",
+                        self.describe()
+                    )))
+                }
             },
         };
         Ok(Box::new(MemStream {
@@ -84,9 +98,13 @@ pub const BACKING_SEPARATOR: &[u8] = b"\n--backing--\n";
 
 /// The fuzz input as a stream: the image, backed by what follows the separator.
 pub fn fuzz_stream(data: &[u8]) -> MemStream {
-    let at = data.windows(BACKING_SEPARATOR.len()).position(|w| w == BACKING_SEPARATOR);
+    let at = data
+        .windows(BACKING_SEPARATOR.len())
+        .position(|w| w == BACKING_SEPARATOR);
     match at {
-        Some(i) => MemStream::new(data[..i].to_vec()).echoing(data[i + BACKING_SEPARATOR.len()..].to_vec()),
+        Some(i) => {
+            MemStream::new(data[..i].to_vec()).echoing(data[i + BACKING_SEPARATOR.len()..].to_vec())
+        }
         None => MemStream::new(data.to_vec()).echoing(data.to_vec()),
     }
 }
@@ -95,7 +113,12 @@ pub fn fuzz_stream(data: &[u8]) -> MemStream {
 /// open or fail cleanly.
 pub fn fuzz_header(data: &[u8]) {
     if let Ok(img) = crate::open(Box::new(fuzz_stream(data))) {
-        let _ = (img.snapshots(), img.snapshot_ids(), img.describe(), img.backing_file());
+        let _ = (
+            img.snapshots(),
+            img.snapshot_ids(),
+            img.describe(),
+            img.backing_file(),
+        );
     }
 }
 
@@ -107,14 +130,20 @@ const FUZZ_SPAN: u64 = 16 << 20;
 /// image, walk its allocation and read a few ranges at every point. Never panics; memory is
 /// bounded by the 64 KiB read buffer, one decompressed cluster and the L2 cache.
 pub fn fuzz_read(data: &[u8]) {
-    let Ok(img) = crate::open(Box::new(fuzz_stream(data))) else { return };
+    let Ok(img) = crate::open(Box::new(fuzz_stream(data))) else {
+        return;
+    };
     let size = img.size();
     let _ = img.list_snaps(0, FUZZ_SPAN);
     let _ = img.list_snaps(size.saturating_sub(FUZZ_SPAN / 2), FUZZ_SPAN);
     let mut buf = vec![0u8; 64 << 10];
     let points = img.snapshots().len() + 1;
     for p in 0..points.min(8) {
-        let point = if p + 1 == points { Point::Head } else { Point::Snap(p) };
+        let point = if p + 1 == points {
+            Point::Head
+        } else {
+            Point::Snap(p)
+        };
         for offset in [0, 1000, size / 2, size.saturating_sub(5000)] {
             let _ = img.read(point, offset, &mut buf);
         }

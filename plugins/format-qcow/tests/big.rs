@@ -23,9 +23,22 @@ const T: u64 = 1024 * G;
 fn one_tib_sparse_walk() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    qemu_img(d, &["create", "-f", "qcow2", "-o", "cluster_size=64k", "big.qcow2", "1T"])?;
+    qemu_img(
+        d,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=64k",
+            "big.qcow2",
+            "1T",
+        ],
+    )?;
     // One small write every 1 GiB: 1024 L2 tables of 64 KiB (64 MiB of L2, twice the cache).
-    let writes: Vec<String> = (0..1024u64).map(|i| format!("write -P {} {} 4k", i % 250 + 1, i * G + (i % 7) * 64 * K)).collect();
+    let writes: Vec<String> = (0..1024u64)
+        .map(|i| format!("write -P {} {} 4k", i % 250 + 1, i * G + (i % 7) * 64 * K))
+        .collect();
     let mut cmds: Vec<&str> = writes.iter().map(String::as_str).collect();
     cmds.push("write -z 5G 64k");
     qemu_io(d, "qcow2", "big.qcow2", &cmds)?;
@@ -42,31 +55,62 @@ fn one_tib_sparse_walk() -> Result<()> {
     let lists = img.list_snaps(0, T)?;
     let took = start.elapsed();
     let peak = alloc::peak() - before;
-    eprintln!("1 TiB list_snaps: {took:?}, peak {} KiB above the baseline", peak / 1024);
-    ensure!(took < Duration::from_secs(20), "walking 1 TiB took {took:?}");
+    eprintln!(
+        "1 TiB list_snaps: {took:?}, peak {} KiB above the baseline",
+        peak / 1024
+    );
+    ensure!(
+        took < Duration::from_secs(20),
+        "walking 1 TiB took {took:?}"
+    );
     ensure!(peak < 64 << 20, "walking 1 TiB peaked at {peak} bytes");
 
     // What the walk says is right: an allocated cluster is data as a whole.
     let expect_snap: Vec<(u64, u64)> = (0..1024u64).map(|i| (at(i), 64 * K)).collect();
     let resolved = resolve(&lists)?;
-    ensure!(data_ranges(&resolved[0]) == merge_adjacent(&expect_snap), "snapshot data ranges");
+    ensure!(
+        data_ranges(&resolved[0]) == merge_adjacent(&expect_snap),
+        "snapshot data ranges"
+    );
     let mut expect_head = expect_snap.clone();
     expect_head.push((3 * G, 64 * K));
     expect_head.retain(|&(o, _)| o != at(4));
     expect_head.sort();
-    ensure!(data_ranges(&resolved[1]) == merge_adjacent(&expect_head), "head data ranges");
-    ensure!(data_ranges(&resolved[1]) == qemu_data_ranges(d, "big.qcow2", "qcow2")?, "head data ranges vs qemu-img map");
-    let zero = |o: u64| resolved[1].iter().any(|&(eo, el, s)| s == ExtentState::Zero && eo <= o && o < eo + el);
-    ensure!(zero(5 * G) && zero(at(4)), "zeroed and discarded clusters read as zero");
+    ensure!(
+        data_ranges(&resolved[1]) == merge_adjacent(&expect_head),
+        "head data ranges"
+    );
+    ensure!(
+        data_ranges(&resolved[1]) == qemu_data_ranges(d, "big.qcow2", "qcow2")?,
+        "head data ranges vs qemu-img map"
+    );
+    let zero = |o: u64| {
+        resolved[1]
+            .iter()
+            .any(|&(eo, el, s)| s == ExtentState::Zero && eo <= o && o < eo + el)
+    };
+    ensure!(
+        zero(5 * G) && zero(at(4)),
+        "zeroed and discarded clusters read as zero"
+    );
     // The head shares all but the changed clusters with the snapshot.
-    let changed: u64 = lists[1].iter().filter(|e| e.state != ExtentState::Unchanged).map(|e| e.len).sum();
-    ensure!(changed == 2 * 64 * K, "the head differs from the snapshot over {changed} bytes, not 2 clusters");
+    let changed: u64 = lists[1]
+        .iter()
+        .filter(|e| e.state != ExtentState::Unchanged)
+        .map(|e| e.len)
+        .sum();
+    ensure!(
+        changed == 2 * 64 * K,
+        "the head differs from the snapshot over {changed} bytes, not 2 clusters"
+    );
 
     let mut buf = vec![0u8; 8 * K as usize];
     img.read(Point::Head, 3 * G, &mut buf)?;
     ensure!(buf.iter().all(|&b| b == 7));
     img.read(Point::Snap(0), at(700), &mut buf[..4 * K as usize])?;
-    ensure!(buf[..4 * K as usize].iter().all(|&b| b == (700 % 250 + 1) as u8));
+    ensure!(buf[..4 * K as usize]
+        .iter()
+        .all(|&b| b == (700 % 250 + 1) as u8));
     Ok(())
 }
 

@@ -42,7 +42,10 @@ fn expect_corrupt(dir: &Path, name: &str, bytes: &[u8], words: &[&str]) -> Resul
 
 fn check_words(name: &str, msg: &str, words: &[&str]) -> Result<()> {
     for w in words {
-        ensure!(msg.contains(w), "{name}: error {msg:?} does not mention {w:?}");
+        ensure!(
+            msg.contains(w),
+            "{name}: error {msg:?} does not mention {w:?}"
+        );
     }
     Ok(())
 }
@@ -50,10 +53,31 @@ fn check_words(name: &str, msg: &str, words: &[&str]) -> Result<()> {
 /// A v3 image with data, a zero cluster, a snapshot and a compressed cluster.
 fn sample(dir: &Path) -> Result<Vec<u8>> {
     pattern_file(&dir.join("pat"), 256 * K as usize, 13)?;
-    qemu_img(dir, &["create", "-f", "qcow2", "-o", "cluster_size=64k", "s.qcow2", "8M"])?;
-    qemu_io(dir, "qcow2", "s.qcow2", &["write -s pat 0 200k", "write -c -P 0x61 1M 64k"])?;
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=64k",
+            "s.qcow2",
+            "8M",
+        ],
+    )?;
+    qemu_io(
+        dir,
+        "qcow2",
+        "s.qcow2",
+        &["write -s pat 0 200k", "write -c -P 0x61 1M 64k"],
+    )?;
     qemu_img(dir, &["snapshot", "-c", "snap", "s.qcow2"])?;
-    qemu_io(dir, "qcow2", "s.qcow2", &["write -s pat 4M 100k", "write -z 64k 64k"])?;
+    qemu_io(
+        dir,
+        "qcow2",
+        "s.qcow2",
+        &["write -s pat 4M 100k", "write -z 64k 64k"],
+    )?;
     Ok(std::fs::read(dir.join("s.qcow2"))?)
 }
 
@@ -62,53 +86,161 @@ fn header_fields_out_of_range() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let good = sample(d)?;
-    ensure!(open_bytes(d, "good.qcow2", &good)?.is_ok(), "the sample itself must open");
+    ensure!(
+        open_bytes(d, "good.qcow2", &good)?.is_ok(),
+        "the sample itself must open"
+    );
     let patched = |at: usize, v: &[u8]| {
         let mut b = good.clone();
         b[at..at + v.len()].copy_from_slice(v);
         b
     };
-    expect_corrupt(d, "magic", &patched(0, b"QFI\0"), &["bad magic", "offset 0"])?;
+    expect_corrupt(
+        d,
+        "magic",
+        &patched(0, b"QFI\0"),
+        &["bad magic", "offset 0"],
+    )?;
     for bits in [8u32, 22, 40, 100, u32::MAX] {
-        expect_corrupt(d, "bits", &patched(20, &bits.to_be_bytes()), &["cluster_bits", &bits.to_string(), "offset 20"])?;
+        expect_corrupt(
+            d,
+            "bits",
+            &patched(20, &bits.to_be_bytes()),
+            &["cluster_bits", &bits.to_string(), "offset 20"],
+        )?;
     }
-    expect_corrupt(d, "size", &patched(24, &u64::MAX.to_be_bytes()), &["virtual size", "offset 24"])?;
+    expect_corrupt(
+        d,
+        "size",
+        &patched(24, &u64::MAX.to_be_bytes()),
+        &["virtual size", "offset 24"],
+    )?;
     // 2^55 bytes fit under 2^56 but need an L1 table over QEMU's 32 MiB limit at 64 KiB clusters.
-    expect_corrupt(d, "size55", &patched(24, &(1u64 << 55).to_be_bytes()), &["virtual size", "L1", "32 MiB"])?;
-    expect_corrupt(d, "l1size", &patched(36, &u32::MAX.to_be_bytes()), &["L1 table", "32 MiB"])?;
-    expect_corrupt(d, "l1small", &patched(36, &0u32.to_be_bytes()), &["L1 table has 0 entries", "offset 36"])?;
+    expect_corrupt(
+        d,
+        "size55",
+        &patched(24, &(1u64 << 55).to_be_bytes()),
+        &["virtual size", "L1", "32 MiB"],
+    )?;
+    expect_corrupt(
+        d,
+        "l1size",
+        &patched(36, &u32::MAX.to_be_bytes()),
+        &["L1 table", "32 MiB"],
+    )?;
+    expect_corrupt(
+        d,
+        "l1small",
+        &patched(36, &0u32.to_be_bytes()),
+        &["L1 table has 0 entries", "offset 36"],
+    )?;
     let beyond = (good.len() as u64).next_multiple_of(64 * K) + 64 * K;
-    expect_corrupt(d, "l1eof", &patched(40, &beyond.to_be_bytes()), &["L1 table", "beyond the end of the file", &beyond.to_string()])?;
-    expect_corrupt(d, "l1align", &patched(40, &(64 * K + 8).to_be_bytes()), &["L1 table", "not cluster aligned"])?;
-    expect_corrupt(d, "reftable", &patched(56, &u32::MAX.to_be_bytes()), &["refcount_table_clusters", "offset 56"])?;
-    expect_corrupt(d, "refalign", &patched(48, &12345u64.to_be_bytes()), &["refcount_table_offset", "offset 48"])?;
-    expect_corrupt(d, "reforder", &patched(96, &7u32.to_be_bytes()), &["refcount_order 7", "offset 96"])?;
-    expect_corrupt(d, "nbsnap", &patched(60, &u32::MAX.to_be_bytes()), &["nb_snapshots", "offset 60"])?;
-    expect_corrupt(d, "snapeof", &patched(64, &(1u64 << 50).to_be_bytes()), &["snapshot table entry 0", "beyond the end"])?;
-    expect_corrupt(d, "snapalign", &patched(64, &(64 * K + 512).to_be_bytes()), &["snapshot table offset", "not cluster aligned"])?;
-    expect_corrupt(d, "corruptbit", &patched(72, &2u64.to_be_bytes()), &["marked corrupt"])?;
-    expect_corrupt(d, "hdrlen", &patched(100, &20u32.to_be_bytes()), &["header_length 20", "offset 100"])?;
+    expect_corrupt(
+        d,
+        "l1eof",
+        &patched(40, &beyond.to_be_bytes()),
+        &[
+            "L1 table",
+            "beyond the end of the file",
+            &beyond.to_string(),
+        ],
+    )?;
+    expect_corrupt(
+        d,
+        "l1align",
+        &patched(40, &(64 * K + 8).to_be_bytes()),
+        &["L1 table", "not cluster aligned"],
+    )?;
+    expect_corrupt(
+        d,
+        "reftable",
+        &patched(56, &u32::MAX.to_be_bytes()),
+        &["refcount_table_clusters", "offset 56"],
+    )?;
+    expect_corrupt(
+        d,
+        "refalign",
+        &patched(48, &12345u64.to_be_bytes()),
+        &["refcount_table_offset", "offset 48"],
+    )?;
+    expect_corrupt(
+        d,
+        "reforder",
+        &patched(96, &7u32.to_be_bytes()),
+        &["refcount_order 7", "offset 96"],
+    )?;
+    expect_corrupt(
+        d,
+        "nbsnap",
+        &patched(60, &u32::MAX.to_be_bytes()),
+        &["nb_snapshots", "offset 60"],
+    )?;
+    expect_corrupt(
+        d,
+        "snapeof",
+        &patched(64, &(1u64 << 50).to_be_bytes()),
+        &["snapshot table entry 0", "beyond the end"],
+    )?;
+    expect_corrupt(
+        d,
+        "snapalign",
+        &patched(64, &(64 * K + 512).to_be_bytes()),
+        &["snapshot table offset", "not cluster aligned"],
+    )?;
+    expect_corrupt(
+        d,
+        "corruptbit",
+        &patched(72, &2u64.to_be_bytes()),
+        &["marked corrupt"],
+    )?;
+    expect_corrupt(
+        d,
+        "hdrlen",
+        &patched(100, &20u32.to_be_bytes()),
+        &["header_length 20", "offset 100"],
+    )?;
     // The snapshot's own L1 table beyond the end of the file.
     let snap_at = be64(&good, 64) as usize;
     let mut b = good.clone();
     b[snap_at..snap_at + 8].copy_from_slice(&beyond.to_be_bytes());
-    expect_corrupt(d, "snapl1", &b, &["snapshot table entry 0", "L1 table", "beyond the end"])?;
+    expect_corrupt(
+        d,
+        "snapl1",
+        &b,
+        &["snapshot table entry 0", "L1 table", "beyond the end"],
+    )?;
     // The snapshot's disk size (extra data bytes 8..16) absurd for its L1.
     let mut b = good.clone();
-    ensure!(be64(&good, snap_at + 48) == 8 * M, "snapshot disk size is not where the spec puts it");
+    ensure!(
+        be64(&good, snap_at + 48) == 8 * M,
+        "snapshot disk size is not where the spec puts it"
+    );
     b[snap_at + 48..snap_at + 56].copy_from_slice(&(1u64 << 55).to_be_bytes());
-    expect_corrupt(d, "snapsize", &b, &["snapshot table entry 0", "disk size", "32 MiB"])?;
+    expect_corrupt(
+        d,
+        "snapsize",
+        &b,
+        &["snapshot table entry 0", "disk size", "32 MiB"],
+    )?;
     // An unknown incompatible feature is refused, not ignored (the `qcow` crate's mistake
     // with extended L2).
     match open_bytes(d, "incompat", &patched(72, &(1u64 << 9).to_be_bytes()))? {
-        Err(e @ QcowError::Unsupported(_)) => check_words("incompat", &e.to_string(), &["incompatible feature bit 9"])?,
+        Err(e @ QcowError::Unsupported(_)) => {
+            check_words("incompat", &e.to_string(), &["incompatible feature bit 9"])?
+        }
         other => bail!("unknown incompatible bit: {:?}", other.map(|_| ())),
     }
     match open_bytes(d, "version", &patched(4, &4u32.to_be_bytes()))? {
-        Err(e @ QcowError::Unsupported(_)) => check_words("version", &e.to_string(), &["version 4", "offset 4"])?,
+        Err(e @ QcowError::Unsupported(_)) => {
+            check_words("version", &e.to_string(), &["version 4", "offset 4"])?
+        }
         other => bail!("version 4: {:?}", other.map(|_| ())),
     }
-    ensure!(alloc::largest() < MAX_ALLOCATION, "an allocation of {} bytes", alloc::largest());
+    ensure!(
+        alloc::largest() < MAX_ALLOCATION,
+        "an allocation of {} bytes",
+        alloc::largest()
+    );
     Ok(())
 }
 
@@ -117,10 +249,15 @@ fn truncated_header() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let good = sample(d)?;
-    for len in [0usize, 3, 4, 7, 8, 20, 47, 71, 72, 100, 103, 104, 111, 200, 4095] {
+    for len in [
+        0usize, 3, 4, 7, 8, 20, 47, 71, 72, 100, 103, 104, 111, 200, 4095,
+    ] {
         match open_bytes(d, "t.qcow2", &good[..len])? {
             Err(QcowError::Corrupt(m)) => {
-                ensure!(m.contains("bytes") && !m.is_empty(), "truncated to {len}: {m}");
+                ensure!(
+                    m.contains("bytes") && !m.is_empty(),
+                    "truncated to {len}: {m}"
+                );
             }
             other => bail!("truncated to {len}: {:?}", other.map(|_| ())),
         }
@@ -142,15 +279,41 @@ fn truncated_body_never_wrong() -> Result<()> {
     let snap = std::fs::read(qemu_raw(d, "s.qcow2", "qcow2", Some("snap"), "snap.raw")?)?;
     // Without snapshots the tables come first and data last, so most cuts open and then
     // find data missing.
-    qemu_img(d, &["convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4k", "head.raw", "flat.qcow2"])?;
+    qemu_img(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=4k",
+            "head.raw",
+            "flat.qcow2",
+        ],
+    )?;
     let flat = std::fs::read(d.join("flat.qcow2"))?;
-    let cases = [(&with_snapshot, vec![(Point::Snap(0), &snap), (Point::Head, &head)]), (&flat, vec![(Point::Head, &head)])];
+    let cases = [
+        (
+            &with_snapshot,
+            vec![(Point::Snap(0), &snap), (Point::Head, &head)],
+        ),
+        (&flat, vec![(Point::Head, &head)]),
+    ];
     let mut rng = Rng(7);
     let (mut opened, mut errors) = (0, 0);
     for (good, points) in cases {
-        let mut cuts: Vec<usize> = (0..30).map(|_| rng.below(good.len() as u64) as usize).collect();
+        let mut cuts: Vec<usize> = (0..30)
+            .map(|_| rng.below(good.len() as u64) as usize)
+            .collect();
         // Just past the header, the L1 table, the middle of a data cluster, one byte short.
-        cuts.extend([4096, 64 * K as usize, 192 * K as usize + 100, good.len() - 1]);
+        cuts.extend([
+            4096,
+            64 * K as usize,
+            192 * K as usize + 100,
+            good.len() - 1,
+        ]);
         for cut in cuts {
             let img = match open_bytes(d, "cut.qcow2", &good[..cut.min(good.len())])? {
                 Ok(img) => img,
@@ -165,20 +328,33 @@ fn truncated_body_never_wrong() -> Result<()> {
                     match img.read(*point, chunk * M, &mut buf) {
                         Ok(()) => {
                             let range = (chunk * M) as usize..((chunk + 1) * M) as usize;
-                            ensure!(buf[..] == want[range], "cut at {cut}: {point:?} MiB {chunk} read wrong bytes");
+                            ensure!(
+                                buf[..] == want[range],
+                                "cut at {cut}: {point:?} MiB {chunk} read wrong bytes"
+                            );
                         }
                         Err(e) => {
                             errors += 1;
                             ensure!(matches!(e, SourceError::Corrupt(_)), "cut at {cut}: {e:?}");
-                            ensure!(e.to_string().contains("beyond the end of the file"), "cut at {cut}: {e}");
+                            ensure!(
+                                e.to_string().contains("beyond the end of the file"),
+                                "cut at {cut}: {e}"
+                            );
                         }
                     }
                 }
             }
         }
     }
-    ensure!(opened > 10 && errors > 10, "too few cuts exercised the read path: {opened} opened, {errors} errors");
-    ensure!(alloc::largest() < MAX_ALLOCATION, "an allocation of {} bytes", alloc::largest());
+    ensure!(
+        opened > 10 && errors > 10,
+        "too few cuts exercised the read path: {opened} opened, {errors} errors"
+    );
+    ensure!(
+        alloc::largest() < MAX_ALLOCATION,
+        "an allocation of {} bytes",
+        alloc::largest()
+    );
     Ok(())
 }
 
@@ -189,8 +365,24 @@ fn tables_pointing_outside() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     pattern_file(&d.join("pat"), 64 * K as usize, 3)?;
-    qemu_img(d, &["create", "-f", "qcow2", "-o", "cluster_size=64k", "p.qcow2", "8M"])?;
-    qemu_io(d, "qcow2", "p.qcow2", &["write -s pat 0 64k", "write -c -P 0x33 64k 64k"])?;
+    qemu_img(
+        d,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=64k",
+            "p.qcow2",
+            "8M",
+        ],
+    )?;
+    qemu_io(
+        d,
+        "qcow2",
+        "p.qcow2",
+        &["write -s pat 0 64k", "write -c -P 0x33 64k 64k"],
+    )?;
     let good = std::fs::read(d.join("p.qcow2"))?;
     let l1 = be64(&good, 40) as usize;
     let l2 = (be64(&good, l1) & 0x00ff_ffff_ffff_fe00) as usize;
@@ -199,33 +391,75 @@ fn tables_pointing_outside() -> Result<()> {
     let mut b = good.clone();
     b[l1..l1 + 8].copy_from_slice(&(far | 1 << 63).to_be_bytes());
     let img = open_bytes(d, "l2eof", &b)?.context("L2 beyond EOF still opens")?;
-    let e = img.read(Point::Head, 100, &mut [0u8; 10]).err().context("read through a missing L2")?;
-    check_words("l2eof", &e.to_string(), &["L2 table for guest offset 100", &far.to_string(), "beyond the end"])?;
-    let e = img.list_snaps(0, 8 * M).err().context("list_snaps through a missing L2")?;
+    let e = img
+        .read(Point::Head, 100, &mut [0u8; 10])
+        .err()
+        .context("read through a missing L2")?;
+    check_words(
+        "l2eof",
+        &e.to_string(),
+        &[
+            "L2 table for guest offset 100",
+            &far.to_string(),
+            "beyond the end",
+        ],
+    )?;
+    let e = img
+        .list_snaps(0, 8 * M)
+        .err()
+        .context("list_snaps through a missing L2")?;
     check_words("l2eof", &e.to_string(), &["L2 table"])?;
 
     let mut b = good.clone();
     b[l2..l2 + 8].copy_from_slice(&(far | 1 << 63).to_be_bytes());
     let img = open_bytes(d, "dataeof", &b)?.context("data beyond EOF still opens")?;
-    let e = img.read(Point::Head, 1000, &mut [0u8; 10]).err().context("read of a missing cluster")?;
-    check_words("dataeof", &e.to_string(), &["data for guest offset 1000", "beyond the end"])?;
+    let e = img
+        .read(Point::Head, 1000, &mut [0u8; 10])
+        .err()
+        .context("read of a missing cluster")?;
+    check_words(
+        "dataeof",
+        &e.to_string(),
+        &["data for guest offset 1000", "beyond the end"],
+    )?;
 
     let mut b = good.clone();
     b[l2..l2 + 8].copy_from_slice(&((64 * K + 4 * K) | 1 << 63).to_be_bytes());
     let img = open_bytes(d, "unaligned", &b)?.context("unaligned data still opens")?;
-    let e = img.read(Point::Head, 0, &mut [0u8; 10]).err().context("read of an unaligned cluster")?;
-    check_words("unaligned", &e.to_string(), &["unaligned host offset", "guest offset 0"])?;
+    let e = img
+        .read(Point::Head, 0, &mut [0u8; 10])
+        .err()
+        .context("read of an unaligned cluster")?;
+    check_words(
+        "unaligned",
+        &e.to_string(),
+        &["unaligned host offset", "guest offset 0"],
+    )?;
 
     // The compressed cluster's bytes overwritten with garbage.
     let entry = be64(&good, l2 + 8);
-    ensure!(entry & (1 << 62) != 0, "cluster 1 is not compressed: {entry:#x}");
+    ensure!(
+        entry & (1 << 62) != 0,
+        "cluster 1 is not compressed: {entry:#x}"
+    );
     let host = (entry & ((1 << 54) - 1)) as usize;
     let mut b = good.clone();
     b[host..host + 64].fill(0xff);
     let img = open_bytes(d, "garbage", &b)?.context("garbage compression still opens")?;
-    let e = img.read(Point::Head, 64 * K, &mut [0u8; 10]).err().context("read of garbage")?;
-    check_words("garbage", &e.to_string(), &["compressed cluster for guest offset 65536", "deflate"])?;
-    ensure!(alloc::largest() < MAX_ALLOCATION, "an allocation of {} bytes", alloc::largest());
+    let e = img
+        .read(Point::Head, 64 * K, &mut [0u8; 10])
+        .err()
+        .context("read of garbage")?;
+    check_words(
+        "garbage",
+        &e.to_string(),
+        &["compressed cluster for guest offset 65536", "deflate"],
+    )?;
+    ensure!(
+        alloc::largest() < MAX_ALLOCATION,
+        "an allocation of {} bytes",
+        alloc::largest()
+    );
     Ok(())
 }
 
@@ -236,11 +470,36 @@ fn random_metadata_damage() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let mut images = vec![sample(d)?];
-    qemu_img(d, &["create", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=16k", "x.qcow2", "2M"])?;
-    qemu_io(d, "qcow2", "x.qcow2", &["write -P 1 1000 3000", "write -z 100k 1k", "write -c -P 2 1M 16k"])?;
+    qemu_img(
+        d,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on,cluster_size=16k",
+            "x.qcow2",
+            "2M",
+        ],
+    )?;
+    qemu_io(
+        d,
+        "qcow2",
+        "x.qcow2",
+        &[
+            "write -P 1 1000 3000",
+            "write -z 100k 1k",
+            "write -c -P 2 1M 16k",
+        ],
+    )?;
     images.push(std::fs::read(d.join("x.qcow2"))?);
     qemu_img(d, &["create", "-f", "qcow", "v1.qcow", "2M"])?;
-    qemu_io(d, "qcow", "v1.qcow", &["write -P 1 1000 3000", "write -c -P 2 1M 4k"])?;
+    qemu_io(
+        d,
+        "qcow",
+        "v1.qcow",
+        &["write -P 1 1000 3000", "write -c -P 2 1M 4k"],
+    )?;
     images.push(std::fs::read(d.join("v1.qcow"))?);
     let mut rng = Rng(99);
     let mut opened = 0;
@@ -259,20 +518,33 @@ fn random_metadata_damage() -> Result<()> {
                     *byte ^= 1 << rng.below(8);
                 }
             }
-            let Ok(img) = open_bytes(d, "r.qcow2", &b)? else { continue };
+            let Ok(img) = open_bytes(d, "r.qcow2", &b)? else {
+                continue;
+            };
             opened += 1;
             let points = img.snapshots().len() + 1;
             let _ = img.list_snaps(0, img.size().min(64 * M));
             for p in 0..points {
-                let point = if p + 1 == points { Point::Head } else { Point::Snap(p) };
+                let point = if p + 1 == points {
+                    Point::Head
+                } else {
+                    Point::Snap(p)
+                };
                 let mut buf = vec![0u8; 256 * K as usize];
                 let _ = img.read(point, rng.below(img.size().max(1)), &mut buf);
                 let _ = img.read(point, 0, &mut buf);
             }
         }
     }
-    ensure!(opened > 100, "only {opened} damaged images opened: the damage is too coarse to test reads");
-    ensure!(alloc::largest() < MAX_ALLOCATION, "an allocation of {} bytes", alloc::largest());
+    ensure!(
+        opened > 100,
+        "only {opened} damaged images opened: the damage is too coarse to test reads"
+    );
+    ensure!(
+        alloc::largest() < MAX_ALLOCATION,
+        "an allocation of {} bytes",
+        alloc::largest()
+    );
     Ok(())
 }
 
@@ -281,37 +553,107 @@ fn backing_loops_and_depth() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     qemu_img(d, &["create", "-f", "qcow2", "a.qcow2", "1M"])?;
-    qemu_img(d, &["create", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M"])?;
+    qemu_img(
+        d,
+        &[
+            "create", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M",
+        ],
+    )?;
     // Point a at b without QEMU checking (it would refuse to open the chain).
-    qemu_img(d, &["rebase", "-u", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"])?;
-    let e = open(&d.join("b.qcow2")).err().context("a loop must not open")?;
-    check_words("loop", &format!("{e:#}"), &["backing chain loop", "b.qcow2 -> ", "a.qcow2"])?;
+    qemu_img(
+        d,
+        &[
+            "rebase", "-u", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2",
+        ],
+    )?;
+    let e = open(&d.join("b.qcow2"))
+        .err()
+        .context("a loop must not open")?;
+    check_words(
+        "loop",
+        &format!("{e:#}"),
+        &["backing chain loop", "b.qcow2 -> ", "a.qcow2"],
+    )?;
     qemu_img(d, &["create", "-f", "qcow2", "self.qcow2", "1M"])?;
-    qemu_img(d, &["rebase", "-u", "-f", "qcow2", "-b", "self.qcow2", "-F", "qcow2", "self.qcow2"])?;
-    let e = open(&d.join("self.qcow2")).err().context("a self-loop must not open")?;
+    qemu_img(
+        d,
+        &[
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-b",
+            "self.qcow2",
+            "-F",
+            "qcow2",
+            "self.qcow2",
+        ],
+    )?;
+    let e = open(&d.join("self.qcow2"))
+        .err()
+        .context("a self-loop must not open")?;
     check_words("self", &format!("{e:#}"), &["backing chain loop"])?;
 
     // A chain one deeper than the limit.
     qemu_img(d, &["create", "-f", "qcow2", "c0.qcow2", "1M"])?;
     for i in 1..=rbdm_format_qcow::MAX_CHAIN_DEPTH {
         let (below, top) = (format!("c{}.qcow2", i - 1), format!("c{i}.qcow2"));
-        qemu_img(d, &["create", "-f", "qcow2", "-b", &below, "-F", "qcow2", &top, "1M"])?;
+        qemu_img(
+            d,
+            &[
+                "create", "-f", "qcow2", "-b", &below, "-F", "qcow2", &top, "1M",
+            ],
+        )?;
     }
     let top = format!("c{}.qcow2", rbdm_format_qcow::MAX_CHAIN_DEPTH);
-    let e = open(&d.join(&top)).err().context("too deep a chain must not open")?;
+    let e = open(&d.join(&top))
+        .err()
+        .context("too deep a chain must not open")?;
     check_words("depth", &format!("{e:#}"), &["deeper than"])?;
     let ok = format!("c{}.qcow2", rbdm_format_qcow::MAX_CHAIN_DEPTH - 1);
     ensure!(open(&d.join(&ok))?.chain_depth() == rbdm_format_qcow::MAX_CHAIN_DEPTH - 1);
 
     // A missing backing file: NotFound, naming both files.
-    qemu_img(d, &["create", "-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2", "-u", "orphan.qcow2", "1M"])?;
+    qemu_img(
+        d,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "gone.qcow2",
+            "-F",
+            "qcow2",
+            "-u",
+            "orphan.qcow2",
+            "1M",
+        ],
+    )?;
     match rbdm_format_qcow::open(Box::new(FileStream::open(&d.join("orphan.qcow2"))?)) {
-        Err(QcowError::Stream(SourceError::NotFound(m))) => check_words("orphan", &m, &["gone.qcow2", "orphan.qcow2"])?,
+        Err(QcowError::Stream(SourceError::NotFound(m))) => {
+            check_words("orphan", &m, &["gone.qcow2", "orphan.qcow2"])?
+        }
         other => bail!("missing backing file: {:?}", other.map(|_| ())),
     }
     // A backing name that escapes the directory is refused by the stream, saying so.
-    qemu_img(d, &["create", "-f", "qcow2", "-b", "../x.qcow2", "-F", "qcow2", "-u", "escape.qcow2", "1M"])?;
-    let e = open(&d.join("escape.qcow2")).err().context("escaping backing name")?;
+    qemu_img(
+        d,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "../x.qcow2",
+            "-F",
+            "qcow2",
+            "-u",
+            "escape.qcow2",
+            "1M",
+        ],
+    )?;
+    let e = open(&d.join("escape.qcow2"))
+        .err()
+        .context("escaping backing name")?;
     check_words("escape", &format!("{e:#}"), &["escapes"])?;
     Ok(())
 }
@@ -324,13 +666,38 @@ fn refused_features() -> Result<()> {
     let secret = ["--object", "secret,id=sec0,data=123456"];
     let mut args = vec!["create"];
     args.extend(secret);
-    args.extend(["-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=sec0", "luks.qcow2", "4M"]);
+    args.extend([
+        "-f",
+        "qcow2",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=sec0",
+        "luks.qcow2",
+        "4M",
+    ]);
     qemu_img(d, &args)?;
     let mut args = vec!["create"];
     args.extend(secret);
-    args.extend(["-f", "qcow", "-o", "encryption=on,encrypt.key-secret=sec0", "aes.qcow", "4M"]);
+    args.extend([
+        "-f",
+        "qcow",
+        "-o",
+        "encryption=on,encrypt.key-secret=sec0",
+        "aes.qcow",
+        "4M",
+    ]);
     qemu_img(d, &args)?;
-    qemu_img(d, &["create", "-f", "qcow2", "-o", "data_file=ext.raw", "ext.qcow2", "4M"])?;
+    qemu_img(
+        d,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=ext.raw",
+            "ext.qcow2",
+            "4M",
+        ],
+    )?;
     for (name, words) in [
         ("luks.qcow2", &["encrypted", "LUKS", "offset 32"][..]),
         ("aes.qcow", &["encrypted", "AES", "offset 36"][..]),
@@ -339,7 +706,10 @@ fn refused_features() -> Result<()> {
         match rbdm_format_qcow::open(Box::new(FileStream::open(&d.join(name))?)) {
             Err(e @ QcowError::Unsupported(_)) => {
                 check_words(name, &e.to_string(), words)?;
-                ensure!(SourceError::from(e).errno() == ENOSYS, "{name}: errno is not ENOSYS");
+                ensure!(
+                    SourceError::from(e).errno() == ENOSYS,
+                    "{name}: errno is not ENOSYS"
+                );
             }
             other => bail!("{name}: {:?}", other.map(|_| ())),
         }

@@ -8,13 +8,20 @@ use rbdm_format_qcow::testing::{fuzz_header, fuzz_read, fuzz_stream};
 use rbdm_registry::SourceImage;
 
 fn seeds(target: &str) -> Result<Vec<(PathBuf, Vec<u8>)>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/seeds")
+        .join(target);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| dir.display().to_string())? {
         let path = entry?.path();
         out.push((path.clone(), std::fs::read(&path)?));
     }
-    ensure!(out.len() >= 5, "{}: only {} seeds", dir.display(), out.len());
+    ensure!(
+        out.len() >= 5,
+        "{}: only {} seeds",
+        dir.display(),
+        out.len()
+    );
     Ok(out)
 }
 

@@ -60,7 +60,9 @@ fn segments(x: &[(u64, u64, Side)], y: &[(u64, u64, Side)]) -> Vec<(u64, u64, Si
     let y: Vec<_> = y.iter().filter(|e| e.1 > e.0).collect();
     let (mut i, mut j) = (0, 0);
     let mut out = Vec::new();
-    let Some(mut pos) = x.first().map(|e| e.0) else { return out };
+    let Some(mut pos) = x.first().map(|e| e.0) else {
+        return out;
+    };
     while i < x.len() && j < y.len() {
         let stop = x[i].1.min(y[j].1);
         if stop > pos {
@@ -108,7 +110,12 @@ fn scan(
                 (Prev::Zeros, _) => PrevBytes::Zeros,
                 _ => PrevBytes::Absent,
             };
-            push_extent(out, at, end - at, block_state(cbuf.as_ref().map(|c| &c[r]), p));
+            push_extent(
+                out,
+                at,
+                end - at,
+                block_state(cbuf.as_ref().map(|c| &c[r]), p),
+            );
             at = end;
         }
         pos = stop;
@@ -145,6 +152,8 @@ fn block_state(cur: Option<&[u8]>, prev: PrevBytes) -> ExtentState {
 /// OR-folds fixed-size lanes so the compiler vectorises it; exits early per 256 bytes.
 pub fn is_zero(buf: &[u8]) -> bool {
     let mut chunks = buf.chunks_exact(256);
-    let lanes = chunks.by_ref().all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0);
+    let lanes = chunks
+        .by_ref()
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0);
     lanes && chunks.remainder().iter().all(|&b| b == 0)
 }

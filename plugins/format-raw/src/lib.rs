@@ -33,7 +33,11 @@ fn open_spec(spec: &serde_json::Value, ctx: &OpenContext) -> Result<Box<dyn Sour
     let head = open_stream(&spec["stream"], "stream", ctx)?;
     let mut snaps = Vec::with_capacity(parsed.snapshots.len());
     for (i, s) in parsed.snapshots.iter().enumerate() {
-        let stream = open_stream(&spec["snapshots"][i]["stream"], &format!("snapshots[{i}].stream"), ctx)?;
+        let stream = open_stream(
+            &spec["snapshots"][i]["stream"],
+            &format!("snapshots[{i}].stream"),
+            ctx,
+        )?;
         snaps.push((s.name.clone(), stream));
     }
     Ok(Box::new(RawImage::new(head, snaps)))
@@ -52,7 +56,8 @@ pub struct RawImage {
 
 impl RawImage {
     pub fn new(head: Box<dyn Stream>, snapshots: Vec<(String, Box<dyn Stream>)>) -> Self {
-        let (names, mut points): (Vec<String>, Vec<Box<dyn Stream>>) = snapshots.into_iter().unzip();
+        let (names, mut points): (Vec<String>, Vec<Box<dyn Stream>>) =
+            snapshots.into_iter().unzip();
         points.push(head);
         RawImage { points, names }
     }
@@ -60,7 +65,11 @@ impl RawImage {
     fn stream(&self, point: Point) -> Result<&dyn Stream> {
         let i = match point {
             Point::Snap(i) if i < self.names.len() => i,
-            Point::Snap(i) => return Err(SourceError::Invalid(format!("no snapshot #{i} in the raw source"))),
+            Point::Snap(i) => {
+                return Err(SourceError::Invalid(format!(
+                    "no snapshot #{i} in the raw source"
+                )))
+            }
             Point::Head => self.names.len(),
         };
         Ok(&*self.points[i])
@@ -130,14 +139,23 @@ impl SourceImage for RawImage {
         self.names
             .iter()
             .zip(&self.points)
-            .map(|(name, s)| SourceSnapshot { name: name.clone(), size: s.size(), timestamp: None })
+            .map(|(name, s)| SourceSnapshot {
+                name: name.clone(),
+                size: s.size(),
+                timestamp: None,
+            })
             .collect()
     }
 
     fn read(&self, point: Point, offset: u64, buf: &mut [u8]) -> Result<()> {
         let s = self.stream(point)?;
         let size = s.size();
-        let n = if offset >= size { 0 } else { buf.len().min((size - offset).min(usize::MAX as u64) as usize) };
+        let n = if offset >= size {
+            0
+        } else {
+            buf.len()
+                .min((size - offset).min(usize::MAX as u64) as usize)
+        };
         buf[n..].fill(0);
         if n > 0 {
             s.read_at(offset, &mut buf[..n])?;
@@ -146,7 +164,9 @@ impl SourceImage for RawImage {
     }
 
     fn list_snaps(&self, offset: u64, len: u64) -> Result<Vec<Vec<SnapExtent>>> {
-        (0..self.points.len()).map(|i| self.point_extents(i, offset, len)).collect()
+        (0..self.points.len())
+            .map(|i| self.point_extents(i, offset, len))
+            .collect()
     }
 
     fn describe(&self) -> String {

@@ -16,7 +16,12 @@ struct MemStream {
 
 impl MemStream {
     fn new(data: Vec<u8>, holes: Vec<(u64, u64)>, knows_holes: bool) -> Self {
-        MemStream { data, holes, knows_holes, reads: Mutex::new(Vec::new()) }
+        MemStream {
+            data,
+            holes,
+            knows_holes,
+            reads: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -46,13 +51,25 @@ impl Stream for MemStream {
                 continue;
             }
             if a > pos {
-                out.push(StreamExtent { offset: pos, len: a - pos, zero: false });
+                out.push(StreamExtent {
+                    offset: pos,
+                    len: a - pos,
+                    zero: false,
+                });
             }
-            out.push(StreamExtent { offset: a, len: b - a, zero: true });
+            out.push(StreamExtent {
+                offset: a,
+                len: b - a,
+                zero: true,
+            });
             pos = b;
         }
         if pos < end {
-            out.push(StreamExtent { offset: pos, len: end - pos, zero: false });
+            out.push(StreamExtent {
+                offset: pos,
+                len: end - pos,
+                zero: false,
+            });
         }
         Some(Ok(out))
     }
@@ -71,9 +88,21 @@ struct PointGen {
 }
 
 fn point_gen() -> impl Strategy<Value = PointGen> {
-    let write = (0u64..40_000, 1u64..12_000, prop_oneof![Just(0u8), Just(7u8), any::<u8>()]);
-    (0u64..40_000, proptest::collection::vec(write, 0..5), any::<bool>())
-        .prop_map(|(size, writes, knows_holes)| PointGen { size, writes, knows_holes })
+    let write = (
+        0u64..40_000,
+        1u64..12_000,
+        prop_oneof![Just(0u8), Just(7u8), any::<u8>()],
+    );
+    (
+        0u64..40_000,
+        proptest::collection::vec(write, 0..5),
+        any::<bool>(),
+    )
+        .prop_map(|(size, writes, knows_holes)| PointGen {
+            size,
+            writes,
+            knows_holes,
+        })
 }
 
 /// Zero runs of at least 1000 bytes: some file systems' holes, at odd offsets.
@@ -110,14 +139,25 @@ fn build(gens: &[PointGen]) -> (Vec<Vec<u8>>, RawImage) {
     let mut streams: Vec<Box<dyn Stream>> = contents
         .iter()
         .zip(gens)
-        .map(|(d, g)| Box::new(MemStream::new(d.clone(), zero_runs(d), g.knows_holes)) as Box<dyn Stream>)
+        .map(|(d, g)| {
+            Box::new(MemStream::new(d.clone(), zero_runs(d), g.knows_holes)) as Box<dyn Stream>
+        })
         .collect();
     let head = streams.pop().expect("at least one point");
-    let snaps = streams.into_iter().enumerate().map(|(i, s)| (format!("s{i}"), s)).collect();
+    let snaps = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (format!("s{i}"), s))
+        .collect();
     (contents, RawImage::new(head, snaps))
 }
 
-fn check(contents: &[Vec<u8>], lists: &[Vec<SnapExtent>], offset: u64, len: u64) -> Result<(), TestCaseError> {
+fn check(
+    contents: &[Vec<u8>],
+    lists: &[Vec<SnapExtent>],
+    offset: u64,
+    len: u64,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(lists.len(), contents.len());
     for (i, (list, cur)) in lists.iter().zip(contents).enumerate() {
         let end = (offset + len).min(cur.len() as u64);
@@ -132,17 +172,41 @@ fn check(contents: &[Vec<u8>], lists: &[Vec<SnapExtent>], offset: u64, len: u64)
                 let stop = (e.offset + e.len).min((at / BLOCK + 1) * BLOCK);
                 let (a, b) = (at as usize, stop as usize);
                 let piece = &cur[a..b];
-                let prev = i.checked_sub(1).map(|p| &contents[p]).filter(|p| p.len() >= b).map(|p| &p[a..b]);
+                let prev = i
+                    .checked_sub(1)
+                    .map(|p| &contents[p])
+                    .filter(|p| p.len() >= b)
+                    .map(|p| &p[a..b]);
                 let zero = piece.iter().all(|&x| x == 0);
                 match e.state {
-                    ExtentState::Unchanged => prop_assert_eq!(Some(piece), prev, "point {} {}..{} not unchanged", i, a, b),
-                    ExtentState::Zero => prop_assert!(zero && prev != Some(piece), "point {} {}..{} wrongly zero", i, a, b),
-                    ExtentState::Data => prop_assert!(!zero && prev != Some(piece), "point {} {}..{} wrongly data", i, a, b),
+                    ExtentState::Unchanged => {
+                        prop_assert_eq!(Some(piece), prev, "point {} {}..{} not unchanged", i, a, b)
+                    }
+                    ExtentState::Zero => prop_assert!(
+                        zero && prev != Some(piece),
+                        "point {} {}..{} wrongly zero",
+                        i,
+                        a,
+                        b
+                    ),
+                    ExtentState::Data => prop_assert!(
+                        !zero && prev != Some(piece),
+                        "point {} {}..{} wrongly data",
+                        i,
+                        a,
+                        b
+                    ),
                 }
                 at = stop;
             }
         }
-        prop_assert_eq!(pos, end.max(offset), "point {} does not cover the range: {:?}", i, list);
+        prop_assert_eq!(
+            pos,
+            end.max(offset),
+            "point {} does not cover the range: {:?}",
+            i,
+            list
+        );
     }
     Ok(())
 }
@@ -196,20 +260,32 @@ fn known_holes_are_never_read() {
     snap[150_000..160_000].fill(3);
     let head = Arc::new(MemStream::new(data.clone(), zero_runs(&data), true));
     let old = Arc::new(MemStream::new(snap.clone(), zero_runs(&snap), true));
-    let img = RawImage::new(Box::new(Shared(head.clone())), vec![("old".into(), Box::new(Shared(old.clone())))]);
+    let img = RawImage::new(
+        Box::new(Shared(head.clone())),
+        vec![("old".into(), Box::new(Shared(old.clone())))],
+    );
     let lists = img.list_snaps(0, 3 << 20).unwrap();
     for s in [&head, &old] {
         let reads = s.reads.lock().unwrap();
         assert!(!reads.is_empty());
         for &(a, b) in reads.iter() {
-            assert!(!s.holes.iter().any(|&(ha, hb)| a < hb && ha < b), "read {a}..{b} overlaps a known hole");
+            assert!(
+                !s.holes.iter().any(|&(ha, hb)| a < hb && ha < b),
+                "read {a}..{b} overlaps a known hole"
+            );
         }
     }
     // The only difference is 150_000..160_000 (3s in the snapshot, 1s in the head): data
     // there, in whole 4 KiB blocks, and everything else unchanged.
-    let changed: Vec<_> = lists[1].iter().filter(|e| e.state != ExtentState::Unchanged).collect();
+    let changed: Vec<_> = lists[1]
+        .iter()
+        .filter(|e| e.state != ExtentState::Unchanged)
+        .collect();
     assert_eq!(changed.len(), 1, "{:?}", lists[1]);
-    assert_eq!((changed[0].offset, changed[0].len, changed[0].state), (147_456, 16_384, ExtentState::Data));
+    assert_eq!(
+        (changed[0].offset, changed[0].len, changed[0].state),
+        (147_456, 16_384, ExtentState::Data)
+    );
 }
 
 #[test]
@@ -225,21 +301,50 @@ fn a_huge_sparse_stream_is_walked_without_reads() {
             buf.fill(0);
             Ok(())
         }
-        fn extents(&self, offset: u64, len: u64) -> Option<rbdm_registry::Result<Vec<StreamExtent>>> {
-            Some(Ok(vec![StreamExtent { offset, len: len.min(self.0 - offset), zero: true }]))
+        fn extents(
+            &self,
+            offset: u64,
+            len: u64,
+        ) -> Option<rbdm_registry::Result<Vec<StreamExtent>>> {
+            Some(Ok(vec![StreamExtent {
+                offset,
+                len: len.min(self.0 - offset),
+                zero: true,
+            }]))
         }
         fn describe(&self) -> String {
             "sparse".into()
         }
     }
-    let img = RawImage::new(Box::new(Sparse(t, Mutex::new(0))), vec![("a".into(), Box::new(Sparse(t, Mutex::new(0))))]);
+    let img = RawImage::new(
+        Box::new(Sparse(t, Mutex::new(0))),
+        vec![("a".into(), Box::new(Sparse(t, Mutex::new(0))))],
+    );
     let started = std::time::Instant::now();
     let mut pos = 0;
     while pos < t {
         let l = img.list_snaps(pos, 32 << 20).unwrap();
-        assert_eq!(l[0], vec![SnapExtent { offset: pos, len: 32 << 20, state: ExtentState::Zero }]);
-        assert_eq!(l[1], vec![SnapExtent { offset: pos, len: 32 << 20, state: ExtentState::Unchanged }]);
+        assert_eq!(
+            l[0],
+            vec![SnapExtent {
+                offset: pos,
+                len: 32 << 20,
+                state: ExtentState::Zero
+            }]
+        );
+        assert_eq!(
+            l[1],
+            vec![SnapExtent {
+                offset: pos,
+                len: 32 << 20,
+                state: ExtentState::Unchanged
+            }]
+        );
         pos += 32 << 20;
     }
-    assert!(started.elapsed().as_secs() < 20, "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "took {:?}",
+        started.elapsed()
+    );
 }

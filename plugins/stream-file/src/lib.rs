@@ -26,7 +26,8 @@ inventory::submit!(StreamPlugin {
 pub fn link() {}
 
 fn open_spec(spec: &serde_json::Value, path: &str, _ctx: &OpenContext) -> Result<Box<dyn Stream>> {
-    let s = FileStreamSpec::from_json(spec, path).map_err(|e| SourceError::BadSpec(e.to_string()))?;
+    let s =
+        FileStreamSpec::from_json(spec, path).map_err(|e| SourceError::BadSpec(e.to_string()))?;
     Ok(Box::new(FileStream::open(Path::new(&s.file_path))?))
 }
 
@@ -40,20 +41,28 @@ pub struct FileStream {
 
 impl FileStream {
     pub fn open(path: &Path) -> Result<Self> {
-        let path = std::path::absolute(path).map_err(|e| SourceError::io(format!("file {}", path.display()), e))?;
+        let path = std::path::absolute(path)
+            .map_err(|e| SourceError::io(format!("file {}", path.display()), e))?;
         let meta = std::fs::metadata(&path).map_err(|e| open_error(&path, e))?;
         let kind = meta.file_type();
         if kind.is_dir() {
-            return Err(SourceError::Invalid(format!("file {}: is a directory, not a file", path.display())));
+            return Err(SourceError::Invalid(format!(
+                "file {}: is a directory, not a file",
+                path.display()
+            )));
         }
         if !kind.is_file() && !kind.is_block_device() {
-            return Err(SourceError::Invalid(format!("file {}: not a regular file or block device", path.display())));
+            return Err(SourceError::Invalid(format!(
+                "file {}: not a regular file or block device",
+                path.display()
+            )));
         }
         let mut file = File::open(&path).map_err(|e| open_error(&path, e))?;
         let size = if kind.is_file() {
             meta.len()
         } else {
-            file.seek(SeekFrom::End(0)).map_err(|e| SourceError::io(format!("file {}: size", path.display()), e))?
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| SourceError::io(format!("file {}: size", path.display()), e))?
         };
         Ok(FileStream { file, path, size })
     }
@@ -65,7 +74,9 @@ impl FileStream {
     /// The next offset at or after `pos` that is data (`SEEK_DATA`) or a hole (`SEEK_HOLE`);
     /// `Ok(None)` for no more data; `Err` when the file system cannot say.
     fn seek(&self, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-        let Ok(off) = libc::off_t::try_from(pos) else { return Err(io::Error::from(ErrorKind::InvalidInput)) };
+        let Ok(off) = libc::off_t::try_from(pos) else {
+            return Err(io::Error::from(ErrorKind::InvalidInput));
+        };
         // SAFETY: lseek on a descriptor we own; the shared offset it moves is never used
         // for I/O (all reads are positional).
         let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
@@ -83,7 +94,11 @@ impl FileStream {
         let mut out: Vec<StreamExtent> = Vec::new();
         let mut push = |offset: u64, stop: u64, zero: bool| {
             if stop > offset {
-                out.push(StreamExtent { offset, len: stop - offset, zero });
+                out.push(StreamExtent {
+                    offset,
+                    len: stop - offset,
+                    zero,
+                });
             }
         };
         let mut pos = offset;
@@ -107,7 +122,9 @@ fn open_error(path: &Path, e: io::Error) -> SourceError {
     let p = path.display();
     match e.kind() {
         ErrorKind::NotFound => SourceError::NotFound(format!("file {p} does not exist")),
-        ErrorKind::PermissionDenied => SourceError::PermissionDenied(format!("file {p} is not readable")),
+        ErrorKind::PermissionDenied => {
+            SourceError::PermissionDenied(format!("file {p} is not readable"))
+        }
         _ => SourceError::io(format!("file {p}"), e),
     }
 }
@@ -118,7 +135,9 @@ impl Stream for FileStream {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.size);
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.size);
         if end.is_none() {
             return Err(SourceError::Invalid(format!(
                 "{}: read of {} bytes at {offset} is past the end ({} bytes)",
@@ -127,12 +146,16 @@ impl Stream for FileStream {
                 self.size
             )));
         }
-        self.file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
-            ErrorKind::UnexpectedEof => {
-                SourceError::Corrupt(format!("{}: file shrank below {} bytes while being read", self.describe(), self.size))
-            }
-            _ => SourceError::io(format!("{}: read at {offset}", self.describe()), e),
-        })
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| match e.kind() {
+                ErrorKind::UnexpectedEof => SourceError::Corrupt(format!(
+                    "{}: file shrank below {} bytes while being read",
+                    self.describe(),
+                    self.size
+                )),
+                _ => SourceError::io(format!("{}: read at {offset}", self.describe()), e),
+            })
     }
 
     /// Holes from SEEK_DATA/SEEK_HOLE, for the part of the range inside the file; `None`
@@ -149,7 +172,10 @@ impl Stream for FileStream {
     /// resolves it), never against the working directory.
     fn open_relative(&self, name: &str) -> Result<Box<dyn Stream>> {
         if name.is_empty() || name.contains('\0') {
-            return Err(SourceError::Invalid(format!("{}: bad related file name {name:?}", self.describe())));
+            return Err(SourceError::Invalid(format!(
+                "{}: bad related file name {name:?}",
+                self.describe()
+            )));
         }
         let target = match Path::new(name) {
             p if p.is_absolute() => p.to_path_buf(),
@@ -181,7 +207,12 @@ mod tests {
     #[test]
     fn reads_are_positional_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let p = file_with(dir.path(), "a", 10_000, &[(100, b"hello"), (9_995, b"tail!")]);
+        let p = file_with(
+            dir.path(),
+            "a",
+            10_000,
+            &[(100, b"hello"), (9_995, b"tail!")],
+        );
         let s = FileStream::open(&p).unwrap();
         assert_eq!(s.size(), 10_000);
         let mut buf = [0u8; 5];
@@ -189,31 +220,66 @@ mod tests {
         assert_eq!(&buf, b"hello");
         s.read_at(9_995, &mut buf).unwrap();
         assert_eq!(&buf, b"tail!");
-        assert!(matches!(s.read_at(9_996, &mut buf), Err(SourceError::Invalid(_))));
-        assert!(matches!(s.read_at(u64::MAX - 2, &mut buf), Err(SourceError::Invalid(_))));
+        assert!(matches!(
+            s.read_at(9_996, &mut buf),
+            Err(SourceError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.read_at(u64::MAX - 2, &mut buf),
+            Err(SourceError::Invalid(_))
+        ));
     }
 
     #[test]
     fn holes_are_reported_and_cover_the_range() {
         let dir = tempfile::tempdir().unwrap();
         let mib = 1u64 << 20;
-        let p = file_with(dir.path(), "s", 8 * mib, &[(2 * mib, &[7u8; 4096]), (6 * mib, &[9u8; 8192])]);
+        let p = file_with(
+            dir.path(),
+            "s",
+            8 * mib,
+            &[(2 * mib, &[7u8; 4096]), (6 * mib, &[9u8; 8192])],
+        );
         let s = FileStream::open(&p).unwrap();
-        let ext = s.extents(0, 8 * mib).expect("lseek answers on Linux").unwrap();
+        let ext = s
+            .extents(0, 8 * mib)
+            .expect("lseek answers on Linux")
+            .unwrap();
         let mut pos = 0;
         for e in &ext {
             assert_eq!(e.offset, pos, "{ext:?}");
             pos += e.len;
         }
         assert_eq!(pos, 8 * mib);
-        let data: Vec<_> = ext.iter().filter(|e| !e.zero).map(|e| (e.offset, e.len)).collect();
+        let data: Vec<_> = ext
+            .iter()
+            .filter(|e| !e.zero)
+            .map(|e| (e.offset, e.len))
+            .collect();
         // File systems allocate whole blocks; the data must include what was written and
         // must not be the whole file.
-        assert!(data.iter().any(|&(o, l)| o <= 2 * mib && o + l >= 2 * mib + 4096), "{ext:?}");
-        assert!(data.iter().any(|&(o, l)| o <= 6 * mib && o + l >= 6 * mib + 8192), "{ext:?}");
+        assert!(
+            data.iter()
+                .any(|&(o, l)| o <= 2 * mib && o + l >= 2 * mib + 4096),
+            "{ext:?}"
+        );
+        assert!(
+            data.iter()
+                .any(|&(o, l)| o <= 6 * mib && o + l >= 6 * mib + 8192),
+            "{ext:?}"
+        );
         assert!(data.iter().map(|d| d.1).sum::<u64>() < 4 * mib, "{ext:?}");
-        let Some(Ok(part)) = s.extents(2 * mib + 100, 10) else { panic!("extents went away") };
-        assert_eq!(part, vec![StreamExtent { offset: 2 * mib + 100, len: 10, zero: false }]);
+        let Some(Ok(part)) = s.extents(2 * mib + 100, 10) else {
+            panic!("extents went away")
+        };
+        assert_eq!(
+            part,
+            vec![StreamExtent {
+                offset: 2 * mib + 100,
+                len: 10,
+                zero: false
+            }]
+        );
         assert_eq!(s.extents(8 * mib, 10).unwrap().unwrap(), vec![]);
     }
 
@@ -239,7 +305,10 @@ mod tests {
         b.read_at(0, &mut buf).unwrap();
         assert_eq!(&buf, b"base");
         assert!(s.open_relative(base.to_str().unwrap()).is_ok());
-        assert_eq!(s.open_relative("missing").err().unwrap().errno(), libc::ENOENT);
+        assert_eq!(
+            s.open_relative("missing").err().unwrap().errno(),
+            libc::ENOENT
+        );
         let mut f = File::create(dir.path().join("up")).unwrap();
         f.write_all(b"up").unwrap();
         assert_eq!(s.open_relative("../up").unwrap().size(), 2);

@@ -42,8 +42,10 @@ pub fn request_count() -> u64 {
 }
 
 fn open_spec(spec: &serde_json::Value, path: &str, _ctx: &OpenContext) -> Result<Box<dyn Stream>> {
-    let s = HttpStreamSpec::from_json(spec, path).map_err(|e| SourceError::BadSpec(e.to_string()))?;
-    let url = Url::parse(&s.url).map_err(|m| SourceError::BadSpec(format!("{}: {m}", join(path, "url"))))?;
+    let s =
+        HttpStreamSpec::from_json(spec, path).map_err(|e| SourceError::BadSpec(e.to_string()))?;
+    let url = Url::parse(&s.url)
+        .map_err(|m| SourceError::BadSpec(format!("{}: {m}", join(path, "url"))))?;
     Ok(Box::new(HttpStream::open(url, Settings::http())?))
 }
 
@@ -65,7 +67,12 @@ pub trait Signer: Send + Sync {
     }
     /// The headers to add to a `method` request for `url`. `headers` are the request's own
     /// (lower-case names, e.g. `range`), which the signature may cover.
-    fn sign(&self, method: &str, url: &Url, headers: &[(&str, String)]) -> Result<Vec<(String, String)>>;
+    fn sign(
+        &self,
+        method: &str,
+        url: &Url,
+        headers: &[(&str, String)],
+    ) -> Result<Vec<(String, String)>>;
 }
 
 /// How a stream talks to its server. `Settings::http()` is what the `http` type uses.
@@ -104,7 +111,9 @@ impl Settings {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             pool: 8,
-            ca_file: std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()).map(PathBuf::from),
+            ca_file: std::env::var_os("SSL_CERT_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         }
     }
 
@@ -134,7 +143,8 @@ impl Settings {
 
 fn roots_from(path: &Path) -> Result<RootCerts> {
     let bad = |what: String| SourceError::Invalid(format!("CA file {}: {what}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| SourceError::io(format!("CA file {}", path.display()), e))?;
+    let pem = std::fs::read(path)
+        .map_err(|e| SourceError::io(format!("CA file {}", path.display()), e))?;
     let mut certs = Vec::new();
     for item in parse_pem(&pem) {
         if let PemItem::Certificate(c) = item.map_err(|e| bad(e.to_string()))? {
@@ -191,7 +201,14 @@ impl HttpStream {
             Some(s) => s.canonical_url(url),
             None => url,
         };
-        let mut s = HttpStream { url, settings, agent, size: 0, seen: Mutex::default(), requests: AtomicU64::new(0) };
+        let mut s = HttpStream {
+            url,
+            settings,
+            agent,
+            size: 0,
+            seen: Mutex::default(),
+            requests: AtomicU64::new(0),
+        };
         s.size = s.with_retries(|| s.probe())?;
         Ok(s)
     }
@@ -233,7 +250,11 @@ impl HttpStream {
             None => Vec::new(),
         };
         let target = self.url.to_string();
-        let mut req = if method == "HEAD" { self.agent.head(&target) } else { self.agent.get(&target) };
+        let mut req = if method == "HEAD" {
+            self.agent.head(&target)
+        } else {
+            self.agent.get(&target)
+        };
         for (k, v) in own.iter() {
             req = req.header(*k, v.as_str());
         }
@@ -298,8 +319,16 @@ impl HttpStream {
             206 => {
                 self.check_validators(&resp).map_err(Fail::Fatal)?;
                 let total = match parse_content_range(header(&resp, "content-range")) {
-                    Some(ContentRange { first: 0, last: 0, total: Some(t) }) => t,
-                    _ => return Err(Fail::Fatal(self.remote("206 without a usable Content-Range for bytes 0-0"))),
+                    Some(ContentRange {
+                        first: 0,
+                        last: 0,
+                        total: Some(t),
+                    }) => t,
+                    _ => {
+                        return Err(Fail::Fatal(
+                            self.remote("206 without a usable Content-Range for bytes 0-0"),
+                        ))
+                    }
                 };
                 finish_body(&mut resp, 1);
                 Ok(total)
@@ -327,8 +356,12 @@ impl HttpStream {
         match len {
             Some(0) => Ok(0),
             // A non-empty object that refused bytes=0-0 is not readable by range.
-            Some(n) => Err(Fail::Fatal(self.remote(&format!("answered 416 to bytes=0-0 but HEAD says {n} bytes")))),
-            None => Err(Fail::Fatal(self.remote("answered 416 to bytes=0-0 and HEAD gives no Content-Length"))),
+            Some(n) => Err(Fail::Fatal(self.remote(&format!(
+                "answered 416 to bytes=0-0 but HEAD says {n} bytes"
+            )))),
+            None => Err(Fail::Fatal(self.remote(
+                "answered 416 to bytes=0-0 and HEAD gives no Content-Length",
+            ))),
         }
     }
 
@@ -340,8 +373,13 @@ impl HttpStream {
     fn check_validators(&self, resp: &Response) -> Result<()> {
         let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let seen = &mut *guard;
-        for (name, slot) in [("ETag", &mut seen.etag), ("Last-Modified", &mut seen.last_modified)] {
-            let Some(now) = header(resp, name) else { continue };
+        for (name, slot) in [
+            ("ETag", &mut seen.etag),
+            ("Last-Modified", &mut seen.last_modified),
+        ] {
+            let Some(now) = header(resp, name) else {
+                continue;
+            };
             match slot {
                 Some(before) if before != now => {
                     return Err(SourceError::Changed(format!(
@@ -371,7 +409,13 @@ impl HttpStream {
 
     /// One GET for what is still missing; a server may answer a shorter range, in which case
     /// the caller asks again for the rest.
-    fn fetch_once(&self, start: u64, total: u64, bufs: &mut [&mut [u8]], done: &mut u64) -> Result<(), Fail> {
+    fn fetch_once(
+        &self,
+        start: u64,
+        total: u64,
+        bufs: &mut [&mut [u8]],
+        done: &mut u64,
+    ) -> Result<(), Fail> {
         let first = start + *done;
         let last = start + total - 1;
         let mut resp = self.send("GET", Some((first, last)))?;
@@ -396,20 +440,32 @@ impl HttpStream {
             ))));
         }
         let want = cr.last - cr.first + 1;
-        if header(&resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok()).is_some_and(|n| n != want) {
-            return Err(Fail::Fatal(self.remote("Content-Length disagrees with Content-Range")));
+        if header(&resp, "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n != want)
+        {
+            return Err(Fail::Fatal(
+                self.remote("Content-Length disagrees with Content-Range"),
+            ));
         }
         let mut reader = resp.body_mut().as_reader();
         let goal = *done + want;
         if let Err(e) = read_into(&mut reader, bufs, done, goal) {
-            let context = format!("{}: reading bytes {first}-{} ({} of {want} received)", self.describe(), cr.last, *done + want - goal);
+            let context = format!(
+                "{}: reading bytes {first}-{} ({} of {want} received)",
+                self.describe(),
+                cr.last,
+                *done + want - goal
+            );
             return Err(Fail::Retry(SourceError::io(context, e)));
         }
         // The connection goes back to the pool only once the body reached its end.
         let mut extra = [0u8; 1];
         match reader.read(&mut extra) {
             Ok(0) | Err(_) => Ok(()),
-            Ok(_) => Err(Fail::Fatal(self.remote("sent more bytes than the range it announced"))),
+            Ok(_) => Err(Fail::Fatal(
+                self.remote("sent more bytes than the range it announced"),
+            )),
         }
     }
 
@@ -443,8 +499,11 @@ impl Stream for HttpStream {
         for (off, buf) in reads.iter() {
             self.check_bounds(*off, buf.len())?;
         }
-        let mut order: Vec<(u64, &mut [u8])> =
-            reads.iter_mut().filter(|(_, b)| !b.is_empty()).map(|(o, b)| (*o, &mut **b)).collect();
+        let mut order: Vec<(u64, &mut [u8])> = reads
+            .iter_mut()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(o, b)| (*o, &mut **b))
+            .collect();
         order.sort_by_key(|r| r.0);
         let mut i = 0;
         while i < order.len() {
@@ -467,7 +526,10 @@ impl Stream for HttpStream {
     /// must never be sent to a server the spec did not name.
     fn open_relative(&self, name: &str) -> Result<Box<dyn Stream>> {
         let d = self.describe();
-        let url = self.url.join(name).map_err(|m| SourceError::Invalid(format!("{d}: related file {name:?}: {m}")))?;
+        let url = self
+            .url
+            .join(name)
+            .map_err(|m| SourceError::Invalid(format!("{d}: related file {name:?}: {m}")))?;
         if url.origin() != self.url.origin() {
             return Err(SourceError::Invalid(format!(
                 "{d}: related file {name:?} is on another server ({}); refused",
@@ -515,7 +577,11 @@ const AUTH_CODES: &[&str] = &[
 /// most 16 KiB of it is read).
 fn error_detail(resp: &mut Response) -> (Option<String>, String) {
     let mut body = Vec::new();
-    let _ = resp.body_mut().as_reader().take(16 << 10).read_to_end(&mut body);
+    let _ = resp
+        .body_mut()
+        .as_reader()
+        .take(16 << 10)
+        .read_to_end(&mut body);
     let text = String::from_utf8_lossy(&body);
     let tag = |t: &str| {
         let open = format!("<{t}>");
@@ -559,7 +625,12 @@ fn parse_content_range(v: Option<&str>) -> Option<ContentRange> {
 
 /// Fills the concatenation of `bufs` from position `*done` up to `goal`, advancing `*done`
 /// as bytes arrive so a retry can resume.
-fn read_into(reader: &mut impl Read, bufs: &mut [&mut [u8]], done: &mut u64, goal: u64) -> std::io::Result<()> {
+fn read_into(
+    reader: &mut impl Read,
+    bufs: &mut [&mut [u8]],
+    done: &mut u64,
+    goal: u64,
+) -> std::io::Result<()> {
     let mut base = 0u64;
     for buf in bufs.iter_mut() {
         let end = base + buf.len() as u64;
@@ -567,7 +638,12 @@ fn read_into(reader: &mut impl Read, bufs: &mut [&mut [u8]], done: &mut u64, goa
             let from = (*done - base) as usize;
             let to = (end.min(goal) - base) as usize;
             match reader.read(&mut buf[from..to]) {
-                Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed mid-body")),
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "connection closed mid-body",
+                    ))
+                }
                 Ok(n) => *done += n as u64,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -588,9 +664,30 @@ mod tests {
     #[test]
     fn content_range_parsing() {
         let p = |s: &str| parse_content_range(Some(s));
-        assert_eq!(p("bytes 0-0/10"), Some(ContentRange { first: 0, last: 0, total: Some(10) }));
-        assert_eq!(p("bytes 5-9/*"), Some(ContentRange { first: 5, last: 9, total: None }));
-        for bad in ["bytes 5-4/10", "bytes 0-10/10", "bytes */10", "items 0-1/2", "bytes 0-1", "bytes a-1/2"] {
+        assert_eq!(
+            p("bytes 0-0/10"),
+            Some(ContentRange {
+                first: 0,
+                last: 0,
+                total: Some(10)
+            })
+        );
+        assert_eq!(
+            p("bytes 5-9/*"),
+            Some(ContentRange {
+                first: 5,
+                last: 9,
+                total: None
+            })
+        );
+        for bad in [
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "items 0-1/2",
+            "bytes 0-1",
+            "bytes a-1/2",
+        ] {
             assert_eq!(p(bad), None, "{bad}");
         }
         assert_eq!(parse_content_range(None), None);

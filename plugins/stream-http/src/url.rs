@@ -22,7 +22,9 @@ pub struct Url {
 
 impl Url {
     pub fn parse(s: &str) -> Result<Url, String> {
-        let (scheme, rest) = s.split_once("://").ok_or_else(|| format!("{s:?} is not an absolute URL"))?;
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("{s:?} is not an absolute URL"))?;
         let scheme = scheme.to_ascii_lowercase();
         if scheme != "http" && scheme != "https" {
             return Err(format!("unsupported URL scheme {scheme:?} (http or https)"));
@@ -42,8 +44,19 @@ impl Url {
             Some((p, q)) => (p, Some(q.to_string())),
             None => (tail, None),
         };
-        let path = if path.is_empty() { "/".to_string() } else { path.to_string() };
-        Ok(Url { scheme, userinfo, host, port, path, query })
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path.to_string()
+        };
+        Ok(Url {
+            scheme,
+            userinfo,
+            host,
+            port,
+            path,
+            query,
+        })
     }
 
     fn default_port(&self) -> u16 {
@@ -64,7 +77,11 @@ impl Url {
 
     /// Scheme, host (case-folded) and effective port: what must match for "same server".
     pub fn origin(&self) -> (String, String, u16) {
-        (self.scheme.clone(), self.host.to_ascii_lowercase(), self.port.unwrap_or(self.default_port()))
+        (
+            self.scheme.clone(),
+            self.host.to_ascii_lowercase(),
+            self.port.unwrap_or(self.default_port()),
+        )
     }
 
     /// `path?query`, as sent on the request line.
@@ -78,7 +95,12 @@ impl Url {
     /// For messages: no userinfo, and a query (which may hold a signature) shown as `?…`.
     pub fn redacted(&self) -> String {
         let q = if self.query.is_some() { "?…" } else { "" };
-        format!("{}://{}{}{q}", self.scheme, self.host_with_port(), self.path)
+        format!(
+            "{}://{}{}{q}",
+            self.scheme,
+            self.host_with_port(),
+            self.path
+        )
     }
 
     fn host_with_port(&self) -> String {
@@ -94,8 +116,13 @@ impl Url {
         if reference.is_empty() {
             return Err("empty reference".into());
         }
-        if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{reference:?} contains whitespace or control characters"));
+        if reference
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "{reference:?} contains whitespace or control characters"
+            ));
         }
         if reference.contains("://") {
             return Url::parse(reference);
@@ -117,15 +144,29 @@ impl Url {
             format!("{dir}{path}")
         };
         let path = remove_dot_segments(&merged)?;
-        Ok(Url { path, query, ..self.clone() })
+        Ok(Url {
+            path,
+            query,
+            ..self.clone()
+        })
     }
 }
 
 impl fmt::Display for Url {
     /// The full URL, secrets included: for the request only.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let user = self.userinfo.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
-        write!(f, "{}://{user}{}{}", self.scheme, self.host_with_port(), self.path_and_query())
+        let user = self
+            .userinfo
+            .as_ref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        write!(
+            f,
+            "{}://{user}{}{}",
+            self.scheme,
+            self.host_with_port(),
+            self.path_and_query()
+        )
     }
 }
 
@@ -149,7 +190,12 @@ fn split_host_port(hostport: &str) -> Result<(String, Option<u16>), String> {
     }
     let port = match port {
         None | Some("") => None,
-        Some(p) => Some(p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("bad port {p:?}"))?),
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("bad port {p:?}"))?,
+        ),
     };
     Ok((host.to_string(), port))
 }
@@ -186,7 +232,10 @@ pub fn percent_decode(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (b[i], hex) {
             (b'%', Some(v)) => {
                 out.push(v);
@@ -214,14 +263,25 @@ mod tests {
         assert_eq!(u.port, Some(8080));
         assert_eq!(u.path, "/a/b.qcow2");
         assert_eq!(u.query.as_deref(), Some("sig=1&x=2"));
-        assert_eq!(u.to_string(), "http://user:pw@Example.com:8080/a/b.qcow2?sig=1&x=2");
+        assert_eq!(
+            u.to_string(),
+            "http://user:pw@Example.com:8080/a/b.qcow2?sig=1&x=2"
+        );
         assert_eq!(u.redacted(), "http://Example.com:8080/a/b.qcow2?…");
         assert_eq!(u.host_header(), "Example.com:8080");
         assert_eq!(Url::parse("https://h:443/x").unwrap().host_header(), "h");
         let v6 = Url::parse("http://[::1]:81/x").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("[::1]", Some(81)));
         assert_eq!(Url::parse("http://h").unwrap().path, "/");
-        for bad in ["ftp://h/x", "h/x", "http:///x", "http://h:0/x", "http://h:x/", "http://[::1/x", "http://h/a b"] {
+        for bad in [
+            "ftp://h/x",
+            "h/x",
+            "http:///x",
+            "http://h:0/x",
+            "http://h:x/",
+            "http://[::1/x",
+            "http://h/a b",
+        ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
     }

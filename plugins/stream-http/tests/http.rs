@@ -11,19 +11,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rbdm_tests::pseudo_random;
 use rbdm_registry::{OpenContext, SourceError, Stream};
 use rbdm_stream_http::{HttpStream, Settings, Url};
-
+use rbdm_tests::pseudo_random;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn ctx_open(spec: serde_json::Value) -> Result<Box<dyn Stream>, SourceError> {
     rbdm_stream_http::link();
     let lookup = |k: &str| Err(SourceError::NotFound(format!("no config key {k}")));
-    let ctx = OpenContext { config_key: &lookup, store: None };
+    let ctx = OpenContext {
+        config_key: &lookup,
+        store: None,
+    };
     rbdm_registry::open_stream(&spec, "stream", &ctx)
 }
 
@@ -92,7 +98,11 @@ impl Nginx {
                 assert!(Instant::now() < deadline, "nginx did not start");
                 std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(attempt < 4, "nginx failed: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            assert!(
+                attempt < 4,
+                "nginx failed: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         unreachable!()
     }
@@ -124,7 +134,11 @@ impl Nginx {
         text.lines()
             .map(|l| {
                 let f: Vec<&str> = l.splitn(5, ' ').collect();
-                (f[0].to_string(), f[3].to_string(), f.get(4).unwrap_or(&"").to_string())
+                (
+                    f[0].to_string(),
+                    f[3].to_string(),
+                    f.get(4).unwrap_or(&"").to_string(),
+                )
             })
             .collect()
     }
@@ -155,7 +169,11 @@ fn site() -> Site {
     std::fs::write(root.path().join("images/empty.img"), b"").unwrap();
     std::fs::write(root.path().join("secret/x.img"), b"hidden").unwrap();
     let nginx = Nginx::start(root.path());
-    Site { _root: root, nginx, data }
+    Site {
+        _root: root,
+        nginx,
+        data,
+    }
 }
 
 fn open_url(url: &str) -> HttpStream {
@@ -165,11 +183,15 @@ fn open_url(url: &str) -> HttpStream {
 #[test]
 fn nginx_ranges_equal_the_file() {
     let s = site();
-    let stream = ctx_open(serde_json::json!({"type": "http", "url": s.nginx.url("images/disk.img")})).unwrap();
+    let stream =
+        ctx_open(serde_json::json!({"type": "http", "url": s.nginx.url("images/disk.img")}))
+            .unwrap();
     assert_eq!(stream.size(), s.data.len() as u64);
     let rnd = pseudo_random(200, 99);
     for i in 0..50 {
-        let off = (u32::from_le_bytes([rnd[4 * i], rnd[4 * i + 1], rnd[4 * i + 2], rnd[4 * i + 3]]) as usize) % s.data.len();
+        let off = (u32::from_le_bytes([rnd[4 * i], rnd[4 * i + 1], rnd[4 * i + 2], rnd[4 * i + 3]])
+            as usize)
+            % s.data.len();
         let len = (rnd[i] as usize * 997).min(s.data.len() - off);
         let mut buf = vec![0u8; len];
         stream.read_at(off as u64, &mut buf).unwrap();
@@ -181,7 +203,9 @@ fn nginx_ranges_equal_the_file() {
     let mut tail = [0u8; 10];
     stream.read_at(s.data.len() as u64 - 10, &mut tail).unwrap();
     assert_eq!(&tail[..], &s.data[s.data.len() - 10..]);
-    let past = stream.read_at(s.data.len() as u64 - 5, &mut tail).unwrap_err();
+    let past = stream
+        .read_at(s.data.len() as u64 - 5, &mut tail)
+        .unwrap_err();
     assert!(matches!(past, SourceError::Invalid(_)), "{past}");
     assert!(stream.extents(0, 100).is_none());
 }
@@ -192,9 +216,20 @@ fn nginx_adjacent_reads_coalesce_and_connections_are_reused() {
     let stream = open_url(&s.nginx.url("images/disk.img"));
     assert_eq!(stream.requests(), 1);
     // Four adjacent reads given out of order, and one apart: two requests.
-    let (mut a, mut b, mut c, mut d, mut e) = (vec![0u8; 4096], vec![0u8; 100], vec![0u8; 65536], vec![0u8; 1], vec![0u8; 777]);
-    let mut reads: Vec<(u64, &mut [u8])> =
-        vec![(4196, &mut c), (100, &mut a), (2_000_000, &mut e), (0, &mut b), (69732, &mut d)];
+    let (mut a, mut b, mut c, mut d, mut e) = (
+        vec![0u8; 4096],
+        vec![0u8; 100],
+        vec![0u8; 65536],
+        vec![0u8; 1],
+        vec![0u8; 777],
+    );
+    let mut reads: Vec<(u64, &mut [u8])> = vec![
+        (4196, &mut c),
+        (100, &mut a),
+        (2_000_000, &mut e),
+        (0, &mut b),
+        (69732, &mut d),
+    ];
     stream.read_vectored_at(&mut reads).unwrap();
     assert_eq!(stream.requests(), 3);
     assert!(a == s.data[100..4196]);
@@ -203,35 +238,68 @@ fn nginx_adjacent_reads_coalesce_and_connections_are_reused() {
     assert!(d == s.data[69732..69733]);
     assert!(e == s.data[2_000_000..2_000_777]);
     let ranges: Vec<String> = s.nginx.log_of(3).into_iter().map(|(_, _, r)| r).collect();
-    assert!(ranges.contains(&"\"bytes=0-69732\"".to_string()), "{ranges:?}");
+    assert!(
+        ranges.contains(&"\"bytes=0-69732\"".to_string()),
+        "{ranges:?}"
+    );
 
     for i in 0..200u64 {
         let mut buf = [0u8; 512];
         stream.read_at(i * 9000, &mut buf).unwrap();
-        assert_eq!(&buf[..], &s.data[(i * 9000) as usize..(i * 9000 + 512) as usize]);
+        assert_eq!(
+            &buf[..],
+            &s.data[(i * 9000) as usize..(i * 9000 + 512) as usize]
+        );
     }
     assert_eq!(stream.requests(), 203);
     let log = s.nginx.log_of(203);
     assert_eq!(log.len(), 203, "nginx saw every request");
     let conns: HashSet<String> = log.iter().map(|(c, _, _)| c.clone()).collect();
-    assert!(conns.len() <= 2, "203 requests used {} connections", conns.len());
+    assert!(
+        conns.len() <= 2,
+        "203 requests used {} connections",
+        conns.len()
+    );
 }
 
 #[test]
 fn nginx_query_kept_errors_named_and_relatives_confined() {
     let s = site();
-    let stream = open_url(&format!("{}?token=abc&v=2", s.nginx.url("images/sub/../disk.img")));
+    let stream = open_url(&format!(
+        "{}?token=abc&v=2",
+        s.nginx.url("images/sub/../disk.img")
+    ));
     assert_eq!(stream.size(), s.data.len() as u64);
     let log = s.nginx.log_of(1);
-    assert!(log.iter().any(|(_, uri, _)| uri.ends_with("disk.img?token=abc&v=2")), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|(_, uri, _)| uri.ends_with("disk.img?token=abc&v=2")),
+        "{log:?}"
+    );
     let shown = stream.describe();
-    assert!(!shown.contains("abc") && shown.starts_with("http http://127.0.0.1:"), "{shown}");
+    assert!(
+        !shown.contains("abc") && shown.starts_with("http http://127.0.0.1:"),
+        "{shown}"
+    );
 
-    let missing = HttpStream::open(Url::parse(&s.nginx.url("images/nope.img")).unwrap(), Settings::http()).err().unwrap();
+    let missing = HttpStream::open(
+        Url::parse(&s.nginx.url("images/nope.img")).unwrap(),
+        Settings::http(),
+    )
+    .err()
+    .unwrap();
     assert!(matches!(missing, SourceError::NotFound(_)), "{missing}");
     assert_eq!(missing.errno(), libc_enoent());
-    let denied = HttpStream::open(Url::parse(&s.nginx.url("secret/x.img")).unwrap(), Settings::http()).err().unwrap();
-    assert!(matches!(denied, SourceError::PermissionDenied(_)), "{denied}");
+    let denied = HttpStream::open(
+        Url::parse(&s.nginx.url("secret/x.img")).unwrap(),
+        Settings::http(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(denied, SourceError::PermissionDenied(_)),
+        "{denied}"
+    );
 
     let empty = open_url(&s.nginx.url("images/empty.img"));
     assert_eq!(empty.size(), 0);
@@ -241,12 +309,21 @@ fn nginx_query_kept_errors_named_and_relatives_confined() {
     let mut buf = vec![0u8; base.size() as usize];
     base.read_at(0, &mut buf).unwrap();
     assert_eq!(buf, b"the base image");
-    assert!(stream.open_relative(&s.nginx.url("images/base.img")).is_ok());
-    for refused in ["../../../etc/passwd", "http://127.0.0.2:1/base.img", "//example.com/x"] {
+    assert!(stream
+        .open_relative(&s.nginx.url("images/base.img"))
+        .is_ok());
+    for refused in [
+        "../../../etc/passwd",
+        "http://127.0.0.2:1/base.img",
+        "//example.com/x",
+    ] {
         let e = stream.open_relative(refused).err().unwrap();
         assert!(matches!(e, SourceError::Invalid(_)), "{refused}: {e}");
     }
-    assert!(matches!(stream.open_relative("missing.img").err().unwrap(), SourceError::NotFound(_)));
+    assert!(matches!(
+        stream.open_relative("missing.img").err().unwrap(),
+        SourceError::NotFound(_)
+    ));
 }
 
 #[test]
@@ -257,25 +334,70 @@ fn nginx_https_with_a_private_ca() {
     let p = |n: &str| root.path().join(n);
     let (ca, ca_key, cert, key) = (p("ca.pem"), p("ca.key"), p("cert.pem"), p("key.pem"));
     let openssl = |args: &[&str]| {
-        let st = Command::new("openssl").args(args).stderr(Stdio::null()).status().expect("openssl must be installed");
+        let st = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl must be installed");
         assert!(st.success(), "openssl {args:?}");
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+    ];
     let s = |p: &std::path::PathBuf| p.to_str().unwrap().to_string();
     let (ca_s, ca_key_s, cert_s, key_s) = (s(&ca), s(&ca_key), s(&cert), s(&key));
-    openssl(&[&["req", "-x509"][..], &ec, &["-subj", "/CN=rbdm test CA", "-keyout", &ca_key_s, "-out", &ca_s]].concat());
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=rbdm test CA",
+                "-keyout",
+                &ca_key_s,
+                "-out",
+                &ca_s,
+            ],
+        ]
+        .concat(),
+    );
     openssl(
         &[
             &["req", "-x509", "-CA", &ca_s, "-CAkey", &ca_key_s][..],
             &ec,
-            &["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-            &["-addext", "basicConstraints=critical,CA:FALSE", "-keyout", &key_s, "-out", &cert_s],
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            &[
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-keyout",
+                &key_s,
+                "-out",
+                &cert_s,
+            ],
         ]
         .concat(),
     );
     let nginx = Nginx::start_with(root.path(), Some((&cert, &key)));
     let url = Url::parse(&nginx.https_url("disk.img")).unwrap();
-    let s = HttpStream::open(url.clone(), Settings { ca_file: Some(ca.clone()), ..Settings::http() }).unwrap();
+    let s = HttpStream::open(
+        url.clone(),
+        Settings {
+            ca_file: Some(ca.clone()),
+            ..Settings::http()
+        },
+    )
+    .unwrap();
     let mut buf = vec![0u8; data.len()];
     s.read_at(0, &mut buf).unwrap();
     assert!(buf == data);
@@ -284,7 +406,15 @@ fn nginx_https_with_a_private_ca() {
     assert!(part == data[777_777..778_777]);
     assert_eq!(nginx.log_of(3).len(), 3, "a probe and two reads");
     // Without the private CA the server is not trusted.
-    let e = HttpStream::open(url, Settings { ca_file: None, ..quick() }).err().unwrap();
+    let e = HttpStream::open(
+        url,
+        Settings {
+            ca_file: None,
+            ..quick()
+        },
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
 }
 
@@ -298,10 +428,16 @@ fn spec_errors_name_the_path() {
         Err(SourceError::BadSpec(m)) => m,
         other => panic!("expected BadSpec, got {:?}", other.map(|s| s.describe())),
     };
-    assert_eq!(bad(serde_json::json!({"type": "http"})), "stream.url: missing");
+    assert_eq!(
+        bad(serde_json::json!({"type": "http"})),
+        "stream.url: missing"
+    );
     assert!(bad(serde_json::json!({"type": "http", "url": 5})).starts_with("stream.url:"));
     assert!(bad(serde_json::json!({"type": "http", "url": "ftp://x/y"})).starts_with("stream.url:"));
-    assert!(bad(serde_json::json!({"type": "http", "url": "http://h/x", "extra": 1})).starts_with("stream.extra:"));
+    assert!(
+        bad(serde_json::json!({"type": "http", "url": "http://h/x", "extra": 1}))
+            .starts_with("stream.extra:")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -395,7 +531,12 @@ fn serve(sock: TcpStream, data: &[u8], script: &Script, seen: &Mutex<Vec<Req>>) 
         }
         let req = {
             let mut s = seen.lock().unwrap();
-            let r = Req { n: s.len(), method, path, range };
+            let r = Req {
+                n: s.len(),
+                method,
+                path,
+                range,
+            };
             s.push(r.clone());
             r
         };
@@ -418,10 +559,18 @@ fn serve(sock: TcpStream, data: &[u8], script: &Script, seen: &Mutex<Vec<Req>>) 
             }
             Act::Status(code) => {
                 let body = format!("<Error><Code>Scripted{code}</Code></Error>");
-                write!(out, "HTTP/1.1 {code} Scripted\r\nContent-Length: {}\r\n\r\n{body}", body.len()).is_ok()
+                write!(
+                    out,
+                    "HTTP/1.1 {code} Scripted\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .is_ok()
             }
             Act::IgnoreRange => {
-                let _ = write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"v1\"\r\n\r\n");
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: \"v1\"\r\n\r\n"
+                );
                 out.write_all(data).is_ok()
             }
             Act::Stall => {
@@ -438,7 +587,8 @@ fn serve(sock: TcpStream, data: &[u8], script: &Script, seen: &Mutex<Vec<Req>>) 
                     b + 1,
                     b - a + 1
                 );
-                out.write_all(&data[(a + 1) as usize..(b + 2) as usize]).is_ok()
+                out.write_all(&data[(a + 1) as usize..(b + 2) as usize])
+                    .is_ok()
             }
         };
         if !ok {
@@ -453,9 +603,17 @@ fn respond(out: &mut TcpStream, req: &Req, data: &[u8], etag: &str, cut: Option<
     let (status, range_hdr, body) = match req.range {
         Some((a, b)) if a < size => {
             let b = b.min(size - 1);
-            ("206 Partial Content", format!("Content-Range: bytes {a}-{b}/{size}\r\n"), &data[a as usize..=b as usize])
+            (
+                "206 Partial Content",
+                format!("Content-Range: bytes {a}-{b}/{size}\r\n"),
+                &data[a as usize..=b as usize],
+            )
         }
-        Some(_) => ("416 Range Not Satisfiable", format!("Content-Range: bytes */{size}\r\n"), &data[0..0]),
+        Some(_) => (
+            "416 Range Not Satisfiable",
+            format!("Content-Range: bytes */{size}\r\n"),
+            &data[0..0],
+        ),
         None => ("200 OK", String::new(), data),
     };
     let r = write!(
@@ -471,13 +629,26 @@ fn respond(out: &mut TcpStream, req: &Req, data: &[u8], etag: &str, cut: Option<
 }
 
 fn quick() -> Settings {
-    Settings { backoff_min: Duration::from_millis(5), backoff_max: Duration::from_millis(40), ..Settings::http() }
+    Settings {
+        backoff_min: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(40),
+        ..Settings::http()
+    }
 }
 
 #[test]
 fn fault_dropped_mid_body_resumes_with_the_rest() {
     let data = pseudo_random(300_000, 3);
-    let f = Fault::start(data.clone(), Box::new(|r: &Req| if r.n == 1 { Act::DropAfter(70_000) } else { Act::Serve("\"v1\"") }));
+    let f = Fault::start(
+        data.clone(),
+        Box::new(|r: &Req| {
+            if r.n == 1 {
+                Act::DropAfter(70_000)
+            } else {
+                Act::Serve("\"v1\"")
+            }
+        }),
+    );
     let s = HttpStream::open(f.url(), quick()).unwrap();
     let mut buf = vec![0u8; 200_000];
     s.read_at(50_000, &mut buf).unwrap();
@@ -485,8 +656,16 @@ fn fault_dropped_mid_body_resumes_with_the_rest() {
     let seen = f.seen();
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert_eq!(seen[1].range, Some((50_000, 249_999)));
-    assert_eq!(seen[2].range, Some((120_000, 249_999)), "the retry asks only for what is missing");
-    assert!(seen.iter().all(|r| r.method == "GET" && r.path == "/obj.img?sig=a%2Bb"), "query kept as is: {seen:?}");
+    assert_eq!(
+        seen[2].range,
+        Some((120_000, 249_999)),
+        "the retry asks only for what is missing"
+    );
+    assert!(
+        seen.iter()
+            .all(|r| r.method == "GET" && r.path == "/obj.img?sig=a%2Bb"),
+        "query kept as is: {seen:?}"
+    );
     // Dropped connection replaced, the others reused.
     assert_eq!(f.conns.load(Ordering::SeqCst), 2);
 }
@@ -496,7 +675,13 @@ fn fault_503_then_success_is_retried() {
     let data = pseudo_random(10_000, 4);
     let f = Fault::start(
         data.clone(),
-        Box::new(|r: &Req| if matches!(r.n, 0 | 2 | 3) { Act::Status(503) } else { Act::Serve("\"v1\"") }),
+        Box::new(|r: &Req| {
+            if matches!(r.n, 0 | 2 | 3) {
+                Act::Status(503)
+            } else {
+                Act::Serve("\"v1\"")
+            }
+        }),
     );
     let s = HttpStream::open(f.url(), quick()).unwrap();
     assert_eq!(s.size(), 10_000);
@@ -509,10 +694,22 @@ fn fault_503_then_success_is_retried() {
 
 #[test]
 fn fault_persistent_503_gives_up_after_five_tries() {
-    let f = Fault::start(vec![1; 100], Box::new(|r: &Req| if r.n == 0 { Act::Serve("\"v1\"") } else { Act::Status(503) }));
+    let f = Fault::start(
+        vec![1; 100],
+        Box::new(|r: &Req| {
+            if r.n == 0 {
+                Act::Serve("\"v1\"")
+            } else {
+                Act::Status(503)
+            }
+        }),
+    );
     let s = HttpStream::open(f.url(), quick()).unwrap();
     let e = s.read_at(0, &mut [0u8; 10]).unwrap_err();
-    assert!(matches!(e, SourceError::Remote(_)) && e.to_string().contains("503"), "{e}");
+    assert!(
+        matches!(e, SourceError::Remote(_)) && e.to_string().contains("503"),
+        "{e}"
+    );
     assert_eq!(f.seen().len(), 1 + 5);
 }
 
@@ -523,7 +720,16 @@ fn fault_server_ignoring_range_is_refused() {
     assert!(e.to_string().contains("server ignores Range"), "{e}");
     assert_eq!(f.seen().len(), 1, "not retried");
     // The same when it starts ignoring ranges after open.
-    let f = Fault::start(vec![9; 5000], Box::new(|r: &Req| if r.n == 0 { Act::Serve("\"v1\"") } else { Act::IgnoreRange }));
+    let f = Fault::start(
+        vec![9; 5000],
+        Box::new(|r: &Req| {
+            if r.n == 0 {
+                Act::Serve("\"v1\"")
+            } else {
+                Act::IgnoreRange
+            }
+        }),
+    );
     let s = HttpStream::open(f.url(), quick()).unwrap();
     let e = s.read_at(10, &mut [0u8; 10]).unwrap_err();
     assert!(e.to_string().contains("server ignores Range"), "{e}");
@@ -532,7 +738,16 @@ fn fault_server_ignoring_range_is_refused() {
 #[test]
 fn fault_object_changing_mid_read_is_detected() {
     let data = pseudo_random(50_000, 5);
-    let f = Fault::start(data.clone(), Box::new(|r: &Req| if r.n < 3 { Act::Serve("\"v1\"") } else { Act::Serve("\"v2\"") }));
+    let f = Fault::start(
+        data.clone(),
+        Box::new(|r: &Req| {
+            if r.n < 3 {
+                Act::Serve("\"v1\"")
+            } else {
+                Act::Serve("\"v2\"")
+            }
+        }),
+    );
     let s = HttpStream::open(f.url(), quick()).unwrap();
     let mut buf = vec![0u8; 1000];
     s.read_at(0, &mut buf).unwrap();
@@ -546,18 +761,51 @@ fn fault_object_changing_mid_read_is_detected() {
 #[test]
 fn fault_size_change_and_wrong_range_are_errors() {
     let data = pseudo_random(50_000, 6);
-    let f = Fault::start(data.clone(), Box::new(|r: &Req| if r.n < 2 { Act::Serve("\"v1\"") } else { Act::Grown }));
+    let f = Fault::start(
+        data.clone(),
+        Box::new(|r: &Req| {
+            if r.n < 2 {
+                Act::Serve("\"v1\"")
+            } else {
+                Act::Grown
+            }
+        }),
+    );
     let s = HttpStream::open(f.url(), quick()).unwrap();
     s.read_at(0, &mut [0u8; 100]).unwrap();
     let e = s.read_at(100, &mut [0u8; 100]).unwrap_err();
-    assert!(matches!(e, SourceError::Changed(_)) && e.to_string().contains("size was 50000, now 50001"), "{e}");
+    assert!(
+        matches!(e, SourceError::Changed(_)) && e.to_string().contains("size was 50000, now 50001"),
+        "{e}"
+    );
 
-    let f = Fault::start(data.clone(), Box::new(|r: &Req| if r.n == 0 { Act::Serve("\"v1\"") } else { Act::WrongRange }));
+    let f = Fault::start(
+        data.clone(),
+        Box::new(|r: &Req| {
+            if r.n == 0 {
+                Act::Serve("\"v1\"")
+            } else {
+                Act::WrongRange
+            }
+        }),
+    );
     let s = HttpStream::open(f.url(), quick()).unwrap();
     let e = s.read_at(100, &mut [0u8; 100]).unwrap_err();
-    assert!(matches!(e, SourceError::Remote(_)) && e.to_string().contains("answered bytes 101-200"), "{e}");
+    assert!(
+        matches!(e, SourceError::Remote(_)) && e.to_string().contains("answered bytes 101-200"),
+        "{e}"
+    );
 
-    let f = Fault::start(data.clone(), Box::new(|r: &Req| if r.n == 0 { Act::Serve("\"v1\"") } else { Act::Status(416) }));
+    let f = Fault::start(
+        data.clone(),
+        Box::new(|r: &Req| {
+            if r.n == 0 {
+                Act::Serve("\"v1\"")
+            } else {
+                Act::Status(416)
+            }
+        }),
+    );
     let s = HttpStream::open(f.url(), quick()).unwrap();
     let e = s.read_at(100, &mut [0u8; 100]).unwrap_err();
     assert!(matches!(e, SourceError::Changed(_)), "{e}");
@@ -575,12 +823,29 @@ fn fault_statuses_map_to_errors() {
 
 #[test]
 fn fault_stall_times_out() {
-    let f = Fault::start(vec![0; 10], Box::new(|r: &Req| if r.n == 0 { Act::Serve("\"v1\"") } else { Act::Stall }));
-    let settings = Settings { recv_timeout: Duration::from_millis(300), attempts: 2, ..quick() };
+    let f = Fault::start(
+        vec![0; 10],
+        Box::new(|r: &Req| {
+            if r.n == 0 {
+                Act::Serve("\"v1\"")
+            } else {
+                Act::Stall
+            }
+        }),
+    );
+    let settings = Settings {
+        recv_timeout: Duration::from_millis(300),
+        attempts: 2,
+        ..quick()
+    };
     let s = HttpStream::open(f.url(), settings).unwrap();
     let t = Instant::now();
     let e = s.read_at(0, &mut [0u8; 1]).unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(f.seen().len(), 3, "{e}");
 }
 
@@ -588,8 +853,16 @@ fn fault_stall_times_out() {
 fn fault_connection_refused_is_retried_then_reported() {
     let port = free_port();
     let t = Instant::now();
-    let e = HttpStream::open(Url::parse(&format!("http://127.0.0.1:{port}/x")).unwrap(), quick()).err().unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(5 + 10 + 20 + 40), "backed off: {:?}", t.elapsed());
+    let e = HttpStream::open(
+        Url::parse(&format!("http://127.0.0.1:{port}/x")).unwrap(),
+        quick(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(5 + 10 + 20 + 40),
+        "backed off: {:?}",
+        t.elapsed()
+    );
     assert!(e.to_string().contains("127.0.0.1"), "{e}");
 }
-

@@ -89,7 +89,9 @@ impl<S: Read + Write> Client<S> {
     /// Negotiates `export` on a fresh connection.
     pub fn handshake(mut s: S, export: &str) -> R<Self> {
         if export.len() > 4096 {
-            return Err(NbdError::Unsupported("export name longer than 4096 bytes".into()));
+            return Err(NbdError::Unsupported(
+                "export name longer than 4096 bytes".into(),
+            ));
         }
         match read_u64(&mut s)? {
             NBDMAGIC => {}
@@ -97,17 +99,31 @@ impl<S: Read + Write> Client<S> {
         }
         match read_u64(&mut s)? {
             IHAVEOPT => {}
-            OLDSTYLE_MAGIC => return Err(NbdError::Unsupported("oldstyle negotiation is not supported".into())),
+            OLDSTYLE_MAGIC => {
+                return Err(NbdError::Unsupported(
+                    "oldstyle negotiation is not supported".into(),
+                ))
+            }
             m => return protocol(format!("unknown negotiation magic {m:#x}")),
         }
         let server_flags = read_u16(&mut s)?;
         if server_flags & FLAG_FIXED_NEWSTYLE == 0 {
-            return Err(NbdError::Unsupported("server does not speak fixed newstyle negotiation".into()));
+            return Err(NbdError::Unsupported(
+                "server does not speak fixed newstyle negotiation".into(),
+            ));
         }
         let no_zeroes = server_flags & FLAG_NO_ZEROES != 0;
         let client_flags = FLAG_C_FIXED_NEWSTYLE | if no_zeroes { FLAG_C_NO_ZEROES } else { 0 };
         s.write_all(&client_flags.to_be_bytes())?;
-        let mut c = Client { s, size: 0, structured: false, meta_id: None, max_read: MAX_READ, next_handle: 1, broken: false };
+        let mut c = Client {
+            s,
+            size: 0,
+            structured: false,
+            meta_id: None,
+            max_read: MAX_READ,
+            next_handle: 1,
+            broken: false,
+        };
         c.structured = c.opt_structured_reply()?;
         if c.structured {
             c.meta_id = c.opt_set_meta_context(export)?;
@@ -213,7 +229,9 @@ impl<S: Read + Write> Client<S> {
                 REP_ERR_UNKNOWN => return Err(NbdError::NoExport(export.to_string())),
                 k if k & REP_FLAG_ERROR != 0 => {
                     let msg = String::from_utf8_lossy(&d).into_owned();
-                    return Err(NbdError::Refused(format!("export {export:?} refused (reply {k:#x}): {msg}")));
+                    return Err(NbdError::Refused(format!(
+                        "export {export:?} refused (reply {k:#x}): {msg}"
+                    )));
                 }
                 k => return protocol(format!("unexpected reply {k} to OPT_GO")),
             }
@@ -247,7 +265,9 @@ impl<S: Read + Write> Client<S> {
         self.send_option(OPT_EXPORT_NAME, export.as_bytes())?;
         let mut head = [0u8; 10];
         match self.s.read_exact(&mut head) {
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(NbdError::NoExport(export.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(NbdError::NoExport(export.to_string()))
+            }
             r => r?,
         }
         self.size = be64(&head[..8]);
@@ -261,7 +281,8 @@ impl<S: Read + Write> Client<S> {
     fn send_request(&mut self, kind: u16, offset: u64, len: u32) -> R<u64> {
         let handle = self.next_handle;
         self.next_handle = self.next_handle.wrapping_add(1);
-        self.s.write_all(&request_header(0, kind, handle, offset, len))?;
+        self.s
+            .write_all(&request_header(0, kind, handle, offset, len))?;
         self.s.flush()?;
         Ok(handle)
     }
@@ -269,7 +290,10 @@ impl<S: Read + Write> Client<S> {
     /// Runs `f`, marking the connection broken unless the failure left it in step.
     fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> R<T>) -> R<T> {
         if self.broken {
-            return Err(NbdError::Io(io::Error::new(io::ErrorKind::NotConnected, "connection already failed")));
+            return Err(NbdError::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "connection already failed",
+            )));
         }
         let r = f(self);
         if matches!(r, Err(NbdError::Io(_)) | Err(NbdError::Protocol(_))) {
@@ -280,8 +304,14 @@ impl<S: Read + Write> Client<S> {
 
     /// Fills `buf` from `offset`, in requests of at most the server's maximum.
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> R<()> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|end| end > self.size) {
-            return Err(NbdError::Unsupported(format!("read of {} bytes at {offset} is past the end", buf.len())));
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.size)
+        {
+            return Err(NbdError::Unsupported(format!(
+                "read of {} bytes at {offset} is past the end",
+                buf.len()
+            )));
         }
         let step = self.max_read as usize;
         let mut done = 0;
@@ -300,7 +330,10 @@ impl<S: Read + Write> Client<S> {
         if magic == SIMPLE_REPLY_MAGIC {
             let errno = self.simple_reply(handle)?;
             if errno != 0 {
-                return Err(NbdError::Server { errno, msg: format!("read of {} bytes at {offset}", buf.len()) });
+                return Err(NbdError::Server {
+                    errno,
+                    msg: format!("read of {} bytes at {offset}", buf.len()),
+                });
             }
             self.s.read_exact(buf)?;
             return Ok(());
@@ -374,7 +407,10 @@ impl<S: Read + Write> Client<S> {
                 REPLY_TYPE_NONE if h.len == 0 && h.done => {}
                 k => {
                     if !take(self, &h)? {
-                        return protocol(format!("unexpected chunk type {k} ({} bytes) in a {command} reply", h.len));
+                        return protocol(format!(
+                            "unexpected chunk type {k} ({} bytes) in a {command} reply",
+                            h.len
+                        ));
                     }
                 }
             }
@@ -393,7 +429,9 @@ impl<S: Read + Write> Client<S> {
         let at = read_u64(&mut self.s)?;
         match at.checked_sub(req_offset) {
             Some(rel) if rel < len => Ok(rel),
-            _ => protocol(format!("chunk offset {at} outside the request at {req_offset}")),
+            _ => protocol(format!(
+                "chunk offset {at} outside the request at {req_offset}"
+            )),
         }
     }
 
@@ -410,7 +448,11 @@ impl<S: Read + Write> Client<S> {
         let kind = read_u16(&mut self.s)?;
         check_handle(read_u64(&mut self.s)?, handle)?;
         let len = read_u32(&mut self.s)?;
-        Ok(ChunkHeader { done: flags & REPLY_FLAG_DONE != 0, kind, len })
+        Ok(ChunkHeader {
+            done: flags & REPLY_FLAG_DONE != 0,
+            kind,
+            len,
+        })
     }
 
     /// An error chunk's errno and message (the rest of its payload is skipped).
@@ -422,7 +464,9 @@ impl<S: Read + Write> Client<S> {
         self.s.read_exact(&mut d)?;
         let errno = be32(&d[0..4]);
         let msg_len = usize::from(u16::from_be_bytes([d[4], d[5]]));
-        let Some(msg) = d.get(6..6 + msg_len) else { return protocol("error message longer than its chunk") };
+        let Some(msg) = d.get(6..6 + msg_len) else {
+            return protocol("error message longer than its chunk");
+        };
         let mut msg = String::from_utf8_lossy(msg).into_owned();
         if kind == REPLY_TYPE_ERROR_OFFSET {
             if let Some(at) = d.get(6 + msg_len..14 + msg_len) {
@@ -439,7 +483,9 @@ impl<S: Read + Write> Client<S> {
     /// byte and at most `len` (the server may answer less than asked).
     pub fn block_status(&mut self, offset: u64, len: u64) -> R<Vec<Run>> {
         let Some(id) = self.meta_id else {
-            return Err(NbdError::Unsupported("server does not report base:allocation".into()));
+            return Err(NbdError::Unsupported(
+                "server does not report base:allocation".into(),
+            ));
         };
         let end = offset.saturating_add(len).min(self.size);
         if offset >= end {
@@ -456,7 +502,10 @@ impl<S: Read + Write> Client<S> {
             if magic == SIMPLE_REPLY_MAGIC {
                 let errno = self.simple_reply(handle)?;
                 if errno != 0 {
-                    return Err(NbdError::Server { errno, msg: "block status".into() });
+                    return Err(NbdError::Server {
+                        errno,
+                        msg: "block status".into(),
+                    });
                 }
             }
             return protocol(format!("bad reply magic {magic:#x} to BLOCK_STATUS"));
@@ -486,7 +535,10 @@ impl<S: Read + Write> Client<S> {
         let mut d = vec![0u8; len as usize];
         self.s.read_exact(&mut d)?;
         if be32(&d[0..4]) != id {
-            return protocol(format!("BLOCK_STATUS for unknown context {}", be32(&d[0..4])));
+            return protocol(format!(
+                "BLOCK_STATUS for unknown context {}",
+                be32(&d[0..4])
+            ));
         }
         let mut runs: Vec<Run> = Vec::new();
         let mut pos = offset;
@@ -503,7 +555,11 @@ impl<S: Read + Write> Client<S> {
             let n = n.min(end - pos);
             match runs.last_mut() {
                 Some(last) if last.zero == zero => last.len += n,
-                _ => runs.push(Run { offset: pos, len: n, zero }),
+                _ => runs.push(Run {
+                    offset: pos,
+                    len: n,
+                    zero,
+                }),
             }
             pos += n;
         }
@@ -529,7 +585,9 @@ struct ChunkHeader {
 /// Records that `[at, at+n)` of a `len`-byte request arrived, refusing overlaps.
 fn claim(covered: &mut Vec<(u64, u64)>, total: &mut u64, at: u64, n: u64, len: u64) -> R<()> {
     if n == 0 || at.checked_add(n).is_none_or(|end| end > len) {
-        return protocol(format!("chunk of {n} bytes at {at} outside a {len}-byte request"));
+        return protocol(format!(
+            "chunk of {n} bytes at {at} outside a {len}-byte request"
+        ));
     }
     let i = covered.partition_point(|&(s, _)| s < at);
     let overlaps_prev = i > 0 && covered[i - 1].1 > at;
@@ -582,7 +640,9 @@ impl Write for Replay<'_> {
 /// The fuzz entry point: negotiate, read 64 KiB at 0 and ask for allocation, all against
 /// `input` as the server's side. Must never panic, whatever `input` is.
 pub fn fuzz_client(input: &[u8]) {
-    let Ok(mut c) = Client::handshake(Replay { input }, "disk") else { return };
+    let Ok(mut c) = Client::handshake(Replay { input }, "disk") else {
+        return;
+    };
     let n = c.size().min(64 << 10) as usize;
     let mut buf = vec![0u8; n];
     let _ = c.read(0, &mut buf);
@@ -671,7 +731,13 @@ mod tests {
         chunk(&mut t, 1, DATA, false, &data(4096, b"abcd"));
         chunk(&mut t, 1, HOLE, false, &hole(4100, 6));
         chunk(&mut t, 1, DATA, true, &data(4106, b"xy"));
-        chunk(&mut t, 2, STATUS, true, &status(&[(4096, 0), (8192, 3), (1 << 20, 2)]));
+        chunk(
+            &mut t,
+            2,
+            STATUS,
+            true,
+            &status(&[(4096, 0), (8192, 3), (1 << 20, 2)]),
+        );
         let mut c = client(&t);
         assert_eq!(c.size(), 1 << 20);
         assert!(c.knows_allocation());
@@ -681,7 +747,18 @@ mod tests {
         let runs = c.block_status(0, 1 << 20).unwrap();
         assert_eq!(
             runs,
-            vec![Run { offset: 0, len: 4096, zero: false }, Run { offset: 4096, len: (1 << 20) - 4096, zero: true }]
+            vec![
+                Run {
+                    offset: 0,
+                    len: 4096,
+                    zero: false
+                },
+                Run {
+                    offset: 4096,
+                    len: (1 << 20) - 4096,
+                    zero: true
+                }
+            ]
         );
     }
 
@@ -693,7 +770,11 @@ mod tests {
         chunk(&mut t, 2, DATA, true, &data(0, b"ok"));
         let mut c = client(&t);
         let e = c.read(0, &mut [0u8; 4]).unwrap_err();
-        assert!(matches!(e, NbdError::Server { errno: 5, .. }) && e.to_string().contains("disk on fire"), "{e}");
+        assert!(
+            matches!(e, NbdError::Server { errno: 5, .. })
+                && e.to_string().contains("disk on fire"),
+            "{e}"
+        );
         assert!(!c.is_broken());
         let mut two = [0u8; 2];
         c.read(0, &mut two).unwrap();
@@ -710,16 +791,37 @@ mod tests {
             e
         };
         // Short coverage, overlap, outside the request, wrong handle, data past the chunk.
-        assert!(matches!(bad(&[(1, DATA, true, data(100, b"1234"))]), NbdError::Protocol(_)));
         assert!(matches!(
-            bad(&[(1, DATA, false, data(100, b"1234")), (1, HOLE, true, hole(102, 6))]),
+            bad(&[(1, DATA, true, data(100, b"1234"))]),
             NbdError::Protocol(_)
         ));
-        assert!(matches!(bad(&[(1, DATA, true, data(104, b"12345678"))]), NbdError::Protocol(_)));
-        assert!(matches!(bad(&[(1, DATA, true, data(99, b"12345678"))]), NbdError::Protocol(_)));
-        assert!(matches!(bad(&[(9, DATA, true, data(100, b"12345678"))]), NbdError::Protocol(_)));
-        assert!(matches!(bad(&[(1, HOLE, true, hole(100, 0))]), NbdError::Protocol(_)));
-        assert!(matches!(bad(&[(1, 77, true, vec![])]), NbdError::Protocol(_)));
+        assert!(matches!(
+            bad(&[
+                (1, DATA, false, data(100, b"1234")),
+                (1, HOLE, true, hole(102, 6))
+            ]),
+            NbdError::Protocol(_)
+        ));
+        assert!(matches!(
+            bad(&[(1, DATA, true, data(104, b"12345678"))]),
+            NbdError::Protocol(_)
+        ));
+        assert!(matches!(
+            bad(&[(1, DATA, true, data(99, b"12345678"))]),
+            NbdError::Protocol(_)
+        ));
+        assert!(matches!(
+            bad(&[(9, DATA, true, data(100, b"12345678"))]),
+            NbdError::Protocol(_)
+        ));
+        assert!(matches!(
+            bad(&[(1, HOLE, true, hole(100, 0))]),
+            NbdError::Protocol(_)
+        ));
+        assert!(matches!(
+            bad(&[(1, 77, true, vec![])]),
+            NbdError::Protocol(_)
+        ));
         // Truncated stream: an I/O error, not a panic.
         assert!(matches!(bad(&[]), NbdError::Io(_)));
     }
@@ -730,9 +832,28 @@ mod tests {
         let go_at = t.len() - 2 * 20 - 12;
         t.truncate(go_at);
         put_option_reply(&mut t, OPT_GO, REP_ERR_UNKNOWN, &[]);
-        assert!(matches!(Client::handshake(Replay { input: &t }, "disk"), Err(NbdError::NoExport(_))));
-        assert!(matches!(Client::handshake(Replay { input: b"NBDMAGIC\0\0B\x02\x81\x86\x12\x53" }, "x"), Err(NbdError::Unsupported(_))));
-        assert!(matches!(Client::handshake(Replay { input: b"HTTP/1.1 200 OK\r\n" }, "x"), Err(NbdError::Protocol(_))));
+        assert!(matches!(
+            Client::handshake(Replay { input: &t }, "disk"),
+            Err(NbdError::NoExport(_))
+        ));
+        assert!(matches!(
+            Client::handshake(
+                Replay {
+                    input: b"NBDMAGIC\0\0B\x02\x81\x86\x12\x53"
+                },
+                "x"
+            ),
+            Err(NbdError::Unsupported(_))
+        ));
+        assert!(matches!(
+            Client::handshake(
+                Replay {
+                    input: b"HTTP/1.1 200 OK\r\n"
+                },
+                "x"
+            ),
+            Err(NbdError::Protocol(_))
+        ));
         for cut in 0..handshake(10).len() {
             let t = handshake(10);
             assert!(Client::handshake(Replay { input: &t[..cut] }, "x").is_err());
@@ -742,7 +863,8 @@ mod tests {
     /// The fuzz seeds are whole, valid conversations, so the fuzzer starts deep in the parser.
     #[test]
     fn fuzz_seeds_are_valid_conversations() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/nbd_reply");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/nbd_reply");
         let seed = |n: &str| std::fs::read(dir.join(n)).unwrap();
         let t = seed("structured");
         let mut c = client(&t);
@@ -753,8 +875,14 @@ mod tests {
         assert_eq!(c.block_status(0, 1 << 40).unwrap().len(), 2);
         let t = seed("errors");
         let mut c = client(&t);
-        assert!(matches!(c.read(0, &mut buf), Err(NbdError::Server { errno: 5, .. })));
-        assert!(matches!(c.block_status(0, 1 << 40), Err(NbdError::Server { errno: 22, .. })));
+        assert!(matches!(
+            c.read(0, &mut buf),
+            Err(NbdError::Server { errno: 5, .. })
+        ));
+        assert!(matches!(
+            c.block_status(0, 1 << 40),
+            Err(NbdError::Server { errno: 22, .. })
+        ));
         let t = seed("simple_export_name");
         let mut c = client(&t);
         assert!(!c.knows_allocation());

@@ -35,7 +35,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn open_spec(spec: &serde_json::Value, path: &str, _ctx: &OpenContext) -> Result<Box<dyn Stream>> {
-    let s = NbdStreamSpec::from_json(spec, path).map_err(|e| SourceError::BadSpec(e.to_string()))?;
+    let s =
+        NbdStreamSpec::from_json(spec, path).map_err(|e| SourceError::BadSpec(e.to_string()))?;
     Ok(Box::new(NbdStream::open(s.target, &s.uri)?))
 }
 
@@ -87,7 +88,10 @@ impl Write for Conn {
 fn connect(target: &NbdTarget) -> io::Result<Conn> {
     match target {
         NbdTarget::Tcp { host, port, .. } => {
-            let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} resolves to no address"));
+            let mut last = io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} resolves to no address"),
+            );
             for addr in (host.as_str(), *port).to_socket_addrs()? {
                 match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
                     Ok(s) => {
@@ -99,9 +103,7 @@ fn connect(target: &NbdTarget) -> io::Result<Conn> {
             }
             Err(last)
         }
-        NbdTarget::Unix { socket, .. } => {
-            Ok(Conn::Unix(UnixStream::connect(socket)?))
-        }
+        NbdTarget::Unix { socket, .. } => Ok(Conn::Unix(UnixStream::connect(socket)?)),
     }
 }
 
@@ -115,7 +117,13 @@ pub struct NbdStream {
 
 impl NbdStream {
     pub fn open(target: NbdTarget, uri: &str) -> Result<Self> {
-        let mut s = NbdStream { target, uri: uri.to_string(), size: 0, allocation: false, conn: Mutex::new(None) };
+        let mut s = NbdStream {
+            target,
+            uri: uri.to_string(),
+            size: 0,
+            allocation: false,
+            conn: Mutex::new(None),
+        };
         let c = s.connect()?;
         s.size = c.size();
         s.allocation = c.knows_allocation();
@@ -138,13 +146,18 @@ impl NbdStream {
             NbdError::Io(io) => SourceError::io(d, io),
             NbdError::NoExport(_) => SourceError::NotFound(format!("{d}: {e}")),
             NbdError::Unsupported(_) => SourceError::Unsupported(format!("{d}: {e}")),
-            NbdError::Protocol(_) | NbdError::Server { .. } | NbdError::Refused(_) => SourceError::Remote(format!("{d}: {e}")),
+            NbdError::Protocol(_) | NbdError::Server { .. } | NbdError::Refused(_) => {
+                SourceError::Remote(format!("{d}: {e}"))
+            }
         }
     }
 
     /// Runs `f` on the connection; if the connection fails (not the server refusing the
     /// request), once more on a new one.
-    fn with_conn<T>(&self, mut f: impl FnMut(&mut Client<Conn>) -> Result<T, NbdError>) -> Result<T> {
+    fn with_conn<T>(
+        &self,
+        mut f: impl FnMut(&mut Client<Conn>) -> Result<T, NbdError>,
+    ) -> Result<T> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut retried = false;
         loop {
@@ -189,7 +202,10 @@ impl Stream for NbdStream {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|end| end > self.size) {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.size)
+        {
             return Err(SourceError::Invalid(format!(
                 "{}: read of {} bytes at {offset} is past the end ({} bytes)",
                 self.describe(),
@@ -219,7 +235,11 @@ impl Stream for NbdStream {
             for r in runs {
                 match out.last_mut() {
                     Some(last) if last.zero == r.zero => last.len += r.len,
-                    _ => out.push(StreamExtent { offset: r.offset, len: r.len, zero: r.zero }),
+                    _ => out.push(StreamExtent {
+                        offset: r.offset,
+                        len: r.len,
+                        zero: r.zero,
+                    }),
                 }
                 pos = r.offset + r.len;
             }

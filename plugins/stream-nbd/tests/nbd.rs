@@ -8,11 +8,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rbdm_tests::pseudo_random;
 use rbdm_registry::{OpenContext, SourceError, Stream, StreamExtent};
+use rbdm_tests::pseudo_random;
 
 const MIB: u64 = 1 << 20;
-
 
 struct QemuNbd(Child);
 
@@ -48,14 +47,25 @@ fn serve(format: &str, file: &Path, listen: &[&str], ready: impl Fn() -> bool) -
 fn open(uri: &str) -> Result<Box<dyn Stream>, SourceError> {
     rbdm_stream_nbd::link();
     let lookup = |k: &str| Err(SourceError::NotFound(k.to_string()));
-    let ctx = OpenContext { config_key: &lookup, store: None };
-    rbdm_registry::open_stream(&serde_json::json!({"type": "nbd", "uri": uri}), "stream", &ctx)
+    let ctx = OpenContext {
+        config_key: &lookup,
+        store: None,
+    };
+    rbdm_registry::open_stream(
+        &serde_json::json!({"type": "nbd", "uri": uri}),
+        "stream",
+        &ctx,
+    )
 }
 
 /// A sparse raw file: 16 MiB + an odd tail, data in three places.
 fn sparse_raw(dir: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<(u64, u64)>) {
     let size = 16 * MIB + 1536;
-    let written = vec![(MIB, 64 * 1024), (5 * MIB + 4096, 300 * 1024), (16 * MIB, 1536)];
+    let written = vec![
+        (MIB, 64 * 1024),
+        (5 * MIB + 4096, 300 * 1024),
+        (16 * MIB, 1536),
+    ];
     let mut image = vec![0u8; size as usize];
     let f = std::fs::File::create(dir.join("disk.raw")).unwrap();
     f.set_len(size).unwrap();
@@ -72,23 +82,46 @@ fn check_stream(s: &dyn Stream, image: &[u8], written: &[(u64, u64)]) {
     let mut all = vec![0xAAu8; image.len()];
     s.read_at(0, &mut all).unwrap();
     assert!(all == image, "whole image differs");
-    for (off, len) in [(MIB - 10, 20u64), (5 * MIB, 8192), (image.len() as u64 - 1, 1), (3, 40 * MIB / 8)] {
+    for (off, len) in [
+        (MIB - 10, 20u64),
+        (5 * MIB, 8192),
+        (image.len() as u64 - 1, 1),
+        (3, 40 * MIB / 8),
+    ] {
         let mut buf = vec![0xAAu8; len as usize];
         s.read_at(off, &mut buf).unwrap();
-        assert!(buf[..] == image[off as usize..(off + len) as usize], "{off}+{len}");
+        assert!(
+            buf[..] == image[off as usize..(off + len) as usize],
+            "{off}+{len}"
+        );
     }
     assert!(s.read_at(image.len() as u64, &mut [0u8; 1]).is_err());
 
-    let ext = s.extents(0, image.len() as u64).expect("qemu-nbd offers base:allocation").unwrap();
+    let ext = s
+        .extents(0, image.len() as u64)
+        .expect("qemu-nbd offers base:allocation")
+        .unwrap();
     check_cover(&ext, 0, image.len() as u64);
     for e in ext.iter().filter(|e| e.zero) {
-        assert!(image[e.offset as usize..(e.offset + e.len) as usize].iter().all(|&b| b == 0), "hole {e:?} holds data");
+        assert!(
+            image[e.offset as usize..(e.offset + e.len) as usize]
+                .iter()
+                .all(|&b| b == 0),
+            "hole {e:?} holds data"
+        );
     }
     for &(off, len) in written {
-        assert!(ext.iter().any(|e| !e.zero && e.offset <= off && e.offset + e.len >= off + len), "{off}+{len} not data: {ext:?}");
+        assert!(
+            ext.iter()
+                .any(|e| !e.zero && e.offset <= off && e.offset + e.len >= off + len),
+            "{off}+{len} not data: {ext:?}"
+        );
     }
     let data: u64 = ext.iter().filter(|e| !e.zero).map(|e| e.len).sum();
-    assert!(data < 4 * MIB, "holes kept: {data} bytes of data reported: {ext:?}");
+    assert!(
+        data < 4 * MIB,
+        "holes kept: {data} bytes of data reported: {ext:?}"
+    );
     // A window in the middle is clipped to exactly that window.
     let part = s.extents(MIB + 100, 3 * MIB).unwrap().unwrap();
     check_cover(&part, MIB + 100, 3 * MIB);
@@ -100,7 +133,11 @@ fn check_cover(ext: &[StreamExtent], offset: u64, len: u64) {
         assert_eq!(e.offset, pos, "{ext:?}");
         assert!(e.len > 0);
         if i > 0 {
-            assert_ne!(ext[i - 1].zero, e.zero, "adjacent extents of one state are merged: {ext:?}");
+            assert_ne!(
+                ext[i - 1].zero,
+                e.zero,
+                "adjacent extents of one state are merged: {ext:?}"
+            );
         }
         pos += e.len;
     }
@@ -112,7 +149,9 @@ fn raw_over_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let (file, image, written) = sparse_raw(dir.path());
     let sock = dir.path().join("nbd.sock");
-    let _srv = serve("raw", &file, &["-k", sock.to_str().unwrap()], || UnixStream::connect(&sock).is_ok());
+    let _srv = serve("raw", &file, &["-k", sock.to_str().unwrap()], || {
+        UnixStream::connect(&sock).is_ok()
+    });
     let uri = format!("nbd+unix:///disk?socket={}", sock.display());
     let s = open(&uri).unwrap();
     assert_eq!(s.describe(), format!("nbd {uri}"));
@@ -134,7 +173,9 @@ fn raw_over_unix_socket() {
     });
     // qemu-nbd serves one client at a time by default: close ours first.
     drop(s);
-    let e = open(&format!("nbd+unix:///nope?socket={}", sock.display())).err().unwrap();
+    let e = open(&format!("nbd+unix:///nope?socket={}", sock.display()))
+        .err()
+        .unwrap();
     assert!(matches!(e, SourceError::NotFound(_)), "{e}");
 }
 
@@ -142,11 +183,22 @@ fn raw_over_unix_socket() {
 fn raw_over_tcp_and_vmdk() {
     let dir = tempfile::tempdir().unwrap();
     let (file, image, written) = sparse_raw(dir.path());
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let srv = serve("raw", &file, &["-b", "127.0.0.1", "-p", &port.to_string()], || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    check_stream(&*open(&format!("nbd://127.0.0.1:{port}/disk")).unwrap(), &image, &written);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let srv = serve(
+        "raw",
+        &file,
+        &["-b", "127.0.0.1", "-p", &port.to_string()],
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    check_stream(
+        &*open(&format!("nbd://127.0.0.1:{port}/disk")).unwrap(),
+        &image,
+        &written,
+    );
     drop(srv);
 
     let vmdk = dir.path().join("disk.vmdk");
@@ -158,7 +210,9 @@ fn raw_over_tcp_and_vmdk() {
         .unwrap();
     assert!(st.success());
     let sock = dir.path().join("vmdk.sock");
-    let _srv = serve("vmdk", &vmdk, &["-k", sock.to_str().unwrap()], || UnixStream::connect(&sock).is_ok());
+    let _srv = serve("vmdk", &vmdk, &["-k", sock.to_str().unwrap()], || {
+        UnixStream::connect(&sock).is_ok()
+    });
     let s = open(&format!("nbd+unix:///disk?socket={}", sock.display())).unwrap();
     check_stream(&*s, &image, &written);
 }
@@ -166,13 +220,25 @@ fn raw_over_tcp_and_vmdk() {
 #[test]
 fn connection_errors_and_bad_specs() {
     let dir = tempfile::tempdir().unwrap();
-    let e = open(&format!("nbd+unix:///disk?socket={}", dir.path().join("none.sock").display())).err().unwrap();
+    let e = open(&format!(
+        "nbd+unix:///disk?socket={}",
+        dir.path().join("none.sock").display()
+    ))
+    .err()
+    .unwrap();
     assert_eq!(e.errno(), 2, "{e}");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let e = open(&format!("nbd://127.0.0.1:{port}/disk")).err().unwrap();
     assert_eq!(e.errno(), 111, "{e}"); // ECONNREFUSED
     let e = open("http://x/y").err().unwrap();
-    assert!(matches!(&e, SourceError::BadSpec(m) if m.starts_with("stream.uri:")), "{e}");
+    assert!(
+        matches!(&e, SourceError::BadSpec(m) if m.starts_with("stream.uri:")),
+        "{e}"
+    );
     // A server that is not NBD.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -184,5 +250,8 @@ fn connection_errors_and_bad_specs() {
         }
     });
     let e = open(&format!("nbd://127.0.0.1:{port}/disk")).err().unwrap();
-    assert!(matches!(e, SourceError::Remote(_)) && e.to_string().contains("not an NBD server"), "{e}");
+    assert!(
+        matches!(e, SourceError::Remote(_)) && e.to_string().contains("not an NBD server"),
+        "{e}"
+    );
 }

@@ -44,7 +44,10 @@ fn open_spec(spec: &serde_json::Value, path: &str, ctx: &OpenContext) -> Result<
         access_key: resolve_config(&s.access_key, lookup)?,
         secret_key: resolve_config(&s.secret_key, lookup)?,
         region: s.region.unwrap_or_else(|| DEFAULT_REGION.to_string()),
-        session_token: s.session_token.map(|t| resolve_config(&t, lookup)).transpose()?,
+        session_token: s
+            .session_token
+            .map(|t| resolve_config(&t, lookup))
+            .transpose()?,
     };
     Ok(Box::new(open(url, signer)?))
 }
@@ -68,6 +71,9 @@ fn bucket_of(url: &Url) -> Result<String, String> {
     let rest = url.path.strip_prefix('/').unwrap_or(&url.path);
     match rest.split_once('/') {
         Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok(bucket.to_string()),
-        _ => Err(format!("expected a path-style URL http[s]://host[:port]/bucket/key, got {}", url.redacted())),
+        _ => Err(format!(
+            "expected a path-style URL http[s]://host[:port]/bucket/key, got {}",
+            url.redacted()
+        )),
     }
 }

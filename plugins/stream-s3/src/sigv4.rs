@@ -23,12 +23,23 @@ impl Signer for SigV4 {
     /// decodes and re-encodes it.
     fn canonical_url(&self, mut url: Url) -> Url {
         url.path = canonical_uri(&url.path);
-        url.query = url.query.map(|q| canonical_query(&q)).filter(|q| !q.is_empty());
+        url.query = url
+            .query
+            .map(|q| canonical_query(&q))
+            .filter(|q| !q.is_empty());
         url
     }
 
-    fn sign(&self, method: &str, url: &Url, headers: &[(&str, String)]) -> Result<Vec<(String, String)>> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    fn sign(
+        &self,
+        method: &str,
+        url: &Url,
+        headers: &[(&str, String)],
+    ) -> Result<Vec<(String, String)>> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Ok(self.headers_at(method, url, headers, EMPTY_SHA256, now))
     }
 }
@@ -61,7 +72,11 @@ impl SigV4 {
             .map(|(k, v)| (k, v.split_whitespace().collect::<Vec<_>>().join(" ")))
             .collect();
         signed.sort();
-        let names = signed.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
+        let names = signed
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(";");
         let header_block: String = signed.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
         let canonical = format!(
             "{method}\n{}\n{}\n{header_block}\n{names}\n{payload_hash}",
@@ -69,8 +84,14 @@ impl SigV4 {
             canonical_query(url.query.as_deref().unwrap_or(""))
         );
         let scope = format!("{day}/{}/s3/aws4_request", self.region);
-        let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())));
-        let mut key = hmac(format!("AWS4{}", self.secret_key).as_bytes(), day.as_bytes());
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            hex(&Sha256::digest(canonical.as_bytes()))
+        );
+        let mut key = hmac(
+            format!("AWS4{}", self.secret_key).as_bytes(),
+            day.as_bytes(),
+        );
         for part in [self.region.as_str(), "s3", "aws4_request"] {
             key = hmac(&key, part.as_bytes());
         }
@@ -85,7 +106,8 @@ impl SigV4 {
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     // HMAC takes a key of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
 }
@@ -96,7 +118,10 @@ fn hex(bytes: &[u8]) -> String {
 
 /// S3 keeps the path as is (no dot-segment removal) and encodes each segment once.
 fn canonical_uri(path: &str) -> String {
-    path.split('/').map(|seg| uri_encode(&percent_decode(seg))).collect::<Vec<_>>().join("/")
+    path.split('/')
+        .map(|seg| uri_encode(&percent_decode(seg)))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Names and values decoded then encoded the AWS way, sorted by name, then value.
@@ -111,7 +136,11 @@ fn canonical_query(query: &str) -> String {
         })
         .collect();
     pairs.sort();
-    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// RFC 3986 unreserved characters stay, every other byte becomes `%XX` (upper case).
@@ -132,7 +161,12 @@ fn amz_date(unix: u64) -> String {
     let days = (unix / 86_400) as i64;
     let secs = unix % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -177,7 +211,10 @@ mod tests {
     #[test]
     fn encoding() {
         assert_eq!(canonical_uri("/b/a%20b/c+d/~x!"), "/b/a%20b/c%2Bd/~x%21");
-        assert_eq!(canonical_query("z=1&a=b%2Fc&a=a&flag&s=x+y"), "a=a&a=b%2Fc&flag=&s=x%20y&z=1");
+        assert_eq!(
+            canonical_query("z=1&a=b%2Fc&a=a&flag&s=x+y"),
+            "a=a&a=b%2Fc&flag=&s=x%20y&z=1"
+        );
         assert_eq!(canonical_query(""), "");
     }
 
@@ -185,7 +222,13 @@ mod tests {
     #[test]
     fn aws_documented_example() {
         let url = Url::parse("http://examplebucket.s3.amazonaws.com/test.txt").unwrap();
-        let h = key(None).headers_at("GET", &url, &[("range", "bytes=0-9".into())], EMPTY_SHA256, 1_369_353_600);
+        let h = key(None).headers_at(
+            "GET",
+            &url,
+            &[("range", "bytes=0-9".into())],
+            EMPTY_SHA256,
+            1_369_353_600,
+        );
         assert_eq!(
             auth(&h),
             "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, \
@@ -198,8 +241,12 @@ mod tests {
     /// port, an escaped key, a query and a session token.
     #[test]
     fn botocore_vectors() {
-        let url = Url::parse("http://127.0.0.1:5000/my-bucket/dir/a%20b+c.qcow2?versionId=3&a=%2F").unwrap();
+        let url = Url::parse("http://127.0.0.1:5000/my-bucket/dir/a%20b+c.qcow2?versionId=3&a=%2F")
+            .unwrap();
         let h = key(Some("TOKEN/abc=")).headers_at("HEAD", &url, &[], EMPTY_SHA256, 1_700_000_000);
-        assert_eq!(auth(&h), include_str!("../tests/botocore_vector.txt").trim());
+        assert_eq!(
+            auth(&h),
+            include_str!("../tests/botocore_vector.txt").trim()
+        );
     }
 }

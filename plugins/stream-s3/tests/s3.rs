@@ -4,10 +4,9 @@
 
 use std::process::Command;
 
-use rbdm_tests::pseudo_random;
 use rbdm_registry::{OpenContext, SourceError, Stream};
+use rbdm_tests::pseudo_random;
 use serde_json::{json, Value};
-
 
 /// Creates a user with a key, a role to get temporary credentials from, a bucket and the
 /// objects; then turns authentication on. Prints the credentials as JSON.
@@ -44,7 +43,10 @@ fn open(spec: Value, config: &[(&str, &str)]) -> Result<Box<dyn Stream>, SourceE
             .map(|(_, v)| v.to_string())
             .ok_or_else(|| SourceError::NotFound(format!("config key {k} is not set")))
     };
-    let ctx = OpenContext { config_key: &lookup, store: None };
+    let ctx = OpenContext {
+        config_key: &lookup,
+        store: None,
+    };
     rbdm_registry::open_stream(&spec, "stream", &ctx)
 }
 
@@ -66,30 +68,54 @@ fn moto_signed_reads_and_refusals() {
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     let out = Command::new("python3")
         .args(["-c", SETUP, &endpoint])
-        .arg(format!("dir/disk.img={}", dir.path().join("disk.img").display()))
-        .arg(format!("dir/base.img={}", dir.path().join("base.img").display()))
-        .arg(format!("dir/a b~c.img={}", dir.path().join("odd.img").display()))
+        .arg(format!(
+            "dir/disk.img={}",
+            dir.path().join("disk.img").display()
+        ))
+        .arg(format!(
+            "dir/base.img={}",
+            dir.path().join("base.img").display()
+        ))
+        .arg(format!(
+            "dir/a b~c.img={}",
+            dir.path().join("odd.img").display()
+        ))
         .output()
         .unwrap();
-    assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "setup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let creds: Value = serde_json::from_slice(&out.stdout).unwrap();
     let (ak, sk) = (creds["ak"].as_str().unwrap(), creds["sk"].as_str().unwrap());
     let url = format!("{endpoint}/images/dir/disk.img");
-    let spec = |secret: &str| json!({"type": "s3", "url": url, "access_key": ak, "secret_key": secret});
+    let spec =
+        |secret: &str| json!({"type": "s3", "url": url, "access_key": ak, "secret_key": secret});
 
     // Reads equal the object.
     let s = open(spec(sk), &[]).unwrap();
     assert_eq!(s.size(), data.len() as u64);
     assert!(read_all(&*s) == data);
-    for (off, len) in [(0usize, 1usize), (299_999, 400_002), (data.len() - 7, 7), (1_048_576, 65_536)] {
+    for (off, len) in [
+        (0usize, 1usize),
+        (299_999, 400_002),
+        (data.len() - 7, 7),
+        (1_048_576, 65_536),
+    ] {
         let mut buf = vec![0u8; len];
         s.read_at(off as u64, &mut buf).unwrap();
         assert!(buf == data[off..off + len], "{off}+{len}");
     }
     let (mut a, mut b) = (vec![0u8; 1000], vec![0u8; 2000]);
-    s.read_vectored_at(&mut [(5000, &mut b[..]), (4000, &mut a[..])]).unwrap();
+    s.read_vectored_at(&mut [(5000, &mut b[..]), (4000, &mut a[..])])
+        .unwrap();
     assert!(a == data[4000..5000] && b == data[5000..7000]);
-    assert!(!s.describe().contains(sk) && !s.describe().contains(ak), "{}", s.describe());
+    assert!(
+        !s.describe().contains(sk) && !s.describe().contains(ak),
+        "{}",
+        s.describe()
+    );
 
     // A wrong secret, an unknown key: authentication failed, EACCES.
     let e = open(spec("not-the-secret"), &[]).err().unwrap();
@@ -97,8 +123,17 @@ fn moto_signed_reads_and_refusals() {
     assert!(e.to_string().contains("authentication failed"), "{e}");
     assert!(e.to_string().contains("SignatureDoesNotMatch"), "{e}");
     assert_eq!(e.errno(), 13);
-    let e = open(json!({"type": "s3", "url": url, "access_key": "AKIANOSUCHKEY0000000", "secret_key": sk}), &[]).err().unwrap();
-    assert!(matches!(e, SourceError::PermissionDenied(_)) && e.to_string().contains("authentication failed"), "{e}");
+    let e = open(
+        json!({"type": "s3", "url": url, "access_key": "AKIANOSUCHKEY0000000", "secret_key": sk}),
+        &[],
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(e, SourceError::PermissionDenied(_))
+            && e.to_string().contains("authentication failed"),
+        "{e}"
+    );
 
     // Credentials from the config-key store.
     let cfg = [("s3/ak", ak), ("s3/sk", sk)];
@@ -108,10 +143,17 @@ fn moto_signed_reads_and_refusals() {
     let e = open(json!({"type": "s3", "url": url, "access_key": "config://s3/ak", "secret_key": "config://nope"}), &cfg)
         .err()
         .unwrap();
-    assert!(matches!(e, SourceError::NotFound(_)) && e.to_string().contains("nope"), "{e}");
+    assert!(
+        matches!(e, SourceError::NotFound(_)) && e.to_string().contains("nope"),
+        "{e}"
+    );
 
     // Temporary credentials with a session token; a wrong token is refused.
-    let (tak, tsk, token) = (creds["tak"].as_str().unwrap(), creds["tsk"].as_str().unwrap(), creds["token"].as_str().unwrap());
+    let (tak, tsk, token) = (
+        creds["tak"].as_str().unwrap(),
+        creds["tsk"].as_str().unwrap(),
+        creds["token"].as_str().unwrap(),
+    );
     let temp = |t: &str| json!({"type": "s3", "url": url, "access_key": tak, "secret_key": tsk, "session_token": t});
     let s3 = open(temp(token), &[]).unwrap();
     let mut buf = [0u8; 100];
@@ -122,18 +164,31 @@ fn moto_signed_reads_and_refusals() {
 
     // A key that needs escaping (moto, like boto3's own requests to it, mis-verifies keys
     // with `+ ( ) !`, so a space and a tilde), a missing key, siblings confined to the bucket.
-    let odd = open(json!({"type": "s3", "url": format!("{endpoint}/images/dir/a%20b%7Ec.img"),
-                          "access_key": ak, "secret_key": sk}), &[]).unwrap();
+    let odd = open(
+        json!({"type": "s3", "url": format!("{endpoint}/images/dir/a%20b%7Ec.img"),
+                          "access_key": ak, "secret_key": sk}),
+        &[],
+    )
+    .unwrap();
     assert_eq!(read_all(&*odd), b"odd name");
     let e = open(json!({"type": "s3", "url": format!("{endpoint}/images/dir/none.img"), "access_key": ak, "secret_key": sk}), &[])
         .err()
         .unwrap();
     assert!(matches!(e, SourceError::NotFound(_)), "{e}");
-    assert_eq!(read_all(&*s.open_relative("base.img").unwrap()), b"base bytes");
-    assert_eq!(read_all(&*s.open_relative("a%20b~c.img").unwrap()), b"odd name");
+    assert_eq!(
+        read_all(&*s.open_relative("base.img").unwrap()),
+        b"base bytes"
+    );
+    assert_eq!(
+        read_all(&*s.open_relative("a%20b~c.img").unwrap()),
+        b"odd name"
+    );
     let e = s.open_relative("../../other/x.img").err().unwrap();
     assert!(e.to_string().contains("outside /images/"), "{e}");
-    let e = s.open_relative("http://127.0.0.1:1/images/x.img").err().unwrap();
+    let e = s
+        .open_relative("http://127.0.0.1:1/images/x.img")
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("another server"), "{e}");
 
     // Spec errors name the path.
@@ -141,8 +196,14 @@ fn moto_signed_reads_and_refusals() {
         Err(SourceError::BadSpec(m)) => m,
         other => panic!("expected BadSpec, got {:?}", other.map(|s| s.describe())),
     };
-    assert_eq!(bad(json!({"type": "s3", "url": url, "access_key": ak})), "stream.secret_key: missing");
+    assert_eq!(
+        bad(json!({"type": "s3", "url": url, "access_key": ak})),
+        "stream.secret_key: missing"
+    );
     assert!(bad(json!({"type": "s3", "url": format!("{endpoint}/images"), "access_key": ak, "secret_key": sk}))
         .starts_with("stream.url: expected a path-style URL"));
-    assert!(bad(json!({"type": "s3", "url": url, "access_key": ak, "secret_key": sk, "bucket": "x"})).starts_with("stream.bucket"));
+    assert!(bad(
+        json!({"type": "s3", "url": url, "access_key": ak, "secret_key": sk, "bucket": "x"})
+    )
+    .starts_with("stream.bucket"));
 }

@@ -18,7 +18,11 @@ pub struct Me {
 impl Me {
     pub fn current() -> Me {
         let pid = std::process::id();
-        Me { host: hostname(), pid, starttime: proc_starttime(pid).unwrap_or(0) }
+        Me {
+            host: hostname(),
+            pid,
+            starttime: proc_starttime(pid).unwrap_or(0),
+        }
     }
 }
 
@@ -39,7 +43,9 @@ pub(crate) fn hostname() -> String {
 }
 
 pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot). The command name

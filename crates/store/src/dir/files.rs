@@ -37,7 +37,11 @@ fn seek(f: &File, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
     let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
     if r < 0 {
         let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+        return if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
     }
     Ok(Some(r as u64))
 }
@@ -52,7 +56,14 @@ pub fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     };
     // SAFETY: fallocate on a descriptor we own; no memory is passed.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, l) };
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            l,
+        )
+    };
     if r == 0 {
         return Ok(());
     }
@@ -96,16 +107,32 @@ fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> io::Result<bool> {
     let mut left = len as usize;
     while left > 0 {
         // SAFETY: both descriptors are ours; the offsets are valid pointers to locals.
-        let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut from, dst.as_raw_fd(), &mut to, left, 0) };
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut from,
+                dst.as_raw_fd(),
+                &mut to,
+                left,
+                0,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::ENOSYS | libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP) if left == len as usize => Ok(false),
+                Some(libc::ENOSYS | libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP)
+                    if left == len as usize =>
+                {
+                    Ok(false)
+                }
                 _ => Err(e),
             };
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "copy_file_range hit the end of the source"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "copy_file_range hit the end of the source",
+            ));
         }
         left -= n as usize;
     }
@@ -178,8 +205,14 @@ pub enum OwnedStep {
 impl OwnedStep {
     pub fn as_step(&self) -> DataStep<'_> {
         match self {
-            OwnedStep::Write(offset, data) => DataStep::Write { offset: *offset, data },
-            OwnedStep::Zero(offset, len) => DataStep::Zero { offset: *offset, len: *len },
+            OwnedStep::Write(offset, data) => DataStep::Write {
+                offset: *offset,
+                data,
+            },
+            OwnedStep::Zero(offset, len) => DataStep::Zero {
+                offset: *offset,
+                len: *len,
+            },
             OwnedStep::Truncate(n) => DataStep::Truncate(*n),
         }
     }
@@ -214,7 +247,10 @@ pub fn decode_steps(mut bytes: &[u8]) -> Result<Vec<OwnedStep>> {
         bytes = &rest[16..];
         out.push(match tag {
             0 => {
-                let n = usize::try_from(b).ok().filter(|n| *n <= bytes.len()).ok_or_else(corrupt)?;
+                let n = usize::try_from(b)
+                    .ok()
+                    .filter(|n| *n <= bytes.len())
+                    .ok_or_else(corrupt)?;
                 let (data, rest) = bytes.split_at(n);
                 bytes = rest;
                 OwnedStep::Write(a, data.to_vec())
@@ -233,10 +269,19 @@ mod tests {
 
     #[test]
     fn steps_round_trip_and_reject_garbage() {
-        let steps =
-            [DataStep::Write { offset: 5, data: b"abc" }, DataStep::Zero { offset: 1, len: 2 }, DataStep::Truncate(9)];
+        let steps = [
+            DataStep::Write {
+                offset: 5,
+                data: b"abc",
+            },
+            DataStep::Zero { offset: 1, len: 2 },
+            DataStep::Truncate(9),
+        ];
         let decoded = decode_steps(&encode_steps(&steps)).expect("decode");
-        assert_eq!(decoded.iter().map(OwnedStep::as_step).collect::<Vec<_>>(), steps);
+        assert_eq!(
+            decoded.iter().map(OwnedStep::as_step).collect::<Vec<_>>(),
+            steps
+        );
         let mut bad = encode_steps(&steps);
         bad.truncate(bad.len() - 1);
         assert!(decode_steps(&bad).is_err());
@@ -246,46 +291,86 @@ mod tests {
     #[test]
     fn holes_stay_holes_through_copy_and_punch() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let src = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("a")).expect("open");
+        let src = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("a"))
+            .expect("open");
         src.write_all_at(&[1; 4096], 0).expect("write");
         src.write_all_at(&[2; 4096], 1 << 20).expect("write");
         src.set_len(2 << 20).expect("len");
         let ext = data_extents(&src, 0, 2 << 20).expect("extents");
         assert_eq!(ext, vec![(0, 4096), (1 << 20, 4096)]);
-        let dst = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("b")).expect("open");
+        let dst = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("b"))
+            .expect("open");
         copy_sparse(&src, &dst, 2 << 20).expect("copy");
         assert_eq!(data_extents(&dst, 0, 2 << 20).expect("extents"), ext);
-        assert_eq!(read_at(Some(&dst), (1 << 20) - 2, 4, 2 << 20).expect("read"), vec![0, 0, 2, 2]);
+        assert_eq!(
+            read_at(Some(&dst), (1 << 20) - 2, 4, 2 << 20).expect("read"),
+            vec![0, 0, 2, 2]
+        );
         punch_hole(&dst, 0, 4096).expect("punch");
-        assert_eq!(data_extents(&dst, 0, 2 << 20).expect("extents"), vec![(1 << 20, 4096)]);
+        assert_eq!(
+            data_extents(&dst, 0, 2 << 20).expect("extents"),
+            vec![(1 << 20, 4096)]
+        );
         assert_eq!(dst.metadata().expect("meta").len(), 2 << 20);
     }
 
     #[test]
     fn read_into_clips_and_zero_fills_past_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let f = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("a")).expect("open");
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("a"))
+            .expect("open");
         f.write_all_at(&[7; 10], 0).expect("write");
         // The version is 16 bytes but its file only 10: the last 6 read as zeros.
         let mut buf = [0xee; 20];
         assert_eq!(read_into(Some(&f), 4, &mut buf, 16).expect("read"), 12);
         assert_eq!(&buf[..12], &[7, 7, 7, 7, 7, 7, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(&buf[12..], &[0xee; 8], "bytes past the version are left alone");
+        assert_eq!(
+            &buf[12..],
+            &[0xee; 8],
+            "bytes past the version are left alone"
+        );
         let mut buf = [0xee; 4];
         assert_eq!(read_into(None, 0, &mut buf, 3).expect("no file"), 3);
         assert_eq!(buf, [0, 0, 0, 0xee]);
         assert_eq!(read_into(Some(&f), 16, &mut buf, 16).expect("at end"), 0);
-        assert_eq!(read_into(Some(&f), u64::MAX - 1, &mut buf, 16).expect("far"), 0);
+        assert_eq!(
+            read_into(Some(&f), u64::MAX - 1, &mut buf, 16).expect("far"),
+            0
+        );
     }
 
     #[test]
     fn replaying_steps_is_idempotent() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let f = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("a")).expect("open");
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("a"))
+            .expect("open");
         f.write_all_at(&[9; 100], 0).expect("write");
         let steps = [
             DataStep::Truncate(10),
-            DataStep::Write { offset: 5, data: &[1; 20] },
+            DataStep::Write {
+                offset: 5,
+                data: &[1; 20],
+            },
             DataStep::Zero { offset: 0, len: 3 },
         ];
         // Half applied (a torn first pass), then replayed twice.

@@ -49,7 +49,10 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Stripes {
     pub fn new(dir: PathBuf, count: u64) -> Self {
-        Stripes { dir, idle: (0..count).map(|_| Mutex::new(Vec::new())).collect() }
+        Stripes {
+            dir,
+            idle: (0..count).map(|_| Mutex::new(Vec::new())).collect(),
+        }
     }
 
     pub fn count(&self) -> u64 {
@@ -63,8 +66,17 @@ impl Stripes {
             None => self.open(index)?,
         };
         // From here on `held` unlocks (or closes) the file whatever happens.
-        let mut held = StripeLock { file: Some(file), idle: slot, generation: 0, exclusive };
-        let how = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        let mut held = StripeLock {
+            file: Some(file),
+            idle: slot,
+            generation: 0,
+            exclusive,
+        };
+        let how = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
         let f = held.file.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
         loop {
             // SAFETY: flock on a descriptor we own.
@@ -77,11 +89,16 @@ impl Stripes {
                 return Err(self.io("flock", index, e));
             }
         }
-        let generation = held.read_generation().map_err(|e| self.io("read", index, e))?;
+        let generation = held
+            .read_generation()
+            .map_err(|e| self.io("read", index, e))?;
         held.generation = generation;
         if exclusive {
             held.generation = generation.wrapping_add(1);
-            let bumped = held.file.as_ref().map(|f| f.write_all_at(&held.generation.to_le_bytes(), 0));
+            let bumped = held
+                .file
+                .as_ref()
+                .map(|f| f.write_all_at(&held.generation.to_le_bytes(), 0));
             if let Some(Err(e)) = bumped {
                 return Err(self.io("write", index, e));
             }
@@ -97,11 +114,20 @@ impl Stripes {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| Error::Io { context: format!("open {}", path.display()), source: e })
+            .map_err(|e| Error::Io {
+                context: format!("open {}", path.display()),
+                source: e,
+            })
     }
 
     fn io(&self, what: &str, index: u64, e: std::io::Error) -> Error {
-        Error::Io { context: format!("{what} lock file {}", self.dir.join(index.to_string()).display()), source: e }
+        Error::Io {
+            context: format!(
+                "{what} lock file {}",
+                self.dir.join(index.to_string()).display()
+            ),
+            source: e,
+        }
     }
 }
 
@@ -119,7 +145,11 @@ impl StripeLock<'_> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(if got == b.len() { u64::from_le_bytes(b) } else { 0 })
+        Ok(if got == b.len() {
+            u64::from_le_bytes(b)
+        } else {
+            0
+        })
     }
 }
 
@@ -145,7 +175,9 @@ pub(super) struct RowCache<K, V> {
 
 impl<K: Hash + Eq + Clone, V: Clone> RowCache<K, V> {
     pub fn new() -> Self {
-        RowCache { rows: Mutex::new(HashMap::new()) }
+        RowCache {
+            rows: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The row, if it was read under this same generation.
@@ -181,16 +213,32 @@ mod tests {
         let g0 = a.lock(1, false).expect("shared").generation;
         let g1 = b.lock(1, true).expect("exclusive").generation;
         assert_ne!(g0, g1, "an exclusive holder changes the generation");
-        assert_eq!(a.lock(1, false).expect("shared").generation, g1, "the other handle sees the bump");
-        assert_eq!(a.lock(2, false).expect("other stripe").generation, 0, "stripes count apart");
+        assert_eq!(
+            a.lock(1, false).expect("shared").generation,
+            g1,
+            "the other handle sees the bump"
+        );
+        assert_eq!(
+            a.lock(2, false).expect("other stripe").generation,
+            0,
+            "stripes count apart"
+        );
         let cache: RowCache<&str, u32> = RowCache::new();
         let held = a.lock(1, false).expect("shared");
         cache.put(&"o", &held, &7);
         assert_eq!(cache.get(&"o", &held), Some(7));
         drop(held);
-        assert_eq!(cache.get(&"o", &a.lock(1, false).expect("shared")), Some(7), "nothing changed");
+        assert_eq!(
+            cache.get(&"o", &a.lock(1, false).expect("shared")),
+            Some(7),
+            "nothing changed"
+        );
         drop(b.lock(1, true).expect("exclusive"));
-        assert_eq!(cache.get(&"o", &a.lock(1, false).expect("shared")), None, "a bump invalidates");
+        assert_eq!(
+            cache.get(&"o", &a.lock(1, false).expect("shared")),
+            None,
+            "a bump invalidates"
+        );
     }
 
     #[test]
@@ -203,12 +251,20 @@ mod tests {
                 sc.spawn(|| {
                     for _ in 0..200 {
                         let _l = s.lock(0, true).expect("lock");
-                        assert_eq!(inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0, "two holders at once");
+                        assert_eq!(
+                            inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                            0,
+                            "two holders at once"
+                        );
                         inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     }
                 });
             }
         });
-        assert_eq!(s.lock(0, false).expect("shared").generation, 800, "every exclusive hold bumped once");
+        assert_eq!(
+            s.lock(0, false).expect("shared").generation,
+            800,
+            "every exclusive hold bumped once"
+        );
     }
 }

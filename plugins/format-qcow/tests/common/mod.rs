@@ -35,10 +35,17 @@ impl FileStream {
     }
 
     pub fn open_counted(path: &Path, counters: Arc<Counters>) -> anyhow::Result<Self> {
-        let path = path.canonicalize().with_context(|| format!("{}", path.display()))?;
+        let path = path
+            .canonicalize()
+            .with_context(|| format!("{}", path.display()))?;
         let file = File::open(&path)?;
         let size = file.metadata()?.len();
-        Ok(FileStream { path, file, size, counters })
+        Ok(FileStream {
+            path,
+            file,
+            size,
+            counters,
+        })
     }
 }
 
@@ -49,8 +56,13 @@ impl Stream for FileStream {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> rbdm_registry::Result<()> {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.size) {
+        self.counters
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
             return Err(SourceError::io(
                 format!("{}: read past end", self.describe()),
                 std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
@@ -64,12 +76,17 @@ impl Stream for FileStream {
     fn open_relative(&self, name: &str) -> rbdm_registry::Result<Box<dyn Stream>> {
         let rel = Path::new(name);
         if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-            return Err(SourceError::PermissionDenied(format!("{name:?} escapes the directory")));
+            return Err(SourceError::PermissionDenied(format!(
+                "{name:?} escapes the directory"
+            )));
         }
         let dir = self.path.parent().unwrap_or(Path::new("/"));
         let path = dir.join(rel);
         if !path.exists() {
-            return Err(SourceError::NotFound(format!("{} does not exist", path.display())));
+            return Err(SourceError::NotFound(format!(
+                "{} does not exist",
+                path.display()
+            )));
         }
         FileStream::open_counted(&path, self.counters.clone())
             .map(|s| Box::new(s) as Box<dyn Stream>)
@@ -86,9 +103,16 @@ pub fn open(path: &Path) -> anyhow::Result<QcowImage> {
 }
 
 fn run(cmd: &str, args: &[&str], dir: &Path) -> anyhow::Result<String> {
-    let out = Command::new(cmd).args(args).current_dir(dir).output().with_context(|| cmd.to_string())?;
+    let out = Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .with_context(|| cmd.to_string())?;
     if !out.status.success() {
-        bail!("{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -158,7 +182,13 @@ pub fn pattern_file(path: &Path, len: usize, seed: u64) -> anyhow::Result<()> {
 }
 
 /// `qemu-img convert -O raw` of the image (at a snapshot when given) into `out`.
-pub fn qemu_raw(dir: &Path, img: &str, fmt: &str, snapshot: Option<&str>, out: &str) -> anyhow::Result<PathBuf> {
+pub fn qemu_raw(
+    dir: &Path,
+    img: &str,
+    fmt: &str,
+    snapshot: Option<&str>,
+    out: &str,
+) -> anyhow::Result<PathBuf> {
     let snap_opt = snapshot.map(|s| format!("snapshot.name={s}"));
     let mut args = vec!["convert", "-f", fmt];
     if let Some(s) = &snap_opt {
@@ -172,7 +202,12 @@ pub fn qemu_raw(dir: &Path, img: &str, fmt: &str, snapshot: Option<&str>, out: &
 
 /// Reads the whole point through the decoder in chunks and compares with QEMU's raw output;
 /// then a few hundred reads at random unaligned offsets and lengths.
-pub fn assert_same_bytes(img: &QcowImage, point: Point, raw: &Path, seed: u64) -> anyhow::Result<()> {
+pub fn assert_same_bytes(
+    img: &QcowImage,
+    point: Point,
+    raw: &Path,
+    seed: u64,
+) -> anyhow::Result<()> {
     let f = File::open(raw)?;
     let raw_len = f.metadata()?.len();
     let size = match point {
@@ -180,7 +215,10 @@ pub fn assert_same_bytes(img: &QcowImage, point: Point, raw: &Path, seed: u64) -
         Point::Snap(i) => img.snapshots()[i].size,
     };
     // `qemu-img convert -l` of a snapshot smaller than the head pads it to the head's size.
-    ensure!(raw_len >= size, "{point:?}: qemu says {raw_len} bytes, we say {size}");
+    ensure!(
+        raw_len >= size,
+        "{point:?}: qemu says {raw_len} bytes, we say {size}"
+    );
     ensure_zero(&f, size, raw_len - size).context("qemu's bytes past the snapshot size")?;
     let chunk = 1 << 20;
     let mut ours = vec![0u8; chunk];
@@ -204,7 +242,10 @@ pub fn assert_same_bytes(img: &QcowImage, point: Point, raw: &Path, seed: u64) -
     // Past the end reads as zeros.
     let mut tail = [0xffu8; 100];
     img.read(point, size, &mut tail)?;
-    ensure!(tail.iter().all(|&b| b == 0), "{point:?}: bytes past the end are not zero");
+    ensure!(
+        tail.iter().all(|&b| b == 0),
+        "{point:?}: bytes past the end are not zero"
+    );
     Ok(())
 }
 
@@ -227,7 +268,11 @@ pub fn qemu_data_ranges(dir: &Path, img: &str, fmt: &str) -> anyhow::Result<Vec<
     let mut ranges = Vec::new();
     for e in v.as_array().context("map output")? {
         if e["data"].as_bool() == Some(true) {
-            push_range(&mut ranges, e["start"].as_u64().context("start")?, e["length"].as_u64().context("length")?);
+            push_range(
+                &mut ranges,
+                e["start"].as_u64().context("start")?,
+                e["length"].as_u64().context("length")?,
+            );
         }
     }
     Ok(ranges)
@@ -235,7 +280,12 @@ pub fn qemu_data_ranges(dir: &Path, img: &str, fmt: &str) -> anyhow::Result<Vec<
 
 /// Whether QEMU's map shows a cluster with the given flags (to prove a test image holds what
 /// the test is about).
-pub fn qemu_map_has(dir: &Path, img: &str, fmt: &str, pred: &dyn Fn(&serde_json::Value) -> bool) -> anyhow::Result<bool> {
+pub fn qemu_map_has(
+    dir: &Path,
+    img: &str,
+    fmt: &str,
+    pred: &dyn Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<bool> {
     let out = qemu_img(dir, &["map", "-f", fmt, "--output=json", img])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     Ok(v.as_array().context("map output")?.iter().any(pred))
@@ -271,12 +321,18 @@ pub fn resolve(points: &[Vec<SnapExtent>]) -> anyhow::Result<Vec<Vec<(u64, u64, 
                 let from = o.max(e.offset);
                 let to = (o + l).min(e.offset + e.len);
                 if from < to {
-                    ensure!(from == covered, "point {p}: Unchanged {e:?} not covered by the previous point");
+                    ensure!(
+                        from == covered,
+                        "point {p}: Unchanged {e:?} not covered by the previous point"
+                    );
                     resolved.push((from, to - from, s));
                     covered = to;
                 }
             }
-            ensure!(covered == e.offset + e.len, "point {p}: Unchanged {e:?} beyond the previous point");
+            ensure!(
+                covered == e.offset + e.len,
+                "point {p}: Unchanged {e:?} beyond the previous point"
+            );
         }
         out.push(resolved);
     }
@@ -296,8 +352,16 @@ pub fn data_ranges(resolved: &[(u64, u64, ExtentState)]) -> Vec<(u64, u64)> {
 /// Checks `list_snaps` over the whole image against QEMU's raw output of every point: extents
 /// cover each point exactly and are merged, `Zero` is zero, `Unchanged` equals the previous
 /// point's bytes. Returns the resolved extents.
-pub fn check_list_snaps(img: &QcowImage, raws: &[PathBuf]) -> anyhow::Result<Vec<Vec<(u64, u64, ExtentState)>>> {
-    let sizes: Vec<u64> = img.snapshots().iter().map(|s| s.size).chain([img.size()]).collect();
+pub fn check_list_snaps(
+    img: &QcowImage,
+    raws: &[PathBuf],
+) -> anyhow::Result<Vec<Vec<(u64, u64, ExtentState)>>> {
+    let sizes: Vec<u64> = img
+        .snapshots()
+        .iter()
+        .map(|s| s.size)
+        .chain([img.size()])
+        .collect();
     ensure!(raws.len() == sizes.len(), "one raw per point");
     let max = sizes.iter().copied().max().unwrap_or(0);
     let lists = img.list_snaps(0, max + 12345)?;
@@ -305,21 +369,38 @@ pub fn check_list_snaps(img: &QcowImage, raws: &[PathBuf]) -> anyhow::Result<Vec
     for (p, list) in lists.iter().enumerate() {
         let mut pos = 0;
         for (i, e) in list.iter().enumerate() {
-            ensure!(e.offset == pos && e.len > 0, "point {p}: extent {e:?} does not follow {pos}");
+            ensure!(
+                e.offset == pos && e.len > 0,
+                "point {p}: extent {e:?} does not follow {pos}"
+            );
             if i > 0 {
-                ensure!(list[i - 1].state != e.state, "point {p}: adjacent extents of one state not merged at {pos}");
+                ensure!(
+                    list[i - 1].state != e.state,
+                    "point {p}: adjacent extents of one state not merged at {pos}"
+                );
             }
             pos += e.len;
         }
-        ensure!(pos == sizes[p], "point {p}: extents end at {pos}, size is {}", sizes[p]);
+        ensure!(
+            pos == sizes[p],
+            "point {p}: extents end at {pos}, size is {}",
+            sizes[p]
+        );
         let f = File::open(&raws[p])?;
-        let prev = if p > 0 { Some(File::open(&raws[p - 1])?) } else { None };
+        let prev = if p > 0 {
+            Some(File::open(&raws[p - 1])?)
+        } else {
+            None
+        };
         for e in list {
             match e.state {
-                ExtentState::Zero => ensure_zero(&f, e.offset, e.len).with_context(|| format!("point {p}: {e:?}"))?,
+                ExtentState::Zero => {
+                    ensure_zero(&f, e.offset, e.len).with_context(|| format!("point {p}: {e:?}"))?
+                }
                 ExtentState::Unchanged => {
                     let prev = prev.as_ref().context("Unchanged at first point")?;
-                    ensure_equal(&f, prev, e.offset, e.len).with_context(|| format!("point {p}: {e:?}"))?
+                    ensure_equal(&f, prev, e.offset, e.len)
+                        .with_context(|| format!("point {p}: {e:?}"))?
                 }
                 ExtentState::Data => {}
             }
@@ -335,7 +416,11 @@ fn ensure_zero(f: &File, off: u64, len: u64) -> anyhow::Result<()> {
         let n = (buf.len() as u64).min(off + len - pos) as usize;
         f.read_exact_at(&mut buf[..n], pos)?;
         if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
-            bail!("reported zero but byte {} is {:#04x}", pos + i as u64, buf[i]);
+            bail!(
+                "reported zero but byte {} is {:#04x}",
+                pos + i as u64,
+                buf[i]
+            );
         }
         pos += n as u64;
     }
@@ -351,7 +436,10 @@ fn ensure_equal(a: &File, b: &File, off: u64, len: u64) -> anyhow::Result<()> {
         a.read_exact_at(&mut x[..n], pos)?;
         b.read_exact_at(&mut y[..n], pos)?;
         if let Some(i) = x[..n].iter().zip(&y[..n]).position(|(p, q)| p != q) {
-            bail!("reported unchanged but byte {} differs from the previous point", pos + i as u64);
+            bail!(
+                "reported unchanged but byte {} differs from the previous point",
+                pos + i as u64
+            );
         }
         pos += n as u64;
     }
@@ -364,8 +452,15 @@ pub fn check_image(dir: &Path, name: &str, fmt: &str) -> anyhow::Result<QcowImag
     let img = open(&dir.join(name)).with_context(|| format!("opening {name}"))?;
     let mut raws = Vec::new();
     for (i, s) in img.snapshots().iter().enumerate() {
-        let raw = qemu_raw(dir, name, fmt, Some(&s.name), &format!("{name}.snap{i}.raw"))?;
-        assert_same_bytes(&img, Point::Snap(i), &raw, i as u64 + 7).with_context(|| format!("{name} snapshot {}", s.name))?;
+        let raw = qemu_raw(
+            dir,
+            name,
+            fmt,
+            Some(&s.name),
+            &format!("{name}.snap{i}.raw"),
+        )?;
+        assert_same_bytes(&img, Point::Snap(i), &raw, i as u64 + 7)
+            .with_context(|| format!("{name} snapshot {}", s.name))?;
         raws.push(raw);
     }
     let raw = qemu_raw(dir, name, fmt, None, &format!("{name}.raw"))?;
@@ -374,7 +469,10 @@ pub fn check_image(dir: &Path, name: &str, fmt: &str) -> anyhow::Result<QcowImag
     let resolved = check_list_snaps(&img, &raws).with_context(|| format!("{name} list_snaps"))?;
     let ours = data_ranges(resolved.last().context("head")?);
     let theirs = qemu_data_ranges(dir, name, fmt)?;
-    ensure!(ours == theirs, "{name}: data ranges differ\n ours: {ours:?}\n qemu: {theirs:?}");
+    ensure!(
+        ours == theirs,
+        "{name}: data ranges differ\n ours: {ours:?}\n qemu: {theirs:?}"
+    );
     // `qemu-img map` has no snapshot option: map a copy whose head was reverted to it.
     for (i, s) in img.snapshots().iter().enumerate() {
         let copy = format!("{name}.at{i}");
@@ -382,7 +480,11 @@ pub fn check_image(dir: &Path, name: &str, fmt: &str) -> anyhow::Result<QcowImag
         qemu_img(dir, &["snapshot", "-a", &s.name, &copy])?;
         let theirs = qemu_data_ranges(dir, &copy, fmt)?;
         let ours = data_ranges(&resolved[i]);
-        ensure!(ours == theirs, "{name} at {}: data ranges differ\n ours: {ours:?}\n qemu: {theirs:?}", s.name);
+        ensure!(
+            ours == theirs,
+            "{name} at {}: data ranges differ\n ours: {ours:?}\n qemu: {theirs:?}",
+            s.name
+        );
         std::fs::remove_file(dir.join(&copy))?;
     }
     for r in raws {
