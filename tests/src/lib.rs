@@ -44,6 +44,42 @@ pub fn rbdm_bin() -> PathBuf {
     }
 }
 
+/// Deterministic random numbers (xorshift64), so a failure can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// A child process, killed (SIGKILL) when dropped unless stopped first.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Killed {
+    /// SIGTERM, as a user stops `rbdm nbd export`, and wait for a clean exit.
+    pub fn stop(mut self) {
+        // SAFETY: signals the child we spawned and still own.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.0.wait().expect("wait for the child");
+        assert!(status.success(), "{:?} exited with {status}", self.0);
+    }
+}
+
 /// A temporary directory holding a fresh store (`dir://<tmp>/store`) and scratch files.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -106,6 +142,22 @@ impl Env {
             stdout(&out)
         );
         out
+    }
+
+    /// Starts `rbdm nbd export IMAGE` on a free loopback port; returns it with the URI it
+    /// prints once it listens.
+    pub fn nbd_export(&self, image: &str) -> (Killed, String) {
+        let mut child = self
+            .command(&["nbd", "export", image, "--bind", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("rbdm nbd export starts");
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        }
+        (Killed(child), line.trim().to_string())
     }
 
     /// Runs with `--format json` and parses stdout.

@@ -2,8 +2,7 @@
 //! change), abort with clients' writes, import-only from raw and qcow2 files, a qemu-io client
 //! on the NBD export of the destination while `execute` runs, `execute` SIGKILLed and resumed,
 //! a source that fails mid-execute, and the bad inputs that must change nothing.
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rbdm_tests::*;
@@ -246,29 +245,6 @@ fn import_only_from_raw_and_qcow2_keeps_holes_and_snapshots() {
     );
 }
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `rbdm nbd export` and returns it with the URI it prints.
-fn nbd_export(env: &Env, image: &str) -> (Killed, String) {
-    let mut child = env
-        .command(&["nbd", "export", image, "--bind", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (Killed(child), line.trim().to_string())
-}
-
 fn qemu_io(uri: &str, cmds: &[String]) {
     let mut c = Command::new("qemu-io");
     c.args(["-f", "raw"]);
@@ -301,7 +277,7 @@ fn qemu_io_writes_through_nbd_while_execute_runs() {
         &spec,
         "live",
     ]);
-    let (_server, uri) = nbd_export(&env, "live");
+    let (_server, uri) = env.nbd_export("live");
     // Slow enough that the client's writes land both before and after the copy passes them.
     let mut exec = env
         .command(&[
@@ -736,5 +712,59 @@ fn a_migrated_clone_keeps_its_parent_unless_flattened() {
         if !flatten {
             assert!(env.ok(&["children", "gold@v1"]).contains(&dst));
         }
+    }
+}
+
+/// Abort from `prepared` and from an `execute` killed midway, each after a client wrote
+/// through NBD into regions copied and not yet copied: the source gets the writes, keeps its
+/// snapshots, and the destination is gone. (From `executed`: the test above.)
+#[test]
+fn abort_from_prepared_and_from_a_killed_execute_keeps_clients_writes() {
+    let env = Env::new();
+    let (s1, s2, mut head) = source_with_history(&env);
+    for (round, kill_execute) in [(0u8, false), (1, true)] {
+        env.ok(&["migration", "prepare", "src", "dst"]);
+        if kill_execute {
+            let mut c = env
+                .command(&[
+                    "migration",
+                    "execute",
+                    "--bandwidth-limit",
+                    "8M",
+                    "--concurrency",
+                    "1",
+                    "dst",
+                ])
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(900));
+            let _ = c.kill();
+            let _ = c.wait();
+            assert!(state(&env, "dst").starts_with("executing"));
+        }
+        let (server, uri) = env.nbd_export("dst");
+        let byte = 0x70 + round;
+        // Near the start (copied when execute ran) and near the end (not yet copied).
+        for off in [MIB + 512, 70 * MIB + 4096] {
+            qemu_io(
+                &uri,
+                &[
+                    format!("write -P {byte} {off} 12288"),
+                    format!("read -P {byte} {off} 12288"),
+                ],
+            );
+            head[off as usize..off as usize + 12288].fill(byte);
+        }
+        drop(server);
+        env.ok(&["migration", "abort", "dst"]);
+        env.fails(&["info", "dst"]);
+        let tag = format!("abort{round}");
+        for (spec, want) in [("src@s1", &s1), ("src@s2", &s2), ("src", &head)] {
+            check_image(&env, spec, want, &tag);
+        }
+        assert!(
+            !env.ok(&["trash", "ls", "--all"]).contains("src"),
+            "the source left the trash"
+        );
     }
 }

@@ -464,7 +464,8 @@ fn native_by_pool_name_or_id_and_snap_name_or_id() {
             .iter()
             .map(|s| s["name"].clone())
             .collect::<Vec<_>>(),
-        vec!["a"]
+        vec!["a", "b"],
+        "as in Ceph, the chosen snapshot is one of the source's snapshots"
     );
     let out = env.path("b.out");
     env.ok(&[
@@ -489,7 +490,7 @@ fn native_by_pool_name_or_id_and_snap_name_or_id() {
 
     let by_id = json!({"type": "native", "pool_id": pool_id, "image_name": "img", "snap_id": snap_a.to_string()}).to_string();
     let info = env.json(&["source", "info", "--source-spec", &by_id]);
-    assert_eq!(info["snapshot_count"], 0);
+    assert_eq!(info["snapshot_count"], 1);
     let piped = env.rbdm(&["source", "export", "--source-spec", &by_id, "-"]);
     bytes_equal(&piped.stdout, &at_a).unwrap();
 

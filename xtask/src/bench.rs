@@ -4,20 +4,34 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::util;
+use crate::util::{self, Guard};
 
-const BENCHES: &[&str] = &["image", "migration", "source", "nbd"];
+const BENCHES: &[&str] = &[
+    "image",
+    "migration",
+    "source",
+    "nbd",
+    "same-store",
+    "live-reads",
+];
 
 pub fn run(args: &[String]) -> Result<()> {
-    let names: Vec<&str> = if args.is_empty() {
+    // `--vs-ceph` runs `rbd migration` on a throwaway Ceph cluster beside rbdm in the same run.
+    let vs_ceph = args.iter().any(|a| a == "--vs-ceph");
+    let names: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--vs-ceph")
+        .collect();
+    let names = if names.is_empty() {
         BENCHES.to_vec()
     } else {
-        args.iter().map(String::as_str).collect()
+        names
     };
     for n in &names {
         if !BENCHES.contains(n) {
@@ -28,7 +42,9 @@ pub fn run(args: &[String]) -> Result<()> {
     for n in names {
         match n {
             "image" => image(&rbdm)?,
-            "migration" => crate::bench_migration::run(&rbdm)?,
+            "migration" => crate::bench_migration::run(&rbdm, vs_ceph)?,
+            "same-store" => crate::bench_live::same_store(&rbdm)?,
+            "live-reads" => crate::bench_live::reads_during_execute(&rbdm)?,
             "source" => crate::bench_source::run(&rbdm)?,
             "nbd" => nbd(&rbdm)?,
             _ => unreachable!("checked above"),
@@ -154,27 +170,6 @@ const NBD_CASES: &[NbdCase] = &[
     },
 ];
 
-/// A server process, stopped with SIGTERM (SIGKILL after 10 s) when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: signals a child we spawned and have not reaped, by its pid.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Issue 4: `rbdm nbd export` of a 1 GiB image against `qemu-nbd` of a 1 GiB raw file on the
 /// same disk, both over a Unix socket with their page cache (writeback), both driven by
 /// `qemu-img bench` with 16 requests in flight, both fully written first so reads hit data.
@@ -207,29 +202,7 @@ fn nbd(rbdm: &Path) -> Result<()> {
         size,
         "bench",
     ]))?;
-    util::output(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "raw"])
-            .arg(&plain)
-            .arg(size),
-    )?;
-    // 256 writes of 4 MiB fill the 1 GiB.
-    util::output(
-        Command::new("qemu-img")
-            .args([
-                "bench",
-                "-f",
-                "raw",
-                "-w",
-                "--pattern",
-                "90",
-                "-s",
-                "4M",
-                "-c",
-                "256",
-            ])
-            .arg(&plain),
-    )?;
+    util::full_raw(&plain, 1 << 30)?;
     // rbdm's close fsynced its objects; do the same for the file so no writeback is left over.
     util::output(Command::new("sync").arg(&plain))?;
 
@@ -257,10 +230,10 @@ fn nbd(rbdm: &Path) -> Result<()> {
 }
 
 /// Starts `rbdm nbd export`; the first line it prints is its URI, once it listens.
-fn start_rbdm(mut cmd: Command) -> Result<(Server, String)> {
+pub(crate) fn start_rbdm(mut cmd: Command) -> Result<(Guard, String)> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let shown = util::show(&cmd);
-    let mut server = Server(
+    let mut server = Guard(
         cmd.spawn()
             .with_context(|| format!("cannot start {shown}"))?,
     );
@@ -280,14 +253,14 @@ fn start_rbdm(mut cmd: Command) -> Result<(Server, String)> {
     Ok((server, uri))
 }
 
-fn start_qemu_nbd(file: &Path, socket: &Path) -> Result<(Server, String)> {
+fn start_qemu_nbd(file: &Path, socket: &Path) -> Result<(Guard, String)> {
     let mut cmd = Command::new("qemu-nbd");
     cmd.args(["-f", "raw", "-t", "--cache=writeback", "--socket"])
         .arg(socket)
         .arg(file);
     cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
     let shown = util::show(&cmd);
-    let mut server = Server(
+    let mut server = Guard(
         cmd.spawn()
             .with_context(|| format!("cannot start {shown}"))?,
     );
@@ -311,21 +284,7 @@ fn qemu_bench(case: &NbdCase, uri: &str) -> Result<f64> {
     cmd.args(["bench", "-f", "raw", "-d", "16", "-c", &count])
         .args(case.args)
         .arg(uri);
-    let out = util::output(&mut cmd)?;
-    let secs = out
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Run completed in ")?
-                .strip_suffix(" seconds.")?
-                .parse::<f64>()
-                .ok()
-        })
-        .with_context(|| {
-            format!(
-                "no 'Run completed in' line from {}:\n{out}",
-                util::show(&cmd)
-            )
-        })?;
+    let secs = util::qemu_bench_seconds(&mut cmd)?;
     let per_sec = case.count as f64 / secs.max(1e-9);
     Ok(if case.unit == "IOPS" {
         per_sec

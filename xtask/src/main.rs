@@ -4,8 +4,10 @@
 //! What it is not: a build system. It calls cargo and the QEMU tools, and prints what it runs.
 
 mod bench;
+mod bench_live;
 mod bench_migration;
 mod bench_source;
+mod ceph;
 mod demo;
 mod fuzz;
 mod util;
@@ -18,8 +20,11 @@ commands:
   test               build everything and run every test (unit, property, integration),
                      then a short smoke run of each fuzz target
   demo               a real session on the embedded store, printing each rbdm command
-  bench [NAME...]    benchmarks, as ratios against a peer measured in the same run
-                     (names: image, migration, source, nbd; default: all)
+  bench [--vs-ceph] [NAME...]
+                     benchmarks, as ratios against a peer measured in the same run
+                     (names: image, migration, source, nbd, same-store, live-reads;
+                     default: all); --vs-ceph also runs `rbd migration` on a throwaway
+                     Ceph cluster (needs Debian's ceph-mon, ceph-osd, radosgw)
   fuzz [--seconds N] [TARGET...]
                      run the cargo-fuzz targets for N seconds each (default 60)";
 

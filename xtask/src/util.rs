@@ -77,10 +77,15 @@ pub fn have(program: &str) -> bool {
         .is_ok()
 }
 
-/// Builds the release `rbdm` binary and returns its path.
+/// Builds the release `rbdm` binary and returns its path (under `CARGO_TARGET_DIR` when set,
+/// where cargo put it).
 pub fn release_rbdm() -> Result<PathBuf> {
     cargo(&["build", "--release", "-p", "rbdm-cli"])?;
-    Ok(root().join("target/release/rbdm"))
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => root().join("target"),
+    };
+    Ok(target.join("release/rbdm"))
 }
 
 /// A scratch directory under target/, emptied first.
@@ -91,4 +96,112 @@ pub fn scratch(name: &str) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+/// A child process stopped with SIGTERM (SIGKILL after 10 s) when dropped, so a failing bench
+/// leaves no server behind.
+pub struct Guard(pub std::process::Child);
+
+impl Guard {
+    /// Sends SIGTERM and waits for the exit (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: signals a child we spawned and have not reaped, by its pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// Runs a command (stdout discarded); returns its wall time and the CPU time (user + system)
+/// it used, which a machine shared with other work disturbs less than the wall time.
+pub fn timed_cpu(cmd: &mut Command) -> Result<(Duration, Duration)> {
+    let shown = show(cmd);
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
+    // Drained on a thread so a chatty child never blocks on a full pipe.
+    let mut err = child.stderr.take().context("no stderr pipe")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut text);
+        text
+    });
+    let pid = libc::pid_t::try_from(child.id()).context("child pid out of range")?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for the child just spawned; the pointers are to live locals.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    let _ = child.try_wait();
+    let stderr = reader.join().unwrap_or_default();
+    if rc != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{shown} failed (wait status {status})\n{stderr}");
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Ok((wall, tv(usage.ru_utime) + tv(usage.ru_stime)))
+}
+
+/// Runs a `qemu-img bench` command and returns the seconds it reports for its run.
+pub fn qemu_bench_seconds(cmd: &mut Command) -> Result<f64> {
+    let out = output(cmd)?;
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix("Run completed in ")?
+                .strip_suffix(" seconds.")?
+                .parse::<f64>()
+                .ok()
+        })
+        .with_context(|| format!("no 'Run completed in' line from {}:\n{out}", show(cmd)))
+}
+
+/// A raw file of `size` bytes (a multiple of 4 MiB), every byte written by `qemu-img bench`
+/// with pattern 0x5a, so reads of it hit data.
+pub fn full_raw(path: &Path, size: u64) -> Result<()> {
+    output(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "raw"])
+            .arg(path)
+            .arg(size.to_string()),
+    )?;
+    let count = (size >> 22).to_string();
+    output(
+        Command::new("qemu-img")
+            .args([
+                "bench",
+                "-f",
+                "raw",
+                "-w",
+                "--pattern",
+                "90",
+                "-s",
+                "4M",
+                "-c",
+                &count,
+            ])
+            .arg(path),
+    )?;
+    Ok(())
 }

@@ -33,6 +33,9 @@ use rbdm_store::{Error as StoreError, SnapContext, SnapId, WriteOp, HEAD};
 pub const MARKER: &str = "rbdm.migrated";
 pub const DONE: &[u8] = b"done";
 const LOCK: &str = "rbdm_migration_copy";
+/// Beside the destination's header: omap keys of objects found empty by reading the source
+/// (a raw stream without hole information), so a resumed run does not read them again.
+const EMPTY_SET: &str = "rbdm_migration_empty";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -198,18 +201,35 @@ pub fn copy_object(
     let points = target_points(&h, rec);
     let max_size = points.iter().map(|p| p.size).max().unwrap_or(0);
     let extents = h.layout.object_extents_in_image(object_no, max_size);
+    let owned = owned_points(&h, source, &extents)?;
+    // A destination keeping the source's parent reads from that parent wherever the source
+    // does: what the source does not own is not copied.
+    if !for_write && owned.as_ref().is_some_and(|o| o.iter().all(|&b| !b)) {
+        return Ok(());
+    }
+    // Reading to find zeros is reading: it counts against the bandwidth limit, and the data
+    // found is then read from what the scan kept (not counted twice).
+    let scan: u64 = extents.iter().map(|&(o, l)| source.scan_cost(o, l)).sum();
+    if scan > 0 {
+        stats.reserve(scan);
+    }
     let view = source_view(source, &extents)?;
     let nothing = view.data.iter().all(IntervalSet::is_empty)
         && view.changed.iter().all(IntervalSet::is_empty);
     // Most objects of a sparse source hold nothing at any point: skip them without touching
     // the destination (no lock, no store round trip), so cost follows data.
     if !for_write && nothing && !image.parent_has_data(&h, object_no)? {
+        if scan > 0 {
+            note_empty(image, object_no)?;
+        }
         return Ok(());
     }
     let plan = ObjectPlan {
         points,
         extents,
         view,
+        owned,
+        scanned: scan > 0,
     };
     let loc = image.data_loc(&h, object_no);
     let store = image.store();
@@ -233,6 +253,91 @@ pub fn copy_object(
     let result = copy_locked(image, &h, source, &plan, object_no, for_write, stats);
     let _ = store.unlock(&loc, LOCK, &cookie);
     result
+}
+
+/// Per source point, whether the source owns anything in `extents`; `None` when the
+/// destination has no parent (everything is copied) or the source cannot tell.
+fn owned_points(
+    h: &Header,
+    source: &dyn SourceImage,
+    extents: &[(u64, u64)],
+) -> Result<Option<Vec<bool>>> {
+    if h.parent.is_none() && h.snaps.values().all(|s| s.parent.is_none()) {
+        return Ok(None);
+    }
+    let mut all: Option<Vec<bool>> = None;
+    for &(off, len) in extents {
+        let Some(per_point) = source.owns(off, len)? else {
+            return Ok(None);
+        };
+        match &mut all {
+            None => all = Some(per_point),
+            Some(a) => a.iter_mut().zip(per_point).for_each(|(a, b)| *a |= b),
+        }
+    }
+    Ok(all)
+}
+
+/// Records that object `object_no` was read from the source and found empty.
+fn note_empty(image: &Image, object_no: u64) -> Result<()> {
+    let op = WriteOp::new()
+        .create()
+        .omap_set([(format!("{object_no:016x}"), Vec::new())]);
+    image
+        .store()
+        .operate(&image.side_loc(EMPTY_SET), &op, &SnapContext::default())
+        .map_err(|e| CopyError::Store {
+            object: object_no,
+            source: e,
+        })
+}
+
+/// The objects earlier runs found empty by reading (see [`EMPTY_SET`]).
+fn known_empty(image: &Image) -> Result<BTreeSet<u64>> {
+    let loc = image.side_loc(EMPTY_SET);
+    let keys = match image.store().omap_get(&loc, "", "", usize::MAX) {
+        Ok(k) => k,
+        Err(StoreError::NotFound(_)) => return Ok(BTreeSet::new()),
+        Err(e) => {
+            return Err(CopyError::Store {
+                object: 0,
+                source: e,
+            })
+        }
+    };
+    Ok(keys
+        .iter()
+        .filter_map(|(k, _)| u64::from_str_radix(k, 16).ok())
+        .collect())
+}
+
+/// Drops what runs recorded beside the destination (at commit or abort).
+pub fn forget_progress(image: &Image) -> Result<()> {
+    let op = WriteOp::new().remove();
+    match image
+        .store()
+        .operate(&image.side_loc(EMPTY_SET), &op, &SnapContext::default())
+    {
+        Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+        Err(e) => Err(CopyError::Store {
+            object: 0,
+            source: e,
+        }),
+    }
+}
+
+/// True when an earlier copy finished object `object_no` (its done marker is set).
+fn already_done(image: &Image, object_no: u64) -> Result<bool> {
+    let h = image.header()?;
+    let loc = image.data_loc(&h, object_no);
+    match image.store().get_xattr(&loc, MARKER) {
+        Ok(v) => Ok(v == DONE),
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(CopyError::Store {
+            object: object_no,
+            source: e,
+        }),
+    }
 }
 
 /// Where a previous copy of this object stopped: `None` if finished, else the first point to do.
@@ -266,6 +371,10 @@ struct ObjectPlan {
     points: Vec<TargetPoint>,
     extents: Vec<(u64, u64)>,
     view: SourceView,
+    /// Per source point: does the source own data here (see [`owned_points`]).
+    owned: Option<Vec<bool>>,
+    /// `list_snaps` read the data (already counted against the bandwidth limit).
+    scanned: bool,
 }
 
 fn copy_locked(
@@ -284,13 +393,23 @@ fn copy_locked(
         points,
         extents,
         view,
+        owned,
+        scanned,
     } = plan;
     let nsnaps = source.snapshots().len();
     let loc = image.data_loc(h, object_no);
     let mut exists = start > 0;
     for (t, p) in points.iter().enumerate() {
         let sp = source_index(p.source, nsnaps);
-        let changed = if t == 0 {
+        let is_head = t + 1 == points.len();
+        let owned_here = owned.as_ref().map(|o| o.get(sp).copied().unwrap_or(true));
+        // Not created yet and not owned by the source at this point: the parent shows through
+        // in both images, so nothing is written (a client's copy-up at the head still is).
+        if t >= start && !exists && owned_here == Some(false) && !(is_head && for_write) {
+            continue;
+        }
+        // An object created at this point gets everything the point holds, not just changes.
+        let changed = if t == 0 || !exists {
             IntervalSet::from_ranges(extents.iter().copied())
         } else {
             let prev = source_index(points[t - 1].source, nsnaps);
@@ -303,12 +422,13 @@ fn copy_locked(
         if t < start {
             continue;
         }
-        let is_head = t + 1 == points.len();
         let mut op = WriteOp::new();
         let mut wrote = false;
         for (off, len) in changed.iter() {
             for (doff, dlen) in view.data[sp].intersection(off, len) {
-                stats.reserve(dlen);
+                if !scanned {
+                    stats.reserve(dlen);
+                }
                 let mut buf = vec![0u8; dlen as usize];
                 source.read(p.source, doff, &mut buf)?;
                 for e in h
@@ -340,8 +460,11 @@ fn copy_locked(
         // A destination that keeps its source's parent: where the source holds nothing here
         // but the parent does, the source was hiding the parent (a discard), so the object
         // must exist to keep hiding it.
-        let hides_parent = t == 0 && !wrote && !exists && image.parent_has_data(h, object_no)?;
-        if !wrote && !exists && !(is_head && for_write) && !hides_parent {
+        let hides_parent = !wrote
+            && !exists
+            && owned_here.unwrap_or(t == 0)
+            && image.parent_has_data(h, object_no)?;
+        if !(wrote || exists || hides_parent || is_head && for_write) {
             continue;
         }
         let marker = if is_head {
@@ -361,6 +484,9 @@ fn copy_locked(
     }
     if exists {
         stats.objects_written.fetch_add(1, Ordering::Relaxed);
+    } else if *scanned {
+        // Read and found all zeros: nothing marks it in the destination, so remember it.
+        note_empty(image, object_no)?;
     }
     Ok(())
 }
@@ -373,6 +499,9 @@ pub struct RunOptions {
     pub bandwidth_limit: Option<u64>,
     /// Objects below this are known to be done (a resumed run's watermark).
     pub start: u64,
+    /// An earlier run stopped (killed or failed): objects past `start` it finished carry a
+    /// done marker, checked before asking the source anything, so they are never re-read.
+    pub resumed: bool,
 }
 
 /// Copies every destination object from `first` on. `progress(done, total)` is called as
@@ -397,6 +526,10 @@ pub fn run(
     let failed: Mutex<Option<CopyError>> = Mutex::new(None);
     let stats = Stats::with_limit(opts.bandwidth_limit);
     let last_checkpoint = Mutex::new(Instant::now());
+    let empty = match opts.resumed {
+        true => known_empty(image)?,
+        false => BTreeSet::new(),
+    };
     std::thread::scope(|scope| {
         for _ in 0..opts.concurrency.max(1) {
             scope.spawn(|| loop {
@@ -409,7 +542,15 @@ pub fn run(
                 if n >= total {
                     return;
                 }
-                if let Err(e) = copy_object(image, source, rec, n, false, &stats) {
+                let copied = match opts.resumed {
+                    true if empty.contains(&n) => Ok(()),
+                    true => already_done(image, n).and_then(|done| match done {
+                        true => Ok(()),
+                        false => copy_object(image, source, rec, n, false, &stats),
+                    }),
+                    false => copy_object(image, source, rec, n, false, &stats),
+                };
+                if let Err(e) = copied {
                     let mut f = failed.lock().unwrap_or_else(|e| e.into_inner());
                     f.get_or_insert(e);
                     return;

@@ -156,6 +156,15 @@ impl Image {
             &header::data_name(&self.id, object_no),
         )
     }
+    /// An object beside the header (same pool and namespace) named `<kind>.<image id>`, for
+    /// bookkeeping other crates keep per image; removing the image does not remove it.
+    pub fn side_loc(&self, kind: &str) -> Locator {
+        Locator::new(
+            self.pool_id,
+            &self.spec.namespace,
+            &format!("{kind}.{}", self.id),
+        )
+    }
     fn read_snap(&self) -> SnapId {
         self.snap_id.unwrap_or(HEAD)
     }
@@ -345,6 +354,33 @@ impl Image {
             }
         }
         Ok(false)
+    }
+
+    /// For a clone (at this handle's point): true when any of its own objects covering
+    /// `[offset, offset+len)` exists, false when every read there goes to the parent (or reads
+    /// zeros), `None` when the image has no parent at this point. A migration that keeps the
+    /// parent link copies only what the clone owns, so the destination stays sparse.
+    pub fn owns_range(&self, offset: u64, len: u64) -> Result<Option<bool>> {
+        let h = self.header()?;
+        let (size, parent) = self.view(&h)?;
+        if parent.is_none() {
+            return Ok(None);
+        }
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(Some(false));
+        }
+        for object_no in self.objects_in(&h.layout, size, offset, end - offset) {
+            match self
+                .store()
+                .stat(&self.data_loc(&h, object_no), self.read_snap())
+            {
+                Ok(_) => return Ok(Some(true)),
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(false))
     }
 
     /// The migration record in the header, if the image takes part in one.
@@ -639,7 +675,11 @@ impl Image {
         };
         let mut map = match stored {
             Some(m) => m,
-            None => self.rebuild_map(h, snap, count)?,
+            // Without the map's history every existing object counts as changed.
+            None => {
+                let objects = self.own_object_numbers(h)?;
+                self.rebuild_map(h, &objects, None, snap.unwrap_or(HEAD), size)?
+            }
         };
         if map.len() != count {
             map.resize(count);
@@ -647,26 +687,50 @@ impl Image {
         Ok(map)
     }
 
-    fn rebuild_map(&self, h: &Header, snap: Option<SnapId>, count: u64) -> Result<ObjectMap> {
-        let mut map = ObjectMap::new(count);
+    /// The numbers of this image's data objects that exist at any point, from one listing.
+    fn own_object_numbers(&self, h: &Header) -> Result<Vec<(u64, Locator)>> {
         let prefix = format!("{}.", h.object_prefix);
-        for loc in self
+        let mut out: Vec<(u64, Locator)> = self
             .store()
             .list_objects(self.data_pool(h), Some(&self.spec.namespace))?
-        {
-            let Some(hex) = loc.name.strip_prefix(&prefix) else {
-                continue;
-            };
-            let Ok(no) = u64::from_str_radix(hex, 16) else {
-                continue;
-            };
-            let exists = match snap {
-                None => true,
-                Some(s) => self.store().stat(&loc, s).is_ok(),
-            };
-            if exists {
-                map.set(no, ObjectState::Exists);
+            .into_iter()
+            .filter_map(|loc| {
+                let no = u64::from_str_radix(loc.name.strip_prefix(&prefix)?, 16).ok()?;
+                Some((no, loc))
+            })
+            .collect();
+        out.sort_by_key(|(no, _)| *no);
+        Ok(out)
+    }
+
+    fn rebuild_map(
+        &self,
+        h: &Header,
+        objects: &[(u64, Locator)],
+        prev: Option<SnapId>,
+        snap: SnapId,
+        size: u64,
+    ) -> Result<ObjectMap> {
+        let count = h.layout.object_count(size);
+        let mut map = ObjectMap::new(count);
+        for (no, loc) in objects.iter().filter(|(no, _)| *no < count) {
+            match self.store().stat(loc, snap) {
+                Ok(_) => {}
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
             }
+            let changed = match prev {
+                None => true,
+                Some(p) => self
+                    .changed_in_object(loc, p, snap, h.layout.object_size)?
+                    .is_none_or(|(c, _)| !c.is_empty()),
+            };
+            let state = if changed {
+                ObjectState::Exists
+            } else {
+                ObjectState::ExistsClean
+            };
+            map.set(*no, state);
         }
         Ok(map)
     }
@@ -1576,17 +1640,23 @@ impl Image {
 
     /// Rebuilds the head's and every snapshot's object map from the objects themselves (after
     /// other processes wrote objects without keeping the map, as a migration's copy does).
+    /// Rebuilds every object map from the store (after a migration filled the image): an
+    /// object is `Exists` at a point where it changed since the point before and
+    /// `ExistsClean` where it did not, so fast-diff `du` and `diff` stay exact per snapshot.
     pub fn rebuild_object_maps(&self) -> Result<()> {
         let h = self.header()?;
         if !Self::has_object_map(&h) {
             return Ok(());
         }
+        let objects = self.own_object_numbers(&h)?;
         let mut slot = lock(&self.map);
+        let mut prev = None;
         for s in h.snaps.values() {
-            let m = self.rebuild_map(&h, Some(s.id), h.layout.object_count(s.size))?;
+            let m = self.rebuild_map(&h, &objects, prev, s.id, s.size)?;
             self.save_map(Some(s.id), &m)?;
+            prev = Some(s.id);
         }
-        let m = self.rebuild_map(&h, None, h.layout.object_count(h.size))?;
+        let m = self.rebuild_map(&h, &objects, prev, HEAD, h.size)?;
         self.save_map(None, &m)?;
         *slot = Some(m);
         Ok(())

@@ -189,6 +189,7 @@ fn create_destination(
 /// Best effort: removes an image with its snapshots (cleanup after a failure).
 fn remove_image(rbd: &Rbd, spec: &ImageSpec) {
     if let Ok(img) = rbd.open(spec, false) {
+        let _ = rbdm_copy::forget_progress(&img);
         let _ = img.set_migration_record(None);
         for s in img.snap_list().unwrap_or_default() {
             let _ = img.snap_unprotect(&s.name);
@@ -438,6 +439,7 @@ pub fn execute(
         }
         _ => {}
     }
+    let resumed = rec.state == MigrationState::Executing;
     rec.state = MigrationState::Executing;
     img.set_migration_record(Some(&rec))?;
     let source = open_source_spec(rbd, &rec.source_spec)?;
@@ -445,6 +447,7 @@ pub fn execute(
         concurrency: opts.concurrency,
         bandwidth_limit: opts.bandwidth_limit,
         start: rec.copied_upto,
+        resumed,
     };
     let total = std::sync::atomic::AtomicU64::new(1);
     let checkpoint = |mark: u64| {
@@ -460,6 +463,8 @@ pub fn execute(
     };
     let stop = AtomicBool::new(false);
     rbdm_copy::run(&img, &*source, &rec, &run_opts, &report, &checkpoint, &stop)?;
+    // `executed` lets commit delete the source: the copies must be on disk before it says so.
+    img.flush()?;
     let mut done = record_of(&img)?.unwrap_or(rec);
     done.state = MigrationState::Executed;
     done.state_description.clear();
@@ -513,6 +518,7 @@ pub fn commit(rbd: &Rbd, spec: &ImageSpec, force: bool) -> Result<()> {
         }
     }
     img.set_migration_record(None)?;
+    rbdm_copy::forget_progress(&img)?;
     img.rebuild_object_maps()?;
     Ok(())
 }

@@ -32,6 +32,10 @@ fn hidden_parent_data_stays_hidden() {
         .unwrap();
     let kid = rbd.open(&spec("kid"), false).unwrap();
     kid.discard(64 << 10, 128 << 10).unwrap();
+    // A snapshot before the last copy-up: at that point object 8 still reads the parent.
+    kid.snap_create("before").unwrap();
+    let mut want_before = vec![0u8; 1 << 20];
+    kid.read(0, &mut want_before).unwrap();
     kid.write(512 << 10, &[9u8; 1000]).unwrap();
     let mut want = vec![0u8; 1 << 20];
     kid.read(0, &mut want).unwrap();
@@ -59,4 +63,22 @@ fn hidden_parent_data_stays_hidden() {
     let mut got = vec![0u8; 1 << 20];
     moved.read(0, &mut got).unwrap();
     assert!(got == want, "bytes after commit");
+    let at_before = rbd.open(&spec("kid2@before"), true).unwrap();
+    at_before.read(0, &mut got).unwrap();
+    assert!(got == want_before, "bytes of the snapshot after commit");
+    // Sparse against the parent: of the 16 KiB destination objects, only those over the
+    // source's own objects exist: 64K..192K (hiding the parent) and 512K..576K (the copy-up),
+    // 12 objects, not the 64 a copy that read through to the parent would make.
+    let h = moved.header().unwrap();
+    let existing = (0..64u64)
+        .filter(|&n| {
+            rbd.store()
+                .stat(&moved.data_loc(&h, n), rbdm_store::HEAD)
+                .is_ok()
+        })
+        .count();
+    assert_eq!(
+        existing, 12,
+        "destination objects after a keep-parent migration"
+    );
 }

@@ -24,6 +24,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const MIN_HOLE_CHUNK: u64 = 4096;
 /// Cap on block-status descriptors in one reply; the protocol lets us cover a prefix only.
 const MAX_DESCRIPTORS: usize = 1 << 16;
+/// Reads up to this size are read whole, without asking the device where its holes are.
+const SMALL_READ: u64 = 64 << 10;
 
 struct Request {
     flags: u16,
@@ -215,18 +217,25 @@ impl Conn<'_> {
         if len == 0 {
             return self.reply_empty(req);
         }
-        // Allocation info only saves work; if the device cannot tell, read everything.
-        let segs = self
-            .device
-            .allocated(req.offset, len)
-            .map(|ext| segments(req.offset, len, &ext))
-            .unwrap_or_else(|_| {
-                vec![Seg {
-                    offset: req.offset,
-                    len,
-                    data: true,
-                }]
-            });
+        let whole = || {
+            vec![Seg {
+                offset: req.offset,
+                len,
+                data: true,
+            }]
+        };
+        // Allocation info only saves work, so it is not asked for where it cannot: small reads
+        // (asking costs about what reading a hole does, and for a migration destination it
+        // would mean a second trip to the source) and replies that cannot show holes.
+        let ask = self.structured && req.flags & CMD_FLAG_DF == 0 && len > SMALL_READ;
+        let segs = match ask {
+            true => self
+                .device
+                .allocated(req.offset, len)
+                .map(|ext| segments(req.offset, len, &ext))
+                .unwrap_or_else(|_| whole()),
+            false => whole(),
+        };
         let mut buf = vec![0u8; req.len as usize];
         for s in segs.iter().filter(|s| s.data) {
             let at = (s.offset - req.offset) as usize;
@@ -241,11 +250,7 @@ impl Conn<'_> {
             return self.send(&[&simple_header(req.handle, 0), &buf]);
         }
         let chunks = if req.flags & CMD_FLAG_DF != 0 {
-            vec![Seg {
-                offset: req.offset,
-                len,
-                data: true,
-            }]
+            whole()
         } else {
             absorb_small_holes(segs)
         };

@@ -168,6 +168,18 @@ pub trait SourceImage: Send + Sync {
     /// `[offset, offset+len)`: sorted, disjoint extents covering exactly that range (clipped to
     /// nothing beyond that point's size). Must not read data where metadata suffices.
     fn list_snaps(&self, offset: u64, len: u64) -> Result<Vec<Vec<SnapExtent>>>;
+    /// For a source that is a clone of a parent the destination also links to: per point,
+    /// whether the source's own storage holds anything in `[offset, offset+len)` (false: reads
+    /// there go to the parent). `None` (the default): no parent, or not known; everything
+    /// with data is copied.
+    fn owns(&self, _offset: u64, _len: u64) -> Result<Option<Vec<bool>>> {
+        Ok(None)
+    }
+    /// Bytes `list_snaps` over `[offset, offset+len)` reads from the source to tell data from
+    /// zeros (a stream that cannot report holes). 0, the default, when metadata tells.
+    fn scan_cost(&self, _offset: u64, _len: u64) -> u64 {
+        0
+    }
     /// Human-readable description for `source info` (without secrets).
     fn describe(&self) -> String {
         self.format().to_string()

@@ -2,7 +2,9 @@
 //!
 //! What it is for: import-only migration from an image named by pool name or id, namespace,
 //! image name or id (an image in the trash is found by id), and snapshot name or id. The
-//! source's snapshots older than the chosen point become the target's snapshots.
+//! source's snapshots up to and including the chosen one become the target's snapshots (as
+//! Ceph does: `snap_name: "2"` gives the target `@1` and `@2`), and the target's head holds
+//! the chosen snapshot's data.
 //! What it is not: the same-store migration path (that links two images in one store and is
 //! driven by `rbdm-migration`); this only reads.
 
@@ -86,19 +88,18 @@ pub fn open(rbd: &Rbd, src: &NativeSource) -> Result<NativeImage> {
     for s in &upto {
         points.push(open_point(rbd, &pool_spec, src, Some(&s.name))?);
     }
-    let snapshots: Vec<SourceSnapshot> = match &src.snap {
-        Some(_) => &upto[..upto.len().saturating_sub(1)],
-        None => &upto[..],
-    }
-    .iter()
-    .map(|s| SourceSnapshot {
-        name: s.name.clone(),
-        size: s.size,
-        timestamp: Some(s.timestamp),
-    })
-    .collect();
-    if src.snap.is_none() {
-        points.push(head);
+    let snapshots: Vec<SourceSnapshot> = upto
+        .iter()
+        .map(|s| SourceSnapshot {
+            name: s.name.clone(),
+            size: s.size,
+            timestamp: Some(s.timestamp),
+        })
+        .collect();
+    // With a chosen snapshot the head is that snapshot again: nothing changes after it.
+    match upto.last().filter(|_| src.snap.is_some()) {
+        Some(last) => points.push(open_point(rbd, &pool_spec, src, Some(&last.name))?),
+        None => points.push(head),
     }
     let changes = compute_changes(&points, &upto)?;
     Ok(NativeImage {
@@ -145,14 +146,21 @@ fn compute_changes(points: &[Image], snaps: &[SnapInfo]) -> Result<Vec<Changes>>
     let mut prev_data = IntervalSet::new();
     let mut prev_size = 0;
     for (i, img) in points.iter().enumerate() {
-        let from = if i == 0 {
-            None
-        } else {
-            snaps.get(i - 1).map(|s| s.name.as_str())
-        };
+        let from = if i == 0 { None } else { snaps.get(i - 1) };
         let size = img.size();
         let data = IntervalSet::from_ranges(img.allocated_extents(0, size).map_err(image_err)?)
             .clip(0, size);
+        // The same snapshot again (the head of a source read at a snapshot): no change.
+        if from.is_some_and(|f| img.snap_id() == Some(f.id)) {
+            prev_data = data.clone();
+            out.push(Changes {
+                data,
+                changed: IntervalSet::new(),
+                size,
+            });
+            continue;
+        }
+        let from = from.map(|s| s.name.as_str());
         let mut changed = IntervalSet::from_ranges(
             img.diff(from, false)
                 .map_err(image_err)?
@@ -198,6 +206,17 @@ impl SourceImage for NativeImage {
         }
         let n = buf.len().min((size - offset) as usize);
         img.read(offset, &mut buf[..n]).map_err(image_err)
+    }
+    fn owns(&self, offset: u64, len: u64) -> Result<Option<Vec<bool>>> {
+        let mut out = Vec::with_capacity(self.points.len());
+        let mut any_parent = false;
+        for img in &self.points {
+            let owned = img.owns_range(offset, len).map_err(image_err)?;
+            any_parent |= owned.is_some();
+            // A point without a parent owns whatever it has.
+            out.push(owned.unwrap_or(true));
+        }
+        Ok(any_parent.then_some(out))
     }
     fn list_snaps(&self, offset: u64, len: u64) -> Result<Vec<Vec<SnapExtent>>> {
         Ok(self

@@ -30,11 +30,16 @@ enum PrevBytes<'a> {
     Bytes(&'a [u8]),
 }
 
+/// Bytes read while classifying: (from the current point?, offset, bytes), for the caller to
+/// keep for the reads that follow.
+pub type Keep<'a> = dyn Fn(bool, u64, &[u8]) + 'a;
+
 pub fn classify(
     cur: &dyn Stream,
     prev: Option<&dyn Stream>,
     cur_sides: &[(u64, u64, Side)],
     prev_sides: &[(u64, u64, Side)],
+    keep: &Keep,
 ) -> Result<Vec<SnapExtent>> {
     let mut out = Vec::new();
     let mut bufs = (Vec::new(), Vec::new());
@@ -45,8 +50,8 @@ pub fn classify(
             _ => Prev::Absent,
         };
         match (c, &prev) {
-            (Side::Data, _) => scan(&mut out, &mut bufs, a, b, Some(cur), &prev)?,
-            (_, Prev::Stream(_)) => scan(&mut out, &mut bufs, a, b, None, &prev)?,
+            (Side::Data, _) => scan(&mut out, &mut bufs, (a, b), Some(cur), &prev, keep)?,
+            (_, Prev::Stream(_)) => scan(&mut out, &mut bufs, (a, b), None, &prev, keep)?,
             (_, Prev::Zeros) => push_extent(&mut out, a, b - a, ExtentState::Unchanged),
             (_, Prev::Absent) => push_extent(&mut out, a, b - a, ExtentState::Zero),
         }
@@ -84,10 +89,10 @@ fn segments(x: &[(u64, u64, Side)], y: &[(u64, u64, Side)]) -> Vec<(u64, u64, Si
 fn scan(
     out: &mut Vec<SnapExtent>,
     bufs: &mut (Vec<u8>, Vec<u8>),
-    a: u64,
-    b: u64,
+    (a, b): (u64, u64),
     cur: Option<&dyn Stream>,
     prev: &Prev,
+    keep: &Keep,
 ) -> Result<()> {
     let mut pos = a;
     while pos < b {
@@ -101,6 +106,12 @@ fn scan(
             Prev::Stream(s) => Some(fill(&mut bufs.1, *s, pos, n)?),
             _ => None,
         };
+        // Only chunks holding data are read again; all-zero ones never are.
+        for (is_cur, b) in [(true, cbuf), (false, pbuf)] {
+            if let Some(b) = b.filter(|b| !is_zero(b)) {
+                keep(is_cur, pos, b);
+            }
+        }
         let mut at = pos;
         while at < stop {
             let end = stop.min((at / BLOCK + 1) * BLOCK);

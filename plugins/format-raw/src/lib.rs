@@ -14,8 +14,10 @@ use rbdm_registry::{
 };
 use rbdm_spec::RawSpec;
 
+mod cache;
 mod classify;
 
+use cache::ChunkCache;
 use classify::{classify, Side};
 
 inventory::submit!(FormatPlugin {
@@ -52,6 +54,9 @@ pub const CHUNK: u64 = 1 << 20;
 pub struct RawImage {
     points: Vec<Box<dyn Stream>>,
     names: Vec<String>,
+    scanned: ChunkCache,
+    /// Per point: the stream cannot report holes, so finding zeros means reading.
+    blind: Vec<bool>,
 }
 
 impl RawImage {
@@ -59,7 +64,13 @@ impl RawImage {
         let (names, mut points): (Vec<String>, Vec<Box<dyn Stream>>) =
             snapshots.into_iter().unzip();
         points.push(head);
-        RawImage { points, names }
+        let blind = points.iter().map(|s| s.extents(0, 0).is_none()).collect();
+        RawImage {
+            points,
+            names,
+            scanned: ChunkCache::default(),
+            blind,
+        }
     }
 
     fn stream(&self, point: Point) -> Result<&dyn Stream> {
@@ -93,7 +104,11 @@ impl RawImage {
             None => vec![(offset, end, Side::Absent)],
         };
         let prev = i.checked_sub(1).map(|p| &*self.points[p]);
-        classify(cur, prev, &cur_sides, &prev_sides)
+        let keep = |cur: bool, offset: u64, data: &[u8]| {
+            let point = if cur { i } else { i - 1 };
+            self.scanned.keep(point, offset, data);
+        };
+        classify(cur, prev, &cur_sides, &prev_sides, &keep)
     }
 }
 
@@ -149,6 +164,13 @@ impl SourceImage for RawImage {
 
     fn read(&self, point: Point, offset: u64, buf: &mut [u8]) -> Result<()> {
         let s = self.stream(point)?;
+        let index = match point {
+            Point::Snap(i) => i,
+            Point::Head => self.names.len(),
+        };
+        if self.scanned.fill(index, offset, buf) {
+            return Ok(());
+        }
         let size = s.size();
         let n = if offset >= size {
             0
@@ -167,6 +189,20 @@ impl SourceImage for RawImage {
         (0..self.points.len())
             .map(|i| self.point_extents(i, offset, len))
             .collect()
+    }
+
+    fn scan_cost(&self, offset: u64, len: u64) -> u64 {
+        self.points
+            .iter()
+            .zip(&self.blind)
+            .filter(|(_, &blind)| blind)
+            .map(|(s, _)| {
+                offset
+                    .saturating_add(len)
+                    .min(s.size())
+                    .saturating_sub(offset)
+            })
+            .sum()
     }
 
     fn describe(&self) -> String {

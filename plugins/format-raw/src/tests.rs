@@ -348,3 +348,33 @@ fn a_huge_sparse_stream_is_walked_without_reads() {
         started.elapsed()
     );
 }
+
+/// Over http or s3 nothing knows the holes, so `list_snaps` reads the data to find zeros; the
+/// copy's reads of the data it reported must then come from what that scan kept.
+#[test]
+fn data_scanned_by_list_snaps_is_not_read_again() {
+    let mut data = vec![0u8; 4 << 20];
+    data[100_000..1_300_000].fill(5);
+    data[3 << 20..(3 << 20) + 4096].fill(6);
+    let head = Arc::new(MemStream::new(data.clone(), Vec::new(), false));
+    let img = RawImage::new(Box::new(Shared(head.clone())), Vec::new());
+    let lists = img.list_snaps(0, 4 << 20).unwrap();
+    let scanned: u64 = head.reads.lock().unwrap().iter().map(|r| r.1 - r.0).sum();
+    assert_eq!(scanned, 4 << 20, "the scan reads everything once");
+    for e in lists[0].iter().filter(|e| e.state == ExtentState::Data) {
+        let mut buf = vec![0u8; e.len as usize];
+        img.read(Point::Head, e.offset, &mut buf).unwrap();
+        assert!(buf == data[e.offset as usize..(e.offset + e.len) as usize]);
+    }
+    let total: u64 = head.reads.lock().unwrap().iter().map(|r| r.1 - r.0).sum();
+    assert_eq!(
+        total, scanned,
+        "reads of scanned data went to the stream again"
+    );
+    // A range never scanned still reads from the stream.
+    let mut buf = vec![0u8; 4096];
+    let fresh = RawImage::new(Box::new(Shared(head.clone())), Vec::new());
+    fresh.read(Point::Head, 100_000, &mut buf).unwrap();
+    assert_eq!(buf, vec![5u8; 4096]);
+    assert!(head.reads.lock().unwrap().len() > 4);
+}
