@@ -292,7 +292,7 @@ fn qemu_io_writes_through_nbd_while_execute_runs() {
         .spawn()
         .unwrap();
     let mut want = raw_contents(64 * MIB, &writes);
-    for (i, off) in [60 * MIB, 1 * MIB + 512, 41 * MIB, 20 * MIB - 4096]
+    for (i, off) in [60 * MIB, MIB + 512, 41 * MIB, 20 * MIB - 4096]
         .iter()
         .enumerate()
     {

@@ -720,10 +720,21 @@ fn export_raw_file(image: &Image, file: &File, pc: &mut Progress) -> CmdResult {
 
 /// Writes `data` at `off` of `file`, leaving 4 KiB blocks of zeros as holes.
 pub(crate) fn write_file_sparse(file: &File, off: u64, data: &[u8]) -> std::io::Result<()> {
+    // Runs of non-zero blocks go out as one write: a write per 4 KiB block cost 2-4x the
+    // time of `qemu-img convert` into tmpfs.
+    let mut run: Option<usize> = None;
     for (i, block) in data.chunks(SPARSE as usize).enumerate() {
-        if !is_zero(block) {
-            file.write_all_at(block, off + (i as u64) * SPARSE)?;
+        match (is_zero(block), run) {
+            (false, None) => run = Some(i * SPARSE as usize),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..i * SPARSE as usize], off + start as u64)?;
+                run = None;
+            }
+            _ => {}
         }
+    }
+    if let Some(start) = run {
+        file.write_all_at(&data[start..], off + start as u64)?;
     }
     Ok(())
 }
@@ -889,6 +900,22 @@ fn put_zero(out: &mut dyn Write, off: u64, len: u64) -> CmdResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_writes_keep_bytes_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let file = File::create(&path).unwrap();
+        let mut data = vec![0u8; 64 << 10];
+        data[100..5000].fill(1); // blocks 0-1
+        data[16 << 10..(16 << 10) + 1].fill(2); // block 4
+        data[(60 << 10) + 7..].fill(3); // last block
+        write_file_sparse(&file, 8192, &data).unwrap();
+        file.set_len(8192 + data.len() as u64).unwrap();
+        let got = std::fs::read(&path).unwrap();
+        assert!(got[..8192].iter().all(|&b| b == 0));
+        assert!(got[8192..] == data[..]);
+    }
 
     #[test]
     fn header_roundtrip_and_corruption() {

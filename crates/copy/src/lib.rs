@@ -431,17 +431,28 @@ fn copy_locked(
                 }
                 let mut buf = vec![0u8; dlen as usize];
                 source.read(p.source, doff, &mut buf)?;
-                for e in h
+                let mapped: Vec<_> = h
                     .layout
                     .map_extent(doff, dlen)
                     .into_iter()
                     .filter(|e| e.object_no == object_no)
-                {
+                    .collect();
+                wrote |= !mapped.is_empty();
+                // Unstriped (the usual case): the buffer is the write, moved rather than copied.
+                if let [e] = mapped.as_slice() {
+                    if e.buf_offset == 0 && e.len == dlen {
+                        op = op.push(rbdm_store::Op::Write {
+                            offset: e.offset,
+                            data: buf,
+                        });
+                        continue;
+                    }
+                }
+                for e in mapped {
                     op = op.write(
                         e.offset,
                         &buf[e.buf_offset as usize..(e.buf_offset + e.len) as usize],
                     );
-                    wrote = true;
                 }
             }
             if exists {

@@ -58,7 +58,7 @@ impl Layout {
         {
             return Err(LayoutError::ObjectSize(object_size));
         }
-        if stripe_unit < 512 || object_size % stripe_unit != 0 {
+        if stripe_unit < 512 || !object_size.is_multiple_of(stripe_unit) {
             return Err(LayoutError::StripeUnit {
                 stripe_unit,
                 object_size,
