@@ -207,8 +207,9 @@ pub fn copy_object(
     if !for_write && owned.as_ref().is_some_and(|o| o.iter().all(|&b| !b)) {
         return Ok(());
     }
-    // Reading to find zeros is reading: it counts against the bandwidth limit, and the data
-    // found is then read from what the scan kept (not counted twice).
+    // Reading to find zeros is reading: it counts against the bandwidth limit. The data found
+    // is then mostly read from what the scan kept, but counted again (a source cannot say
+    // which reads it served from memory), so the limit is never exceeded.
     let scan: u64 = extents.iter().map(|&(o, l)| source.scan_cost(o, l)).sum();
     if scan > 0 {
         stats.reserve(scan);
@@ -326,23 +327,20 @@ fn note_empty(image: &Image, object_no: u64) -> Result<()> {
         })
 }
 
-/// The objects earlier runs found empty by reading (see [`EMPTY_SET`]).
-fn known_empty(image: &Image) -> Result<BTreeSet<u64>> {
-    let loc = image.side_loc(EMPTY_SET);
-    let keys = match image.store().omap_get(&loc, "", "", usize::MAX) {
-        Ok(k) => k,
-        Err(StoreError::NotFound(_)) => return Ok(BTreeSet::new()),
-        Err(e) => {
-            return Err(CopyError::Store {
-                object: 0,
-                source: e,
-            })
-        }
-    };
-    Ok(keys
-        .iter()
-        .filter_map(|(k, _)| u64::from_str_radix(k, 16).ok())
-        .collect())
+/// True when an earlier run read object `object_no` from the source and found it empty.
+fn known_empty(image: &Image, object_no: u64) -> Result<bool> {
+    let key = format!("{object_no:016x}");
+    match image
+        .store()
+        .omap_get_keys(&image.side_loc(EMPTY_SET), &[key.as_str()])
+    {
+        Ok(found) => Ok(!found.is_empty()),
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(CopyError::Store {
+            object: object_no,
+            source: e,
+        }),
+    }
 }
 
 /// Drops what runs recorded beside the destination (at commit or abort).
@@ -360,13 +358,14 @@ pub fn forget_progress(image: &Image) -> Result<()> {
     }
 }
 
-/// True when an earlier copy finished object `object_no` (its done marker is set).
+/// True when an earlier copy finished object `object_no`: its done marker is set, or it was
+/// read and found empty.
 fn already_done(image: &Image, object_no: u64) -> Result<bool> {
     let h = image.header()?;
     let loc = image.data_loc(&h, object_no);
     match image.store().get_xattr(&loc, MARKER) {
         Ok(v) => Ok(v == DONE),
-        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(StoreError::NotFound(_)) => known_empty(image, object_no),
         Err(e) => Err(CopyError::Store {
             object: object_no,
             source: e,
@@ -407,7 +406,7 @@ struct ObjectPlan {
     view: SourceView,
     /// Per source point: does the source own data here (see [`owned_points`]).
     owned: Option<Vec<bool>>,
-    /// `list_snaps` read the data (already counted against the bandwidth limit).
+    /// `list_snaps` read the data to find zeros (so an empty result is worth recording).
     scanned: bool,
 }
 
@@ -460,9 +459,7 @@ fn copy_locked(
         let mut wrote = false;
         for (off, len) in changed.iter() {
             for (doff, dlen) in view.data[sp].intersection(off, len) {
-                if !scanned {
-                    stats.reserve(dlen);
-                }
+                stats.reserve(dlen);
                 let mut buf = read_buffer(dlen as usize, h.layout.object_size as usize);
                 source.read(p.source, doff, &mut buf)?;
                 let mapped: Vec<_> = h
@@ -570,10 +567,6 @@ pub fn run(
     let failed: Mutex<Option<CopyError>> = Mutex::new(None);
     let stats = Stats::with_limit(opts.bandwidth_limit);
     let last_checkpoint = Mutex::new(Instant::now());
-    let empty = match opts.resumed {
-        true => known_empty(image)?,
-        false => BTreeSet::new(),
-    };
     std::thread::scope(|scope| {
         for _ in 0..opts.concurrency.max(1) {
             scope.spawn(|| loop {
@@ -587,7 +580,6 @@ pub fn run(
                     return;
                 }
                 let copied = match opts.resumed {
-                    true if empty.contains(&n) => Ok(()),
                     true => already_done(image, n).and_then(|done| match done {
                         true => Ok(()),
                         false => copy_object(image, source, rec, n, false, &stats),

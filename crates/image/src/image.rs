@@ -832,6 +832,12 @@ impl Image {
         Ok(())
     }
 
+    /// Makes durable what every process wrote to the store, not only this handle's writes.
+    pub fn flush_all(&self) -> Result<()> {
+        self.store().flush_all()?;
+        Ok(())
+    }
+
     /// Objects that may hold bytes of `[offset, offset+len)`.
     fn objects_in(
         &self,
@@ -1640,6 +1646,26 @@ impl Image {
 
     /// Rebuilds the head's and every snapshot's object map from the objects themselves (after
     /// other processes wrote objects without keeping the map, as a migration's copy does).
+    /// Removes every object map (head and snapshots), so that until they are rebuilt any
+    /// reader rebuilds them from the objects themselves instead of trusting stale ones.
+    pub fn drop_object_maps(&self) -> Result<()> {
+        let h = self.header()?;
+        let mut slot = lock(&self.map);
+        let points = h.snaps.keys().map(|&id| Some(id)).chain([None]);
+        for snap in points {
+            let op = WriteOp::new().remove();
+            match self
+                .store()
+                .operate(&self.map_loc(snap), &op, &SnapContext::default())
+            {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        *slot = None;
+        Ok(())
+    }
+
     /// Rebuilds every object map from the store (after a migration filled the image): an
     /// object is `Exists` at a point where it changed since the point before and
     /// `ExistsClean` where it did not, so fast-diff `du` and `diff` stay exact per snapshot.

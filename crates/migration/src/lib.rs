@@ -463,8 +463,9 @@ pub fn execute(
     };
     let stop = AtomicBool::new(false);
     rbdm_copy::run(&img, &*source, &rec, &run_opts, &report, &checkpoint, &stop)?;
-    // `executed` lets commit delete the source: the copies must be on disk before it says so.
-    img.flush()?;
+    // `executed` lets commit delete the source: every copy must be on disk before it says so,
+    // also those of an earlier, killed run and clients' copy-ups in other processes.
+    img.flush_all()?;
     let mut done = record_of(&img)?.unwrap_or(rec);
     done.state = MigrationState::Executed;
     done.state_description.clear();
@@ -517,8 +518,12 @@ pub fn commit(rbd: &Rbd, spec: &ImageSpec, force: bool) -> Result<()> {
             rbd.trash_purge_entry(&pspec, &t, &mut |_, _| {})?;
         }
     }
-    img.set_migration_record(None)?;
+    // Before the record goes: a commit cut short here is run again and finds it gone.
     rbdm_copy::forget_progress(&img)?;
+    // Maps were not kept while objects arrived from other processes: none is better than a
+    // stale one if this commit is cut short (readers rebuild an absent map from the objects).
+    img.drop_object_maps()?;
+    img.set_migration_record(None)?;
     img.rebuild_object_maps()?;
     Ok(())
 }

@@ -1506,6 +1506,22 @@ impl ObjectStore for DirStore {
         })
     }
 
+    /// `syncfs` on the store's file system: the data files written by any process (their
+    /// names are not known here), and the database with its WAL.
+    fn flush_all(&self) -> Result<()> {
+        self.flush()?;
+        let root =
+            File::open(&self.root).map_err(io_err(format!("open {}", self.root.display())))?;
+        // SAFETY: syncfs on a descriptor we own; no memory is passed.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&root)) } != 0 {
+            return Err(Error::Io {
+                context: format!("syncfs {}", self.root.display()),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<()> {
         let tokens = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
         let mut dirs = BTreeSet::new();

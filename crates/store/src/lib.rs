@@ -412,6 +412,11 @@ pub trait ObjectStore: Send + Sync {
     /// Makes every completed write durable on stable storage (fsync). Completed writes already
     /// survive the death of the process (SIGKILL) without this; `flush` is for power loss.
     fn flush(&self) -> Result<()>;
+    /// As `flush`, but for the writes of every client, also of other processes and of ones
+    /// that died before flushing (a migration about to let its source go needs all of them).
+    fn flush_all(&self) -> Result<()> {
+        self.flush()
+    }
 }
 
 pub type StoreRef = Arc<dyn ObjectStore>;

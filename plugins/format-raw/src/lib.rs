@@ -104,9 +104,12 @@ impl RawImage {
             None => vec![(offset, end, Side::Absent)],
         };
         let prev = i.checked_sub(1).map(|p| &*self.points[p]);
+        // Each point's data is scanned as the current point once: that is what the copy
+        // reads next. The previous point's bytes (read again here to compare) are not kept.
         let keep = |cur: bool, offset: u64, data: &[u8]| {
-            let point = if cur { i } else { i - 1 };
-            self.scanned.keep(point, offset, data);
+            if cur {
+                self.scanned.keep(i, offset, data);
+            }
         };
         classify(cur, prev, &cur_sides, &prev_sides, &keep)
     }
@@ -192,17 +195,23 @@ impl SourceImage for RawImage {
     }
 
     fn scan_cost(&self, offset: u64, len: u64) -> u64 {
-        self.points
-            .iter()
-            .zip(&self.blind)
-            .filter(|(_, &blind)| blind)
-            .map(|(s, _)| {
-                offset
-                    .saturating_add(len)
-                    .min(s.size())
-                    .saturating_sub(offset)
-            })
-            .sum()
+        let span = |s: &dyn Stream| {
+            offset
+                .saturating_add(len)
+                .min(s.size())
+                .saturating_sub(offset)
+        };
+        let mut cost = 0;
+        for (i, s) in self.points.iter().enumerate() {
+            if self.blind[i] {
+                cost += span(&**s);
+                // Compared with the point before: that one is read again.
+                if i > 0 && self.blind[i - 1] {
+                    cost += span(&*self.points[i - 1]).min(span(&**s));
+                }
+            }
+        }
+        cost
     }
 
     fn describe(&self) -> String {
