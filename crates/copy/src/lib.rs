@@ -68,6 +68,8 @@ pub type Result<T, E = CopyError> = std::result::Result<T, E>;
 /// One point of the destination's history: a snapshot (oldest first), then the head.
 #[derive(Clone, Debug)]
 struct TargetPoint {
+    /// The destination's snapshot at this point; `None` for the head.
+    snap: Option<SnapId>,
     source: Point,
     snapc: SnapContext,
     size: u64,
@@ -86,6 +88,7 @@ fn target_points(h: &Header, rec: &MigrationRecord) -> Vec<TargetPoint> {
             snaps: older.iter().rev().copied().collect(),
         };
         out.push(TargetPoint {
+            snap: Some(s.id),
             source,
             snapc,
             size: s.size,
@@ -93,6 +96,7 @@ fn target_points(h: &Header, rec: &MigrationRecord) -> Vec<TargetPoint> {
         older.push(s.id);
     }
     out.push(TargetPoint {
+        snap: None,
         source: Point::Head,
         snapc: h.snap_context(),
         size: h.size,
@@ -505,7 +509,7 @@ fn copy_locked(
         let hides_parent = !wrote
             && !exists
             && owned_here.unwrap_or(t == 0)
-            && image.parent_has_data(h, object_no)?;
+            && image.parent_has_data_at(h, p.snap, object_no)?;
         if !(wrote || exists || hides_parent || is_head && for_write) {
             continue;
         }

@@ -344,11 +344,26 @@ impl Image {
     /// does not exist yet): a migration keeping the parent link must create such an object
     /// where its source hides the parent's data.
     pub fn parent_has_data(&self, h: &Header, object_no: u64) -> Result<bool> {
-        let Some(link) = &h.parent else {
+        self.parent_has_data_at(h, None, object_no)
+    }
+
+    /// The same at snapshot `snap` (`None`: the head), through that point's parent link and
+    /// overlap, which may differ from the head's (a shrink cuts the overlap).
+    pub fn parent_has_data_at(
+        &self,
+        h: &Header,
+        snap: Option<SnapId>,
+        object_no: u64,
+    ) -> Result<bool> {
+        let (link, size) = match snap.and_then(|id| h.snaps.get(&id)) {
+            Some(s) => (&s.parent, s.size),
+            None => (&h.parent, h.size),
+        };
+        let Some(link) = link else {
             return Ok(false);
         };
         let parent = self.parent_image(link)?;
-        for (off, len) in self.parent_ranges(h, link, object_no) {
+        for (off, len) in self.parent_ranges_at(h, link, size, object_no) {
             if !parent.allocated_extents(off, len)?.is_empty() {
                 return Ok(true);
             }

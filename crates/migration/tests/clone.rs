@@ -82,3 +82,63 @@ fn hidden_parent_data_stays_hidden() {
         "destination objects after a keep-parent migration"
     );
 }
+
+/// A clone that hid part of its parent before a snapshot, then shrank (cutting its parent
+/// overlap) and grew again: the destination's snapshot must still hide that part, though at
+/// the head the parent no longer reaches it.
+#[test]
+fn a_snapshot_keeps_hiding_the_parent_after_a_shrink() {
+    rbdm_plugins::link();
+    rbdm_migration::link();
+    let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
+    let layout = Layout::from_order(16).unwrap();
+    rbd.create(
+        &PoolSpec::new("rbd", ""),
+        "gold",
+        &CreateOptions {
+            layout: Some(layout),
+            ..CreateOptions::with_size(1 << 20)
+        },
+    )
+    .unwrap();
+    let gold = rbd.open(&spec("gold"), false).unwrap();
+    gold.write(0, &vec![7u8; 1 << 20]).unwrap();
+    gold.snap_create("v1").unwrap();
+    gold.snap_protect("v1").unwrap();
+    drop(gold);
+    rbd.clone_image(&spec("gold@v1"), &spec("kid"), &CreateOptions::with_size(0))
+        .unwrap();
+    let kid = rbd.open(&spec("kid"), false).unwrap();
+    kid.discard(64 << 10, 64 << 10).unwrap();
+    kid.snap_create("s1").unwrap();
+    let mut want_s1 = vec![0u8; 1 << 20];
+    kid.read(0, &mut want_s1).unwrap();
+    assert!(want_s1[64 << 10..128 << 10].iter().all(|&b| b == 0));
+    kid.resize(32 << 10, true, &mut |_, _| {}).unwrap();
+    kid.resize(1 << 20, false, &mut |_, _| {}).unwrap();
+    let mut want = vec![0u8; 1 << 20];
+    kid.read(0, &mut want).unwrap();
+    drop(kid);
+    let opts = rbdm_migration::PrepareOptions {
+        create: None,
+        flatten: false,
+    };
+    rbdm_migration::prepare(&rbd, &spec("kid"), &spec("kid2"), &opts).unwrap();
+    let exec = rbdm_migration::ExecuteOptions {
+        concurrency: 1,
+        bandwidth_limit: None,
+    };
+    rbdm_migration::execute(&rbd, &spec("kid2"), &exec, &|_, _| {}).unwrap();
+    rbdm_migration::commit(&rbd, &spec("kid2"), false).unwrap();
+    let mut got = vec![0u8; 1 << 20];
+    rbd.open(&spec("kid2"), true)
+        .unwrap()
+        .read(0, &mut got)
+        .unwrap();
+    assert!(got == want, "head after commit");
+    rbd.open(&spec("kid2@s1"), true)
+        .unwrap()
+        .read(0, &mut got)
+        .unwrap();
+    assert!(got == want_s1, "snapshot s1 after commit");
+}
