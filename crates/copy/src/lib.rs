@@ -8,7 +8,11 @@
 //! holes; ranges that became zero are zeroed (deallocated), never written as zeros. Each
 //! point's write also records how far the object got (an xattr), so a copy cut short by a
 //! crash resumes where it stopped, and a finished object is never copied again: client
-//! writes that landed after it are safe. A per-object store lock keeps the background copy
+//! writes that landed after it are safe. Objects found empty only by reading the source (a
+//! raw stream without hole information) are recorded beside the destination, so a resumed
+//! run does not read them again either. (DESIGN.md says "an object that already exists is
+//! never copied again"; with snapshots an object can exist half-way through its history,
+//! hence the markers.) A per-object store lock keeps the background copy
 //! and a client's copy-up from interleaving. [`run`] copies every object with several
 //! threads, a bandwidth limit and progress.
 //! What it is not: it does not know migration states (that is `rbdm-migration`).
