@@ -170,6 +170,11 @@ fn next_data(file: &File, pos: u64, len: u64) -> (u64, u64) {
     (data as u64, hole)
 }
 
+/// `qemu-img convert -f FROM -O TO SRC DST`.
+fn convert(from: &str, to: &str, src: &str, dst: &str) {
+    sh(&["qemu-img", "convert", "-f", from, "-O", to, src, dst]);
+}
+
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(
@@ -414,16 +419,7 @@ fn qcow_v1_and_qcow2_with_internal_snapshots() {
     // Ceph converts the base's head to qcow v1.
     let q1 = env.path("base.qcow");
     let q1s = q1.to_str().unwrap();
-    sh(&[
-        "qemu-img",
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow",
-        b.files[2].to_str().unwrap(),
-        q1s,
-    ]);
+    convert("raw", "qcow", b.files[2].to_str().unwrap(), q1s);
     let before = std::fs::read(&q1).unwrap();
     migrate(
         env,
@@ -444,16 +440,7 @@ fn qcow_v1_and_qcow2_with_internal_snapshots() {
         }
     }
     let raw = env.path("qcow2-head.raw");
-    sh(&[
-        "qemu-img",
-        "convert",
-        "-f",
-        "qcow2",
-        "-O",
-        "raw",
-        q2s,
-        raw.to_str().unwrap(),
-    ]);
+    convert("qcow2", "raw", q2s, raw.to_str().unwrap());
     let intact = || file_matches(&raw, &b.head).unwrap();
     intact();
     migrate(
@@ -467,16 +454,7 @@ fn qcow_v1_and_qcow2_with_internal_snapshots() {
         ],
         Some(&|| {
             sh(&["qemu-img", "check", "-q", q2s]);
-            sh(&[
-                "qemu-img",
-                "convert",
-                "-f",
-                "qcow2",
-                "-O",
-                "raw",
-                q2s,
-                raw.to_str().unwrap(),
-            ]);
+            convert("qcow2", "raw", q2s, raw.to_str().unwrap());
             intact();
         }),
     );

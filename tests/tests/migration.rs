@@ -16,6 +16,18 @@ fn raw_file_spec(path: &std::path::Path) -> String {
     )
 }
 
+/// `rbdm migration prepare --import-only --source-spec SPEC DST`, which must succeed.
+fn prepare_import(env: &Env, spec: &str, dst: &str) {
+    env.ok(&[
+        "migration",
+        "prepare",
+        "--import-only",
+        "--source-spec",
+        spec,
+        dst,
+    ]);
+}
+
 fn export(env: &Env, spec: &str, name: &str) -> std::path::PathBuf {
     let p = env.path(name);
     let _ = std::fs::remove_file(&p);
@@ -188,14 +200,7 @@ fn import_only_from_raw_and_qcow2_keeps_holes_and_snapshots() {
     after[2 * MIB as usize..4 * MIB as usize].fill(0x43);
 
     let spec = raw_file_spec(&raw);
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec",
-        &spec,
-        "fromraw",
-    ]);
+    prepare_import(&env, &spec, "fromraw");
     check_image(&env, "fromraw", &raw_contents(64 * MIB, &writes), "raw-pre");
     env.ok(&["migration", "execute", "fromraw"]);
     env.ok(&["migration", "commit", "fromraw"]);
@@ -269,14 +274,7 @@ fn qemu_io_writes_through_nbd_while_execute_runs() {
     let writes = [(0, 24 * MIB, 0x51), (40 * MIB, 8 * MIB, 0x52)];
     make_raw(&raw, 64 * MIB, &writes);
     let spec = raw_file_spec(&raw);
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec",
-        &spec,
-        "live",
-    ]);
+    prepare_import(&env, &spec, "live");
     let (_server, uri) = env.nbd_export("live");
     // Slow enough that the client's writes land both before and after the copy passes them.
     let mut exec = env
@@ -321,14 +319,7 @@ fn execute_survives_sigkill_and_resumes() {
     let writes = [(0, 40 * MIB, 0x71), (50 * MIB, 10 * MIB, 0x72)];
     make_raw(&raw, 64 * MIB, &writes);
     let spec = raw_file_spec(&raw);
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec",
-        &spec,
-        "k",
-    ]);
+    prepare_import(&env, &spec, "k");
     for round in 0..3 {
         let mut c = env
             .command(&["migration", "execute", "--bandwidth-limit", "8M", "k"])
@@ -364,14 +355,7 @@ fn a_failing_source_fails_execute_and_abort_cleans_up() {
         r#"{{"type":"qcow","stream":{{"type":"file","file_path":"{}"}}}}"#,
         qcow.display()
     );
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec",
-        &spec,
-        "t",
-    ]);
+    prepare_import(&env, &spec, "t");
     // Cut the file after prepare: the data clusters at the end are gone.
     let f = std::fs::OpenOptions::new().write(true).open(&qcow).unwrap();
     f.set_len(8 * MIB).unwrap();
@@ -477,14 +461,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
             .code(),
         Some(22)
     );
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec",
-        &good,
-        "m",
-    ]);
+    prepare_import(&env, &good, "m");
     assert_eq!(
         env.fails(&["migration", "commit", "m"]).status.code(),
         Some(22),
@@ -561,14 +538,7 @@ fn remote_disks(env: &Env) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) 
 }
 
 fn import(env: &Env, spec: &str, name: &str, want: &[u8]) {
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec",
-        spec,
-        name,
-    ]);
+    prepare_import(env, spec, name);
     env.ok(&["migration", "execute", name]);
     env.ok(&["migration", "commit", name]);
     check_image(env, name, want, name);

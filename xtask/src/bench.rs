@@ -65,6 +65,23 @@ fn image(rbdm: &Path) -> Result<()> {
         c
     };
     util::output(&mut rb(&["create", "--size", "1G", "bench"]))?;
+    // `rbdm bench` of the whole image, one thread, 4 MiB sequential I/Os.
+    let seq_bench = |io_type: &str| {
+        rb(&[
+            "bench",
+            "--io-type",
+            io_type,
+            "--io-size",
+            "4M",
+            "--io-threads",
+            "1",
+            "--io-total",
+            "1G",
+            "--io-pattern",
+            "seq",
+            "bench",
+        ])
+    };
 
     let dd_write = util::timed(Command::new("dd").args([
         "if=/dev/zero",
@@ -73,39 +90,13 @@ fn image(rbdm: &Path) -> Result<()> {
         "count=256",
         "conv=fdatasync",
     ]))?;
-    let rb_write = util::timed(&mut rb(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "4M",
-        "--io-threads",
-        "1",
-        "--io-total",
-        "1G",
-        "--io-pattern",
-        "seq",
-        "bench",
-    ]))?;
+    let rb_write = util::timed(&mut seq_bench("write"))?;
     let dd_read = util::timed(Command::new("dd").args([
         &format!("if={}", plain.display()),
         "of=/dev/null",
         "bs=4M",
     ]))?;
-    let rb_read = util::timed(&mut rb(&[
-        "bench",
-        "--io-type",
-        "read",
-        "--io-size",
-        "4M",
-        "--io-threads",
-        "1",
-        "--io-total",
-        "1G",
-        "--io-pattern",
-        "seq",
-        "bench",
-    ]))?;
+    let rb_read = util::timed(&mut seq_bench("read"))?;
     println!("\nbench image: 1 GiB sequential, 4 MiB I/Os, same disk, same run (target: within 1.5x of dd)");
     row("write", rb_write, dd_write);
     row("read", rb_read, dd_read);

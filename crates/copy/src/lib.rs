@@ -368,9 +368,8 @@ pub fn forget_progress(image: &Image) -> Result<()> {
 
 /// True when an earlier copy finished object `object_no`: its done marker is set, or it was
 /// read and found empty.
-fn already_done(image: &Image, object_no: u64) -> Result<bool> {
-    let h = image.header()?;
-    let loc = image.data_loc(&h, object_no);
+fn already_done(image: &Image, h: &Header, object_no: u64) -> Result<bool> {
+    let loc = image.data_loc(h, object_no);
     match image.store().get_xattr(&loc, MARKER) {
         Ok(v) => Ok(v == DONE),
         Err(StoreError::NotFound(_)) => known_empty(image, object_no),
@@ -588,7 +587,7 @@ pub fn run(
                     return;
                 }
                 let copied = match opts.resumed {
-                    true => already_done(image, n).and_then(|done| match done {
+                    true => already_done(image, &h, n).and_then(|done| match done {
                         true => Ok(()),
                         false => copy_object(image, source, rec, n, false, &stats),
                     }),

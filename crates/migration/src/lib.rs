@@ -484,12 +484,7 @@ pub fn commit(rbd: &Rbd, spec: &ImageSpec, force: bool) -> Result<()> {
         )));
     }
     if let (false, Some(peer)) = (rec.import_only, &rec.peer) {
-        let pool = rbd
-            .store()
-            .pool_name(peer.pool_id)
-            .map_err(rbdm_image::Error::from)?;
-        let pspec = PoolSpec::new(&pool, &peer.namespace);
-        let src = rbd.open_by_id(&pspec, &peer.id, None, false)?;
+        let (pspec, src) = open_peer(rbd, peer)?;
         let children = src.children()?;
         if !children.is_empty() && !force {
             return Err(Error::Busy(format!(
@@ -528,6 +523,18 @@ pub fn commit(rbd: &Rbd, spec: &ImageSpec, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// The source of a same-store migration, writable (it sits in the trash under its id), with
+/// the pool spec it lives in.
+fn open_peer(rbd: &Rbd, peer: &PeerImage) -> Result<(PoolSpec, Image)> {
+    let pool = rbd
+        .store()
+        .pool_name(peer.pool_id)
+        .map_err(rbdm_image::Error::from)?;
+    let pspec = PoolSpec::new(&pool, &peer.namespace);
+    let src = rbd.open_by_id(&pspec, &peer.id, None, false)?;
+    Ok((pspec, src))
+}
+
 /// `migration abort`: from any state before commit. Same-store: what clients wrote to the
 /// destination goes back into the source first, then the source is restored.
 pub fn abort(rbd: &Rbd, spec: &ImageSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
@@ -536,12 +543,7 @@ pub fn abort(rbd: &Rbd, spec: &ImageSpec, progress: &mut dyn FnMut(u64, u64)) ->
     img.set_migration_record(Some(&rec))?;
     let mut restore = None;
     if let (false, Some(peer)) = (rec.import_only, &rec.peer) {
-        let pool = rbd
-            .store()
-            .pool_name(peer.pool_id)
-            .map_err(rbdm_image::Error::from)?;
-        let pspec = PoolSpec::new(&pool, &peer.namespace);
-        let src = rbd.open_by_id(&pspec, &peer.id, None, false)?;
+        let (pspec, src) = open_peer(rbd, peer)?;
         src.set_migration_record(None)?;
         write_back(&img, &src, progress)?;
         restore = Some((pspec, peer.id.clone()));

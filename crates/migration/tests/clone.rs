@@ -7,15 +7,15 @@ fn spec(s: &str) -> ImageSpec {
     ImageSpec::parse(s, "rbd").unwrap()
 }
 
-#[test]
-fn hidden_parent_data_stays_hidden() {
+/// A store holding `gold` (1 MiB of 7s in 64 KiB objects, protected snapshot `v1`) and
+/// `kid`, a clone of `gold@v1`.
+fn gold_and_kid() -> Rbd {
     rbdm_plugins::link();
     rbdm_migration::link();
     let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
-    let pool = PoolSpec::new("rbd", "");
     let layout = Layout::from_order(16).unwrap();
     rbd.create(
-        &pool,
+        &PoolSpec::new("rbd", ""),
         "gold",
         &CreateOptions {
             layout: Some(layout),
@@ -30,6 +30,12 @@ fn hidden_parent_data_stays_hidden() {
     drop(gold);
     rbd.clone_image(&spec("gold@v1"), &spec("kid"), &CreateOptions::with_size(0))
         .unwrap();
+    rbd
+}
+
+#[test]
+fn hidden_parent_data_stays_hidden() {
+    let rbd = gold_and_kid();
     let kid = rbd.open(&spec("kid"), false).unwrap();
     kid.discard(64 << 10, 128 << 10).unwrap();
     // A snapshot before the last copy-up: at that point object 8 still reads the parent.
@@ -88,26 +94,7 @@ fn hidden_parent_data_stays_hidden() {
 /// the head the parent no longer reaches it.
 #[test]
 fn a_snapshot_keeps_hiding_the_parent_after_a_shrink() {
-    rbdm_plugins::link();
-    rbdm_migration::link();
-    let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
-    let layout = Layout::from_order(16).unwrap();
-    rbd.create(
-        &PoolSpec::new("rbd", ""),
-        "gold",
-        &CreateOptions {
-            layout: Some(layout),
-            ..CreateOptions::with_size(1 << 20)
-        },
-    )
-    .unwrap();
-    let gold = rbd.open(&spec("gold"), false).unwrap();
-    gold.write(0, &vec![7u8; 1 << 20]).unwrap();
-    gold.snap_create("v1").unwrap();
-    gold.snap_protect("v1").unwrap();
-    drop(gold);
-    rbd.clone_image(&spec("gold@v1"), &spec("kid"), &CreateOptions::with_size(0))
-        .unwrap();
+    let rbd = gold_and_kid();
     let kid = rbd.open(&spec("kid"), false).unwrap();
     kid.discard(64 << 10, 64 << 10).unwrap();
     kid.snap_create("s1").unwrap();

@@ -267,6 +267,17 @@ pub fn decode_steps(mut bytes: &[u8]) -> Result<Vec<OwnedStep>> {
 mod tests {
     use super::*;
 
+    /// A new, empty read-write file in `dir`.
+    fn scratch_file(dir: &tempfile::TempDir, name: &str) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join(name))
+            .expect("open")
+    }
+
     #[test]
     fn steps_round_trip_and_reject_garbage() {
         let steps = [
@@ -291,25 +302,13 @@ mod tests {
     #[test]
     fn holes_stay_holes_through_copy_and_punch() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let src = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("a"))
-            .expect("open");
+        let src = scratch_file(&dir, "a");
         src.write_all_at(&[1; 4096], 0).expect("write");
         src.write_all_at(&[2; 4096], 1 << 20).expect("write");
         src.set_len(2 << 20).expect("len");
         let ext = data_extents(&src, 0, 2 << 20).expect("extents");
         assert_eq!(ext, vec![(0, 4096), (1 << 20, 4096)]);
-        let dst = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("b"))
-            .expect("open");
+        let dst = scratch_file(&dir, "b");
         copy_sparse(&src, &dst, 2 << 20).expect("copy");
         assert_eq!(data_extents(&dst, 0, 2 << 20).expect("extents"), ext);
         assert_eq!(
@@ -327,13 +326,7 @@ mod tests {
     #[test]
     fn read_into_clips_and_zero_fills_past_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("a"))
-            .expect("open");
+        let f = scratch_file(&dir, "a");
         f.write_all_at(&[7; 10], 0).expect("write");
         // The version is 16 bytes but its file only 10: the last 6 read as zeros.
         let mut buf = [0xee; 20];
@@ -357,13 +350,7 @@ mod tests {
     #[test]
     fn replaying_steps_is_idempotent() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("a"))
-            .expect("open");
+        let f = scratch_file(&dir, "a");
         f.write_all_at(&[9; 100], 0).expect("write");
         let steps = [
             DataStep::Truncate(10),
