@@ -46,10 +46,7 @@ fn make_and_check(dir: &Path, name: &str, size: u64, cluster: u64, opts: &str) -
     let raw = format!("{name}.base");
     base_raw(dir, &raw, size, cluster)?;
     let o = format!("cluster_size={cluster},{opts}");
-    qemu_img(
-        dir,
-        &["convert", "-f", "raw", "-O", "qcow2", "-o", &o, &raw, name],
-    )?;
+    convert_raw(dir, "qcow2", &["-o", &o], &raw, name)?;
     scribble(dir, "qcow2", name, size, cluster)?;
     check_image(dir, name, "qcow2")?;
     Ok(())
@@ -124,10 +121,7 @@ fn qcow_v1() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     base_raw(d, "v1.base", 8 * M, 4 * K)?;
-    qemu_img(
-        d,
-        &["convert", "-f", "raw", "-O", "qcow", "v1.base", "v1.qcow"],
-    )?;
+    convert_raw(d, "qcow", &[], "v1.base", "v1.qcow")?;
     pattern_file(&d.join("pat"), 256 * K as usize, 11)?;
     qemu_io(
         d,
@@ -158,10 +152,7 @@ fn qcow_v1() -> Result<()> {
     check_image(d, "v1c.qcow", "qcow")?;
     // Odd size and a v1 overlay over a v1 backing.
     base_raw(d, "odd.base", 1_000_001, 4 * K)?;
-    qemu_img(
-        d,
-        &["convert", "-f", "raw", "-O", "qcow", "odd.base", "odd.qcow"],
-    )?;
+    convert_raw(d, "qcow", &[], "odd.base", "odd.qcow")?;
     check_image(d, "odd.qcow", "qcow")?;
     qemu_img(
         d,
@@ -259,10 +250,7 @@ fn extended_l2_subclusters() -> Result<()> {
     ensure!(img.extended_l2());
     // An overlay whose partial subcluster writes leave the rest to the backing file.
     base_raw(d, "b.base", 8 * M, 64 * K)?;
-    qemu_img(
-        d,
-        &["convert", "-f", "raw", "-O", "qcow2", "b.base", "b.qcow2"],
-    )?;
+    convert_raw(d, "qcow2", &[], "b.base", "b.qcow2")?;
     qemu_img(
         d,
         &[
@@ -300,18 +288,7 @@ fn backing_chain() -> Result<()> {
     let d = dir.path();
     pattern_file(&d.join("pat"), 256 * K as usize, 9)?;
     base_raw(d, "base.raw", 6 * M, 64 * K)?;
-    qemu_img(
-        d,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "base.raw",
-            "base.qcow2",
-        ],
-    )?;
+    convert_raw(d, "qcow2", &[], "base.raw", "base.qcow2")?;
     qemu_img(
         d,
         &[
@@ -410,10 +387,7 @@ fn internal_snapshots_v3() -> Result<()> {
     let d = dir.path();
     pattern_file(&d.join("pat"), 256 * K as usize, 21)?;
     base_raw(d, "s.base", 8 * M, 64 * K)?;
-    qemu_img(
-        d,
-        &["convert", "-f", "raw", "-O", "qcow2", "s.base", "s.qcow2"],
-    )?;
+    convert_raw(d, "qcow2", &[], "s.base", "s.qcow2")?;
     qemu_img(d, &["snapshot", "-c", "first", "s.qcow2"])?;
     qemu_io(
         d,
@@ -468,19 +442,12 @@ fn internal_snapshots_v2_small_clusters() -> Result<()> {
     let d = dir.path();
     pattern_file(&d.join("pat"), 256 * K as usize, 23)?;
     base_raw(d, "s2.base", 4 * M, 4 * K)?;
-    qemu_img(
+    convert_raw(
         d,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "-o",
-            "compat=0.10,cluster_size=4k",
-            "s2.base",
-            "s2.qcow2",
-        ],
+        "qcow2",
+        &["-o", "compat=0.10,cluster_size=4k"],
+        "s2.base",
+        "s2.qcow2",
     )?;
     qemu_img(d, &["snapshot", "-c", "a", "s2.qcow2"])?;
     qemu_io(
@@ -494,10 +461,7 @@ fn internal_snapshots_v2_small_clusters() -> Result<()> {
     check_image(d, "s2.qcow2", "qcow2")?;
     // Snapshots over a backing file: unallocated clusters read the backing head at every point.
     base_raw(d, "bb.base", 4 * M, 64 * K)?;
-    qemu_img(
-        d,
-        &["convert", "-f", "raw", "-O", "qcow2", "bb.base", "bb.qcow2"],
-    )?;
+    convert_raw(d, "qcow2", &[], "bb.base", "bb.qcow2")?;
     qemu_img(
         d,
         &[
@@ -527,12 +491,7 @@ fn odd_size() -> Result<()> {
         ("odd512.qcow2", "cluster_size=512"),
         ("odd2m.qcow2", "cluster_size=2M"),
     ] {
-        qemu_img(
-            d,
-            &[
-                "convert", "-f", "raw", "-O", "qcow2", "-o", opts, "odd.base", name,
-            ],
-        )?;
+        convert_raw(d, "qcow2", &["-o", opts], "odd.base", name)?;
         qemu_io(d, "qcow2", name, &["write -P 0x42 999000 1001"])?;
         let img = check_image(d, name, "qcow2")?;
         // QEMU rounds sizes up to 512 bytes.
@@ -563,33 +522,19 @@ fn reads_are_coalesced_and_bounded() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     random_raw(&d.join("dense.raw"), 8 * M, &[(0, 8 * M)], 1)?;
-    qemu_img(
+    convert_raw(
         d,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "-o",
-            "cluster_size=64k",
-            "dense.raw",
-            "dense.qcow2",
-        ],
+        "qcow2",
+        &["-o", "cluster_size=64k"],
+        "dense.raw",
+        "dense.qcow2",
     )?;
-    qemu_img(
+    convert_raw(
         d,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "-o",
-            "cluster_size=2M",
-            "dense.raw",
-            "big.qcow2",
-        ],
+        "qcow2",
+        &["-o", "cluster_size=2M"],
+        "dense.raw",
+        "big.qcow2",
     )?;
 
     let stream = FileStream::open(&d.join("dense.qcow2"))?;

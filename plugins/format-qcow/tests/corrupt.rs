@@ -51,6 +51,16 @@ fn check_words(name: &str, msg: &str, words: &[&str]) -> Result<()> {
 }
 
 /// A v3 image with data, a zero cluster, a snapshot and a compressed cluster.
+/// Fails if anything allocated `MAX_ALLOCATION` bytes or more so far.
+fn no_large_allocation() -> Result<()> {
+    ensure!(
+        alloc::largest() < MAX_ALLOCATION,
+        "an allocation of {} bytes",
+        alloc::largest()
+    );
+    Ok(())
+}
+
 fn sample(dir: &Path) -> Result<Vec<u8>> {
     pattern_file(&dir.join("pat"), 256 * K as usize, 13)?;
     qemu_img(
@@ -236,11 +246,7 @@ fn header_fields_out_of_range() -> Result<()> {
         }
         other => bail!("version 4: {:?}", other.map(|_| ())),
     }
-    ensure!(
-        alloc::largest() < MAX_ALLOCATION,
-        "an allocation of {} bytes",
-        alloc::largest()
-    );
+    no_large_allocation()?;
     Ok(())
 }
 
@@ -350,11 +356,7 @@ fn truncated_body_never_wrong() -> Result<()> {
         opened > 10 && errors > 10,
         "too few cuts exercised the read path: {opened} opened, {errors} errors"
     );
-    ensure!(
-        alloc::largest() < MAX_ALLOCATION,
-        "an allocation of {} bytes",
-        alloc::largest()
-    );
+    no_large_allocation()?;
     Ok(())
 }
 
@@ -455,11 +457,7 @@ fn tables_pointing_outside() -> Result<()> {
         &e.to_string(),
         &["compressed cluster for guest offset 65536", "deflate"],
     )?;
-    ensure!(
-        alloc::largest() < MAX_ALLOCATION,
-        "an allocation of {} bytes",
-        alloc::largest()
-    );
+    no_large_allocation()?;
     Ok(())
 }
 
@@ -540,11 +538,7 @@ fn random_metadata_damage() -> Result<()> {
         opened > 100,
         "only {opened} damaged images opened: the damage is too coarse to test reads"
     );
-    ensure!(
-        alloc::largest() < MAX_ALLOCATION,
-        "an allocation of {} bytes",
-        alloc::largest()
-    );
+    no_large_allocation()?;
     Ok(())
 }
 

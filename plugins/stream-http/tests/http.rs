@@ -477,6 +477,21 @@ struct Fault {
 }
 
 impl Fault {
+    /// Answers the size probe that opening makes (ETag `"v1"`), then `then()` for every
+    /// later request.
+    fn after_open(data: Vec<u8>, then: impl Fn() -> Act + Send + Sync + 'static) -> Fault {
+        Fault::start(
+            data,
+            Box::new(move |r: &Req| {
+                if r.n == 0 {
+                    Act::Serve("\"v1\"")
+                } else {
+                    then()
+                }
+            }),
+        )
+    }
+
     fn start(data: Vec<u8>, script: Box<Script>) -> Fault {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -694,16 +709,7 @@ fn fault_503_then_success_is_retried() {
 
 #[test]
 fn fault_persistent_503_gives_up_after_five_tries() {
-    let f = Fault::start(
-        vec![1; 100],
-        Box::new(|r: &Req| {
-            if r.n == 0 {
-                Act::Serve("\"v1\"")
-            } else {
-                Act::Status(503)
-            }
-        }),
-    );
+    let f = Fault::after_open(vec![1; 100], || Act::Status(503));
     let s = HttpStream::open(f.url(), quick()).unwrap();
     let e = s.read_at(0, &mut [0u8; 10]).unwrap_err();
     assert!(
@@ -720,16 +726,7 @@ fn fault_server_ignoring_range_is_refused() {
     assert!(e.to_string().contains("server ignores Range"), "{e}");
     assert_eq!(f.seen().len(), 1, "not retried");
     // The same when it starts ignoring ranges after open.
-    let f = Fault::start(
-        vec![9; 5000],
-        Box::new(|r: &Req| {
-            if r.n == 0 {
-                Act::Serve("\"v1\"")
-            } else {
-                Act::IgnoreRange
-            }
-        }),
-    );
+    let f = Fault::after_open(vec![9; 5000], || Act::IgnoreRange);
     let s = HttpStream::open(f.url(), quick()).unwrap();
     let e = s.read_at(10, &mut [0u8; 10]).unwrap_err();
     assert!(e.to_string().contains("server ignores Range"), "{e}");
@@ -779,16 +776,7 @@ fn fault_size_change_and_wrong_range_are_errors() {
         "{e}"
     );
 
-    let f = Fault::start(
-        data.clone(),
-        Box::new(|r: &Req| {
-            if r.n == 0 {
-                Act::Serve("\"v1\"")
-            } else {
-                Act::WrongRange
-            }
-        }),
-    );
+    let f = Fault::after_open(data.clone(), || Act::WrongRange);
     let s = HttpStream::open(f.url(), quick()).unwrap();
     let e = s.read_at(100, &mut [0u8; 100]).unwrap_err();
     assert!(
@@ -796,16 +784,7 @@ fn fault_size_change_and_wrong_range_are_errors() {
         "{e}"
     );
 
-    let f = Fault::start(
-        data.clone(),
-        Box::new(|r: &Req| {
-            if r.n == 0 {
-                Act::Serve("\"v1\"")
-            } else {
-                Act::Status(416)
-            }
-        }),
-    );
+    let f = Fault::after_open(data.clone(), || Act::Status(416));
     let s = HttpStream::open(f.url(), quick()).unwrap();
     let e = s.read_at(100, &mut [0u8; 100]).unwrap_err();
     assert!(matches!(e, SourceError::Changed(_)), "{e}");
@@ -823,16 +802,7 @@ fn fault_statuses_map_to_errors() {
 
 #[test]
 fn fault_stall_times_out() {
-    let f = Fault::start(
-        vec![0; 10],
-        Box::new(|r: &Req| {
-            if r.n == 0 {
-                Act::Serve("\"v1\"")
-            } else {
-                Act::Stall
-            }
-        }),
-    );
+    let f = Fault::after_open(vec![0; 10], || Act::Stall);
     let settings = Settings {
         recv_timeout: Duration::from_millis(300),
         attempts: 2,

@@ -122,6 +122,21 @@ pub fn qemu_img(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     run("qemu-img", args, dir)
 }
 
+/// `qemu-img convert -f raw -O FORMAT OPTS... SRC DST` in `dir`.
+pub fn convert_raw(
+    dir: &Path,
+    format: &str,
+    opts: &[&str],
+    src: &str,
+    dst: &str,
+) -> anyhow::Result<()> {
+    let mut args = vec!["convert", "-f", "raw", "-O", format];
+    args.extend_from_slice(opts);
+    args.extend([src, dst]);
+    qemu_img(dir, &args)?;
+    Ok(())
+}
+
 /// `qemu-io -f FMT -c CMD... IMG` in `dir`.
 pub fn qemu_io(dir: &Path, fmt: &str, img: &str, cmds: &[&str]) -> anyhow::Result<()> {
     let mut args = vec!["-f", fmt];
