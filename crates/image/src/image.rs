@@ -131,7 +131,7 @@ impl Image {
     pub fn store(&self) -> &rbdm_store::StoreRef {
         self.rbd.store()
     }
-    fn header_loc(&self) -> Locator {
+    pub(crate) fn header_loc(&self) -> Locator {
         Locator::new(
             self.pool_id,
             &self.spec.namespace,
