@@ -8,6 +8,7 @@
 mod args;
 mod cmds;
 mod doc;
+mod listing;
 mod lock;
 mod migration;
 mod nbd;
@@ -44,8 +45,8 @@ fn store_uri(cli: &Cli) -> String {
 fn run(ctx: &Ctx, cmd: &Cmd) -> CmdResult {
     match cmd {
         Cmd::Create(a) => cmds::create(ctx, a),
-        Cmd::Ls(a) => cmds::ls(ctx, a),
-        Cmd::Info(a) => cmds::info(ctx, a),
+        Cmd::Ls(a) => listing::ls(ctx, a),
+        Cmd::Info(a) => listing::info(ctx, a),
         Cmd::Rm(a) => cmds::rm(ctx, a),
         Cmd::Resize(a) => cmds::resize(ctx, a),
         Cmd::Rename(a) => cmds::rename(ctx, a),
