@@ -262,6 +262,24 @@ fn advisory_locks_fence_as_rbd_lock() {
         lines[2].starts_with(&format!("{locker}  fence  ")),
         "{plain}"
     );
+    // It fences writers (librbd's wait there forever; rbdm refuses).
+    let write = [
+        "bench",
+        "--io-type",
+        "write",
+        "--io-size",
+        "4K",
+        "--io-total",
+        "4K",
+        "img",
+    ];
+    let out = env.fails(&write);
+    assert_eq!(out.status.code(), Some(16), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("fenced by lock 'fence'"),
+        "{}",
+        stderr(&out)
+    );
     let busy = "lock is already held by someone else";
     fails_with(&env, &["lock", "add", "img", "fence"], 16, busy);
     fails_with(&env, &["lock", "add", "img", "other"], 16, busy);
@@ -297,6 +315,7 @@ fn advisory_locks_fence_as_rbd_lock() {
     assert!(stderr(&out).starts_with("rbdm: releasing lock failed: (2) No such file"));
     env.ok(&["lock", "rm", "img", "fence", &locker]);
     assert_eq!(env.ok(&["lock", "ls", "img"]), "");
+    env.ok(&write);
     assert_eq!(env.json(&["lock", "ls", "img"]), serde_json::json!([]));
     fails_with(
         &env,

@@ -96,6 +96,22 @@ impl Image {
         Ok(out)
     }
 
+    /// Refuses the managed exclusive lock while an advisory lock is held: librbd does not
+    /// take its lock over one it did not make (its writers wait there for good; we refuse,
+    /// `Busy`, naming the lock to remove). A race with a concurrent `lock_add` is not closed.
+    pub(crate) fn check_not_fenced(&self) -> Result<()> {
+        let (_, locks) = self.advisory_locks()?;
+        match locks.first() {
+            None => Ok(()),
+            Some(l) => Err(Error::Busy(format!(
+                "image '{}' is fenced by lock '{}' of {} (lock rm releases it)",
+                self.name(),
+                l.id,
+                l.locker()
+            ))),
+        }
+    }
+
     /// The counter's value and the advisory locks.
     fn advisory_locks(&self) -> Result<(Option<Vec<u8>>, Vec<ImageLock>)> {
         let loc = self.header_loc();

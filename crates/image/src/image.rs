@@ -523,6 +523,10 @@ impl Image {
             }
             Err(e) => return Err(e.into()),
         }
+        if let Err(e) = self.check_not_fenced() {
+            let _ = self.store().unlock(&self.header_loc(), LOCK_NAME, &c);
+            return Err(e);
+        }
         *cookie = Some(c);
         // Whoever held the lock before may have changed the object map.
         *lock(&self.map) = None;
