@@ -299,6 +299,12 @@ fn advisory_locks_fence_as_rbd_lock() {
         "lock is already held by someone else with a different tag",
     );
     fails_with(&env, &["lock", "add", "kid", "l4"], 16, busy);
+    fails_with(
+        &env,
+        &["lock", "add", "--shared", "", "kid", "l5"],
+        22,
+        "locking failed: (22) Invalid argument: shared lock tag is empty",
+    );
     let plain = env.ok(&["lock", "ls", "kid"]);
     assert!(
         plain.starts_with("There are 2 shared locks on this image.\nLock tag: tag1\nLocker "),

@@ -303,6 +303,33 @@ mod tests {
         );
     }
 
+    /// Lines of `rbd info kid1 --format xml|json --pretty-format` (Ceph 16.2.15), keeping
+    /// one of each shape: a scalar, a list, an empty list, a nested object.
+    #[test]
+    fn pretty_shapes_as_ceph_prints_them() {
+        let d = obj! {
+            "name" => "kid1",
+            "features" => Doc::list("feature", ["layering", "exclusive-lock"]),
+            "op_features" => Doc::list("op_feature", Vec::<Doc>::new()),
+            "parent" => obj! {"pool" => "rbd", "pool_namespace" => "", "trash" => false},
+        };
+        let ceph_xml = "<image>\n <name>kid1</name>\n <features>\n  <feature>layering</feature>\n  \
+            <feature>exclusive-lock</feature>\n </features>\n <op_features>\n </op_features>\n \
+            <parent>\n  <pool>rbd</pool>\n  <pool_namespace></pool_namespace>\n  <trash>false</trash>\n \
+            </parent>\n</image>\n";
+        assert_eq!(d.to_xml("image", true), ceph_xml);
+        let ceph_json = "{\n    \"name\": \"kid1\",\n    \"features\": [\n        \"layering\",\n        \
+            \"exclusive-lock\"\n    ],\n    \"op_features\": [],\n    \"parent\": {\n        \
+            \"pool\": \"rbd\",\n        \"pool_namespace\": \"\",\n        \"trash\": false\n    }\n}";
+        assert_eq!(d.to_json(true), ceph_json);
+        assert_eq!(
+            d.to_xml("image", false),
+            "<image><name>kid1</name><features><feature>layering</feature><feature>exclusive-lock\
+            </feature></features><op_features></op_features><parent><pool>rbd</pool>\
+            <pool_namespace></pool_namespace><trash>false</trash></parent></image>"
+        );
+    }
+
     #[test]
     fn json_escapes_like_ceph() {
         // As rbd printed metadata value "v<1>&\"x\"/y" and "a\nb\tc\x01d".

@@ -159,6 +159,9 @@ impl Image {
         if id.is_empty() {
             return Err(Error::Invalid("lock id is empty".into()));
         }
+        if shared_tag == Some("") {
+            return Err(Error::Invalid("shared lock tag is empty".into()));
+        }
         loop {
             let (gen, locks) = self.advisory_locks()?;
             let mut all = locks;
