@@ -97,13 +97,14 @@ impl Image {
     }
 
     /// Refuses the managed exclusive lock while an advisory lock is held: librbd does not
-    /// take its lock over one it did not make (its writers wait there for good; we refuse,
-    /// `Busy`, naming the lock to remove). A race with a concurrent `lock_add` is not closed.
+    /// take its lock over one it did not make (its maintenance operations fail with EROFS,
+    /// its writers wait for good; we refuse both, `ReadOnly`, naming the lock to remove).
+    /// A race with a concurrent `lock_add` is not closed.
     pub(crate) fn check_not_fenced(&self) -> Result<()> {
         let (_, locks) = self.advisory_locks()?;
         match locks.first() {
             None => Ok(()),
-            Some(l) => Err(Error::Busy(format!(
+            Some(l) => Err(Error::ReadOnly(format!(
                 "image '{}' is fenced by lock '{}' of {} (lock rm releases it)",
                 self.name(),
                 l.id,
