@@ -183,6 +183,20 @@ fn json_has_rbds_keys_in_rbds_order() {
     let env = populated();
     let info = env.json(&["info", "kid"]);
     assert_eq!(info["parent"]["trash"], Value::Bool(false));
+    // A parent moved to the trash stays the parent; info says where it is, as rbd does.
+    env.ok(&["create", "-s", "4M", "tp"]);
+    env.ok(&["snap", "create", "tp@s"]);
+    env.ok(&["snap", "protect", "tp@s"]);
+    env.ok(&["clone", "tp@s", "tk"]);
+    env.ok(&["trash", "mv", "tp"]);
+    let tk = env.json(&["info", "tk"]);
+    assert_eq!(tk["parent"]["trash"], Value::Bool(true), "{tk}");
+    let id = tk["parent"]["id"].as_str().unwrap();
+    let plain = env.ok(&["info", "tk"]);
+    assert!(
+        plain.contains(&format!("\tparent: rbd/tp@s (trash {id})\n")),
+        "{plain}"
+    );
     let du = env.json(&["du", "img"]);
     let rows = du["images"].as_array().unwrap();
     let snaps = env.json(&["snap", "ls", "img"]);
