@@ -295,6 +295,14 @@ fn advisory_locks_fence_as_rbd_lock() {
         "{}",
         stderr(&out)
     );
+    for change in [
+        &["image-meta", "set", "img", "k3", "v"][..],
+        &["snap", "create", "img@x"],
+        &["rm", "img"],
+    ] {
+        let out = env.fails(change);
+        assert_eq!(out.status.code(), Some(30), "{change:?}: {}", stderr(&out));
+    }
     let busy = "lock is already held by someone else";
     fails_with(&env, &["lock", "add", "img", "fence"], 16, busy);
     fails_with(&env, &["lock", "add", "img", "other"], 16, busy);
