@@ -440,7 +440,17 @@ fn missing_arguments_worded_as_rbd() {
     let env = Env::new();
     env.ok(&["create", "-s", "4M", "img"]);
     env.ok(&["snap", "create", "img@s"]);
-    let cases: [(&[&str], &str); 14] = [
+    let cases: [(&[&str], &str); 18] = [
+        (
+            &["snap", "rename", "img@s"],
+            "destination image name was not specified",
+        ),
+        (&["trash", "rm"], "image id was not specified"),
+        (
+            &["image-meta", "get", "img"],
+            "metadata key was not specified",
+        ),
+        (&["namespace", "create"], "namespace name was not specified"),
         (&["info"], "image name was not specified"),
         (&["rm"], "image name was not specified"),
         (&["snap", "create"], "image name was not specified"),
