@@ -21,7 +21,9 @@
 //! Files a crashed process left unreferenced are swept by the next open.
 
 mod clients;
+mod db;
 mod files;
+mod layout;
 mod stripes;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -30,7 +32,6 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -45,6 +46,8 @@ use crate::{
 pub(crate) use clients::{hostname, now_secs};
 
 const LOCK_STRIPES: u64 = 64;
+/// The cookie of a watch a full disk kept from being written down (real ones start at 1).
+const UNRECORDED_WATCH: u64 = 0;
 /// Data files `flush` holds open at once.
 const FLUSH_BATCH: usize = 256;
 /// A new data file with at least this much written has its writeback started at once.
@@ -64,18 +67,14 @@ fn written(p: &Plan) -> u64 {
 pub struct DirStore {
     root: PathBuf,
     conn: Mutex<Connection>,
-    client: ClientInfo,
+    /// Opened on a full disk that had no room for SQLite's shared-memory file (see `db`).
+    read_only: bool,
+    client: clients::Registration,
     /// Files written since the last `flush`, to fsync then.
     dirty: Mutex<BTreeSet<String>>,
     stripes: Stripes,
     /// Head rows (or their absence), valid while their stripe's generation holds.
     rows: RowCache<Locator, Option<ObjRow>>,
-}
-
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        Error::Db(e.to_string())
-    }
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -91,36 +90,6 @@ fn sql(v: u64) -> i64 {
 fn uns(v: i64) -> u64 {
     v as u64
 }
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pools(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
-    snap_seq INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS removed_snaps(pool INTEGER NOT NULL, snap INTEGER NOT NULL,
-    PRIMARY KEY(pool, snap)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS objects(id INTEGER PRIMARY KEY, pool INTEGER NOT NULL, ns TEXT NOT NULL,
-    name TEXT NOT NULL, seq INTEGER NOT NULL, head INTEGER NOT NULL, token TEXT, size INTEGER NOT NULL,
-    version INTEGER NOT NULL, mtime INTEGER NOT NULL, UNIQUE(pool, ns, name));
-CREATE TABLE IF NOT EXISTS clones(oid INTEGER NOT NULL, clone_id INTEGER NOT NULL, snaps TEXT NOT NULL,
-    size INTEGER NOT NULL, overlap TEXT NOT NULL, token TEXT, version INTEGER NOT NULL,
-    mtime INTEGER NOT NULL, PRIMARY KEY(oid, clone_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS xattrs(oid INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY(oid, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS omap(oid INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY(oid, key)) WITHOUT ROWID;
--- Rows live only between a commit and the file write that follows it, so the table stays
--- tiny and needs no index; ids grow while rows exist, which is all replay order needs.
-CREATE TABLE IF NOT EXISTS journal(id INTEGER PRIMARY KEY, oid INTEGER NOT NULL,
-    token TEXT NOT NULL, size INTEGER NOT NULL, steps BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS clients(id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,
-    pid INTEGER NOT NULL, starttime INTEGER NOT NULL, since INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS locks(pool INTEGER NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL,
-    lock_name TEXT NOT NULL, client INTEGER NOT NULL, cookie TEXT NOT NULL, description TEXT NOT NULL,
-    exclusive INTEGER NOT NULL, PRIMARY KEY(pool, ns, name, lock_name, client, cookie)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS watchers(cookie INTEGER PRIMARY KEY AUTOINCREMENT, pool INTEGER NOT NULL,
-    ns TEXT NOT NULL, name TEXT NOT NULL, client INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS watchers_obj ON watchers(pool, ns, name);
-";
 
 /// The head row of an object (which also carries the snapset's `seq`).
 #[derive(Clone)]
@@ -152,61 +121,57 @@ struct Stored {
 }
 
 impl DirStore {
-    /// Opens (creating if needed) a store at `root`. Safe to call from several processes at
-    /// once; the first open creates pool `rbd`.
+    /// Opens a store at `root`, creating it if the root does not exist or is empty (see
+    /// `layout`). Safe to call from several processes at once; the first open creates pool
+    /// `rbd`. Opening writes nothing to an existing store: the client row is registered
+    /// by the first operation that needs one (see `clients`), so reads work on a full disk.
     pub fn open(root: &Path) -> Result<Self> {
-        create_layout(root)?;
-        let mut conn = Connection::open(root.join("meta.sqlite"))?;
-        conn.busy_timeout(Duration::from_secs(30))?;
-        conn.set_prepared_statement_cache_capacity(64);
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Db(format!("cannot use WAL mode (got {mode})")));
-        }
-        // Every checkpoint fsyncs the WAL and the database. At the default 1000 pages, a
-        // stream of 1 MiB journaled writes checkpointed every fourth write; at 64 MiB the
-        // journal rows' pages, reused write after write, are mostly copied once.
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=16384;")?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(SCHEMA)?;
-        let fresh = tx
-            .query_row("SELECT 1 FROM meta WHERE key = 'format'", [], |_| Ok(()))
-            .optional()?
-            .is_none();
-        if fresh {
-            tx.execute("INSERT INTO meta(key, value) VALUES ('format', '1')", [])?;
-            tx.execute("INSERT INTO pools(name) VALUES ('rbd')", [])?;
-        }
-        let me = clients::Me::current();
-        let since = now_secs();
-        let id: i64 = tx.query_row(
-            "INSERT INTO clients(host, pid, starttime, since) VALUES (?1, ?2, ?3, ?4) RETURNING id",
-            params![me.host, me.pid, sql(me.starttime), sql(since)],
-            |r| r.get(0),
-        )?;
-        let dead = clients::reap_dead(&tx, &me)?;
-        tx.commit()?;
+        layout::prepare_root(root)?;
+        let (conn, fresh, read_only) = db::open(root)?;
+        layout::create_layout(root)?;
         if fresh {
             make_fan_out(root)?;
         }
-        let store = DirStore {
+        Ok(DirStore {
             root: root.to_path_buf(),
             conn: Mutex::new(conn),
-            client: ClientInfo {
-                id: uns(id),
-                host: me.host,
-                pid: me.pid,
-                since,
-            },
+            read_only,
+            client: clients::Registration::new(),
             dirty: Mutex::new(BTreeSet::new()),
             stripes: Stripes::new(root.join("locks"), LOCK_STRIPES),
             rows: RowCache::new(),
-        };
-        if !dead.is_empty() {
+        })
+    }
+
+    /// This handle's client row, registered now if it is not yet; a first registration
+    /// also reaps dead clients and sweeps what they left.
+    fn me(&self) -> Result<&ClientInfo> {
+        self.writable()?;
+        let (me, reaped) = self.client.get_or_register(&mut self.db())?;
+        if reaped {
             // Best effort: a failed sweep leaves garbage files, never wrong data.
-            let _ = store.sweep_orphans();
+            let _ = self.sweep_orphans();
         }
-        Ok(store)
+        Ok(me)
+    }
+
+    /// Fails with ENOSPC on a store opened read-only for want of space, before any change.
+    fn writable(&self) -> Result<()> {
+        if !self.read_only {
+            return Ok(());
+        }
+        Err(Error::Io {
+            context: format!(
+                "{} was opened read-only: the disk was full",
+                self.root.display()
+            ),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        })
+    }
+
+    /// Our client id, or 0 (no client has it) before we registered.
+    fn my_id(&self) -> u64 {
+        self.client.id()
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {
@@ -235,28 +200,31 @@ impl DirStore {
     /// A fresh data file; its token ends with our client id so a sweep knows whose it was.
     fn create_data(&self) -> Result<(String, File)> {
         loop {
-            let token = format!("{:016x}-{:x}", random_u64(), self.client.id);
+            let token = format!("{:016x}-{:x}", random_u64(), self.me()?.id);
             let path = self.path_of(&token);
             match OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
-                .mode(0o644)
+                .mode(layout::FILE_MODE)
                 .open(&path)
             {
-                Ok(f) => return Ok((token, f)),
+                Ok(f) => {
+                    layout::set_mode(&f, layout::FILE_MODE)
+                        .map_err(io_err(format!("chmod {}", path.display())))?;
+                    return Ok((token, f));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 // A store made before fan-out directories were made up front lacks some.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     if let Some(parent) = path.parent() {
-                        fs::create_dir_all(parent)
-                            .map_err(io_err(format!("create {}", parent.display())))?;
+                        layout::make_dir(parent)?;
                     }
                     let f = OpenOptions::new()
                         .read(true)
                         .write(true)
                         .create_new(true)
-                        .mode(0o644)
+                        .mode(layout::FILE_MODE)
                         .open(&path);
                     match f {
                         Ok(f) => return Ok((token, f)),
@@ -321,6 +289,7 @@ impl DirStore {
 
     /// Applies the object's journal rows in order, deleting each once applied.
     fn replay(&self, oid: i64) -> Result<()> {
+        self.writable()?;
         let rows: Vec<(i64, String, i64, Vec<u8>)> = {
             let db = self.db();
             let mut st = db.prepare_cached(
@@ -485,6 +454,7 @@ impl DirStore {
         p: &Plan,
         snapc: &SnapContext,
     ) -> Result<()> {
+        self.writable()?;
         let clones = match &row {
             Some(r) => load_clones(&self.db(), r.id)?,
             None => Vec::new(),
@@ -669,6 +639,7 @@ impl DirStore {
         p: &Plan,
         data: &DataPlan,
     ) -> Result<Option<i64>> {
+        self.writable()?;
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: Option<i64> = tx
@@ -850,8 +821,28 @@ impl DirStore {
         out
     }
 
+    fn record_watch(&self, loc: &Locator) -> Result<u64> {
+        let me = self.me()?.id;
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = tx
+            .prepare_cached(
+                "SELECT 1 FROM objects WHERE pool = ?1 AND ns = ?2 AND name = ?3 AND head = 1",
+            )?
+            .query_row(params![loc.pool, loc.namespace, loc.name], |_| Ok(()))
+            .optional()?;
+        if exists.is_none() {
+            return Err(Error::NotFound(loc.to_string()));
+        }
+        let cookie: i64 = tx
+            .prepare_cached("INSERT INTO watchers(pool, ns, name, client) VALUES (?1, ?2, ?3, ?4) RETURNING cookie")?
+            .query_row(params![loc.pool, loc.namespace, loc.name, sql(me)], |r| r.get(0))?;
+        tx.commit()?;
+        Ok(uns(cookie))
+    }
+
     fn alive(&self, client: &ClientInfo, starttime: Option<u64>) -> bool {
-        client.id == self.client.id || clients::is_alive(client, starttime)
+        client.id == self.my_id() || clients::is_alive(client, starttime)
     }
 }
 
@@ -877,16 +868,7 @@ enum DataPlan {
 /// import's time went to `mkdir`).
 fn make_fan_out(root: &Path) -> Result<()> {
     for i in 0..256 {
-        let dir = root.join("data").join(format!("{i:02x}"));
-        fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-    }
-    Ok(())
-}
-
-fn create_layout(root: &Path) -> Result<()> {
-    for sub in ["data", "locks"] {
-        fs::create_dir_all(root.join(sub))
-            .map_err(io_err(format!("create {}", root.join(sub).display())))?;
+        layout::make_dir(&root.join("data").join(format!("{i:02x}")))?;
     }
     Ok(())
 }
@@ -1042,7 +1024,9 @@ fn apply_meta(conn: &Connection, oid: i64, meta: &[MetaStep]) -> Result<()> {
 
 impl Drop for DirStore {
     fn drop(&mut self) {
-        let id = sql(self.client.id);
+        let Some(id) = self.client.registered().map(|c| sql(c.id)) else {
+            return;
+        };
         let db = self.db();
         for q in [
             "DELETE FROM locks WHERE client = ?1",
@@ -1056,6 +1040,7 @@ impl Drop for DirStore {
 
 impl ObjectStore for DirStore {
     fn create_pool(&self, name: &str) -> Result<PoolId> {
+        self.writable()?;
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if tx
@@ -1075,6 +1060,7 @@ impl ObjectStore for DirStore {
     }
 
     fn remove_pool(&self, name: &str) -> Result<()> {
+        self.writable()?;
         // Every stripe held exclusively (and so bumped) across the change: no handle keeps a
         // cached row of the removed pool. Taken in order and before the database, as always.
         let all = (0..LOCK_STRIPES)
@@ -1166,6 +1152,7 @@ impl ObjectStore for DirStore {
     }
 
     fn snap_create(&self, pool: PoolId) -> Result<SnapId> {
+        self.writable()?;
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let seq: Option<i64> = tx
@@ -1181,6 +1168,7 @@ impl ObjectStore for DirStore {
     }
 
     fn snap_remove(&self, pool: PoolId, snap: SnapId) -> Result<()> {
+        self.writable()?;
         let objects: Vec<(String, String)> = {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1369,8 +1357,13 @@ impl ObjectStore for DirStore {
         })
     }
 
+    /// Registers the client if it is not yet; on a store that cannot take the row (a full
+    /// disk), an unregistered client with id 0, which owns nothing.
     fn client(&self) -> ClientInfo {
-        self.client.clone()
+        match self.me() {
+            Ok(me) => me.clone(),
+            Err(_) => self.client.unregistered(),
+        }
     }
 
     fn lock(
@@ -1381,6 +1374,7 @@ impl ObjectStore for DirStore {
         description: &str,
         exclusive: bool,
     ) -> Result<()> {
+        let me = self.me()?.id;
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if !pool_exists(&tx, loc.pool)? {
@@ -1398,10 +1392,7 @@ impl ObjectStore for DirStore {
                 .execute(params![loc.pool, loc.namespace, loc.name, name, sql(info.client.id)])?;
             }
         }
-        if live
-            .iter()
-            .any(|h| h.client.id == self.client.id && h.cookie == cookie)
-        {
+        if live.iter().any(|h| h.client.id == me && h.cookie == cookie) {
             return Err(Error::Exists(format!(
                 "{loc} lock {name:?} cookie {cookie:?}"
             )));
@@ -1418,7 +1409,7 @@ impl ObjectStore for DirStore {
             loc.namespace,
             loc.name,
             name,
-            sql(self.client.id),
+            sql(me),
             cookie,
             description,
             exclusive
@@ -1428,10 +1419,11 @@ impl ObjectStore for DirStore {
     }
 
     fn unlock(&self, loc: &Locator, name: &str, cookie: &str) -> Result<()> {
-        self.break_lock(loc, name, self.client.id, cookie)
+        self.break_lock(loc, name, self.my_id(), cookie)
     }
 
     fn break_lock(&self, loc: &Locator, name: &str, client_id: u64, cookie: &str) -> Result<()> {
+        self.writable()?;
         let db = self.db();
         let n = db
             .prepare_cached(
@@ -1459,26 +1451,24 @@ impl ObjectStore for DirStore {
             .collect())
     }
 
+    /// On a disk too full to write the watch down, a reader still opens the object: it
+    /// gets cookie 0 (`UNRECORDED_WATCH`), a watch nobody else can see. Writers cannot run
+    /// on that disk anyway, which is what watches mostly hold off.
     fn watch(&self, loc: &Locator) -> Result<u64> {
-        let mut db = self.db();
-        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists = tx
-            .prepare_cached(
-                "SELECT 1 FROM objects WHERE pool = ?1 AND ns = ?2 AND name = ?3 AND head = 1",
-            )?
-            .query_row(params![loc.pool, loc.namespace, loc.name], |_| Ok(()))
-            .optional()?;
-        if exists.is_none() {
-            return Err(Error::NotFound(loc.to_string()));
+        match self.record_watch(loc) {
+            Err(e) if e.errno() == libc::ENOSPC => {
+                self.with_head(loc, |_, _| Ok(()))?;
+                Ok(UNRECORDED_WATCH)
+            }
+            r => r,
         }
-        let cookie: i64 = tx
-            .prepare_cached("INSERT INTO watchers(pool, ns, name, client) VALUES (?1, ?2, ?3, ?4) RETURNING cookie")?
-            .query_row(params![loc.pool, loc.namespace, loc.name, sql(self.client.id)], |r| r.get(0))?;
-        tx.commit()?;
-        Ok(uns(cookie))
     }
 
     fn unwatch(&self, loc: &Locator, cookie: u64) -> Result<()> {
+        if cookie == UNRECORDED_WATCH {
+            return Ok(());
+        }
+        self.writable()?;
         let db = self.db();
         let n = db
             .prepare_cached(
