@@ -32,6 +32,7 @@ mod holders;
 mod layout;
 mod rows;
 mod stripes;
+mod sums;
 mod sweep;
 mod sync;
 mod trim;
@@ -66,6 +67,8 @@ pub struct DirStore {
     conn: Mutex<Connection>,
     /// Opened on a full disk that had no room for SQLite's shared-memory file (see `db`).
     read_only: bool,
+    /// Data blocks carry crc32c sums, checked on read (see `sums`).
+    checksums: bool,
     client: clients::Registration,
     /// Files written since the last `flush`, to fsync then.
     dirty: Mutex<BTreeSet<String>>,
@@ -96,6 +99,7 @@ impl DirStore {
     pub fn open(root: &Path) -> Result<Self> {
         layout::prepare_root(root)?;
         let (conn, fresh, read_only) = db::open(root)?;
+        let checksums = db::has_checksums(&conn)?;
         layout::create_layout(root)?;
         if fresh {
             make_fan_out(root)?;
@@ -104,6 +108,7 @@ impl DirStore {
             root: root.to_path_buf(),
             conn: Mutex::new(conn),
             read_only,
+            checksums,
             client: clients::Registration::new(),
             dirty: Mutex::new(BTreeSet::new()),
             stripes: Stripes::new(root.join("locks"), LOCK_STRIPES),
@@ -342,6 +347,12 @@ impl ObjectStore for DirStore {
                 tx.execute(&format!("DELETE FROM {table} WHERE pool = ?1"), [id])?;
             }
             tx.execute("DELETE FROM pools WHERE id = ?1", [id])?;
+            if self.checksums {
+                for t in &tokens {
+                    let t: &String = t;
+                    sums::drop_rows(&tx, t)?;
+                }
+            }
             tx.commit()?;
             tokens
         };
@@ -487,18 +498,18 @@ impl ObjectStore for DirStore {
 
     fn read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<u8>> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
-        files::read_at(file.as_ref(), offset, len, stored.size).map_err(|e| Error::Io {
-            context: format!("read {loc}"),
-            source: e,
-        })
+        let data = files::read_at(file.as_ref(), offset, len, stored.size)
+            .map_err(io_err(format!("read {loc}")))?;
+        self.verify(loc, &stored, file.as_ref(), offset, &data)?;
+        Ok(data)
     }
 
     fn read_into(&self, loc: &Locator, snap: SnapId, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
-        files::read_into(file.as_ref(), offset, buf, stored.size).map_err(|e| Error::Io {
-            context: format!("read {loc}"),
-            source: e,
-        })
+        let n = files::read_into(file.as_ref(), offset, buf, stored.size)
+            .map_err(io_err(format!("read {loc}")))?;
+        self.verify(loc, &stored, file.as_ref(), offset, &buf[..n])?;
+        Ok(n)
     }
 
     fn sparse_read(
@@ -513,11 +524,10 @@ impl ObjectStore for DirStore {
         extents
             .into_iter()
             .map(|(o, l)| {
-                Ok((
-                    o,
-                    files::read_at(file.as_ref(), o, l, stored.size)
-                        .map_err(io_err(format!("read {loc}")))?,
-                ))
+                let data = files::read_at(file.as_ref(), o, l, stored.size)
+                    .map_err(io_err(format!("read {loc}")))?;
+                self.verify(loc, &stored, file.as_ref(), o, &data)?;
+                Ok((o, data))
             })
             .collect()
     }

@@ -63,3 +63,87 @@ fn a_root_with_data_but_no_database_is_not_a_new_store() {
     };
     assert!(e.to_string().contains("object files"), "{e}");
 }
+
+/// The data files of a store, largest first.
+fn data_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(root.join("data"))
+        .expect("data")
+        .flatten()
+    {
+        for f in std::fs::read_dir(sub.path()).expect("sub").flatten() {
+            out.push(f.path());
+        }
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).map_or(0, |m| m.len())));
+    out
+}
+
+fn flip(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read");
+    f.write_all_at(&[b[0] ^ 0x10], at).expect("write");
+}
+
+#[test]
+fn a_flipped_data_byte_fails_the_read_naming_object_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = DirStore::open(dir.path()).expect("open");
+    let o = Locator::new(1, "", "obj");
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    s.operate(&o, &WriteOp::new().write(0, &data), &SnapContext::default())
+        .expect("write");
+    // Rewrites of every kind keep the sums right: in place, journaled, partial blocks.
+    let nosnap = SnapContext::default();
+    s.operate(
+        &o,
+        &WriteOp::new().tearable().write(8192, &[7; 8192]),
+        &nosnap,
+    )
+    .expect("in place");
+    s.operate(
+        &o,
+        &WriteOp::new().write(100, &[9; 10]).zero(20000, 5000),
+        &nosnap,
+    )
+    .expect("journaled");
+    let mut want = data.clone();
+    want[8192..16384].fill(7);
+    want[100..110].fill(9);
+    want[20000..25000].fill(0);
+    assert_eq!(s.read(&o, HEAD, 0, 4 << 20).expect("read"), want);
+    let files = data_files(dir.path());
+    assert_eq!(files.len(), 1);
+    flip(&files[0], 3 * 4096 + 17);
+    for (off, len) in [(0, 4 << 20), (3 * 4096 + 100, 1), (3 * 4096, 4096)] {
+        let e = s
+            .read(&o, HEAD, off, len)
+            .expect_err("read of a damaged block");
+        assert_eq!(e.errno(), libc::EIO);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("1/obj") && msg.contains("offset 12288"),
+            "{msg}"
+        );
+    }
+    let mut buf = vec![0u8; 8192];
+    assert!(s.read_into(&o, HEAD, 8192, &mut buf).is_err(), "read_into");
+    assert!(s.sparse_read(&o, HEAD, 0, 1 << 20).is_err(), "sparse_read");
+    // Blocks around it still read.
+    assert_eq!(s.read(&o, HEAD, 0, 12288).expect("before"), want[..12288]);
+    assert_eq!(
+        s.read(&o, HEAD, 16384, 4096).expect("after"),
+        want[16384..20480]
+    );
+    // A write over the damaged block's neighbour refuses to launder it into new sums.
+    let e = s
+        .operate(&o, &WriteOp::new().write(3 * 4096 + 1, &[1]), &nosnap)
+        .expect_err("read-modify-write of a damaged block");
+    assert_eq!(e.errno(), libc::EIO);
+}

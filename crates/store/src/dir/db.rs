@@ -164,6 +164,10 @@ fn init_schema(conn: &mut Connection, root: &Path) -> std::result::Result<bool, 
         .is_none();
     if fresh {
         tx.execute("INSERT INTO meta(key, value) VALUES ('format', '1')", [])?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES ('checksums', 'crc32c/4k')",
+            [],
+        )?;
         tx.execute("INSERT INTO pools(name) VALUES ('rbd')", [])?;
     }
     tx.commit()?;
@@ -211,4 +215,15 @@ CREATE TABLE IF NOT EXISTS locks(pool INTEGER NOT NULL, ns TEXT NOT NULL, name T
 CREATE TABLE IF NOT EXISTS watchers(cookie INTEGER PRIMARY KEY AUTOINCREMENT, pool INTEGER NOT NULL,
     ns TEXT NOT NULL, name TEXT NOT NULL, client INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS watchers_obj ON watchers(pool, ns, name);
+-- A crc32c per 4 KiB block of each data file, by chunks of blocks (see `sums`).
+CREATE TABLE IF NOT EXISTS sums(token TEXT NOT NULL, chunk INTEGER NOT NULL, crcs BLOB NOT NULL,
+    PRIMARY KEY(token, chunk)) WITHOUT ROWID;
 ";
+
+/// Whether the store keeps checksums (stores made before them do not, and are read unchecked).
+pub(super) fn has_checksums(conn: &Connection) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM meta WHERE key = 'checksums'", [], |_| Ok(()))
+        .optional()?
+        .is_some())
+}

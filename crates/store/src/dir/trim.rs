@@ -67,6 +67,11 @@ impl DirStore {
                 tx.prepare_cached(table)?.execute([row.id])?;
             }
         }
+        if self.checksums {
+            for t in &freed_tokens {
+                super::sums::drop_rows(&tx, t)?;
+            }
+        }
         tx.commit()?;
         drop(db);
         for t in freed_tokens {

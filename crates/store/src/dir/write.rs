@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::rows::{load_clones, snapset, CloneRow, ObjRow};
+use super::sums::{SumsChange, Target};
 use super::{files, io_err, now_secs, sql, DirStore};
 use crate::plan::{DataStep, MetaStep, Plan};
 use crate::snaps;
@@ -60,21 +61,44 @@ impl DirStore {
         }
         let old_token = head.and_then(|r| r.token.clone());
         let old_size = head.map_or(0, |r| r.size);
-        let data = match self.write_in_page(p, old_token.as_deref(), old_size, clone.is_some())? {
+        let data = match self.in_place(p, old_token.as_deref(), old_size, clone.is_some())? {
             Some(done) => done,
             None => self.prepare_data(p, old_token.as_deref(), clone.is_some())?,
         };
-        let committed = self.commit_op(loc, row.as_ref(), &clones, &ss, clone.as_ref(), p, &data);
+        let target = match &data {
+            DataPlan::NoFile => Target::NoFile,
+            DataPlan::Keep => Target::Keep,
+            DataPlan::NewFile(t) => Target::NewFile {
+                token: t,
+                base: old_token.as_deref().filter(|_| clone.is_some() && !p.reset),
+            },
+            DataPlan::Journal(_) => Target::Journal,
+            DataPlan::InPage { .. } => Target::InPlace,
+        };
+        let sums = self.sums_change(
+            loc,
+            &p.steps,
+            old_token.as_deref(),
+            old_size,
+            p.size_after,
+            target,
+            clone.is_some(),
+        );
+        let committed = sums.and_then(|sums| {
+            self.commit_op(
+                loc,
+                row.as_ref(),
+                &clones,
+                &ss,
+                clone.as_ref(),
+                p,
+                &data,
+                sums.as_ref(),
+            )
+        });
         let new_token = match (&committed, &data) {
             (Err(_), DataPlan::NewFile(t)) => {
                 self.remove_data(t);
-                return committed.map(|_| ());
-            }
-            (Err(_), DataPlan::InPage { token, offset, old }) => {
-                // The metadata did not commit: put the page back as it was.
-                if let Ok(f) = self.open_data(token) {
-                    let _ = f.write_all_at(old, *offset);
-                }
                 return committed.map(|_| ());
             }
             (Err(_), _) => return committed.map(|_| ()),
@@ -84,6 +108,13 @@ impl DirStore {
             }
             (Ok(_), DataPlan::NoFile) => None,
         };
+        if let (Ok(_), DataPlan::InPage { token, offset }, [DataStep::Write { data, .. }]) =
+            (&committed, &data, p.steps.as_slice())
+        {
+            self.open_data(token)?
+                .write_all_at(data, *offset)
+                .map_err(io_err(format!("write {token}")))?;
+        }
         if let (Ok(Some(journal_id)), DataPlan::Journal(steps)) = (&committed, &data) {
             self.apply_journal(
                 *journal_id,
@@ -107,12 +138,12 @@ impl DirStore {
     }
 
     /// A lone write inside one page of the head's file, within its size, is done in place
-    /// before the metadata commit and without the journal: the kernel copies one page in one
-    /// step, so a SIGKILL leaves it all old or all new, and a failed commit puts the old bytes
-    /// back. This is the common case of small random writes (NBD clients' 4 KiB writes).
-    /// A tearable op (a client's block write) may span pages: a crash may leave some pages
-    /// new, as a disk may.
-    pub(super) fn write_in_page(
+    /// and without the journal, after the metadata commit: the kernel copies one page in one
+    /// step, so a SIGKILL leaves it all old or all new, and the sums committed first accept
+    /// both (see `sums`). This is the common case of small random writes (NBD clients' 4 KiB
+    /// writes). A tearable op (a client's block write) may span pages: a crash may leave
+    /// some pages new, as a disk may.
+    pub(super) fn in_place(
         &self,
         p: &Plan,
         old_token: Option<&str>,
@@ -139,15 +170,9 @@ impl DirStore {
         if f.metadata().map_err(io_err("stat data"))?.len() < offset + len {
             return Ok(None);
         }
-        let mut old = vec![0u8; len as usize];
-        f.read_exact_at(&mut old, offset)
-            .map_err(io_err(format!("read {token}")))?;
-        f.write_all_at(data, offset)
-            .map_err(io_err(format!("write {token}")))?;
         Ok(Some(DataPlan::InPage {
             token: token.to_string(),
             offset,
-            old,
         }))
     }
 
@@ -231,6 +256,7 @@ impl DirStore {
         clone: Option<&CloneInfo>,
         p: &Plan,
         data: &DataPlan,
+        sums: Option<&SumsChange>,
     ) -> Result<Option<i64>> {
         self.writable()?;
         let mut db = self.db();
@@ -257,6 +283,9 @@ impl DirStore {
                 ] {
                     tx.prepare_cached(table)?.execute([r.id])?;
                 }
+            }
+            if let Some(sums) = sums {
+                sums.save(&tx)?;
             }
             tx.commit()?;
             return Ok(None);
@@ -337,6 +366,9 @@ impl DirStore {
             ),
             _ => None,
         };
+        if let Some(sums) = sums {
+            sums.save(&tx)?;
+        }
         tx.commit()?;
         Ok(journal)
     }
@@ -351,12 +383,8 @@ pub(super) enum DataPlan {
     NewFile(String),
     /// The head's file changes in place through the journal (encoded steps).
     Journal(Vec<u8>),
-    /// One page of the head's file was already rewritten in place; `old` undoes it.
-    InPage {
-        token: String,
-        offset: u64,
-        old: Vec<u8>,
-    },
+    /// The head's file is rewritten in place at `offset` once the metadata committed.
+    InPage { token: String, offset: u64 },
 }
 
 pub(super) fn apply_meta(conn: &Connection, oid: i64, meta: &[MetaStep]) -> Result<()> {
