@@ -295,6 +295,12 @@ impl Error {
             Error::Busy(_) => libc::EBUSY,
             Error::Canceled(_) => libc::ECANCELED,
             Error::Invalid(_) => libc::EINVAL,
+            // Out of space is the user's to fix, so it keeps its errno; other I/O is EIO.
+            Error::Io { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                libc::ENOSPC
+            }
             Error::Corrupt(_) | Error::Io { .. } | Error::Db(_) => libc::EIO,
         }
     }

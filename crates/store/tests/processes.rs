@@ -170,7 +170,9 @@ fn sigkill_during_writes_leaves_whole_objects() {
             "round {round}: the writer made progress"
         );
         last_version = newest;
-        // Opening after a crash swept the dead writer's orphans: one file per version.
+        // The first registration after a crash (a writer's, here `client()`'s) sweeps the
+        // dead writer's orphans: one file per version.
+        s.client();
         let existing = (0..OBJECTS)
             .filter(|i| {
                 s.stat(&Locator::new(pool, "", &format!("obj{i}")), HEAD)

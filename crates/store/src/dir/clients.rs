@@ -1,13 +1,84 @@
 //! Who has the store open, and whether they still live: a client is a process on this host
 //! whose `/proc/<pid>/stat` start time still matches the one it registered (so a reused pid
 //! is not mistaken for it). A client on another host cannot be checked and counts as alive.
+//!
+//! A handle registers its client row only when it first needs one: to take a lock, to watch,
+//! or to create a data file (whose name carries the client id, so that a sweep knows whose
+//! it was). Until then it has written nothing, so a store on a full disk can still be read
+//! (`ls`, `info`, `export`). Reaping dead clients, and sweeping the files they left, happens
+//! at registration: only a writer can have left anything to sweep for the next writer.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, TransactionBehavior};
 
-use super::uns;
+use super::{sql, uns};
 use crate::{ClientInfo, Result};
+
+/// A handle's client row, registered once, on first need.
+pub struct Registration {
+    info: OnceLock<ClientInfo>,
+    /// Serialises first registrations of threads sharing the handle.
+    registering: Mutex<()>,
+}
+
+impl Registration {
+    pub fn new() -> Self {
+        Registration {
+            info: OnceLock::new(),
+            registering: Mutex::new(()),
+        }
+    }
+
+    pub fn registered(&self) -> Option<&ClientInfo> {
+        self.info.get()
+    }
+
+    /// 0 before registering: ids start at 1, so it matches no lock or watch.
+    pub fn id(&self) -> u64 {
+        self.info.get().map_or(0, |c| c.id)
+    }
+
+    /// Who we are without a row (nothing can be held under id 0).
+    pub fn unregistered(&self) -> ClientInfo {
+        let me = Me::current();
+        ClientInfo {
+            id: 0,
+            host: me.host,
+            pid: me.pid,
+            since: now_secs(),
+        }
+    }
+
+    /// Our row, inserting it (and reaping dead clients) the first time; also says whether
+    /// this call reaped any, so that the caller sweeps their files.
+    pub fn get_or_register(&self, conn: &mut Connection) -> Result<(&ClientInfo, bool)> {
+        if let Some(info) = self.info.get() {
+            return Ok((info, false));
+        }
+        let _one = self.registering.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(info) = self.info.get() {
+            return Ok((info, false));
+        }
+        let me = Me::current();
+        let since = now_secs();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id: i64 = tx.query_row(
+            "INSERT INTO clients(host, pid, starttime, since) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+            params![me.host, me.pid, sql(me.starttime), sql(since)],
+            |r| r.get(0),
+        )?;
+        let dead = reap_dead(&tx, &me)?;
+        tx.commit()?;
+        let info = ClientInfo {
+            id: uns(id),
+            host: me.host,
+            pid: me.pid,
+            since,
+        };
+        Ok((self.info.get_or_init(|| info), !dead.is_empty()))
+    }
+}
 
 pub struct Me {
     pub host: String,

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::hash::Hash;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -113,7 +113,9 @@ impl Stripes {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(super::layout::FILE_MODE)
             .open(&path)
+            .and_then(|f| super::layout::set_mode(&f, super::layout::FILE_MODE).map(|()| f))
             .map_err(|e| Error::Io {
                 context: format!("open {}", path.display()),
                 source: e,

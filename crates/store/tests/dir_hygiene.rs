@@ -1,0 +1,149 @@
+//! The `dir` backend's hygiene (issue 13, points 11–13): what opening writes, when a root
+//! becomes a new store, the modes of what it creates. The CLI-level checks (umask, a full
+//! disk) are in `tests/tests/store_hygiene.rs`.
+
+use rbdm_store::dir::DirStore;
+use rbdm_store::{Locator, ObjectStore, SnapContext, WriteOp, HEAD};
+
+fn clients(root: &std::path::Path) -> i64 {
+    let db = rusqlite::Connection::open(root.join("meta.sqlite")).expect("open db");
+    db.query_row("SELECT COUNT(*) FROM clients", [], |r| r.get(0))
+        .expect("count")
+}
+
+#[test]
+fn reading_registers_no_client_writing_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = Locator::new(1, "", "obj");
+    {
+        let s = DirStore::open(dir.path()).expect("open");
+        s.operate(
+            &o,
+            &WriteOp::new().write(0, b"abc"),
+            &SnapContext::default(),
+        )
+        .expect("write");
+        assert_eq!(clients(dir.path()), 1, "a writer registers");
+    }
+    assert_eq!(clients(dir.path()), 0, "closing unregisters");
+    let s = DirStore::open(dir.path()).expect("open");
+    assert_eq!(s.read(&o, HEAD, 0, 3).expect("read"), b"abc");
+    assert_eq!(s.list_objects(1, None).expect("ls").len(), 1);
+    s.list_watchers(&o).expect("watchers");
+    assert_eq!(clients(dir.path()), 0, "a reader wrote a client row");
+    let cookie = s.watch(&o).expect("watch");
+    assert_eq!(clients(dir.path()), 1, "a watcher registers");
+    assert_eq!(s.list_watchers(&o).expect("watchers")[0].cookie, cookie);
+}
+
+#[test]
+fn a_root_with_data_but_no_database_is_not_a_new_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("store");
+    let o = Locator::new(1, "", "obj");
+    DirStore::open(&root)
+        .expect("create")
+        .operate(
+            &o,
+            &WriteOp::new().write(0, b"abc"),
+            &SnapContext::default(),
+        )
+        .expect("write");
+    std::fs::remove_file(root.join("meta.sqlite")).expect("rm db");
+    let Err(e) = DirStore::open(&root) else {
+        panic!("opened a store whose database is gone");
+    };
+    assert_eq!(e.errno(), libc::EIO);
+    assert!(e.to_string().contains("meta.sqlite"), "{e}");
+    assert!(!root.join("meta.sqlite").exists(), "made a new database");
+    // An empty database file over object files is the same loss.
+    std::fs::write(root.join("meta.sqlite"), b"").expect("empty db");
+    let Err(e) = DirStore::open(&root) else {
+        panic!("opened an emptied database as a new store");
+    };
+    assert!(e.to_string().contains("object files"), "{e}");
+}
+
+/// The data files of a store, largest first.
+fn data_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(root.join("data"))
+        .expect("data")
+        .flatten()
+    {
+        for f in std::fs::read_dir(sub.path()).expect("sub").flatten() {
+            out.push(f.path());
+        }
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).map_or(0, |m| m.len())));
+    out
+}
+
+fn flip(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read");
+    f.write_all_at(&[b[0] ^ 0x10], at).expect("write");
+}
+
+#[test]
+fn a_flipped_data_byte_fails_the_read_naming_object_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = DirStore::open(dir.path()).expect("open");
+    let o = Locator::new(1, "", "obj");
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    s.operate(&o, &WriteOp::new().write(0, &data), &SnapContext::default())
+        .expect("write");
+    // Rewrites of every kind keep the sums right: in place, journaled, partial blocks.
+    let nosnap = SnapContext::default();
+    s.operate(
+        &o,
+        &WriteOp::new().tearable().write(8192, &[7; 8192]),
+        &nosnap,
+    )
+    .expect("in place");
+    s.operate(
+        &o,
+        &WriteOp::new().write(100, &[9; 10]).zero(20000, 5000),
+        &nosnap,
+    )
+    .expect("journaled");
+    let mut want = data.clone();
+    want[8192..16384].fill(7);
+    want[100..110].fill(9);
+    want[20000..25000].fill(0);
+    assert_eq!(s.read(&o, HEAD, 0, 4 << 20).expect("read"), want);
+    let files = data_files(dir.path());
+    assert_eq!(files.len(), 1);
+    flip(&files[0], 3 * 4096 + 17);
+    for (off, len) in [(0, 4 << 20), (3 * 4096 + 100, 1), (3 * 4096, 4096)] {
+        let e = s
+            .read(&o, HEAD, off, len)
+            .expect_err("read of a damaged block");
+        assert_eq!(e.errno(), libc::EIO);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("1/obj") && msg.contains("offset 12288"),
+            "{msg}"
+        );
+    }
+    let mut buf = vec![0u8; 8192];
+    assert!(s.read_into(&o, HEAD, 8192, &mut buf).is_err(), "read_into");
+    assert!(s.sparse_read(&o, HEAD, 0, 1 << 20).is_err(), "sparse_read");
+    // Blocks around it still read.
+    assert_eq!(s.read(&o, HEAD, 0, 12288).expect("before"), want[..12288]);
+    assert_eq!(
+        s.read(&o, HEAD, 16384, 4096).expect("after"),
+        want[16384..20480]
+    );
+    // A write over the damaged block's neighbour refuses to launder it into new sums.
+    let e = s
+        .operate(&o, &WriteOp::new().write(3 * 4096 + 1, &[1]), &nosnap)
+        .expect_err("read-modify-write of a damaged block");
+    assert_eq!(e.errno(), libc::EIO);
+}
