@@ -639,6 +639,11 @@ impl Image {
                 op = op.write(in_object, &buf);
             }
         }
+        // The snapshots' maps first, as librbd's copy-up updates the object maps before it
+        // writes: a kill between the two then leaves a map saying "may exist" over a missing
+        // object (reads fall through to the parent, still linked), never a written object a
+        // map hides; a re-run finds the object and returns early above.
+        self.mark_snapshot_maps(h, object_no)?;
         match self.store().operate(&loc, &op, &SnapContext::default()) {
             Ok(()) => {}
             Err(StoreError::Exists(_)) => return Ok(()),
@@ -657,7 +662,7 @@ impl Image {
             }
             self.store().operate(&loc, &op, &h.snap_context())?;
         }
-        self.mark_snapshot_maps(h, object_no)
+        Ok(())
     }
 
     /// A copy-up is visible in the snapshots that read through to the parent (that is what
