@@ -22,7 +22,10 @@ use rbdm_tests::qemu_nbd::*;
 use rbdm_tests::sparse::Model;
 use rbdm_tests::*;
 
+// The errnos librbd's NBDStream gives (what libnbd reports, EINVAL for a bad spec).
 const EINVAL: i32 = 22;
+const ENOENT: i32 = 2;
+const ECONNREFUSED: i32 = 111;
 const MIB: u64 = 1 << 20;
 
 /// Whether to run at Ceph's own sizes (slow: 20 GiB of random data).
@@ -149,7 +152,13 @@ fn qcow2_on_the_default_port_export_names_and_refused_uris() {
     // The server has no export of that name.
     let limit = Duration::from_secs(30);
     for uri in ["nbd:///myexport", "nbd://localhost/myexport"] {
-        refused(&env, "unknown export name", &nbd_spec(uri), None, limit);
+        refused(
+            &env,
+            "unknown export name",
+            &nbd_spec(uri),
+            Some(ENOENT),
+            limit,
+        );
     }
     server.kill();
     let server = QemuNbd::on_default_port(&["--export-name", "myexport"], &qcow2, "qcow2", dir);
@@ -162,8 +171,9 @@ fn qcow2_on_the_default_port_export_names_and_refused_uris() {
     server.kill();
 
     // Nothing listens any more.
-    refused(&env, "server not running", &spec, None, limit);
-    refused(&env, "server not running", &nbd_spec("nbd://"), None, limit);
+    let down = Some(ECONNREFUSED);
+    refused(&env, "server not running", &spec, down, limit);
+    refused(&env, "server not running", &nbd_spec("nbd://"), down, limit);
     let bad = [
         (
             "no URI",
@@ -179,7 +189,8 @@ fn qcow2_on_the_default_port_export_names_and_refused_uris() {
     for (what, spec) in &bad {
         refused(&env, what, spec, Some(EINVAL), limit);
     }
-    // A host that does not resolve: fails fast, without traffic off the machine.
+    // A host that does not resolve: fails fast, without traffic off the machine. (Ceph says
+    // EIO only because libnbd gives no errno for a failed lookup: any error will do.)
     let (mut cmd, host) = isolated_rbdm(&env);
     let spec = nbd_spec(&format!("nbd://{host}"));
     refused_by(&env, &mut cmd, "unresolvable host", &spec, None, limit);
