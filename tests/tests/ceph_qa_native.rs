@@ -102,22 +102,10 @@ fn refused(env: &Env, what: &str, spec: &str, errno: i32, cause: &str) {
 }
 
 #[test]
-fn positional_source_pool_id_and_every_refused_native_spec() {
+fn pool_id_snap_id_every_refused_native_spec_and_the_positional_source() {
     let b = base();
     let env = &b.env;
     let at_both = [("DST@1", &b.snap1), ("DST@2", &b.snap2), ("DST", &b.snap2)];
-
-    // `rbd migration prepare --import-only rbd/image1@2 image2`: the snapshot's history.
-    prepare(env, &["rbd/base@2", "positional"]);
-    check_all(env, "positional", &at_both, "prepared (positional)");
-    env.ok(&["migration", "abort", "positional"]);
-    assert_gone(env, "positional");
-    base_intact(&b);
-    // A positional source and a spec together are ambiguous.
-    let spec = r#"{"type":"native","pool_name":"rbd","image_name":"base","snap_name":"2"}"#;
-    let out = prepare_fails(env, &["--source-spec", spec, "rbd/base@2", "both"]);
-    assert_eq!(out.status.code(), Some(EINVAL), "{}", stderr(&out));
-    env.fails(&["info", "both"]);
 
     // Ceph's spec file: the pool by the id a listing gives, an empty namespace.
     let id = pool_id(env, "rbd");
@@ -136,6 +124,18 @@ fn positional_source_pool_id_and_every_refused_native_spec() {
     env.ok(&["migration", "abort", "by_id"]);
     assert_gone(env, "by_id");
     base_intact(&b);
+
+    // The snapshot id as a script reads it, passed as an int and as a string.
+    let snap_id = snap_id_from_xml(env, "base", "2");
+    for spec in [
+        by_id(&format!(r#","snap_id":{snap_id}"#)),
+        by_id(&format!(r#","snap_id":"{snap_id}""#)),
+    ] {
+        prepare_spec(env, &spec, "by_snap_id");
+        check(env, "by_snap_id@2", &b.snap2);
+        env.ok(&["migration", "abort", "by_snap_id"]);
+        assert_gone(env, "by_snap_id");
+    }
 
     // Ceph's expect_false cases, with the errno librbd gives each.
     let cases = [
@@ -187,17 +187,16 @@ fn positional_source_pool_id_and_every_refused_native_spec() {
         refused(env, what, spec, *errno, cause);
     }
 
-    // The snapshot id as a script reads it, passed as an int and as a string.
-    let snap_id = snap_id_from_xml(env, "base", "2");
-    for spec in [
-        by_id(&format!(r#","snap_id":{snap_id}"#)),
-        by_id(&format!(r#","snap_id":"{snap_id}""#)),
-    ] {
-        prepare_spec(env, &spec, "by_snap_id");
-        check(env, "by_snap_id@2", &b.snap2);
-        env.ok(&["migration", "abort", "by_snap_id"]);
-        assert_gone(env, "by_snap_id");
-    }
+    // `rbd migration prepare --import-only rbd/image1@2 image2`: the snapshot's history.
+    prepare(env, &["rbd/base@2", "positional"]);
+    check_all(env, "positional", &at_both, "prepared (positional)");
+    env.ok(&["migration", "abort", "positional"]);
+    assert_gone(env, "positional");
+    // A positional source and a spec together are ambiguous.
+    let spec = r#"{"type":"native","pool_name":"rbd","image_name":"base","snap_name":"2"}"#;
+    let out = prepare_fails(env, &["--source-spec", spec, "rbd/base@2", "both"]);
+    assert_eq!(out.status.code(), Some(EINVAL), "{}", stderr(&out));
+    env.fails(&["info", "both"]);
     base_intact(&b);
 }
 
