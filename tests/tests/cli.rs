@@ -297,7 +297,14 @@ fn snapshots_and_export_format_2() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    // As rbd: the progress line ends "...failed.", then one error line.
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("\rImporting image: ") && lines[0].ends_with("% complete...failed."),
+        "{err:?}"
+    );
     assert!(!images(&env).contains(&"bad2".to_string()));
     assert!(!env.ok(&["trash", "ls", "--all"]).contains("bad2"));
 }
@@ -435,6 +442,14 @@ fn status_shows_a_running_bench_until_it_is_killed() {
             .lines()
             .any(|l| l.starts_with("busy ") && l.ends_with("excl"))
     });
+    // `lock ls` shows that managed lock (id `auto <n>`), and `lock add` cannot take it.
+    let locks = env.json(&["lock", "ls", "busy"]);
+    assert!(
+        locks[0]["id"].as_str().unwrap().starts_with("auto "),
+        "{locks}"
+    );
+    let added = env.fails(&["lock", "add", "busy", "x"]);
+    assert_eq!(added.status.code(), Some(libc::EBUSY), "{}", stderr(&added));
     let rm = env.fails(&["rm", "busy"]);
     assert_eq!(rm.status.code(), Some(libc::EBUSY), "{}", stderr(&rm));
     assert!(
@@ -455,6 +470,7 @@ fn status_shows_a_running_bench_until_it_is_killed() {
         !env.ok(&["ls", "-l"]).contains("excl"),
         "a dead client's lock is not shown"
     );
+    assert_eq!(env.ok(&["lock", "ls", "busy"]), "");
     env.ok(&["rm", "busy"]);
     assert!(images(&env).is_empty());
 }

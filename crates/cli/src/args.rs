@@ -19,10 +19,16 @@ pub struct Cli {
     /// Namespace name
     #[arg(long, global = true, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
+    /// Destination pool name (clone, migration prepare; -p names the source's pool)
+    #[arg(long, global = true, value_name = "POOL")]
+    pub dest_pool: Option<String>,
+    /// Destination namespace name
+    #[arg(long, global = true, value_name = "NAMESPACE")]
+    pub dest_namespace: Option<String>,
     /// Output format for listings and status
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     pub format: Option<Format>,
-    /// Pretty formatting (json)
+    /// Pretty formatting (json and xml)
     #[arg(long, global = true)]
     pub pretty_format: bool,
     /// Disable progress output
@@ -36,6 +42,7 @@ pub struct Cli {
 pub enum Format {
     Plain,
     Json,
+    Xml,
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,6 +88,9 @@ pub enum Cmd {
     ImageMeta(MetaCmd),
     /// Show the status of an image (its watchers).
     Status(SpecArg),
+    /// Advisory image locks (fencing), as `rbd lock`.
+    #[command(subcommand)]
+    Lock(crate::lock::LockCmd),
     /// Pool management.
     #[command(subcommand)]
     Pool(PoolCmd),

@@ -7,10 +7,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rbdm_image::{features, CreateOptions, Image, ImageSpec, Layout, PoolSpec, Rbd};
-use serde_json::{json, Value};
 
 use crate::args::*;
-use crate::output::{byte_u, ctime, err, print_json, Align, CmdResult, Fail, Progress, Table};
+use crate::doc::Doc;
+use crate::listing::parent_string;
+use crate::obj;
+use crate::output::{byte_u, ctime, err, Align, CmdResult, Fail, Progress, Table};
 
 /// Whether a spec may, must or must not name a snapshot.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -26,7 +28,11 @@ pub struct Ctx {
     store_uri: String,
     pool: Option<String>,
     namespace: Option<String>,
+    dest_pool: Option<String>,
+    dest_namespace: Option<String>,
+    /// `--format json` or `--format xml`: print a `Doc` (see `emit`) instead of plain text.
     pub json: bool,
+    xml: bool,
     pub pretty: bool,
     pub progress: bool,
     rbd: OnceCell<Rbd>,
@@ -38,7 +44,10 @@ impl Ctx {
             store_uri,
             pool: cli.pool.clone(),
             namespace: cli.namespace.clone(),
-            json: cli.format == Some(Format::Json),
+            dest_pool: cli.dest_pool.clone(),
+            dest_namespace: cli.dest_namespace.clone(),
+            json: matches!(cli.format, Some(Format::Json | Format::Xml)),
+            xml: cli.format == Some(Format::Xml),
             pretty: cli.pretty_format,
             progress: !cli.no_progress,
             rbd: OnceCell::new(),
@@ -89,12 +98,34 @@ impl Ctx {
         Ok(spec)
     }
 
+    /// The second image of a two-image command that creates it elsewhere (clone, and
+    /// migration prepare's destination): as rbd's `ARGUMENT_MODIFIER_DEST`, -p and
+    /// --namespace do not apply to it; --dest-pool and --dest-namespace do, else the default
+    /// pool.
+    pub fn dest_image_spec(&self, s: &str, snap: Snap) -> CmdResult<ImageSpec> {
+        let pool = self
+            .dest_pool
+            .as_deref()
+            .unwrap_or(rbdm_image::spec::DEFAULT_POOL);
+        let mut spec = ImageSpec::parse(s, pool).map_err(|e| Fail::invalid(e.to_string()))?;
+        let path = s.split('@').next().unwrap_or_default();
+        if path.matches('/').count() < 2 {
+            if let Some(ns) = &self.dest_namespace {
+                spec.namespace = ns.clone();
+            }
+        }
+        check_snap(&spec, snap)?;
+        Ok(spec)
+    }
+
     pub fn progress(&self, label: &str) -> Progress {
         Progress::new(label, self.progress)
     }
 
-    pub fn print_json(&self, v: &Value) {
-        print_json(v, self.pretty);
+    /// Prints `doc` in the chosen format, its XML root element named `root` (rbd's name for
+    /// the outermost section).
+    pub fn emit(&self, root: &str, doc: &Doc) {
+        crate::output::print_doc(doc, root, self.xml, self.pretty);
     }
 }
 
@@ -309,241 +340,6 @@ pub fn create(ctx: &Ctx, a: &CreateArgs) -> CmdResult {
         .map_err(err("create error"))
 }
 
-pub fn ls(ctx: &Ctx, a: &LsArgs) -> CmdResult {
-    let ps = ctx.pool_spec(a.pool_spec.as_deref())?;
-    check_namespace(ctx, &ps)?;
-    let names = ctx.rbd()?.list(&ps).map_err(err("listing images failed"))?;
-    if !a.long {
-        if ctx.json {
-            ctx.print_json(&json!(names));
-        } else {
-            for n in &names {
-                println!("{n}");
-            }
-        }
-        return Ok(());
-    }
-    let mut table = Table::new(&[
-        ("NAME", Align::Left, Align::Left),
-        ("SIZE", Align::Left, Align::Right),
-        ("PARENT", Align::Left, Align::Left),
-        ("FMT", Align::Left, Align::Right),
-        ("PROT", Align::Left, Align::Left),
-        ("LOCK", Align::Left, Align::Left),
-    ]);
-    let mut out = Vec::new();
-    for name in &names {
-        // An image removed between list and open is skipped, as rbd does.
-        let image = match ctx.rbd()?.open(&ps.image(name), true) {
-            Ok(image) => image,
-            Err(e) if e.errno() == libc::ENOENT => continue,
-            Err(e) => {
-                eprintln!(
-                    "rbdm: {}",
-                    Fail::image(&e, format!("error opening {name}")).msg
-                );
-                continue;
-            }
-        };
-        long_rows(ctx, &ps, name, &image, &mut table, &mut out)?;
-        let _ = image.close();
-    }
-    if ctx.json {
-        ctx.print_json(&Value::Array(out));
-    } else if !names.is_empty() {
-        print!("{table}");
-    }
-    Ok(())
-}
-
-fn parent_string(p: &rbdm_image::ParentInfo) -> String {
-    let ns = if p.namespace.is_empty() {
-        String::new()
-    } else {
-        format!("{}/", p.namespace)
-    };
-    format!("{}/{ns}{}@{}", p.pool, p.image_name, p.snap_name)
-}
-
-fn parent_json(p: &rbdm_image::ParentInfo) -> Value {
-    json!({"pool": p.pool, "pool_namespace": p.namespace, "image": p.image_name, "snapshot": p.snap_name})
-}
-
-fn long_rows(
-    ctx: &Ctx,
-    ps: &PoolSpec,
-    name: &str,
-    image: &Image,
-    table: &mut Table,
-    out: &mut Vec<Value>,
-) -> CmdResult {
-    let info = image
-        .info()
-        .map_err(err(format!("error processing image {name}")))?;
-    let lock = lock_type(ctx, ps, &info.id);
-    let parent = info.parent.as_ref();
-    let mut obj = json!({"image": name, "id": info.id, "size": info.size, "format": 2});
-    if let Some(p) = parent {
-        obj["parent"] = parent_json(p);
-    }
-    if let Some(l) = &lock {
-        obj["lock_type"] = json!(if l == "excl" { "exclusive" } else { "shared" });
-    }
-    out.push(obj);
-    table.row(vec![
-        name.to_string(),
-        byte_u(info.size),
-        parent.map(parent_string).unwrap_or_default(),
-        "2".into(),
-        String::new(),
-        lock.unwrap_or_default(),
-    ]);
-    let snaps = image
-        .snap_list()
-        .map_err(err(format!("error processing image {name}")))?;
-    for s in snaps {
-        // A snapshot keeps the parent it had when it was taken.
-        let snap_parent = ctx
-            .rbd()?
-            .open(&ps.image(name).with_snap(Some(&s.name)), true)
-            .ok()
-            .and_then(|img| {
-                let p = img.info().ok().and_then(|i| i.parent);
-                let _ = img.close();
-                p
-            });
-        let mut obj = json!({"image": name, "id": info.id, "snapshot": s.name, "snapshot_id": s.id,
-            "size": s.size, "format": 2, "protected": if s.protected { "true" } else { "false" }});
-        if let Some(p) = &snap_parent {
-            obj["parent"] = parent_json(p);
-        }
-        out.push(obj);
-        table.row(vec![
-            format!("{name}@{}", s.name),
-            byte_u(s.size),
-            snap_parent.as_ref().map(parent_string).unwrap_or_default(),
-            "2".into(),
-            if s.protected {
-                "yes".into()
-            } else {
-                String::new()
-            },
-            String::new(),
-        ]);
-    }
-    Ok(())
-}
-
-/// "excl"/"shr" when someone holds the image's lock: best effort, from the store's lock
-/// table on `rbd_header.<id>` (lock `rbd_lock`, as librbd names it).
-fn lock_type(ctx: &Ctx, ps: &PoolSpec, id: &str) -> Option<String> {
-    let store = ctx.rbd().ok()?.store();
-    let pool = store.pool_id(&ps.pool).ok()?;
-    let loc = rbdm_store::Locator::new(pool, &ps.namespace, &format!("rbd_header.{id}"));
-    let lockers = store.list_lockers(&loc, "rbd_lock").ok()?;
-    let first = lockers.first()?;
-    Some(if first.exclusive {
-        "excl".into()
-    } else {
-        "shr".into()
-    })
-}
-
-pub fn info(ctx: &Ctx, a: &SpecArg) -> CmdResult {
-    let spec = ctx.image_spec(&a.spec, Snap::Maybe)?;
-    let image = open(ctx, &spec, true)?;
-    let info = image.info().map_err(err("info"))?;
-    let protected = match &spec.snap {
-        Some(name) => {
-            let snaps = image.snap_list().map_err(err("info"))?;
-            Some(snaps.iter().any(|s| &s.name == name && s.protected))
-        }
-        None => None,
-    };
-    let _ = image.close();
-    let layout = info.layout;
-    let objects = layout.object_count(info.size);
-    let flags: Vec<&str> = [(1u64, "object map invalid"), (2, "fast diff invalid")]
-        .iter()
-        .filter(|(bit, _)| info.flags & bit != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if ctx.json {
-        let mut v = json!({
-            "name": info.name, "id": info.id, "size": info.size, "objects": objects,
-            "order": layout.order(), "object_size": layout.object_size,
-            "snapshot_count": info.snapshot_count,
-        });
-        if let Some(dp) = &info.data_pool {
-            v["data_pool"] = json!(dp);
-        }
-        v["block_name_prefix"] = json!(info.block_name_prefix);
-        v["format"] = json!(2);
-        v["features"] = json!(feature_names(info.features));
-        v["op_features"] = json!([]);
-        v["flags"] = json!(flags);
-        v["create_timestamp"] = json!(ctime(info.create_timestamp));
-        v["access_timestamp"] = json!(ctime(info.access_timestamp));
-        v["modify_timestamp"] = json!(ctime(info.modify_timestamp));
-        if let Some(p) = protected {
-            v["protected"] = json!(if p { "true" } else { "false" });
-        }
-        if let Some(p) = &info.parent {
-            v["parent"] = json!({"pool": p.pool, "pool_namespace": p.namespace, "image": p.image_name,
-                "id": p.image_id, "snapshot": p.snap_name, "overlap": p.overlap});
-        }
-        if info.features & features::STRIPINGV2 != 0 || layout.is_striped() {
-            v["stripe_unit"] = json!(layout.stripe_unit);
-            v["stripe_count"] = json!(layout.stripe_count);
-        }
-        ctx.print_json(&v);
-        return Ok(());
-    }
-    let mut s = format!(
-        "rbd image '{}':\n\tsize {} in {objects} objects\n\torder {} ({} objects)\n\tsnapshot_count: {}\n\tid: {}\n",
-        info.name,
-        byte_u(info.size),
-        layout.order(),
-        byte_u(layout.object_size),
-        info.snapshot_count,
-        info.id
-    );
-    if let Some(dp) = &info.data_pool {
-        s += &format!("\tdata_pool: {dp}\n");
-    }
-    s += &format!(
-        "\tblock_name_prefix: {}\n\tformat: 2\n",
-        info.block_name_prefix
-    );
-    s += &format!(
-        "\tfeatures: {}\n\top_features: \n\tflags: {}\n",
-        feature_names(info.features).join(", "),
-        flags.join(", ")
-    );
-    s += &format!("\tcreate_timestamp: {}\n", ctime(info.create_timestamp));
-    s += &format!("\taccess_timestamp: {}\n", ctime(info.access_timestamp));
-    s += &format!("\tmodify_timestamp: {}\n", ctime(info.modify_timestamp));
-    if let Some(p) = protected {
-        s += &format!("\tprotected: {}\n", if p { "True" } else { "False" });
-    }
-    if let Some(p) = &info.parent {
-        s += &format!(
-            "\tparent: {}\n\toverlap: {}\n",
-            parent_string(p),
-            byte_u(p.overlap)
-        );
-    }
-    if info.features & features::STRIPINGV2 != 0 || layout.is_striped() {
-        s += &format!(
-            "\tstripe unit: {}\n\tstripe count: {}\n",
-            byte_u(layout.stripe_unit),
-            layout.stripe_count
-        );
-    }
-    print!("{s}");
-    Ok(())
-}
-
 pub fn rm(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let spec = ctx.image_spec(&a.spec, Snap::No)?;
     let rbd = ctx.rbd()?;
@@ -634,12 +430,12 @@ pub fn snap_ls(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let snaps = image.snap_list().map_err(err("failed to list snapshots"))?;
     let _ = image.close();
     if ctx.json {
-        let v: Vec<Value> = snaps
-            .iter()
-            .map(|s| json!({"id": s.id, "name": s.name, "size": s.size,
-                "protected": if s.protected { "true" } else { "false" }, "timestamp": ctime(s.timestamp)}))
-            .collect();
-        ctx.print_json(&Value::Array(v));
+        let v = snaps.iter().map(|s| {
+            obj! {"id" => s.id, "name" => &s.name, "size" => s.size,
+            "protected" => if s.protected { "true" } else { "false" },
+            "timestamp" => ctime(s.timestamp)}
+        });
+        ctx.emit("snapshots", &Doc::list("snapshot", v));
         return Ok(());
     }
     let mut t = Table::new(&[
@@ -756,7 +552,7 @@ pub fn snap_rename(ctx: &Ctx, a: &TwoSpecs) -> CmdResult {
 
 pub fn clone(ctx: &Ctx, a: &CloneArgs) -> CmdResult {
     let parent = ctx.image_spec(&a.parent, Snap::Must)?;
-    let child = ctx.image_spec(&a.child, Snap::No)?;
+    let child = ctx.dest_image_spec(&a.child, Snap::No)?;
     let mut opts = create_options(&a.layout, 0, None, None)?;
     check_namespace(ctx, &child.pool_spec())?;
     if let Some(pool) = &opts.data_pool {
@@ -785,19 +581,16 @@ pub fn children(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let kids = image.children().map_err(err("listing children failed"))?;
     let _ = image.close();
     if ctx.json {
-        let v: Vec<Value> = kids
-            .iter()
-            .map(|c| {
-                let mut o =
-                    json!({"pool": c.pool, "pool_namespace": c.namespace, "image": c.image_name});
-                if c.in_trash {
-                    o["trash"] = json!(true);
-                    o["id"] = json!(c.image_id);
-                }
-                o
-            })
-            .collect();
-        ctx.print_json(&Value::Array(v));
+        let v = kids.iter().map(|c| {
+            let mut o =
+                obj! {"pool" => &c.pool, "pool_namespace" => &c.namespace, "image" => &c.image_name};
+            if c.in_trash {
+                o.set("trash", true);
+                o.set("id", &c.image_id);
+            }
+            o
+        });
+        ctx.emit("children", &Doc::list("child", v));
         return Ok(());
     }
     for c in &kids {
@@ -851,11 +644,10 @@ pub fn trash_ls(ctx: &Ctx, a: &TrashLsArgs) -> CmdResult {
     };
     if !a.long {
         if ctx.json {
-            let v: Vec<Value> = entries
+            let v = entries
                 .iter()
-                .map(|e| json!({"id": e.id, "name": e.name}))
-                .collect();
-            ctx.print_json(&Value::Array(v));
+                .map(|e| obj! {"id" => &e.id, "name" => &e.name});
+            ctx.emit("trash", &Doc::list("image", v));
         } else {
             for e in &entries {
                 println!("{} {}", e.id, e.name);
@@ -871,7 +663,7 @@ pub fn trash_ls(ctx: &Ctx, a: &TrashLsArgs) -> CmdResult {
         ("STATUS", Align::Left, Align::Left),
         ("PARENT", Align::Left, Align::Left),
     ]);
-    let mut out = Vec::new();
+    let mut out = Doc::empty_list();
     for e in &entries {
         let parent = ctx
             .rbd()?
@@ -884,8 +676,13 @@ pub fn trash_ls(ctx: &Ctx, a: &TrashLsArgs) -> CmdResult {
             })
             .map(|p| parent_string(&p))
             .unwrap_or_default();
-        out.push(json!({"id": e.id, "name": e.name, "source": e.source,
-            "deleted_at": ctime(e.deleted_at), "status": status(e), "parent": parent}));
+        let mut o = obj! {"id" => &e.id, "name" => &e.name, "source" => &e.source,
+        "deleted_at" => ctime(e.deleted_at), "status" => status(e)};
+        // rbd leaves the key out for an image with no parent.
+        if !parent.is_empty() {
+            o.set("parent", &parent);
+        }
+        out.push("image", o);
         t.row(vec![
             e.id.clone(),
             e.name.clone(),
@@ -896,7 +693,7 @@ pub fn trash_ls(ctx: &Ctx, a: &TrashLsArgs) -> CmdResult {
         ]);
     }
     if ctx.json {
-        ctx.print_json(&Value::Array(out));
+        ctx.emit("trash", &out);
     } else if !t.is_empty() {
         print!("{t}");
     }
@@ -959,7 +756,7 @@ pub fn du(ctx: &Ctx, a: &DuArgs) -> CmdResult {
         ("PROVISIONED", Align::Left, Align::Right),
         ("USED", Align::Left, Align::Right),
     ]);
-    let mut out = Vec::new();
+    let mut out = Doc::empty_list();
     let (mut rows, mut total_prov, mut total_used) = (0, 0u64, 0u64);
     for name in names
         .iter()
@@ -972,6 +769,7 @@ pub fn du(ctx: &Ctx, a: &DuArgs) -> CmdResult {
         };
         let entries = image.du().map_err(err("du failed"))?;
         let id = image.info().map(|i| i.id).unwrap_or_default();
+        let snap_ids = image.snap_list().map_err(err("du failed"))?;
         let _ = image.close();
         check_du_snaps(&entries, snap.as_deref(), a.from_snap.as_deref())?;
         let mut started = a.from_snap.is_none();
@@ -985,11 +783,16 @@ pub fn du(ctx: &Ctx, a: &DuArgs) -> CmdResult {
                 None => name.clone(),
             };
             t.row(vec![label, byte_u(e.provisioned), byte_u(e.used)]);
-            let mut o = json!({"name": name, "id": id, "provisioned_size": e.provisioned, "used_size": e.used});
+            let mut o = obj! {"name" => name, "id" => &id};
             if let Some(s) = &e.snap {
-                o["snapshot"] = json!(s);
+                o.set("snapshot", s);
+                if let Some(info) = snap_ids.iter().find(|i| &i.name == s) {
+                    o.set("snapshot_id", info.id);
+                }
             }
-            out.push(o);
+            o.set("provisioned_size", e.provisioned);
+            o.set("used_size", e.used);
+            out.push("image", o);
             rows += 1;
             total_used += e.used;
             if e.snap.is_none() || snap.is_some() {
@@ -1001,12 +804,12 @@ pub fn du(ctx: &Ctx, a: &DuArgs) -> CmdResult {
         }
     }
     if ctx.json {
-        let mut v = json!({"images": out});
+        let mut v = obj! {"images" => out};
         if only.is_none() {
-            v["total_provisioned_size"] = json!(total_prov);
-            v["total_used_size"] = json!(total_used);
+            v.set("total_provisioned_size", total_prov);
+            v.set("total_used_size", total_used);
         }
-        ctx.print_json(&v);
+        ctx.emit("stats", &v);
         return Ok(());
     }
     if rows > 1 {
@@ -1046,11 +849,11 @@ pub fn diff(ctx: &Ctx, a: &DiffArgs) -> CmdResult {
         .map_err(err("diff error"))?;
     let _ = image.close();
     if ctx.json {
-        let v: Vec<Value> = extents
-            .iter()
-            .map(|e| json!({"offset": e.offset, "length": e.len, "exists": if e.exists { "true" } else { "false" }}))
-            .collect();
-        ctx.print_json(&Value::Array(v));
+        let v = extents.iter().map(|e| {
+            obj! {"offset" => e.offset, "length" => e.len,
+            "exists" => if e.exists { "true" } else { "false" }}
+        });
+        ctx.emit("extents", &Doc::list("extent", v));
         return Ok(());
     }
     let mut t = Table::new(&[
@@ -1107,7 +910,9 @@ fn meta_ls(ctx: &Ctx, a: &SpecArg) -> CmdResult {
         .map_err(err("listing metadata failed"))?;
     let _ = image.close();
     if ctx.json {
-        ctx.print_json(&json!(pairs));
+        // rbd names each XML element after its key.
+        let doc = Doc::Obj(pairs.into_iter().map(|(k, v)| (k, Doc::Str(v))).collect());
+        ctx.emit("metadatas", &doc);
         return Ok(());
     }
     if pairs.is_empty() {
@@ -1144,16 +949,14 @@ pub fn status(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let migration = rbdm_migration::status(ctx.rbd()?, &spec)
         .map_err(|e| Fail::errno(e.errno(), "show status failed", &e.to_string()))?;
     if ctx.json {
-        let v: Vec<Value> = watchers
+        let v = watchers
             .iter()
-            .map(|w| json!({"address": addr(w), "client": w.client.id, "cookie": w.cookie}))
-            .collect();
-        let mut out = json!({"watchers": v});
+            .map(|w| obj! {"address" => addr(w), "client" => w.client.id, "cookie" => w.cookie});
+        let mut out = obj! {"watchers" => Doc::list("watcher", v)};
         if let Some(m) = &migration {
-            out["migration"] = json!({"source": m.source, "destination": m.destination, "state": m.state,
-                                      "import_only": m.import_only});
+            out.set("migration", crate::status::migration_doc(m));
         }
-        ctx.print_json(&out);
+        ctx.emit("status", &out);
         return Ok(());
     }
     if watchers.is_empty() {
@@ -1198,7 +1001,7 @@ pub fn pool(ctx: &Ctx, cmd: &PoolCmd) -> CmdResult {
         PoolCmd::Ls => {
             let pools = ctx.rbd()?.pool_list().map_err(err("error listing pools"))?;
             if ctx.json {
-                ctx.print_json(&json!(pools));
+                ctx.emit("pools", &pools_doc(ctx, &pools)?);
             } else {
                 for p in pools {
                     println!("{p}");
@@ -1214,6 +1017,21 @@ pub fn pool(ctx: &Ctx, cmd: &PoolCmd) -> CmdResult {
                 .map_err(err(format!("error removing pool '{}'", a.name)))
         }
     }
+}
+
+/// Each pool's id and name, under the names `ceph osd pool ls detail` gives them
+/// (`<pools><pool><pool_id>1</pool_id><pool_name>rbd</pool_name>…`), since scripts take the
+/// id from there for a native source-spec's `pool_id`.
+fn pools_doc(ctx: &Ctx, pools: &[String]) -> CmdResult<Doc> {
+    let store = ctx.rbd()?.store();
+    let mut out = Doc::empty_list();
+    for name in pools {
+        let id = store
+            .pool_id(name)
+            .map_err(|e| Fail::store(&e, format!("error opening pool '{name}'")))?;
+        out.push("pool", obj! {"pool_id" => id, "pool_name" => name});
+    }
+    Ok(out)
 }
 
 fn ns_spec(ctx: &Ctx, a: &NsSpecArg) -> CmdResult<PoolSpec> {
@@ -1252,8 +1070,8 @@ pub fn namespace(ctx: &Ctx, cmd: &NsCmd) -> CmdResult {
                 .namespace_list(&pool)
                 .map_err(err("listing namespaces failed"))?;
             if ctx.json {
-                let v: Vec<Value> = list.iter().map(|n| json!({"name": n})).collect();
-                ctx.print_json(&Value::Array(v));
+                let v = list.iter().map(|n| obj! {"name" => n});
+                ctx.emit("namespaces", &Doc::list("namespace", v));
                 return Ok(());
             }
             let mut t = Table::new(&[("NAME", Align::Left, Align::Left)]);
@@ -1302,7 +1120,7 @@ pub fn config_key(ctx: &Ctx, cmd: &ConfigKeyCmd) -> CmdResult {
                 .config_key_list()
                 .map_err(err("error listing keys"))?;
             if ctx.json {
-                ctx.print_json(&json!(keys));
+                ctx.emit("keys", &Doc::list("key", &keys));
             } else {
                 for k in keys {
                     println!("{k}");

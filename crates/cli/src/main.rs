@@ -7,11 +7,16 @@
 
 mod args;
 mod cmds;
+mod doc;
+mod listing;
+mod lock;
 mod migration;
 mod nbd;
 mod output;
 mod source;
+mod status;
 mod transfer;
+mod usage;
 
 use clap::Parser;
 
@@ -40,8 +45,8 @@ fn store_uri(cli: &Cli) -> String {
 fn run(ctx: &Ctx, cmd: &Cmd) -> CmdResult {
     match cmd {
         Cmd::Create(a) => cmds::create(ctx, a),
-        Cmd::Ls(a) => cmds::ls(ctx, a),
-        Cmd::Info(a) => cmds::info(ctx, a),
+        Cmd::Ls(a) => listing::ls(ctx, a),
+        Cmd::Info(a) => listing::info(ctx, a),
         Cmd::Rm(a) => cmds::rm(ctx, a),
         Cmd::Resize(a) => cmds::resize(ctx, a),
         Cmd::Rename(a) => cmds::rename(ctx, a),
@@ -56,6 +61,7 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> CmdResult {
         Cmd::Diff(a) => cmds::diff(ctx, a),
         Cmd::ImageMeta(c) => cmds::image_meta(ctx, c),
         Cmd::Status(a) => cmds::status(ctx, a),
+        Cmd::Lock(c) => lock::run(ctx, c),
         Cmd::Pool(c) => cmds::pool(ctx, c),
         Cmd::Namespace(c) => cmds::namespace(ctx, c),
         Cmd::ConfigKey(c) => cmds::config_key(ctx, c),
@@ -78,6 +84,10 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            if let Some(line) = usage::missing_argument(&e) {
+                eprintln!("rbdm: {line}");
+                std::process::exit(libc::EINVAL);
+            }
             // Help and version are not errors; a usage error exits EINVAL, as rbd does.
             let code = if e.use_stderr() { libc::EINVAL } else { 0 };
             let _ = e.print();

@@ -1,10 +1,11 @@
 //! Printing in the style of Ceph's `rbd`: byte sizes (`byte_u_t`), `TextTable`, `ctime`
-//! timestamps, JSON (`--format json`, `--pretty-format`), progress lines and error lines.
+//! timestamps, formatted documents (`--format json|xml`, `--pretty-format`), progress lines
+//! and error lines.
 
 use std::fmt::{self, Display};
 use std::io::Write;
 
-use serde_json::Value;
+use crate::doc::Doc;
 
 /// A failed command: the line printed after "rbdm: " and the exit status (an errno).
 #[derive(Debug)]
@@ -199,43 +200,35 @@ impl Display for Table {
     }
 }
 
-/// Prints JSON as Ceph's formatters do: compact, or indented by four spaces.
-pub fn print_json(v: &Value, pretty: bool) {
-    let mut out = Vec::new();
-    if pretty {
-        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-        if serde::Serialize::serialize(v, &mut ser).is_err() {
-            out = v.to_string().into_bytes();
-        }
+/// Prints a document as rbd prints a formatter: JSON or XML, then a newline.
+pub fn print_doc(doc: &Doc, root: &str, xml: bool, pretty: bool) {
+    let mut out = if xml {
+        doc.to_xml(root, pretty)
     } else {
-        out = v.to_string().into_bytes();
-    }
-    out.push(b'\n');
+        doc.to_json(pretty)
+    };
+    out.push('\n');
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(&out);
+    let _ = stdout.write_all(out.as_bytes());
     let _ = stdout.flush();
 }
 
-pub fn stderr_is_tty() -> bool {
-    // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(2) == 1 }
-}
-
-/// rbd's `ProgressContext`: "Importing image: 42% complete..." on stderr, rewritten in place,
-/// then "...done." or "...failed."; silent unless stderr is a terminal.
+/// rbd's `ProgressContext`: "Importing image: 42% complete..." on stderr, each rewrite
+/// after a `\r`, only when the percentage grows (so 0% is never printed), then
+/// "...100% complete...done." or "...<last>% complete...failed." and a newline. rbd prints it
+/// whether or not stderr is a terminal; only `--no-progress` silences it.
 pub struct Progress {
     label: String,
     enabled: bool,
-    last: Option<u64>,
+    last: u64,
 }
 
 impl Progress {
-    pub fn new(label: &str, allowed: bool) -> Self {
+    pub fn new(label: &str, enabled: bool) -> Self {
         Progress {
             label: label.to_string(),
-            enabled: allowed && stderr_is_tty(),
-            last: None,
+            enabled,
+            last: 0,
         }
     }
     pub fn update(&mut self, done: u64, total: u64) {
@@ -243,12 +236,12 @@ impl Progress {
             return;
         }
         let pc = if total == 0 {
-            100
+            0
         } else {
             (done.min(total) as u128 * 100 / total as u128) as u64
         };
-        if self.last != Some(pc) {
-            self.last = Some(pc);
+        if pc > self.last {
+            self.last = pc;
             eprint!("\r{}: {}% complete...", self.label, pc);
         }
     }
@@ -260,11 +253,7 @@ impl Progress {
     }
     pub fn fail(&mut self) {
         if self.enabled {
-            eprintln!(
-                "\r{}: {}% complete...failed.",
-                self.label,
-                self.last.unwrap_or(0)
-            );
+            eprintln!("\r{}: {}% complete...failed.", self.label, self.last);
             self.enabled = false;
         }
     }

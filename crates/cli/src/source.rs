@@ -11,9 +11,11 @@ use std::io::{Read, Write};
 
 use clap::{Args, Subcommand};
 use rbdm_registry::{ExtentState, OpenContext, Point, SnapExtent, SourceError, SourceImage};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cmds::Ctx;
+use crate::doc::Doc;
+use crate::obj;
 use crate::output::{byte_u, ctime, CmdResult, Fail};
 use crate::transfer::{out_fail, write_file_sparse, write_zeros, Dest};
 
@@ -135,17 +137,18 @@ fn info(ctx: &Ctx, a: &SpecArgs) -> CmdResult {
     let img = open(ctx, a)?;
     let snaps = img.snapshots();
     if ctx.json {
-        let list: Vec<Value> = snaps
-            .iter()
-            .map(|s| json!({"name": s.name, "size": s.size, "timestamp": s.timestamp}))
-            .collect();
-        ctx.print_json(&json!({
-            "format": img.format(),
-            "description": img.describe(),
-            "size": img.size(),
-            "snapshot_count": snaps.len(),
-            "snapshots": list,
-        }));
+        let list = snaps.iter().map(|s| {
+            let mut o = obj! {"name" => &s.name, "size" => s.size};
+            if let Some(t) = s.timestamp {
+                o.set("timestamp", t);
+            }
+            o
+        });
+        let doc = obj! {
+            "format" => img.format(), "description" => img.describe(), "size" => img.size(),
+            "snapshot_count" => snaps.len(), "snapshots" => Doc::list("snapshot", list),
+        };
+        ctx.emit("source", &doc);
         return Ok(());
     }
     let mut out = format!(
@@ -380,12 +383,16 @@ fn export_stream(
 fn plugins(ctx: &Ctx) -> CmdResult {
     let (formats, streams) = rbdm_plugins::linked();
     if ctx.json {
-        let list = |v: &[(&str, &str)]| -> Vec<Value> {
-            v.iter()
-                .map(|(n, d)| json!({"name": n, "description": d}))
-                .collect()
+        let list = |item: &str, v: &[(&str, &str)]| {
+            Doc::list(
+                item,
+                v.iter()
+                    .map(|(n, d)| obj! {"name" => *n, "description" => *d}),
+            )
         };
-        ctx.print_json(&json!({"formats": list(&formats), "streams": list(&streams)}));
+        let doc =
+            obj! {"formats" => list("format", &formats), "streams" => list("stream", &streams)};
+        ctx.emit("plugins", &doc);
         return Ok(());
     }
     let mut out = String::from("formats:\n");

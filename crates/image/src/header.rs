@@ -278,7 +278,7 @@ impl Header {
     }
 }
 
-/// Every omap key of the header object except image metadata.
+/// Every omap key of the header object except image metadata and advisory locks.
 fn load_keys(store: &StoreRef, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut keys = BTreeMap::new();
     let mut after = String::new();
@@ -288,7 +288,8 @@ fn load_keys(store: &StoreRef, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>
         after = last.clone();
         keys.extend(
             page.into_iter()
-                .filter(|(k, _)| !k.starts_with(METADATA_PREFIX)),
+                .filter(|(k, _)| !k.starts_with(METADATA_PREFIX))
+                .filter(|(k, _)| !k.starts_with(crate::advisory::PREFIX)),
         );
     }
     if keys.is_empty() {

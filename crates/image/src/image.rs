@@ -131,7 +131,7 @@ impl Image {
     pub fn store(&self) -> &rbdm_store::StoreRef {
         self.rbd.store()
     }
-    fn header_loc(&self) -> Locator {
+    pub(crate) fn header_loc(&self) -> Locator {
         Locator::new(
             self.pool_id,
             &self.spec.namespace,
@@ -522,6 +522,10 @@ impl Image {
                 )))
             }
             Err(e) => return Err(e.into()),
+        }
+        if let Err(e) = self.check_not_fenced() {
+            let _ = self.store().unlock(&self.header_loc(), LOCK_NAME, &c);
+            return Err(e);
         }
         *cookie = Some(c);
         // Whoever held the lock before may have changed the object map.

@@ -19,6 +19,7 @@
 pub use rbdm_extent::Layout;
 pub use rbdm_store::{SnapId, StoreRef, Watcher};
 
+pub mod advisory;
 pub mod encoding;
 mod error;
 pub mod header;
