@@ -7,7 +7,10 @@
 //! The binary is not built by `cargo test -p rbdm-tests` (a test crate cannot depend on a
 //! binary): run `cargo build -p rbdm-cli` first, with the same target dir and profile.
 
+pub mod ceph_base;
+pub mod qemu_nbd;
 pub mod servers;
+pub mod sparse;
 
 /// Deterministic bytes that do not compress or repeat (xorshift), for test objects.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
