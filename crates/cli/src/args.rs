@@ -614,7 +614,8 @@ pub struct NbdExportArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum MigrationCmd {
-    /// Prepare a migration: SOURCE [DEST], or --import-only --source-spec(-path) DEST.
+    /// Prepare a migration: SOURCE [DEST]; or --import-only SOURCE@SNAP DEST, or
+    /// --import-only --source-spec(-path) DEST.
     Prepare(MigrationPrepareArgs),
     /// Copy the source into the destination (resumable).
     Execute(MigrationExecuteArgs),
@@ -640,7 +641,8 @@ pub struct MigrationPrepareArgs {
     /// Copy the parent's data too, so the destination has no parent
     #[arg(long)]
     pub flatten: bool,
-    /// SOURCE_IMAGE [DEST_IMAGE], or DEST_IMAGE with --import-only
+    /// SOURCE_IMAGE [DEST_IMAGE]; with --import-only SOURCE_IMAGE@SNAP DEST_IMAGE (a native
+    /// source-spec of that snapshot), or DEST_IMAGE alone with --source-spec(-path)
     #[arg(value_name = "IMAGE_SPEC", num_args = 1..)]
     pub specs: Vec<String>,
 }
