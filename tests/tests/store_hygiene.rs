@@ -201,3 +201,110 @@ fn reads_work_on_a_full_disk_and_writes_fail_enospc() {
     let _ = env.rbdm(&["rm", "img2"]);
     env.ok(&["create", "--size", "1M", "after"]);
 }
+
+fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read");
+    f.write_all_at(&[b[0] ^ 0x04], at).expect("write");
+}
+
+fn data_files(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = modes(&root.join("data"))
+        .into_iter()
+        .filter(|(_, _, dir)| !dir)
+        .map(|(p, _, _)| p)
+        .collect();
+    out.sort();
+    out
+}
+
+fn cp_a(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(ok.success());
+}
+
+/// Flipped bytes in object files and in `meta.sqlite` (issue 13, point 13): an export either
+/// reads exactly what was written or fails; a damaged object file always fails it (EIO), and
+/// `scrub` names the damage and exits EIO.
+#[test]
+fn damage_fails_reads_and_scrub_never_changes_exported_bytes() {
+    let env = Env::new();
+    let size = 16 * MIB;
+    let writes = [(0, 5 * MIB, 0x31), (9 * MIB + 512, 3 * MIB, 0x62)];
+    let raw = env.path("disk.raw");
+    make_raw(&raw, size, &writes);
+    env.ok(&["import", raw.to_str().unwrap(), "img"]);
+    env.ok(&["snap", "create", "img@s1"]);
+    env.ok(&["image-meta", "set", "img", "owner", "alice"]);
+    let want = raw_contents(size, &writes);
+    let scrub = env.ok(&["scrub", "rbd"]);
+    assert!(scrub.contains(": 0 damaged"), "{scrub}");
+    let root = store_root(&env);
+    let pristine = env.path("pristine");
+    cp_a(&root, &pristine);
+    let out = env.path("out.raw");
+    let mut rng = Rng(13);
+    let (mut failed, mut same) = (0, 0);
+    for trial in 0..40 {
+        cp_a(&pristine, &root);
+        let in_db = trial % 2 == 1;
+        let target = if in_db {
+            root.join("meta.sqlite")
+        } else {
+            let files = data_files(&root);
+            files[rng.below(files.len() as u64) as usize].clone()
+        };
+        let len = std::fs::metadata(&target).expect("stat").len();
+        let at = rng.below(len);
+        flip_byte(&target, at);
+        let _ = std::fs::remove_file(&out);
+        let export = env.rbdm(&["export", "img", out.to_str().unwrap()]);
+        let what = format!("trial {trial}: byte {at} of {}", target.display());
+        if export.status.success() {
+            file_is(&out, &want).unwrap_or_else(|e| panic!("{what}: exported changed bytes: {e}"));
+            same += 1;
+        } else {
+            failed += 1;
+            assert_eq!(
+                export.status.code(),
+                Some(libc::EIO),
+                "{what}: {}",
+                stderr(&export)
+            );
+        }
+        // Scrub reads every object (also those export does not, such as the object map).
+        let scrub = env.rbdm(&["scrub"]);
+        if !in_db {
+            assert_eq!(
+                scrub.status.code(),
+                Some(libc::EIO),
+                "{what}: scrub {}",
+                stdout(&scrub)
+            );
+            let name = target.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                stdout(&scrub).contains(&name),
+                "{what}: scrub {}",
+                stdout(&scrub)
+            );
+        } else if !export.status.success() {
+            assert!(
+                !scrub.status.success(),
+                "{what}: export failed, scrub passed"
+            );
+        }
+    }
+    eprintln!("40 flips: {failed} failed (EIO), {same} exported unchanged");
+}

@@ -81,6 +81,8 @@ pub enum Cmd {
     /// Show disk usage stats for a pool, image or snapshot.
     #[command(visible_alias = "disk-usage")]
     Du(DuArgs),
+    /// Check a pool's data and metadata against their checksums.
+    Scrub(crate::scrub::ScrubArgs),
     /// Print extents that differ since a previous snapshot, or image creation.
     Diff(DiffArgs),
     /// Image metadata management.

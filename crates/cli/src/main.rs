@@ -13,6 +13,7 @@ mod lock;
 mod migration;
 mod nbd;
 mod output;
+mod scrub;
 mod source;
 mod status;
 mod transfer;
@@ -58,6 +59,7 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> CmdResult {
         Cmd::Import(a) => transfer::import(ctx, a),
         Cmd::Export(a) => transfer::export(ctx, a),
         Cmd::Du(a) => cmds::du(ctx, a),
+        Cmd::Scrub(a) => scrub::run(ctx, a),
         Cmd::Diff(a) => cmds::diff(ctx, a),
         Cmd::ImageMeta(c) => cmds::image_meta(ctx, c),
         Cmd::Status(a) => cmds::status(ctx, a),

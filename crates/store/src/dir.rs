@@ -31,11 +31,13 @@ mod files;
 mod holders;
 mod layout;
 mod rows;
+mod scrub;
 mod stripes;
 mod sums;
 mod sweep;
 mod sync;
 mod trim;
+mod values;
 mod write;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,8 +54,8 @@ use self::stripes::{RowCache, StripeLock, Stripes};
 use crate::plan::{self, View};
 use crate::snaps;
 use crate::{
-    ClientInfo, Error, Locator, LockInfo, ObjectStat, ObjectStore, PoolId, Result, SnapContext,
-    SnapId, SnapSet, Watcher, WriteOp,
+    ClientInfo, Error, Locator, LockInfo, ObjectStat, ObjectStore, PoolId, Result, ScrubReport,
+    SnapContext, SnapId, SnapSet, Watcher, WriteOp,
 };
 
 pub(crate) use clients::{hostname, now_secs};
@@ -468,17 +470,30 @@ impl ObjectStore for DirStore {
         snaps::validate_snapc(snapc)?;
         let (_lock, row) = self.lock_and_load(loc, true)?;
         let head_id = row.as_ref().filter(|r| r.exists).map(|r| r.id);
-        let lookup = |sql: &str, key: &str| -> Result<Option<Vec<u8>>> {
+        let lookup = |kind: &str, sql: &str, key: &str| -> Result<Option<Vec<u8>>> {
             let Some(oid) = head_id else { return Ok(None) };
             let db = self.db();
-            let value = db
+            let row: Option<(Vec<u8>, Option<i64>)> = db
                 .prepare_cached(sql)?
-                .query_row(params![oid, key], |r| r.get(0))
+                .query_row(params![oid, key], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            Ok(value)
+            row.map(|(v, crc)| values::checked(loc, kind, key, v, crc))
+                .transpose()
         };
-        let xattr = |n: &str| lookup("SELECT value FROM xattrs WHERE oid = ?1 AND name = ?2", n);
-        let omap = |k: &str| lookup("SELECT value FROM omap WHERE oid = ?1 AND key = ?2", k);
+        let xattr = |n: &str| {
+            lookup(
+                "xattr",
+                "SELECT value, crc FROM xattrs WHERE oid = ?1 AND name = ?2",
+                n,
+            )
+        };
+        let omap = |k: &str| {
+            lookup(
+                "omap key",
+                "SELECT value, crc FROM omap WHERE oid = ?1 AND key = ?2",
+                k,
+            )
+        };
         let view = View {
             exists: head_id.is_some(),
             size: row.as_ref().filter(|r| r.exists).map_or(0, |r| r.size),
@@ -564,17 +579,30 @@ impl ObjectStore for DirStore {
 
     fn get_xattr(&self, loc: &Locator, name: &str) -> Result<Vec<u8>> {
         let value = self.with_head(loc, |db, oid| {
-            let st = db.prepare_cached("SELECT value FROM xattrs WHERE oid = ?1 AND name = ?2");
-            Ok(st?.query_row(params![oid, name], |r| r.get(0)).optional()?)
+            let st =
+                db.prepare_cached("SELECT value, crc FROM xattrs WHERE oid = ?1 AND name = ?2");
+            let row = st?
+                .query_row(params![oid, name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            row.map(|(v, crc)| values::checked(loc, "xattr", name, v, crc))
+                .transpose()
         })?;
         value.ok_or_else(|| Error::NotFound(format!("{loc} xattr {name:?}")))
     }
 
     fn get_xattrs(&self, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>>> {
         self.with_head(loc, |db, oid| {
-            let mut st = db.prepare_cached("SELECT name, value FROM xattrs WHERE oid = ?1")?;
-            let rows = st.query_map([oid], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let mut st = db.prepare_cached("SELECT name, value, crc FROM xattrs WHERE oid = ?1")?;
+            let rows = st.query_map([oid], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let (name, v, crc) = row?;
+                let v = values::checked(loc, "xattr", &name, v, crc)?;
+                out.insert(name, v);
+            }
+            Ok(out)
         })
     }
 
@@ -587,7 +615,7 @@ impl ObjectStore for DirStore {
     ) -> Result<Vec<(String, Vec<u8>)>> {
         self.with_head(loc, |db, oid| {
             let mut st = db
-                .prepare_cached("SELECT key, value FROM omap WHERE oid = ?1 AND key > ?2 AND key >= ?3 ORDER BY key")?;
+                .prepare_cached("SELECT key, value, crc FROM omap WHERE oid = ?1 AND key > ?2 AND key >= ?3 ORDER BY key")?;
             let mut rows = st.query(params![oid, start_after, prefix])?;
             let mut out = Vec::new();
             while out.len() < max {
@@ -596,7 +624,8 @@ impl ObjectStore for DirStore {
                 if !key.starts_with(prefix) {
                     break;
                 }
-                out.push((key, r.get(1)?));
+                let v = values::checked(loc, "omap key", &key, r.get(1)?, r.get(2)?)?;
+                out.push((key, v));
             }
             Ok(out)
         })
@@ -604,11 +633,15 @@ impl ObjectStore for DirStore {
 
     fn omap_get_keys(&self, loc: &Locator, keys: &[&str]) -> Result<BTreeMap<String, Vec<u8>>> {
         self.with_head(loc, |db, oid| {
-            let mut st = db.prepare_cached("SELECT value FROM omap WHERE oid = ?1 AND key = ?2")?;
+            let mut st =
+                db.prepare_cached("SELECT value, crc FROM omap WHERE oid = ?1 AND key = ?2")?;
             let mut out = BTreeMap::new();
             for k in keys {
-                if let Some(v) = st.query_row(params![oid, k], |r| r.get(0)).optional()? {
-                    out.insert(k.to_string(), v);
+                let row = st
+                    .query_row(params![oid, k], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((v, crc)) = row {
+                    out.insert(k.to_string(), values::checked(loc, "omap key", k, v, crc)?);
                 }
             }
             Ok(out)
@@ -665,5 +698,9 @@ impl ObjectStore for DirStore {
 
     fn flush(&self) -> Result<()> {
         self.do_flush()
+    }
+
+    fn scrub(&self, pool: Option<PoolId>) -> Result<ScrubReport> {
+        self.do_scrub(pool)
     }
 }

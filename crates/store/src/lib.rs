@@ -255,6 +255,19 @@ pub struct LockInfo {
     pub exclusive: bool,
 }
 
+/// What a scrub found: how much it checked, and one line per damaged object or page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Objects whose every version, xattr and omap value was read and checked.
+    pub objects: u64,
+    /// Data bytes read and checked against their checksums.
+    pub bytes: u64,
+    /// What is damaged, each naming the object (or the database) and what failed.
+    pub damaged: Vec<String>,
+    /// Whether this store keeps data checksums at all (stores made before them do not).
+    pub checksums: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Watcher {
     pub client: ClientInfo,
@@ -414,6 +427,16 @@ pub trait ObjectStore: Send + Sync {
     fn unwatch(&self, loc: &Locator, cookie: u64) -> Result<()>;
     /// Live watchers only (a watcher whose process died is dropped).
     fn list_watchers(&self, loc: &Locator) -> Result<Vec<Watcher>>;
+
+    /// Reads and checks everything the store keeps for a pool (all pools if `None`): every
+    /// version of every object against its checksums, every metadata value, and the
+    /// metadata store's own integrity. Damage is reported, not an error.
+    fn scrub(&self, pool: Option<PoolId>) -> Result<ScrubReport> {
+        let _ = pool;
+        Err(Error::Invalid(
+            "this store keeps no checksums to scrub".into(),
+        ))
+    }
 
     /// Makes every completed write durable on stable storage (fsync). Completed writes already
     /// survive the death of the process (SIGKILL) without this; `flush` is for power loss.

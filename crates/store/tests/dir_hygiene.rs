@@ -147,3 +147,59 @@ fn a_flipped_data_byte_fails_the_read_naming_object_and_offset() {
         .expect_err("read-modify-write of a damaged block");
     assert_eq!(e.errno(), libc::EIO);
 }
+
+#[test]
+fn scrub_reports_each_damaged_object_and_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = DirStore::open(dir.path()).expect("open");
+    let nosnap = SnapContext::default();
+    for i in 0..4 {
+        let o = Locator::new(1, "", &format!("obj{i}"));
+        let op = WriteOp::new()
+            .write(0, &vec![i as u8 + 1; 64 << 10])
+            .set_xattr("x", b"xattr value")
+            .omap_set([("k".to_string(), b"omap value".to_vec())]);
+        s.operate(&o, &op, &nosnap).expect("write");
+    }
+    let clean = s.scrub(Some(1)).expect("scrub");
+    assert!(clean.damaged.is_empty(), "{:?}", clean.damaged);
+    assert_eq!((clean.objects, clean.bytes), (4, 4 * (64 << 10)));
+    assert!(clean.checksums);
+    drop(s);
+
+    // Damage obj1's data, and a metadata value of another object in the database.
+    let sizes: Vec<_> = data_files(dir.path());
+    flip(&sizes[1], 40000);
+    let db = rusqlite::Connection::open(dir.path().join("meta.sqlite")).expect("db");
+    let n = db
+        .execute(
+            "UPDATE omap SET value = CAST('omap valuf' AS BLOB) WHERE oid = (SELECT id FROM objects WHERE name = 'obj3')",
+            [],
+        )
+        .expect("damage omap");
+    assert_eq!(n, 1);
+    drop(db);
+    let s = DirStore::open(dir.path()).expect("open");
+    let report = s.scrub(None).expect("scrub");
+    assert_eq!(report.damaged.len(), 2, "{:?}", report.damaged);
+    assert!(
+        report.damaged.iter().any(|d| d.contains("offset 36864")),
+        "{:?}",
+        report.damaged
+    );
+    assert!(
+        report
+            .damaged
+            .iter()
+            .any(|d| d.contains("1/obj3") && d.contains("\"k\"")),
+        "{:?}",
+        report.damaged
+    );
+    let o3 = Locator::new(1, "", "obj3");
+    assert_eq!(
+        s.omap_get_keys(&o3, &["k"])
+            .expect_err("damaged value")
+            .errno(),
+        libc::EIO
+    );
+}

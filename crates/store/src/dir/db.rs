@@ -145,7 +145,9 @@ fn init_schema(conn: &mut Connection, root: &Path) -> std::result::Result<bool, 
             .optional()?
             .is_some();
     if made {
-        // An existing store: nothing to write, so opening works on a full disk.
+        // An existing store: nothing to write (so opening works on a full disk), unless it
+        // predates the checksum columns.
+        upgrade(conn)?;
         return Ok(false);
     }
     if layout::has_data_files(root) {
@@ -199,10 +201,11 @@ CREATE TABLE IF NOT EXISTS objects(id INTEGER PRIMARY KEY, pool INTEGER NOT NULL
 CREATE TABLE IF NOT EXISTS clones(oid INTEGER NOT NULL, clone_id INTEGER NOT NULL, snaps TEXT NOT NULL,
     size INTEGER NOT NULL, overlap TEXT NOT NULL, token TEXT, version INTEGER NOT NULL,
     mtime INTEGER NOT NULL, PRIMARY KEY(oid, clone_id)) WITHOUT ROWID;
+-- `crc`: of key and value (see `values`); NULL in rows from before it existed.
 CREATE TABLE IF NOT EXISTS xattrs(oid INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY(oid, name)) WITHOUT ROWID;
+    crc INTEGER, PRIMARY KEY(oid, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS omap(oid INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY(oid, key)) WITHOUT ROWID;
+    crc INTEGER, PRIMARY KEY(oid, key)) WITHOUT ROWID;
 -- Rows live only between a commit and the file write that follows it, so the table stays
 -- tiny and needs no index; ids grow while rows exist, which is all replay order needs.
 CREATE TABLE IF NOT EXISTS journal(id INTEGER PRIMARY KEY, oid INTEGER NOT NULL,
@@ -226,4 +229,27 @@ pub(super) fn has_checksums(conn: &Connection) -> Result<bool> {
         .query_row("SELECT 1 FROM meta WHERE key = 'checksums'", [], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// Gives a store made before value checksums its `crc` columns (left NULL: unchecked) and
+/// the `sums` table (unused there: its data files have no sums, see `has_checksums`).
+fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
+    let has_crc = conn
+        .prepare("SELECT 1 FROM pragma_table_info('omap') WHERE name = 'crc'")?
+        .exists([])?;
+    if has_crc {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Another process may have upgraded it meanwhile.
+    if !tx
+        .prepare("SELECT 1 FROM pragma_table_info('omap') WHERE name = 'crc'")?
+        .exists([])?
+    {
+        tx.execute_batch(
+            "ALTER TABLE xattrs ADD COLUMN crc INTEGER; ALTER TABLE omap ADD COLUMN crc INTEGER;",
+        )?;
+        tx.execute_batch(SCHEMA)?;
+    }
+    tx.commit()
 }

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::rows::{load_clones, snapset, CloneRow, ObjRow};
 use super::sums::{SumsChange, Target};
+use super::values::value_crc;
 use super::{files, io_err, now_secs, sql, DirStore};
 use crate::plan::{DataStep, MetaStep, Plan};
 use crate::snaps;
@@ -392,9 +393,9 @@ pub(super) fn apply_meta(conn: &Connection, oid: i64, meta: &[MetaStep]) -> Resu
         match *step {
             MetaStep::SetXattr(name, value) => {
                 conn.prepare_cached(
-                    "INSERT OR REPLACE INTO xattrs(oid, name, value) VALUES (?1, ?2, ?3)",
+                    "INSERT OR REPLACE INTO xattrs(oid, name, value, crc) VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![oid, name, value])?;
+                .execute(params![oid, name, value, value_crc(name, value)])?;
             }
             MetaStep::RmXattr(name) => {
                 conn.prepare_cached("DELETE FROM xattrs WHERE oid = ?1 AND name = ?2")?
@@ -402,10 +403,10 @@ pub(super) fn apply_meta(conn: &Connection, oid: i64, meta: &[MetaStep]) -> Resu
             }
             MetaStep::OmapSet(kv) => {
                 let mut st = conn.prepare_cached(
-                    "INSERT OR REPLACE INTO omap(oid, key, value) VALUES (?1, ?2, ?3)",
+                    "INSERT OR REPLACE INTO omap(oid, key, value, crc) VALUES (?1, ?2, ?3, ?4)",
                 )?;
                 for (k, v) in kv {
-                    st.execute(params![oid, k, v])?;
+                    st.execute(params![oid, k, v, value_crc(k, v)])?;
                 }
             }
             MetaStep::OmapRm(keys) => {
