@@ -1,6 +1,5 @@
 //! `rbdm migration prepare|execute|commit|abort`, worded as `rbd migration` words them.
 
-use std::io::Read;
 use std::sync::Mutex;
 
 use rbdm_migration::{ExecuteOptions, PrepareOptions};
@@ -33,37 +32,95 @@ pub fn run(ctx: &Ctx, cmd: &MigrationCmd) -> CmdResult {
     }
 }
 
-fn read_spec(a: &MigrationPrepareArgs) -> CmdResult<String> {
-    match (&a.source_spec, &a.source_spec_path) {
-        (Some(s), None) => Ok(s.clone()),
-        (None, Some(p)) if p == "-" => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .map_err(|e| Fail::io(&e, "cannot read the source-spec from stdin"))?;
-            Ok(s)
+/// What an import reads (the source-spec text) and where it goes (the destination spec).
+/// `rbd` takes the source either as a spec (`--source-spec`, `--source-spec-path`) or as a
+/// positional `[pool/[namespace/]]image@snap`, which means a `native` spec of that snapshot.
+fn import_source<'a>(ctx: &Ctx, a: &'a MigrationPrepareArgs) -> CmdResult<(String, &'a str)> {
+    let spec_given = a.source_spec.is_some() || a.source_spec_path.is_some();
+    match (spec_given, a.specs.as_slice()) {
+        (true, [dst]) => Ok((read_spec(a)?, dst)),
+        (true, _) => Err(Fail::invalid(
+            "a source image and --source-spec/--source-spec-path are exclusive: \
+             give the destination only",
+        )),
+        (false, [src, rest @ ..]) => {
+            let src = ctx.image_spec(src, Snap::Must)?;
+            let dst = match rest {
+                [dst] => dst,
+                [] => return Err(Fail::invalid("destination image name must be provided")),
+                _ => return Err(Fail::invalid("too many arguments")),
+            };
+            Ok((native_spec_of(ctx, &src)?, dst))
         }
-        (None, Some(p)) => std::fs::read_to_string(p)
-            .map_err(|e| Fail::io(&e, format!("cannot read source-spec file {p}"))),
-        (Some(_), Some(_)) => Err(Fail::invalid(
-            "give only one of --source-spec and --source-spec-path",
-        )),
-        (None, None) => Err(Fail::invalid(
-            "--import-only needs --source-spec or --source-spec-path",
-        )),
+        (false, []) => Err(Fail::invalid("image name was not specified")),
+    }
+}
+
+/// The `native` spec `rbd` builds for a positional import source: by pool id, as Ceph does,
+/// so the spec in the record survives a pool rename.
+fn native_spec_of(ctx: &Ctx, src: &rbdm_image::ImageSpec) -> CmdResult<String> {
+    crate::cmds::check_pool(ctx, &src.pool)?;
+    let pool_id = ctx
+        .rbd()?
+        .store()
+        .pool_id(&src.pool)
+        .map_err(|e| Fail::store(&e, format!("error opening pool {}", src.pool)))?;
+    let spec = rbdm_spec::NativeSpec {
+        pool: rbdm_spec::PoolRef::Id(pool_id),
+        pool_namespace: src.namespace.clone(),
+        image_name: src.image.clone(),
+        image_id: None,
+        snap: src.snap.clone().map(rbdm_spec::SnapRef::Name),
+    };
+    Ok(spec.to_json().to_string())
+}
+
+/// The spec text, read with a size bound (`/dev/zero` or an endless pipe must not grow
+/// memory), then checked: a bad spec is EBADMSG as in Ceph, an import of a live `native`
+/// image EINVAL ("snapshot required for import", librbd's words).
+fn read_spec(a: &MigrationPrepareArgs) -> CmdResult<String> {
+    let text = match (&a.source_spec, &a.source_spec_path) {
+        (Some(s), None) => {
+            rbdm_spec::check_len(s.len()).map_err(|e| input_fail(e, "invalid --source-spec"))?;
+            s.clone()
+        }
+        (None, Some(p)) if p == "-" => rbdm_spec::read_spec_text(std::io::stdin().lock())
+            .map_err(|e| input_fail(e, "cannot read the source-spec from stdin"))?,
+        (None, Some(p)) => {
+            let context = format!("cannot read source-spec file {p}");
+            let file = std::fs::File::open(p).map_err(|e| Fail::io(&e, &context))?;
+            rbdm_spec::read_spec_text(file).map_err(|e| input_fail(e, &context))?
+        }
+        (Some(_), Some(_)) => {
+            return Err(Fail::invalid(
+                "cannot specify both source-spec and source-spec-path",
+            ))
+        }
+        (None, None) => return Err(Fail::invalid("no source-spec given")),
+    };
+    check_import_spec(&text)?;
+    Ok(text)
+}
+
+fn check_import_spec(text: &str) -> CmdResult {
+    let context = "preparing import migration failed";
+    let spec = rbdm_spec::SourceSpec::parse(text)
+        .map_err(|e| Fail::errno(libc::EBADMSG, context, &e.to_string()))?;
+    spec.check_import()
+        .map_err(|e| Fail::errno(libc::EINVAL, context, &e.to_string()))
+}
+
+fn input_fail(e: rbdm_spec::InputError, context: &str) -> Fail {
+    match e {
+        rbdm_spec::InputError::Io(io) => Fail::io(&io, context),
+        rbdm_spec::InputError::TooLong => Fail::errno(libc::EFBIG, context, &e.to_string()),
+        rbdm_spec::InputError::NotUtf8 => Fail::errno(libc::EINVAL, context, &e.to_string()),
     }
 }
 
 fn prepare(ctx: &Ctx, a: &MigrationPrepareArgs) -> CmdResult {
     if a.import_only {
-        // Ceph silently ignores a second name here; we refuse it.
-        let [dst] = a.specs.as_slice() else {
-            return Err(Fail::invalid(format!(
-                "--import-only takes exactly one image (the destination), got {}",
-                a.specs.len()
-            )));
-        };
-        let spec_text = read_spec(a)?;
+        let (spec_text, dst) = import_source(ctx, a)?;
         let dst = ctx.image_spec(dst, Snap::No)?;
         let layout_given = a.layout.object_size.is_some()
             || a.layout.order.is_some()

@@ -11,10 +11,17 @@
 
 use serde_json::{Map, Value};
 
+mod input;
 mod nbd;
+mod timeout;
 mod walk;
 
+pub use input::{check_len, quote, read_spec_text, InputError, MAX_SPEC_BYTES};
 pub use nbd::NbdTarget;
+pub use timeout::{
+    stream_connect_timeout, stream_idle_timeout, timed_out_error, DEFAULT_IDLE_TIMEOUT,
+    STREAM_TIMEOUT_ENV,
+};
 use walk::{join, Fields};
 
 /// A spec that cannot be used, and where in the JSON the problem is.
@@ -107,8 +114,9 @@ pub enum SourceSpec {
 }
 
 impl SourceSpec {
-    /// Parses JSON text: malformed JSON and invalid specs are both a `SpecError`.
+    /// Parses JSON text: too long, malformed JSON and invalid specs are all a `SpecError`.
     pub fn parse(text: &str) -> Result<Self> {
+        check_len(text.len()).map_err(|e| SpecError::new("", e.to_string()))?;
         let v: Value = serde_json::from_str(text)
             .map_err(|e| SpecError::new("", format!("malformed JSON: {e}")))?;
         Self::from_json(&v)
@@ -124,6 +132,20 @@ impl SourceSpec {
                 type_name: other.to_string(),
                 json: v.clone(),
             }),
+        }
+    }
+
+    /// What an import (`--import-only`) needs beyond a valid spec: a `native` source names a
+    /// snapshot, so the source cannot change under the import (librbd refuses it alike).
+    /// Same-store migrations read their source as a `native` spec at its head; they do not
+    /// come through here.
+    pub fn check_import(&self) -> Result<()> {
+        match self {
+            SourceSpec::Native(n) if n.snap.is_none() => Err(SpecError::new(
+                "",
+                "snapshot required for import (give snap_name or snap_id)",
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -152,11 +174,27 @@ pub fn type_of<'a>(v: &'a Value, path: &str) -> Result<&'a str> {
         .as_object()
         .ok_or_else(|| SpecError::new(path, "expected a JSON object"))?;
     match obj.get("type") {
-        Some(Value::String(t)) if !t.is_empty() => Ok(t),
-        Some(Value::String(_)) => Err(SpecError::new(join(path, "type"), "must not be empty")),
+        Some(Value::String(t)) if is_type_name(t) => Ok(t),
+        Some(Value::String(t)) if t.is_empty() => {
+            Err(SpecError::new(join(path, "type"), "must not be empty"))
+        }
+        // Checked here so no later message (an unknown type) echoes a huge or odd value.
+        Some(Value::String(t)) => Err(SpecError::new(
+            join(path, "type"),
+            format!(
+                "{} is not a type name (letters, digits, '-', '_', '+'; at most 64)",
+                quote(t)
+            ),
+        )),
         Some(_) => Err(SpecError::new(join(path, "type"), "expected a string")),
         None => Err(SpecError::new(join(path, "type"), "missing")),
     }
+}
+
+fn is_type_name(t: &str) -> bool {
+    (1..=64).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_+".contains(&b))
 }
 
 fn expect_type(f: &mut Fields, want: &str) -> Result<()> {
@@ -166,7 +204,7 @@ fn expect_type(f: &mut Fields, want: &str) -> Result<()> {
     }
     Err(SpecError::new(
         f.child("type"),
-        format!("expected {want:?}, got {t:?}"),
+        format!("expected {want:?}, got {}", quote(&t)),
     ))
 }
 
@@ -321,7 +359,7 @@ impl RawSpec {
                 if snapshots.iter().any(|s| s.name == snap.name) {
                     return Err(SpecError::new(
                         join(&p, "name"),
-                        format!("duplicate snapshot name {:?}", snap.name),
+                        format!("duplicate snapshot name {}", quote(&snap.name)),
                     ));
                 }
                 snapshots.push(snap);
@@ -471,14 +509,15 @@ fn check_http_url(url: &str) -> Result<(), String> {
     let rest = lower
         .strip_prefix("http://")
         .or_else(|| lower.strip_prefix("https://"))
-        .ok_or_else(|| format!("expected an http:// or https:// URL, got {url:?}"))?;
+        .ok_or_else(|| format!("expected an http:// or https:// URL, got {}", quote(url)))?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if host.is_empty() || host.starts_with(':') {
-        return Err(format!("no host in URL {url:?}"));
+        return Err(format!("no host in URL {}", quote(url)));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
-            "URL {url:?} contains whitespace or control characters"
+            "URL {} contains whitespace or control characters",
+            quote(url)
         ));
     }
     Ok(())

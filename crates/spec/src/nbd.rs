@@ -1,5 +1,10 @@
-//! NBD URIs as QEMU and the NBD URI spec write them: `nbd://host[:port][/export]` and
-//! `nbd+unix:///[export]?socket=PATH`, export names and socket paths percent-decoded.
+//! NBD URIs as libnbd's `nbd_connect_uri` reads them (the NBD project's URI spec):
+//! `nbd://[host][:port][/export]` and `nbd+unix:///[export]?socket=PATH`. An empty host is
+//! `localhost`, an absent port 10809, the export the path without its leading `/` (empty when
+//! there is no path); export names and socket paths are percent-decoded.
+//! What it is not: no TLS (`nbds://`), no vsock, no user names; each is refused by name.
+
+use crate::quote;
 
 /// Where an NBD export is served.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,8 +31,15 @@ impl NbdTarget {
         if let Some(rest) = uri.strip_prefix("nbd+unix://") {
             return parse_unix(rest);
         }
+        if uri.starts_with("nbds") {
+            return Err(format!("{}: NBD over TLS is not supported", quote(uri)));
+        }
+        if uri.starts_with("nbd+vsock:") {
+            return Err(format!("{}: NBD over vsock is not supported", quote(uri)));
+        }
         Err(format!(
-            "expected nbd://host[:port]/export or nbd+unix:///export?socket=PATH, got {uri:?}"
+            "expected nbd://[host][:port][/export] or nbd+unix:///[export]?socket=PATH, got {}",
+            quote(uri)
         ))
     }
 
@@ -52,6 +64,9 @@ fn parse_tcp(rest: &str) -> Result<NbdTarget, String> {
 }
 
 fn split_host_port(authority: &str) -> Result<(String, u16), String> {
+    if authority.contains('@') {
+        return Err("user names in NBD URIs (for TLS) are not supported".into());
+    }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, after) = v6.split_once(']').ok_or("unterminated [IPv6] host")?;
         let port = match after {
@@ -65,16 +80,15 @@ fn split_host_port(authority: &str) -> Result<(String, u16), String> {
             None => (authority, None),
         }
     };
-    if host.is_empty() {
-        return Err("no host".into());
-    }
+    // As libnbd: no host means this machine.
+    let host = if host.is_empty() { "localhost" } else { host };
     let port = match port {
-        None => DEFAULT_PORT,
+        None | Some("") => DEFAULT_PORT,
         Some(p) => p
             .parse::<u16>()
             .ok()
             .filter(|&p| p != 0)
-            .ok_or_else(|| format!("bad port {p:?}"))?,
+            .ok_or_else(|| format!("bad port {}", quote(p)))?,
     };
     Ok((host.to_string(), port))
 }
@@ -93,7 +107,8 @@ fn parse_unix(rest: &str) -> Result<NbdTarget, String> {
             Some(("socket", _)) => return Err("socket given twice".into()),
             _ => {
                 return Err(format!(
-                    "unknown query parameter {pair:?} (only socket=PATH)"
+                    "unknown query parameter {} (only socket=PATH)",
+                    quote(pair)
                 ))
             }
         }
@@ -119,7 +134,7 @@ fn decode(s: &str) -> Result<String, String> {
                 .and_then(|h| std::str::from_utf8(h).ok());
             let b = hex
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad %-escape in {s:?}"))?;
+                .ok_or_else(|| format!("bad %-escape in {}", quote(s)))?;
             out.push(b);
             i += 3;
         } else {
@@ -127,7 +142,7 @@ fn decode(s: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("{s:?} does not decode to UTF-8"))
+    String::from_utf8(out).map_err(|_| format!("{} does not decode to UTF-8", quote(s)))
 }
 
 #[cfg(test)]
@@ -167,9 +182,38 @@ mod tests {
                 export: "exp".into()
             })
         );
+        // libnbd's defaults: an empty host is localhost, no port 10809, no path export "".
+        for (uri, port, export) in [
+            ("nbd://", DEFAULT_PORT, ""),
+            ("nbd:///", DEFAULT_PORT, ""),
+            ("nbd:///myexport", DEFAULT_PORT, "myexport"),
+            ("nbd://:10810/x", 10810, "x"),
+            ("nbd://:/x", DEFAULT_PORT, "x"),
+            ("nbd://localhost/myexport", DEFAULT_PORT, "myexport"),
+        ] {
+            assert_eq!(
+                NbdTarget::parse(uri),
+                Ok(NbdTarget::Tcp {
+                    host: "localhost".into(),
+                    port,
+                    export: export.into()
+                }),
+                "{uri}"
+            );
+        }
+        assert_eq!(
+            NbdTarget::parse("nbd+unix:///?socket=/s"),
+            Ok(NbdTarget::Unix {
+                socket: "/s".into(),
+                export: "".into()
+            })
+        );
         for bad in [
-            "nbd://",
-            "nbd://:10809/x",
+            "",
+            "foo.example.com",
+            "nbds://h/e",
+            "nbd+vsock:///",
+            "nbd://user@h/e",
             "nbd://h:0/x",
             "nbd://h:99999/x",
             "nbd://h:x/e",
@@ -181,7 +225,6 @@ mod tests {
             "nbd+unix:///e?sock=/s",
             "nbd://h/%zz",
             "nbd://h/%ff",
-            "nbds://h/e",
             "http://h/e",
         ] {
             assert!(NbdTarget::parse(bad).is_err(), "{bad} was accepted");

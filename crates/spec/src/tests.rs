@@ -410,3 +410,81 @@ proptest! {
         let _ = SourceSpec::parse(&text);
     }
 }
+
+#[test]
+fn an_import_of_a_native_source_needs_a_snapshot() {
+    let head =
+        SourceSpec::from_json(&json!({"type":"native","pool_id":1,"image_name":"i"})).unwrap();
+    let e = head.check_import().unwrap_err();
+    assert!(
+        e.to_string().contains("snapshot required for import"),
+        "{e}"
+    );
+    for snap in [
+        json!({"snap_name":"2"}),
+        json!({"snap_id":4}),
+        json!({"snap_id":"4"}),
+    ] {
+        let mut v = json!({"type":"native","pool_name":"rbd","pool_namespace":"","image_name":"i"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(snap.as_object().unwrap().clone());
+        SourceSpec::from_json(&v).unwrap().check_import().unwrap();
+    }
+    let raw = SourceSpec::parse(r#"{"type":"raw","stream":{"type":"file","file_path":"/x"}}"#);
+    raw.unwrap().check_import().unwrap();
+}
+
+#[test]
+fn script_cases_of_bad_native_specs_are_refused() {
+    for (v, want) in [
+        (
+            json!({"type":"native","pool_id":1,"image_name":"i","snap_name":123456}),
+            "snap_name: expected a string",
+        ),
+        (
+            json!({"type":"native","pool_id":1,"image_name":"i","snap_id":"foobar"}),
+            "snap_id: expected an integer or a numeric string",
+        ),
+        (
+            json!({"type":"native","pool_id":1,"image_name":"i","snap_id":-1}),
+            "snap_id: expected a non-negative integer",
+        ),
+    ] {
+        assert_eq!(err(v), want);
+    }
+    let bad_json =
+        r#"{"type": "native", "pool_id": 1, "image_name": "i", "snap_name": non-existing}"#;
+    let e = SourceSpec::parse(bad_json).unwrap_err();
+    assert!(e.to_string().starts_with("malformed JSON"), "{e}");
+}
+
+/// Every place that echoes a user value quotes a short excerpt of it.
+#[test]
+fn errors_never_echo_long_values() {
+    let long = "x".repeat(200_000);
+    let cases = [
+        json!({"type":long}),
+        json!({"type":"raw","stream":{"type":long}}),
+        json!({"type":"native","pool_id":1,"image_name":"i","snap_id":"9".repeat(100_000)}),
+        json!({"type":"raw","stream":{"type":"http","url":long}}),
+        json!({"type":"raw","stream":{"type":"http","url":format!("http://{long} x")}}),
+        json!({"type":"raw","stream":{"type":"nbd","uri":long}}),
+        json!({"type":"raw","stream":{"type":"nbd","uri":format!("nbd://h:{long}/")}}),
+        json!({"type":"raw","stream":{"type":"nbd","uri":format!("nbd+unix:///%zz{long}?socket=/s")}}),
+        json!({"type":"raw","stream":{"type":"nbd","uri":format!("nbd+unix:///?{long}")}}),
+        json!({"type":"raw","stream":{"type":"file","file_path":"/x",long.clone():1}}),
+        json!({"type":"raw","stream":{"type":"file","file_path":"/x"},"snapshots":[
+            {"type":"raw","name":long,"stream":{"type":"file","file_path":"/x"}},
+            {"type":"raw","name":long,"stream":{"type":"file","file_path":"/x"}}]}),
+    ];
+    for v in cases {
+        let e = err(v);
+        assert!(e.len() < 400, "{} bytes: {}...", e.len(), &e[..100]);
+    }
+    let e = FileStreamSpec::from_json(&json!({"type":long}), "s").unwrap_err();
+    assert!(e.to_string().len() < 400);
+    let huge = format!("{{\"type\":\"{}\"}}", "y".repeat(MAX_SPEC_BYTES));
+    let e = SourceSpec::parse(&huge).unwrap_err().to_string();
+    assert!(e.contains("limit") && e.len() < 200, "{e}");
+}

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::{Result, SpecError};
+use crate::{quote, Result, SpecError};
 
 /// `path.key`, or `key` at the root.
 pub fn join(path: &str, key: &str) -> String {
@@ -104,7 +104,7 @@ impl<'a> Fields<'a> {
             Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
                 .parse()
                 .map(Some)
-                .map_err(|_| self.err(key, format!("snapshot id {s:?} is out of range"))),
+                .map_err(|_| self.err(key, format!("snapshot id {} is out of range", quote(s)))),
             Some(_) => Err(self.err(key, "expected an integer or a numeric string")),
         }
     }
@@ -117,9 +117,11 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// Refuses the first field that was never asked for.
+    /// Refuses the first field that was never asked for (named by an excerpt: the key is
+    /// the user's, of any length).
     pub fn finish(self) -> Result<()> {
         match self.map.keys().find(|k| !self.known.contains(&k.as_str())) {
+            Some(k) if k.len() > 64 => Err(self.err(&quote(k), "unknown field")),
             Some(k) => Err(self.err(k, "unknown field")),
             None => Ok(()),
         }

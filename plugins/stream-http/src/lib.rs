@@ -105,8 +105,8 @@ impl Settings {
             signer: None,
             scope: "/".into(),
             follow_redirects: true,
-            connect_timeout: Duration::from_secs(10),
-            recv_timeout: Duration::from_secs(60),
+            connect_timeout: rbdm_spec::stream_connect_timeout(),
+            recv_timeout: rbdm_spec::stream_idle_timeout(),
             attempts: 5,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
@@ -261,20 +261,30 @@ impl HttpStream {
         for (k, v) in extra.iter() {
             req = req.header(k.as_str(), v.as_str());
         }
-        req.call().map_err(|e| self.transport_error(e))
+        req.call()
+            .map_err(|e| self.transport_error(e, method, range))
     }
 
-    fn transport_error(&self, e: ureq::Error) -> Fail {
-        let msg = format!("{}: {e}", self.describe());
+    /// A request that got no usable response; the message names the request (method and
+    /// byte range) so a stall or reset can be placed.
+    fn transport_error(&self, e: ureq::Error, method: &str, range: Option<(u64, u64)>) -> Fail {
+        let what = match range {
+            Some((first, last)) => format!("{method} of bytes {first}-{last}"),
+            None => method.to_string(),
+        };
+        let msg = format!("{}: {what}: {e}", self.describe());
         match e {
+            ureq::Error::Timeout(_) => Fail::Retry(self.timed_out(&what)),
             // TLS failures (an untrusted certificate) arrive as InvalidData: trying again
             // cannot help.
             ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
                 Fail::Fatal(SourceError::io(format!("{}: TLS", self.describe()), io))
             }
-            ureq::Error::Io(io) => Fail::Retry(SourceError::io(self.describe(), io)),
-            ureq::Error::Timeout(_)
-            | ureq::Error::ConnectionFailed
+            ureq::Error::Io(io) if is_timeout(&io) => Fail::Retry(self.timed_out(&what)),
+            ureq::Error::Io(io) => {
+                Fail::Retry(SourceError::io(format!("{}: {what}", self.describe()), io))
+            }
+            ureq::Error::ConnectionFailed
             | ureq::Error::HostNotFound
             | ureq::Error::Protocol(_)
             | ureq::Error::BodyStalled => Fail::Retry(SourceError::Remote(msg)),
@@ -451,12 +461,15 @@ impl HttpStream {
         let mut reader = resp.body_mut().as_reader();
         let goal = *done + want;
         if let Err(e) = read_into(&mut reader, bufs, done, goal) {
-            let context = format!(
-                "{}: reading bytes {first}-{} ({} of {want} received)",
-                self.describe(),
+            let what = format!(
+                "reading bytes {first}-{} ({} of {want} received)",
                 cr.last,
                 *done + want - goal
             );
+            if is_timeout(&e) {
+                return Err(Fail::Retry(self.timed_out(&what)));
+            }
+            let context = format!("{}: {what}", self.describe());
             return Err(Fail::Retry(SourceError::io(context, e)));
         }
         // The connection goes back to the pool only once the body reached its end.
@@ -467,6 +480,17 @@ impl HttpStream {
                 self.remote("sent more bytes than the range it announced"),
             )),
         }
+    }
+
+    /// ETIMEDOUT, naming the stream, what it waited for, and for how long.
+    fn timed_out(&self, what: &str) -> SourceError {
+        let context = format!(
+            "{}: {what}: no data for {:?} (set {} to wait longer)",
+            self.describe(),
+            self.settings.recv_timeout,
+            rbdm_spec::STREAM_TIMEOUT_ENV
+        );
+        SourceError::io(context, rbdm_spec::timed_out_error())
     }
 
     fn check_bounds(&self, offset: u64, len: usize) -> Result<()> {
@@ -621,6 +645,20 @@ fn parse_content_range(v: Option<&str>) -> Option<ContentRange> {
         return None;
     }
     Some(ContentRange { first, last, total })
+}
+
+/// A read that gave up waiting: a socket timeout, or ureq's per-read timeout (which the body
+/// reader hands back as an io error of kind `Other` wrapping `ureq::Error::Timeout`).
+fn is_timeout(e: &std::io::Error) -> bool {
+    let ureq_timeout = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+        .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
+    ureq_timeout
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        )
 }
 
 /// Fills the concatenation of `bufs` from position `*done` up to `goal`, advancing `*done`

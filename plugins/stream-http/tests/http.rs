@@ -462,6 +462,9 @@ enum Act {
     IgnoreRange,
     /// Headers, then silence.
     Stall,
+    /// Headers for the whole range and the first `n` body bytes, then silence, the
+    /// connection held open for half a minute.
+    Hang(usize),
     /// Content-Range names a different start than asked.
     WrongRange,
     /// A correct range of an object that has grown by a byte.
@@ -591,6 +594,18 @@ fn serve(sock: TcpStream, data: &[u8], script: &Script, seen: &Mutex<Vec<Req>>) 
             Act::Stall => {
                 let _ = write!(out, "HTTP/1.1 206 Partial\r\nContent-Range: bytes 0-0/{size}\r\nContent-Length: 1\r\n\r\n");
                 std::thread::sleep(Duration::from_secs(3));
+                return;
+            }
+            Act::Hang(n) => {
+                let (a, b) = req.range.unwrap_or((0, size - 1));
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 206 Partial\r\nContent-Range: bytes {a}-{b}/{size}\r\nContent-Length: {}\r\nETag: \"v1\"\r\n\r\n",
+                    b - a + 1
+                );
+                let _ = out.write_all(&data[a as usize..(a as usize + n).min(b as usize + 1)]);
+                let _ = out.flush();
+                std::thread::sleep(Duration::from_secs(30));
                 return;
             }
             Act::WrongRange => {
@@ -803,6 +818,13 @@ fn fault_statuses_map_to_errors() {
 #[test]
 fn fault_stall_times_out() {
     let f = Fault::after_open(vec![0; 10], || Act::Stall);
+    let e = read_timing_out(&f, 0, 1);
+    assert_eq!(f.seen().len(), 3, "{e}");
+}
+
+/// A read of `len` bytes at `offset` with a 300 ms timeout and two tries: its error, which
+/// must come in well under 3 s.
+fn read_timing_out(f: &Fault, offset: u64, len: usize) -> SourceError {
     let settings = Settings {
         recv_timeout: Duration::from_millis(300),
         attempts: 2,
@@ -810,13 +832,13 @@ fn fault_stall_times_out() {
     };
     let s = HttpStream::open(f.url(), settings).unwrap();
     let t = Instant::now();
-    let e = s.read_at(0, &mut [0u8; 1]).unwrap_err();
+    let e = s.read_at(offset, &mut vec![0u8; len]).unwrap_err();
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < Duration::from_secs(3),
         "took {:?}",
         t.elapsed()
     );
-    assert_eq!(f.seen().len(), 3, "{e}");
+    e
 }
 
 #[test]
@@ -835,4 +857,15 @@ fn fault_connection_refused_is_retried_then_reported() {
         t.elapsed()
     );
     assert!(e.to_string().contains("127.0.0.1"), "{e}");
+}
+
+/// Issue 13 point 9: a server that stops mid-body fails the read with ETIMEDOUT once the
+/// tries are spent, naming the stream and the bytes it waited for, in bounded time.
+#[test]
+fn fault_hang_mid_body_is_etimedout_naming_the_range() {
+    let f = Fault::after_open(pseudo_random(1 << 20, 4), || Act::Hang(1000));
+    let e = read_timing_out(&f, 4096, 65536);
+    assert_eq!(e.errno(), 110, "{e}"); // ETIMEDOUT
+    let msg = e.to_string();
+    assert!(msg.contains("127.0.0.1") && msg.contains("bytes"), "{msg}");
 }

@@ -29,10 +29,24 @@ inventory::submit!(StreamPlugin {
 #[inline(never)]
 pub fn link() {}
 
-/// For connecting and for each read during negotiation (a server that accepts but never
-/// answers, like qemu-nbd busy with its one allowed client, fails here, not after a minute).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeouts, from `rbdm_spec` (`RBDM_STREAM_TIMEOUT_SECS`): `connect` for connecting and
+/// each read of the negotiation (a server that accepts but never answers, like qemu-nbd busy
+/// with its one allowed client, fails there, not after a minute); `idle` for each reply.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub idle: Duration,
+}
+
+impl Timeouts {
+    /// The defaults, or what `RBDM_STREAM_TIMEOUT_SECS` says.
+    pub fn from_env() -> Self {
+        Timeouts {
+            connect: rbdm_spec::stream_connect_timeout(),
+            idle: rbdm_spec::stream_idle_timeout(),
+        }
+    }
+}
 
 fn open_spec(spec: &serde_json::Value, path: &str, _ctx: &OpenContext) -> Result<Box<dyn Stream>> {
     let s =
@@ -85,15 +99,35 @@ impl Write for Conn {
     }
 }
 
-fn connect(target: &NbdTarget) -> io::Result<Conn> {
+/// Names that never reach a server (RFC 2606 and 6761: documentation and invalid domains,
+/// as in `nbd://foo.example.com`) are refused without a lookup, so a spec copied from
+/// documentation sends nothing off the machine.
+fn reserved_name(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    let under = |d: &str| h == d || h.ends_with(&format!(".{d}"));
+    ["example", "invalid", "test"].into_iter().any(under)
+        || ["example.com", "example.net", "example.org"]
+            .into_iter()
+            .any(under)
+}
+
+fn connect(target: &NbdTarget, timeout: Duration) -> io::Result<Conn> {
     match target {
         NbdTarget::Tcp { host, port, .. } => {
+            if reserved_name(host) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "cannot resolve {host}: a reserved name (RFC 2606/6761), not looked up"
+                    ),
+                ));
+            }
             let mut last = io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("{host} resolves to no address"),
             );
             for addr in (host.as_str(), *port).to_socket_addrs()? {
-                match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                match TcpStream::connect_timeout(&addr, timeout) {
                     Ok(s) => {
                         s.set_nodelay(true)?;
                         return Ok(Conn::Tcp(s));
@@ -107,9 +141,18 @@ fn connect(target: &NbdTarget) -> io::Result<Conn> {
     }
 }
 
+/// A socket read or write that gave up waiting.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 pub struct NbdStream {
     target: NbdTarget,
     uri: String,
+    timeouts: Timeouts,
     size: u64,
     allocation: bool,
     conn: Mutex<Option<Client<Conn>>>,
@@ -117,9 +160,14 @@ pub struct NbdStream {
 
 impl NbdStream {
     pub fn open(target: NbdTarget, uri: &str) -> Result<Self> {
+        Self::open_with(target, uri, Timeouts::from_env())
+    }
+
+    pub fn open_with(target: NbdTarget, uri: &str, timeouts: Timeouts) -> Result<Self> {
         let mut s = NbdStream {
             target,
             uri: uri.to_string(),
+            timeouts,
             size: 0,
             allocation: false,
             conn: Mutex::new(None),
@@ -132,17 +180,28 @@ impl NbdStream {
     }
 
     fn connect(&self) -> Result<Client<Conn>> {
+        let t = self.timeouts;
         let io_err = |e| SourceError::io(format!("{}: connect", self.describe()), e);
-        let sock = connect(&self.target).map_err(io_err)?;
-        sock.set_timeouts(CONNECT_TIMEOUT).map_err(io_err)?;
-        let c = Client::handshake(sock, self.target.export()).map_err(|e| self.error(e))?;
-        c.get_ref().set_timeouts(IO_TIMEOUT).map_err(io_err)?;
+        let sock = connect(&self.target, t.connect).map_err(io_err)?;
+        sock.set_timeouts(t.connect).map_err(io_err)?;
+        let c = Client::handshake(sock, self.target.export())
+            .map_err(|e| self.error(e, "handshake", t.connect))?;
+        c.get_ref().set_timeouts(t.idle).map_err(io_err)?;
         Ok(c)
     }
 
-    fn error(&self, e: NbdError) -> SourceError {
-        let d = self.describe();
+    /// The source error for `e`, which happened doing `what`; a socket timeout (after
+    /// `waited`) is ETIMEDOUT.
+    fn error(&self, e: NbdError, what: &str, waited: Duration) -> SourceError {
+        let d = format!("{}: {what}", self.describe());
         match e {
+            NbdError::Io(io) if is_timeout(&io) => {
+                let context = format!(
+                    "{d}: no reply for {waited:?} (set {} to wait longer)",
+                    rbdm_spec::STREAM_TIMEOUT_ENV
+                );
+                SourceError::io(context, rbdm_spec::timed_out_error())
+            }
             NbdError::Io(io) => SourceError::io(d, io),
             NbdError::NoExport(_) => SourceError::NotFound(format!("{d}: {e}")),
             NbdError::Unsupported(_) => SourceError::Unsupported(format!("{d}: {e}")),
@@ -152,10 +211,11 @@ impl NbdStream {
         }
     }
 
-    /// Runs `f` on the connection; if the connection fails (not the server refusing the
-    /// request), once more on a new one.
+    /// Runs `f` (doing `what`, for messages) on the connection; if the connection fails (not
+    /// the server refusing the request), once more on a new one.
     fn with_conn<T>(
         &self,
+        what: &dyn Fn() -> String,
         mut f: impl FnMut(&mut Client<Conn>) -> Result<T, NbdError>,
     ) -> Result<T> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -172,11 +232,13 @@ impl NbdStream {
                     if c.is_broken() {
                         *guard = None;
                     }
-                    if matches!(e, NbdError::Io(_)) && !retried {
+                    // A dropped connection is worth one more try; a silent server is not
+                    // (that would double the wait before the error).
+                    if matches!(&e, NbdError::Io(io) if !is_timeout(io)) && !retried {
                         retried = true;
                         continue;
                     }
-                    return Err(self.error(e));
+                    return Err(self.error(e, &what(), self.timeouts.idle));
                 }
             }
         }
@@ -216,7 +278,10 @@ impl Stream for NbdStream {
         if buf.is_empty() {
             return Ok(());
         }
-        self.with_conn(|c| c.read(offset, buf))
+        let len = buf.len();
+        self.with_conn(&|| format!("read of {len} bytes at {offset}"), |c| {
+            c.read(offset, buf)
+        })
     }
 
     /// Allocation from block status; `None` when the server does not offer `base:allocation`.
@@ -228,7 +293,8 @@ impl Stream for NbdStream {
         let mut out: Vec<StreamExtent> = Vec::new();
         let mut pos = offset;
         while pos < end {
-            let runs = match self.with_conn(|c| c.block_status(pos, end - pos)) {
+            let what = || format!("block status of {} bytes at {pos}", end - pos);
+            let runs = match self.with_conn(&what, |c| c.block_status(pos, end - pos)) {
                 Ok(r) => r,
                 Err(e) => return Some(Err(e)),
             };

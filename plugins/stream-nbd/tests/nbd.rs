@@ -255,3 +255,81 @@ fn connection_errors_and_bad_specs() {
         "{e}"
     );
 }
+
+fn quick() -> rbdm_stream_nbd::Timeouts {
+    rbdm_stream_nbd::Timeouts {
+        connect: Duration::from_millis(300),
+        idle: Duration::from_millis(500),
+    }
+}
+
+fn open_quick(uri: &str) -> Result<rbdm_stream_nbd::NbdStream, SourceError> {
+    let target = rbdm_spec::NbdTarget::parse(uri).unwrap();
+    rbdm_stream_nbd::NbdStream::open_with(target, uri, quick())
+}
+
+/// Issue 13 point 9: a server that accepts and says nothing, and one that stops answering
+/// after the handshake (qemu-nbd under SIGSTOP), fail with ETIMEDOUT in bounded time,
+/// naming the stream and what it waited for.
+#[test]
+fn silent_servers_time_out() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = l.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
+    let t = Instant::now();
+    let e = open_quick(&format!("nbd://127.0.0.1:{port}/"))
+        .err()
+        .unwrap();
+    assert_eq!(e.errno(), libc_etimedout(), "{e}");
+    assert!(e.to_string().contains("handshake"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("d.raw");
+    std::fs::write(&file, pseudo_random(4 * MIB as usize, 3)).unwrap();
+    let sock = dir.path().join("s.sock");
+    let server = serve("raw", &file, &["--socket", sock.to_str().unwrap()], || {
+        UnixStream::connect(&sock).is_ok()
+    });
+    let uri = format!("nbd+unix:///disk?socket={}", sock.display());
+    let s = open_quick(&uri).unwrap();
+    let pid = server.0.id() as i32;
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid.to_string()]).status();
+        assert!(ok.unwrap().success());
+    };
+    signal("-STOP");
+    let t = Instant::now();
+    let e = s.read_at(MIB, &mut vec![0u8; 65536]).unwrap_err();
+    signal("-CONT");
+    assert_eq!(e.errno(), libc_etimedout(), "{e}");
+    assert!(e.to_string().contains("at 1048576"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+fn libc_etimedout() -> i32 {
+    110
+}
+
+/// `nbd://foo.example.com` (Ceph's script) fails at once, without a DNS query.
+#[test]
+fn reserved_names_are_not_looked_up() {
+    for uri in [
+        "nbd://foo.example.com",
+        "nbd://x.invalid/e",
+        "nbd://a.test:10809/",
+    ] {
+        let t = Instant::now();
+        let e = open_quick(uri).err().unwrap();
+        assert!(e.to_string().contains("not looked up"), "{e}");
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+}
