@@ -19,6 +19,7 @@
 pub use rbdm_extent::Layout;
 pub use rbdm_store::{SnapId, StoreRef, Watcher};
 
+mod alloc_map;
 pub mod encoding;
 mod error;
 pub mod header;
