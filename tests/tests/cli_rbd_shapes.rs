@@ -183,6 +183,20 @@ fn json_has_rbds_keys_in_rbds_order() {
     let env = populated();
     let info = env.json(&["info", "kid"]);
     assert_eq!(info["parent"]["trash"], Value::Bool(false));
+    // A parent moved to the trash stays the parent; info says where it is, as rbd does.
+    env.ok(&["create", "-s", "4M", "tp"]);
+    env.ok(&["snap", "create", "tp@s"]);
+    env.ok(&["snap", "protect", "tp@s"]);
+    env.ok(&["clone", "tp@s", "tk"]);
+    env.ok(&["trash", "mv", "tp"]);
+    let tk = env.json(&["info", "tk"]);
+    assert_eq!(tk["parent"]["trash"], Value::Bool(true), "{tk}");
+    let id = tk["parent"]["id"].as_str().unwrap();
+    let plain = env.ok(&["info", "tk"]);
+    assert!(
+        plain.contains(&format!("\tparent: rbd/tp@s (trash {id})\n")),
+        "{plain}"
+    );
     let du = env.json(&["du", "img"]);
     let rows = du["images"].as_array().unwrap();
     let snaps = env.json(&["snap", "ls", "img"]);
@@ -281,6 +295,14 @@ fn advisory_locks_fence_as_rbd_lock() {
         "{}",
         stderr(&out)
     );
+    for change in [
+        &["image-meta", "set", "img", "k3", "v"][..],
+        &["snap", "create", "img@x"],
+        &["rm", "img"],
+    ] {
+        let out = env.fails(change);
+        assert_eq!(out.status.code(), Some(30), "{change:?}: {}", stderr(&out));
+    }
     let busy = "lock is already held by someone else";
     fails_with(&env, &["lock", "add", "img", "fence"], 16, busy);
     fails_with(&env, &["lock", "add", "img", "other"], 16, busy);
@@ -418,7 +440,17 @@ fn missing_arguments_worded_as_rbd() {
     let env = Env::new();
     env.ok(&["create", "-s", "4M", "img"]);
     env.ok(&["snap", "create", "img@s"]);
-    let cases: [(&[&str], &str); 14] = [
+    let cases: [(&[&str], &str); 18] = [
+        (
+            &["snap", "rename", "img@s"],
+            "destination image name was not specified",
+        ),
+        (&["trash", "rm"], "image id was not specified"),
+        (
+            &["image-meta", "get", "img"],
+            "metadata key was not specified",
+        ),
+        (&["namespace", "create"], "namespace name was not specified"),
         (&["info"], "image name was not specified"),
         (&["rm"], "image name was not specified"),
         (&["snap", "create"], "image name was not specified"),

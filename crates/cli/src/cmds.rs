@@ -32,6 +32,7 @@ pub struct Ctx {
     dest_namespace: Option<String>,
     /// `--format json` or `--format xml`: print a `Doc` (see `emit`) instead of plain text.
     pub json: bool,
+    /// The `Doc` is printed as XML.
     xml: bool,
     pub pretty: bool,
     pub progress: bool,
@@ -72,16 +73,7 @@ impl Ctx {
     /// Parses `[pool/[namespace/]]image[@snap]`, filling pool and namespace from -p and
     /// --namespace when the spec does not name them.
     pub fn image_spec(&self, s: &str, snap: Snap) -> CmdResult<ImageSpec> {
-        let mut spec =
-            ImageSpec::parse(s, self.default_pool()).map_err(|e| Fail::invalid(e.to_string()))?;
-        let path = s.split('@').next().unwrap_or_default();
-        if path.matches('/').count() < 2 {
-            if let Some(ns) = &self.namespace {
-                spec.namespace = ns.clone();
-            }
-        }
-        check_snap(&spec, snap)?;
-        Ok(spec)
+        parse_spec(s, self.default_pool(), self.namespace.as_deref(), snap)
     }
 
     /// `pool[/namespace]`, or the -p/--namespace defaults when absent.
@@ -107,15 +99,7 @@ impl Ctx {
             .dest_pool
             .as_deref()
             .unwrap_or(rbdm_image::spec::DEFAULT_POOL);
-        let mut spec = ImageSpec::parse(s, pool).map_err(|e| Fail::invalid(e.to_string()))?;
-        let path = s.split('@').next().unwrap_or_default();
-        if path.matches('/').count() < 2 {
-            if let Some(ns) = &self.dest_namespace {
-                spec.namespace = ns.clone();
-            }
-        }
-        check_snap(&spec, snap)?;
-        Ok(spec)
+        parse_spec(s, pool, self.dest_namespace.as_deref(), snap)
     }
 
     pub fn progress(&self, label: &str) -> Progress {
@@ -127,6 +111,19 @@ impl Ctx {
     pub fn emit(&self, root: &str, doc: &Doc) {
         crate::output::print_doc(doc, root, self.xml, self.pretty);
     }
+}
+
+/// `[pool/[namespace/]]image[@snap]`, with `pool` and `namespace` where the spec names none.
+fn parse_spec(s: &str, pool: &str, namespace: Option<&str>, snap: Snap) -> CmdResult<ImageSpec> {
+    let mut spec = ImageSpec::parse(s, pool).map_err(|e| Fail::invalid(e.to_string()))?;
+    let path = s.split('@').next().unwrap_or_default();
+    if path.matches('/').count() < 2 {
+        if let Some(ns) = namespace {
+            spec.namespace = ns.to_string();
+        }
+    }
+    check_snap(&spec, snap)?;
+    Ok(spec)
 }
 
 fn check_snap(spec: &ImageSpec, snap: Snap) -> CmdResult {

@@ -169,8 +169,8 @@ pub fn info(ctx: &Ctx, a: &SpecArg) -> CmdResult {
         .filter(|(bit, _)| info.flags & bit != 0)
         .map(|(_, n)| *n)
         .collect();
+    let parent_in_trash = info.parent.as_ref().map(|p| in_trash(ctx, p));
     if ctx.json {
-        let parent_in_trash = info.parent.as_ref().map(|p| in_trash(ctx, p));
         let doc = info_doc(&info, &flags, protected, parent_in_trash);
         ctx.emit("image", &doc);
         return Ok(());
@@ -203,8 +203,13 @@ pub fn info(ctx: &Ctx, a: &SpecArg) -> CmdResult {
         s += &format!("\tprotected: {}\n", if p { "True" } else { "False" });
     }
     if let Some(p) = &info.parent {
+        // As rbd: `parent: rbd/tp@s (trash 117d318afc76)` for a parent in the trash.
+        let trash = match parent_in_trash {
+            Some(true) => format!(" (trash {})", p.image_id),
+            _ => String::new(),
+        };
         s += &format!(
-            "\tparent: {}\n\toverlap: {}\n",
+            "\tparent: {}{trash}\n\toverlap: {}\n",
             parent_string(p),
             byte_u(p.overlap)
         );

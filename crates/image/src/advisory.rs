@@ -96,11 +96,15 @@ impl Image {
         Ok(out)
     }
 
-    /// Refuses the managed exclusive lock while an advisory lock is held: librbd does not
-    /// take its lock over one it did not make (its maintenance operations fail with EROFS,
-    /// its writers wait for good; we refuse both, `ReadOnly`, naming the lock to remove).
-    /// A race with a concurrent `lock_add` is not closed.
-    pub(crate) fn check_not_fenced(&self) -> Result<()> {
+    /// Refuses changes while an advisory lock is held (writes, snapshot creation, metadata,
+    /// removal): librbd does not take its exclusive lock over one it did not make, so its
+    /// maintenance operations fail with EROFS and its writers wait for good; we refuse both,
+    /// `ReadOnly`, naming the lock to remove. A race with a concurrent `lock_add` is not closed.
+    /// As librbd, only an image with the exclusive-lock feature is fenced.
+    pub(crate) fn check_fence(&self) -> Result<()> {
+        if self.header()?.features & crate::features::EXCLUSIVE_LOCK == 0 {
+            return Ok(());
+        }
         let (_, locks) = self.advisory_locks()?;
         match locks.first() {
             None => Ok(()),

@@ -523,7 +523,7 @@ impl Image {
             }
             Err(e) => return Err(e.into()),
         }
-        if let Err(e) = self.check_not_fenced() {
+        if let Err(e) = self.check_fence() {
             let _ = self.store().unlock(&self.header_loc(), LOCK_NAME, &c);
             return Err(e);
         }
@@ -1016,6 +1016,7 @@ impl Image {
 
     pub fn snap_create(&self, name: &str) -> Result<SnapId> {
         self.check_head("create a snapshot")?;
+        self.check_fence()?;
         if name.is_empty() || name.contains(['/', '@']) {
             return Err(Error::Invalid(format!("invalid snapshot name '{name}'")));
         }
@@ -1379,6 +1380,7 @@ impl Image {
         if key.is_empty() {
             return Err(Error::Invalid("image-meta: empty key".into()));
         }
+        self.check_fence()?;
         let op = WriteOp::new()
             .assert_exists()
             .omap_set([(format!("{METADATA_PREFIX}{key}"), value.as_bytes().to_vec())]);
@@ -1398,6 +1400,7 @@ impl Image {
 
     pub fn metadata_remove(&self, key: &str) -> Result<()> {
         self.metadata_get(key)?;
+        self.check_fence()?;
         let op = WriteOp::new().omap_rm([format!("{METADATA_PREFIX}{key}")]);
         self.store()
             .operate(&self.header_loc(), &op, &SnapContext::default())?;

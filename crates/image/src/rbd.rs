@@ -472,6 +472,7 @@ impl Rbd {
             false,
         )?;
         let label = name.unwrap_or(id);
+        image.check_fence()?;
         if !image.snap_list()?.is_empty() {
             return Err(Error::NotEmpty(format!(
                 "image '{label}' has snapshots - these must be deleted with 'rbdm snap purge' before the image can be removed"
