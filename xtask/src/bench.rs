@@ -164,7 +164,8 @@ const NBD_CASES: &[NbdCase] = &[
 /// Issue 4: `rbdm nbd export` of a 1 GiB image against `qemu-nbd` of a 1 GiB raw file on the
 /// same disk, both over a Unix socket with their page cache (writeback), both driven by
 /// `qemu-img bench` with 16 requests in flight, both fully written first so reads hit data.
-/// Each case runs twice per server, alternating; the better run of each counts.
+/// Each case runs twice per server, alternating; the better run of each counts. Then the
+/// sparse row (bench_nbd_map.rs): map and convert of a random-4K image.
 fn nbd(rbdm: &Path) -> Result<()> {
     for tool in ["qemu-img", "qemu-nbd"] {
         if !util::have(tool) {
@@ -217,7 +218,7 @@ fn nbd(rbdm: &Path) -> Result<()> {
     }
     drop(ours);
     drop(peer);
-    Ok(())
+    crate::bench_nbd_map::run(rbdm)
 }
 
 /// Starts `rbdm nbd export`; the first line it prints is its URI, once it listens.
@@ -244,7 +245,7 @@ pub(crate) fn start_rbdm(mut cmd: Command) -> Result<(Guard, String)> {
     Ok((server, uri))
 }
 
-fn start_qemu_nbd(file: &Path, socket: &Path) -> Result<(Guard, String)> {
+pub(crate) fn start_qemu_nbd(file: &Path, socket: &Path) -> Result<(Guard, String)> {
     let mut cmd = Command::new("qemu-nbd");
     cmd.args(["-f", "raw", "-t", "--cache=writeback", "--socket"])
         .arg(socket)

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_live;
 mod bench_migration;
+mod bench_nbd_map;
 mod bench_source;
 mod ceph;
 mod demo;

@@ -44,6 +44,12 @@ impl BlockDevice for ImageDevice {
     fn allocated(&self, offset: u64, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
         self.0.allocated_extents(offset, len).map_err(io_err)
     }
+    fn allocation_granule(&self) -> u64 {
+        self.0.allocation_granule()
+    }
+    fn allocation_token(&self, offset: u64) -> std::io::Result<u64> {
+        self.0.allocation_token(offset).map_err(io_err)
+    }
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);

@@ -20,6 +20,7 @@ pub use rbdm_extent::Layout;
 pub use rbdm_store::{SnapId, StoreRef, Watcher};
 
 pub mod advisory;
+mod alloc_map;
 pub mod encoding;
 mod error;
 pub mod header;

@@ -4,12 +4,14 @@
 //! What it is for: the fixed-newstyle handshake (OPT_GO/INFO/LIST, structured replies,
 //! `base:allocation` block status) and the transmission phase (read, write, flush, trim,
 //! write-zeroes) with several requests in flight per connection and several connections.
-//! What it is not: no TLS, no old-style handshake, no extended headers, no client, no
-//! caching: every request goes straight to the [`BlockDevice`], which must be thread-safe.
+//! What it is not: no TLS, no old-style handshake, no extended headers, no client, no data
+//! caching: every read and write goes straight to the [`BlockDevice`], which must be
+//! thread-safe. Only the allocation map is cached, per export (see `allocation.rs`).
 //!
 //! Why not the `nbd` crate (NOTES.md): no OPT_GO/INFO, structured replies or block status,
 //! one hard-coded export name, wrong errnos for TRIM/WRITE_ZEROES and one request at a time.
 
+mod allocation;
 mod handshake;
 pub mod proto;
 mod transmission;
@@ -17,6 +19,8 @@ mod transmission;
 pub mod file_device;
 
 pub use proto::errno_for;
+
+use allocation::AllocMap;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -39,6 +43,18 @@ pub trait BlockDevice: Send + Sync {
     /// that reads as zeros. Default: all data.
     fn allocated(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64)>> {
         Ok(vec![(offset, len)])
+    }
+    /// Aligned pieces of this many bytes whose allocation [`BlockDevice::allocation_token`]
+    /// vouches for, so the export may cache their maps. 0 (the default): no caching, the map
+    /// is asked for each request.
+    fn allocation_granule(&self) -> u64 {
+        0
+    }
+    /// A value that changes whenever any writer, not only this export, may have changed the
+    /// allocation of the granule holding `offset`. An error means "unknown": nothing cached
+    /// for that granule is trusted.
+    fn allocation_token(&self, _offset: u64) -> io::Result<u64> {
+        Err(io::ErrorKind::Unsupported.into())
     }
 }
 
@@ -92,6 +108,12 @@ pub fn serve(
     stop: Arc<AtomicBool>,
 ) -> Result<(), NbdError> {
     check_exports(&exports)?;
+    // One allocation map cache per export, shared by its connections so that a write through
+    // one connection is seen by block status on another.
+    let maps: Arc<[AllocMap]> = exports
+        .iter()
+        .map(|e| AllocMap::new(e.device.as_ref()))
+        .collect();
     let exports: Arc<[Export]> = exports.into();
     match &listener {
         Listener::Tcp(l) => l.set_nonblocking(true),
@@ -105,7 +127,7 @@ pub fn serve(
         match accept(&listener) {
             Ok(stream) if conns.len() >= MAX_CONNECTIONS => drop(stream),
             Ok(stream) => {
-                if let Some(conn) = start_connection(stream, &exports) {
+                if let Some(conn) = start_connection(stream, &exports, &maps) {
                     conns.push(conn);
                 }
             }
@@ -178,14 +200,19 @@ fn accept(listener: &Listener) -> io::Result<Stream> {
     Ok(stream)
 }
 
-fn start_connection(stream: Stream, exports: &Arc<[Export]>) -> Option<(JoinHandle<()>, Stream)> {
+fn start_connection(
+    stream: Stream,
+    exports: &Arc<[Export]>,
+    maps: &Arc<[AllocMap]>,
+) -> Option<(JoinHandle<()>, Stream)> {
     let watch = stream.try_clone().ok()?;
     let exports = Arc::clone(exports);
+    let maps = Arc::clone(maps);
     let handle = thread::Builder::new()
         .name("nbd-conn".into())
         .spawn(move || {
             // A failing connection only ends itself; there is no one to report to.
-            let _ = transmission::run_connection(stream, &exports);
+            let _ = transmission::run_connection(stream, &exports, &maps);
         })
         .ok()?;
     Some((handle, watch))

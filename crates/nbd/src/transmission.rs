@@ -9,6 +9,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
+use crate::allocation::{AllocMap, Limit, Seg};
 use crate::handshake::{self, Session};
 use crate::proto::*;
 use crate::{BlockDevice, Export, NbdError, Stream};
@@ -24,6 +25,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const MIN_HOLE_CHUNK: u64 = 4096;
 /// Cap on block-status descriptors in one reply; the protocol lets us cover a prefix only.
 const MAX_DESCRIPTORS: usize = 1 << 16;
+/// Allocation granules (or map windows) one block status reply may look at; past that it
+/// covers a prefix of the request, which NBD allows.
+const MAX_STATUS_PIECES: usize = 1024;
 /// Reads up to this size are read whole, without asking the device where its holes are.
 const SMALL_READ: u64 = 64 << 10;
 
@@ -43,6 +47,8 @@ struct Job {
 
 struct Conn<'a> {
     device: &'a dyn BlockDevice,
+    /// The export's allocation map cache (shared with its other connections).
+    maps: &'a AllocMap,
     structured: bool,
     allocation: bool,
     writer: Mutex<Stream>,
@@ -52,13 +58,17 @@ struct Conn<'a> {
     dead: std::sync::atomic::AtomicBool,
 }
 
-pub(crate) fn run_connection(stream: Stream, exports: &[Export]) -> Result<(), NbdError> {
+pub(crate) fn run_connection(
+    stream: Stream,
+    exports: &[Export],
+    maps: &[AllocMap],
+) -> Result<(), NbdError> {
     let mut writer = stream.try_clone()?;
     writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let closer = stream.try_clone()?;
     let mut reader = BufReader::with_capacity(256 << 10, stream);
     let result = match handshake::negotiate(&mut reader, &mut writer, exports) {
-        Ok(Some(session)) => transmit(reader, writer, exports, session),
+        Ok(Some(session)) => transmit(reader, writer, exports, maps, session),
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
@@ -70,11 +80,13 @@ fn transmit(
     mut reader: BufReader<Stream>,
     writer: Stream,
     exports: &[Export],
+    maps: &[AllocMap],
     session: Session,
 ) -> Result<(), NbdError> {
     let device = exports[session.export].device.as_ref();
     let conn = Conn {
         device,
+        maps: &maps[session.export],
         structured: session.structured,
         allocation: session.allocation,
         writer: Mutex::new(writer),
@@ -204,6 +216,10 @@ impl Conn<'_> {
             CMD_WRITE_ZEROES => dev.write_zeroes(req.offset, u64::from(req.len)),
             _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
         };
+        if matches!(req.cmd, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES) {
+            // Even a failed write may have changed part of the range.
+            self.maps.forget(req.offset, u64::from(req.len));
+        }
         // FUA: the reply promises durability, so it waits for the flush.
         let result = result.and_then(|()| if fua { dev.flush() } else { Ok(()) });
         match result {
@@ -230,9 +246,8 @@ impl Conn<'_> {
         let ask = self.structured && req.flags & CMD_FLAG_DF == 0 && len > SMALL_READ;
         let segs = match ask {
             true => self
-                .device
-                .allocated(req.offset, len)
-                .map(|ext| segments(req.offset, len, &ext))
+                .maps
+                .segments(self.device, req.offset, len, Limit::ALL)
                 .unwrap_or_else(|_| whole()),
             false => whole(),
         };
@@ -290,18 +305,23 @@ impl Conn<'_> {
     }
 
     fn block_status(&self, req: &Request) {
-        let len = u64::from(req.len);
-        let ext = match self.device.allocated(req.offset, len) {
-            Ok(ext) => ext,
+        // With REQ_ONE one extent, else as many as fit the cap; either way the walk stops
+        // there, so a request reaching to the end of the export costs what the reply covers.
+        let limit = Limit {
+            segments: if req.flags & CMD_FLAG_REQ_ONE != 0 {
+                1
+            } else {
+                MAX_DESCRIPTORS
+            },
+            pieces: MAX_STATUS_PIECES,
+        };
+        let segs = match self
+            .maps
+            .segments(self.device, req.offset, u64::from(req.len), limit)
+        {
+            Ok(segs) => segs,
             Err(e) => return self.reply_io_error(req, &e),
         };
-        let mut segs = segments(req.offset, len, &ext);
-        let keep = if req.flags & CMD_FLAG_REQ_ONE != 0 {
-            1
-        } else {
-            MAX_DESCRIPTORS
-        };
-        segs.truncate(keep);
         let mut body = Vec::with_capacity(4 + 8 * segs.len());
         body.extend_from_slice(&META_ID_ALLOCATION.to_be_bytes());
         for s in &segs {
@@ -401,43 +421,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A contiguous piece of a request: data, or a hole that reads as zeros.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seg {
-    offset: u64,
-    len: u64,
-    data: bool,
-}
-
-/// Covers [offset, offset+len) exactly with data and hole segments, adjacent ones of the same
-/// kind merged. The device's extents are clipped and anything unsorted or overlapping is
-/// tolerated, because a buggy device must not make us send a malformed reply.
-fn segments(offset: u64, len: u64, extents: &[(u64, u64)]) -> Vec<Seg> {
-    let end = offset + len;
-    let mut out: Vec<Seg> = Vec::new();
-    let push = |out: &mut Vec<Seg>, offset: u64, len: u64, data: bool| match out.last_mut() {
-        Some(last) if last.data == data && last.offset + last.len == offset => last.len += len,
-        _ => out.push(Seg { offset, len, data }),
-    };
-    let mut cursor = offset;
-    for &(o, l) in extents {
-        let s = o.max(cursor);
-        let e = o.saturating_add(l).min(end);
-        if e <= s {
-            continue;
-        }
-        if s > cursor {
-            push(&mut out, cursor, s - cursor, false);
-        }
-        push(&mut out, s, e - s, true);
-        cursor = e;
-    }
-    if cursor < end {
-        push(&mut out, cursor, end - cursor, false);
-    }
-    out
-}
-
 /// Turns holes shorter than `MIN_HOLE_CHUNK` into data (the buffer already holds zeros there).
 fn absorb_small_holes(segs: Vec<Seg>) -> Vec<Seg> {
     let mut out: Vec<Seg> = Vec::with_capacity(segs.len());
@@ -492,44 +475,6 @@ mod tests {
 
     fn seg(offset: u64, len: u64, data: bool) -> Seg {
         Seg { offset, len, data }
-    }
-
-    #[test]
-    fn segments_cover_the_range() {
-        let s = segments(100, 100, &[(90, 20), (150, 10), (160, 5), (190, 50)]);
-        assert_eq!(
-            s,
-            vec![
-                seg(100, 10, true),
-                seg(110, 40, false),
-                seg(150, 15, true),
-                seg(165, 25, false),
-                seg(190, 10, true)
-            ]
-        );
-        assert_eq!(segments(0, 10, &[]), vec![seg(0, 10, false)]);
-        assert_eq!(segments(0, 10, &[(0, 10)]), vec![seg(0, 10, true)]);
-    }
-
-    #[test]
-    fn segments_tolerate_bad_extents() {
-        // Overlapping, unsorted, empty and overflowing extents.
-        let s = segments(
-            0,
-            100,
-            &[(10, 20), (15, 5), (5, 3), (50, 0), (90, u64::MAX)],
-        );
-        assert_eq!(
-            s,
-            vec![
-                seg(0, 10, false),
-                seg(10, 20, true),
-                seg(30, 60, false),
-                seg(90, 10, true)
-            ]
-        );
-        let total: u64 = s.iter().map(|s| s.len).sum();
-        assert_eq!(total, 100);
     }
 
     #[test]
