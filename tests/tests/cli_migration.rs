@@ -93,21 +93,32 @@ fn native_sources_by_pool_name_id_and_namespace() {
         &[("DST@1", &b.snap1), ("DST@2", &b.snap2), ("DST", &b.snap2)],
         Some(&|| base_intact(&b)),
     );
-    // The head of the source, whole history.
+    // The live head is refused, as in Ceph: an import's source must not change under it.
     let spec = r#"{"type":"native","pool_name":"rbd","image_name":"base"}"#;
-    migrate(
-        env,
+    let out = env.fails(&[
+        "migration",
+        "prepare",
+        "--import-only",
+        "--source-spec",
         spec,
         "whole",
-        &[("DST@1", &b.snap1), ("DST@2", &b.snap2), ("DST", &b.head)],
-        None,
-    );
+    ]);
+    assert_eq!(out.status.code(), Some(22), "{}", stderr(&out));
+    assert!(stderr(&out).contains("snapshot required for import"));
+    assert!(!env.rbdm(&["info", "whole"]).status.success());
     // A source in a namespace, into another namespace.
     env.ok(&["namespace", "create", "rbd/ns1"]);
     env.ok(&["namespace", "create", "rbd/ns2"]);
     env.ok(&["import", b.files[2].to_str().unwrap(), "rbd/ns1/base"]);
-    let spec = r#"{"type":"native","pool_name":"rbd","pool_namespace":"ns1","image_name":"base"}"#;
-    migrate(env, spec, "rbd/ns2/dst", &[("DST", &b.head)], None);
+    env.ok(&["snap", "create", "rbd/ns1/base@now"]);
+    let spec = r#"{"type":"native","pool_name":"rbd","pool_namespace":"ns1","image_name":"base","snap_name":"now"}"#;
+    migrate(
+        env,
+        spec,
+        "rbd/ns2/dst",
+        &[("DST@now", &b.head), ("DST", &b.head)],
+        None,
+    );
     check(env, "rbd/ns1/base", &b.head);
     // The source is never modified by an import.
     base_intact(&b);
@@ -280,7 +291,7 @@ fn specs_that_must_fail() {
             2,
         ),
         (
-            r#"{"type":"native","pool_name":"nopool","image_name":"base"}"#,
+            r#"{"type":"native","pool_name":"nopool","image_name":"base","snap_name":"1"}"#,
             2,
         ),
         (

@@ -18,10 +18,9 @@ pub fn run(ctx: &Ctx, cmd: &MigrationCmd) -> CmdResult {
         MigrationCmd::Execute(a) => execute(ctx, a),
         MigrationCmd::Commit(a) => {
             let spec = ctx.image_spec(&a.spec, Snap::No)?;
-            rbdm_migration::commit(ctx.rbd()?, &spec, a.force)
-                .map_err(|e| fail(e, "committing migration failed"))?;
-            eprintln!("Commit image migration: 100% complete...done.");
-            Ok(())
+            let mut p = ctx.progress("Commit image migration");
+            let r = rbdm_migration::commit(ctx.rbd()?, &spec, a.force);
+            conclude(&mut p, r, "committing migration failed")
         }
         MigrationCmd::Abort(a) => {
             let spec = ctx.image_spec(&a.spec, Snap::No)?;
@@ -75,29 +74,33 @@ fn native_spec_of(ctx: &Ctx, src: &rbdm_image::ImageSpec) -> CmdResult<String> {
     Ok(spec.to_json().to_string())
 }
 
+/// The text of `--source-spec` or `--source-spec-path` (`-` for stdin), read with a size
+/// bound so `/dev/zero` or an endless pipe cannot grow memory. Shared with `rbdm source`.
+pub(crate) fn spec_text(source_spec: Option<&str>, path: Option<&str>) -> CmdResult<String> {
+    match (source_spec, path) {
+        (Some(s), None) => {
+            rbdm_spec::check_len(s.len()).map_err(|e| input_fail(e, "invalid --source-spec"))?;
+            Ok(s.to_string())
+        }
+        (None, Some("-")) => rbdm_spec::read_spec_text(std::io::stdin().lock())
+            .map_err(|e| input_fail(e, "cannot read the source-spec from stdin")),
+        (None, Some(p)) => {
+            let context = format!("cannot read source-spec file {p}");
+            let file = std::fs::File::open(p).map_err(|e| Fail::io(&e, &context))?;
+            rbdm_spec::read_spec_text(file).map_err(|e| input_fail(e, &context))
+        }
+        (Some(_), Some(_)) => Err(Fail::invalid(
+            "cannot specify both source-spec and source-spec-path",
+        )),
+        (None, None) => Err(Fail::invalid("no source-spec given")),
+    }
+}
+
 /// The spec text, read with a size bound (`/dev/zero` or an endless pipe must not grow
 /// memory), then checked: a bad spec is EBADMSG as in Ceph, an import of a live `native`
 /// image EINVAL ("snapshot required for import", librbd's words).
 fn read_spec(a: &MigrationPrepareArgs) -> CmdResult<String> {
-    let text = match (&a.source_spec, &a.source_spec_path) {
-        (Some(s), None) => {
-            rbdm_spec::check_len(s.len()).map_err(|e| input_fail(e, "invalid --source-spec"))?;
-            s.clone()
-        }
-        (None, Some(p)) if p == "-" => rbdm_spec::read_spec_text(std::io::stdin().lock())
-            .map_err(|e| input_fail(e, "cannot read the source-spec from stdin"))?,
-        (None, Some(p)) => {
-            let context = format!("cannot read source-spec file {p}");
-            let file = std::fs::File::open(p).map_err(|e| Fail::io(&e, &context))?;
-            rbdm_spec::read_spec_text(file).map_err(|e| input_fail(e, &context))?
-        }
-        (Some(_), Some(_)) => {
-            return Err(Fail::invalid(
-                "cannot specify both source-spec and source-spec-path",
-            ))
-        }
-        (None, None) => return Err(Fail::invalid("no source-spec given")),
-    };
+    let text = spec_text(a.source_spec.as_deref(), a.source_spec_path.as_deref())?;
     check_import_spec(&text)?;
     Ok(text)
 }
@@ -156,13 +159,20 @@ fn prepare(ctx: &Ctx, a: &MigrationPrepareArgs) -> CmdResult {
             "--source-spec and --source-spec-path need --import-only",
         ));
     }
+    // As rbd's ARGUMENT_MODIFIER_DEST: -p/--namespace name the source only; a named
+    // destination takes --dest-pool/--dest-namespace, else the default pool. Without one,
+    // the image migrates in place (same pool, namespace and name).
     let (src, dst) = match a.specs.as_slice() {
-        [s] => (s, s),
-        [s, d] => (s, d),
+        [s] => {
+            let src = ctx.image_spec(s, Snap::No)?;
+            (src.clone(), src)
+        }
+        [s, d] => (
+            ctx.image_spec(s, Snap::No)?,
+            ctx.dest_image_spec(d, Snap::No)?,
+        ),
         _ => return Err(Fail::invalid("expected SOURCE_IMAGE [DEST_IMAGE]")),
     };
-    let src = ctx.image_spec(src, Snap::No)?;
-    let dst = ctx.image_spec(dst, Snap::No)?;
     let rbd = ctx.rbd()?;
     let source = rbd.open(&src, true).map_err(crate::output::err(format!(
         "error opening image {}",

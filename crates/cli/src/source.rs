@@ -7,7 +7,7 @@
 //! not: no format logic; everything goes through `rbdm-registry`'s `SourceImage`.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 
 use clap::{Args, Subcommand};
 use rbdm_registry::{ExtentState, OpenContext, Point, SnapExtent, SourceError, SourceImage};
@@ -87,19 +87,11 @@ fn source_fail(e: &SourceError, context: &str) -> Fail {
 
 /// The spec's JSON, checked: malformed JSON and invalid specs are EBADMSG, as in Ceph.
 fn load_spec(a: &SpecArgs) -> CmdResult<Value> {
-    let text = match (&a.source_spec, a.source_spec_path.as_deref()) {
-        (Some(json), _) => json.clone(),
-        (None, Some("-")) => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .map_err(|e| Fail::io(&e, "error reading source-spec from stdin"))?;
-            s
-        }
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| Fail::io(&e, format!("error reading source-spec {path}")))?,
-        (None, None) => return Err(Fail::invalid("give --source-spec or --source-spec-path")),
-    };
+    if a.source_spec.is_none() && a.source_spec_path.is_none() {
+        return Err(Fail::invalid("give --source-spec or --source-spec-path"));
+    }
+    let text =
+        crate::migration::spec_text(a.source_spec.as_deref(), a.source_spec_path.as_deref())?;
     let bad = |detail: String| Fail::errno(libc::EBADMSG, "invalid source-spec", &detail);
     let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
     rbdm_spec::SourceSpec::from_json(&v).map_err(|e| bad(e.to_string()))?;
