@@ -7,6 +7,7 @@
 
 mod args;
 mod cmds;
+mod fsck;
 mod migration;
 mod nbd;
 mod output;
@@ -63,6 +64,7 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> CmdResult {
         Cmd::Nbd(args::NbdCmd::Export(a)) => nbd::export(ctx, a),
         Cmd::Migration(c) => migration::run(ctx, c),
         Cmd::Source(c) => source::run(ctx, c),
+        Cmd::Fsck(a) => fsck::run(ctx, a),
     }
 }
 

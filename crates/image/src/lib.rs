@@ -21,8 +21,10 @@ pub use rbdm_store::{SnapId, StoreRef, Watcher};
 
 pub mod encoding;
 mod error;
+pub mod fsck;
 pub mod header;
 mod image;
+pub mod intent;
 pub mod migration;
 mod rbd;
 pub mod spec;
