@@ -31,7 +31,7 @@ use rbdm_store::{Error as StoreError, SnapContext, WriteOp};
 
 use crate::encoding::{Dec, Enc};
 use crate::migration::MigrationRecord;
-use crate::{Error, Image, Result};
+use crate::{Error, Image, Rbd, Result};
 
 const PREFIX: &str = "rbdm_intent.";
 
@@ -233,5 +233,45 @@ mod tests {
         assert_eq!(i.op, "snap_remove");
         assert_eq!(i.arg, "4");
         assert!(decode("rbdm_intent.x", &encode(b"")).is_err());
+    }
+
+    /// A snapshot removal killed after the header forgot the snapshot: the next writable
+    /// open frees the clones, which would otherwise stay in the store owned by nothing.
+    #[test]
+    fn killed_snap_remove_is_finished_by_the_next_open() {
+        let store: rbdm_store::StoreRef = std::sync::Arc::new(rbdm_store::mem::MemStore::new());
+        let rbd = Rbd::new(store.clone());
+        let spec = crate::ImageSpec::parse("a", "rbd").unwrap();
+        rbd.create(
+            &spec.pool_spec(),
+            "a",
+            &crate::CreateOptions::with_size(4 << 20),
+        )
+        .unwrap();
+        let img = rbd.open(&spec, false).unwrap();
+        img.write(0, &[7u8; 4096]).unwrap();
+        let id = img.snap_create("s").unwrap();
+        // Removing the head leaves the object as a clone only, held by the snapshot.
+        img.discard(0, 4 << 20).unwrap();
+        let h = img.header().unwrap();
+        let loc = img.data_loc(&h, 0);
+        assert_eq!(store.list_snaps(&loc).unwrap().clones.len(), 1);
+        // The first two steps of snap_remove, then a kill.
+        img.intent_begin(SNAP_REMOVE, &id.to_string(), &snap_remove_data(id, 4 << 20))
+            .unwrap();
+        img.update_header(|h| {
+            h.snaps.remove(&id);
+            Ok(())
+        })
+        .unwrap();
+        drop(img);
+        assert_eq!(
+            rbd.fsck(None).unwrap().len(),
+            1,
+            "the clone is owned by nothing"
+        );
+        let again = rbd.open(&spec, false).unwrap();
+        assert!(again.intents().unwrap().is_empty());
+        assert!(rbd.fsck(None).unwrap().is_empty());
     }
 }
