@@ -31,7 +31,7 @@ use rbdm_store::{Error as StoreError, SnapContext, WriteOp};
 
 use crate::encoding::{Dec, Enc};
 use crate::migration::MigrationRecord;
-use crate::{Error, Image, Rbd, Result};
+use crate::{Error, Image, Result};
 
 const PREFIX: &str = "rbdm_intent.";
 
@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn killed_snap_remove_is_finished_by_the_next_open() {
         let store: rbdm_store::StoreRef = std::sync::Arc::new(rbdm_store::mem::MemStore::new());
-        let rbd = Rbd::new(store.clone());
+        let rbd = crate::Rbd::new(store.clone());
         let spec = crate::ImageSpec::parse("a", "rbd").unwrap();
         rbd.create(
             &spec.pool_spec(),
