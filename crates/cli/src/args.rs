@@ -114,6 +114,8 @@ pub enum Cmd {
     /// Look at a migration source (a source-spec) before migrating it.
     #[command(subcommand)]
     Source(crate::source::SourceCmd),
+    /// List objects in the store that no image owns (exit non-zero if any).
+    Fsck(crate::fsck::FsckArgs),
 }
 
 #[derive(Args, Debug)]

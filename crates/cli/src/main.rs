@@ -8,6 +8,7 @@
 mod args;
 mod cmds;
 mod doc;
+mod fsck;
 mod listing;
 mod lock;
 mod migration;
@@ -71,6 +72,7 @@ fn run(ctx: &Ctx, cmd: &Cmd) -> CmdResult {
         Cmd::Nbd(args::NbdCmd::Export(a)) => nbd::export(ctx, a),
         Cmd::Migration(c) => migration::run(ctx, c),
         Cmd::Source(c) => source::run(ctx, c),
+        Cmd::Fsck(a) => fsck::run(ctx, a),
     }
 }
 

@@ -103,6 +103,13 @@ impl Image {
             migration: Mutex::new(None),
             touched: AtomicBool::new(false),
         })
+        .and_then(|img| {
+            // A writer first finishes what a killed operation left (see intent.rs).
+            if !img.read_only {
+                img.finish_intents()?;
+            }
+            Ok(img)
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -537,7 +544,10 @@ impl Image {
         self.check_writable()?;
         let h = self.header()?;
         if let Some(raw) = h.migration.as_deref() {
-            if MigrationRecord::decode(raw)?.role == MigrationRole::Source {
+            let rec = MigrationRecord::decode(raw)?;
+            // An abort writes clients' writes back into its source (invariant 1).
+            let aborting = rec.state == migration::MigrationState::Aborting;
+            if rec.role == MigrationRole::Source && !aborting {
                 return Err(Error::ReadOnly(format!(
                     "image '{}' is the source of a migration and is read-only",
                     self.name
@@ -1115,18 +1125,38 @@ impl Image {
                 self.name
             )));
         }
-        let h = self.header()?;
-        let next = h.snaps.range(sm.id + 1..).next().map(|(id, _)| *id);
+        // The clones are freed after the header forgets the snapshot: a kill in between
+        // would leak them, so the rest is an intent any later writable open finishes.
+        let arg = sm.id.to_string();
+        let data = crate::intent::snap_remove_data(sm.id, sm.size);
+        self.intent_begin(crate::intent::SNAP_REMOVE, &arg, &data)?;
         self.update_header(|hh| {
             hh.snaps.remove(&sm.id);
             Ok(())
         })?;
-        if Self::has_object_map(&h) {
+        self.snap_remove_rest(sm.id, sm.size)?;
+        self.intent_end(crate::intent::SNAP_REMOVE, &arg)
+    }
+
+    /// What follows the header change of a snapshot removal; each step may run twice.
+    pub(crate) fn snap_remove_rest(&self, id: SnapId, size: u64) -> Result<()> {
+        let h = self.header()?;
+        let map = self.map_loc(Some(id));
+        if Self::has_object_map(&h) && self.store().stat(&map, HEAD).is_ok() {
+            let next = h.snaps.range(id + 1..).next().map(|(id, _)| *id);
+            let sm = SnapMeta {
+                id,
+                name: String::new(),
+                size,
+                protected: false,
+                timestamp: 0,
+                parent: None,
+            };
             self.merge_dirty_bits(&h, &sm, next)?;
         }
-        self.store().snap_remove(self.data_pool(&h), sm.id)?;
+        self.store().snap_remove(self.data_pool(&h), id)?;
         ignore_not_found(self.store().operate(
-            &self.map_loc(Some(sm.id)),
+            &map,
             &WriteOp::new().remove(),
             &SnapContext::default(),
         ))

@@ -26,6 +26,10 @@ pub enum MigrationState {
     Executed,
     /// An abort started and must be finished (`migration abort` again).
     Aborting,
+    /// A prepare started and did not finish: rolled back by the next command on either image.
+    Preparing,
+    /// A commit started removing the source and must be finished (`migration commit` again).
+    Committing,
 }
 
 impl MigrationState {
@@ -35,6 +39,8 @@ impl MigrationState {
             MigrationState::Executing => "executing",
             MigrationState::Executed => "executed",
             MigrationState::Aborting => "aborting",
+            MigrationState::Preparing => "preparing",
+            MigrationState::Committing => "committing",
         }
     }
 }
@@ -80,6 +86,8 @@ impl MigrationRecord {
                     MigrationState::Executing => 1,
                     MigrationState::Executed => 2,
                     MigrationState::Aborting => 3,
+                    MigrationState::Preparing => 4,
+                    MigrationState::Committing => 5,
                 });
                 e.str(&self.state_description);
                 match &self.peer {
@@ -120,6 +128,8 @@ impl MigrationRecord {
             1 => MigrationState::Executing,
             2 => MigrationState::Executed,
             3 => MigrationState::Aborting,
+            4 => MigrationState::Preparing,
+            5 => MigrationState::Committing,
             s => {
                 return Err(Error::Corrupt(format!(
                     "migration record: unknown state {s}"

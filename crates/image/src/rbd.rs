@@ -17,10 +17,10 @@ pub struct Rbd {
     store: StoreRef,
 }
 
-const DIRECTORY: &str = "rbd_directory";
-const TRASH: &str = "rbd_trash";
-const CHILDREN: &str = "rbd_children";
-const NAMESPACES: &str = "rbd_namespace";
+pub(crate) const DIRECTORY: &str = "rbd_directory";
+pub(crate) const TRASH: &str = "rbd_trash";
+pub(crate) const CHILDREN: &str = "rbd_children";
+pub(crate) const NAMESPACES: &str = "rbd_namespace";
 /// Store-wide state lives in a pool `ls` does not show.
 const HIDDEN_POOL: &str = ".rbdm";
 const CONFIG_KEY: &str = "config_key";
@@ -239,7 +239,8 @@ impl Rbd {
             .map_err(|_| Error::Corrupt(format!("directory entry of '{name}' is not UTF-8")))
     }
 
-    pub(crate) fn image_name(&self, spec: &PoolSpec, id: &str) -> Result<Option<String>> {
+    /// The directory name of image `id`, `None` if the directory does not list it.
+    pub fn image_name(&self, spec: &PoolSpec, id: &str) -> Result<Option<String>> {
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("id_{id}");
         let found = match self.store.omap_get_keys(&loc, &[&key]) {
@@ -789,6 +790,39 @@ impl Rbd {
         decode_trash(id, v)
     }
 
+    /// The trash entry of image `id`, if it is in the trash.
+    pub fn trash_find(&self, spec: &PoolSpec, id: &str) -> Result<Option<TrashEntry>> {
+        match self.trash_get(spec, id) {
+            Ok(t) => Ok(Some(t)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops the trash entry of image `id` (whose image is gone); idempotent.
+    pub fn trash_forget(&self, spec: &PoolSpec, id: &str) -> Result<()> {
+        let loc = self.loc(spec, TRASH)?;
+        match self.store.operate(
+            &loc,
+            &WriteOp::new().omap_rm([format!("id_{id}")]),
+            &no_snapc(),
+        ) {
+            Err(StoreError::NotFound(_)) => Ok(()),
+            r => Ok(r?),
+        }
+    }
+
+    /// Removes image `id` and its trash entry, if any, whether or not a directory entry
+    /// still names it (a removal cut short). Each step may run again.
+    pub fn remove_id(&self, spec: &PoolSpec, id: &str, progress: Progress) -> Result<()> {
+        let name = self.image_name(spec, id)?;
+        match self.remove_by_id(spec, id, name.as_deref(), progress) {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.trash_forget(spec, id)
+    }
+
     /// `all`: include entries of source "MIGRATION".
     pub fn trash_list(&self, spec: &PoolSpec, all: bool) -> Result<Vec<TrashEntry>> {
         self.check_namespace(spec)?;
@@ -829,7 +863,10 @@ impl Rbd {
     ) -> Result<()> {
         let name = new_name.unwrap_or(&t.name);
         check_name("image", name)?;
-        self.dir_add(spec, name, &t.id)?;
+        // A restore killed between its two steps is finished by running it again.
+        if self.image_id(spec, name).ok().as_deref() != Some(t.id.as_str()) {
+            self.dir_add(spec, name, &t.id)?;
+        }
         let loc = self.loc(spec, TRASH)?;
         self.store.operate(
             &loc,

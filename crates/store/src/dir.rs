@@ -293,6 +293,36 @@ impl Drop for DirStore {
     }
 }
 
+impl DirStore {
+    /// Objects of a pool (one namespace or all) whose row matches `filter`, sorted.
+    fn list_where(
+        &self,
+        pool: PoolId,
+        namespace: Option<&str>,
+        filter: &str,
+    ) -> Result<Vec<Locator>> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        if !pool_exists(&tx, pool)? {
+            return Err(Error::NoPool(pool.to_string()));
+        }
+        let mut st = tx.prepare_cached(&format!(
+            "SELECT o.ns, o.name FROM objects o WHERE o.pool = ?1 AND {filter} AND (?2 IS NULL OR o.ns = ?2) ORDER BY o.ns, o.name"
+        ))?;
+        let rows = st.query_map(params![pool, namespace], |r| {
+            Ok(Locator {
+                pool,
+                namespace: r.get(0)?,
+                name: r.get(1)?,
+            })
+        })?;
+        let out = rows.collect::<Result<_, _>>()?;
+        drop(st);
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
 impl ObjectStore for DirStore {
     fn create_pool(&self, name: &str) -> Result<PoolId> {
         self.writable()?;
@@ -391,25 +421,15 @@ impl ObjectStore for DirStore {
     }
 
     fn list_objects(&self, pool: PoolId, namespace: Option<&str>) -> Result<Vec<Locator>> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        if !pool_exists(&tx, pool)? {
-            return Err(Error::NoPool(pool.to_string()));
-        }
-        let mut st = tx.prepare_cached(
-            "SELECT ns, name FROM objects WHERE pool = ?1 AND head = 1 AND (?2 IS NULL OR ns = ?2) ORDER BY ns, name",
-        )?;
-        let rows = st.query_map(params![pool, namespace], |r| {
-            Ok(Locator {
-                pool,
-                namespace: r.get(0)?,
-                name: r.get(1)?,
-            })
-        })?;
-        let out = rows.collect::<Result<_, _>>()?;
-        drop(st);
-        tx.commit()?;
-        Ok(out)
+        self.list_where(pool, namespace, "o.head = 1")
+    }
+
+    fn list_all_objects(&self, pool: PoolId, namespace: Option<&str>) -> Result<Vec<Locator>> {
+        self.list_where(
+            pool,
+            namespace,
+            "(o.head = 1 OR EXISTS (SELECT 1 FROM clones c WHERE c.oid = o.id))",
+        )
     }
 
     fn snap_create(&self, pool: PoolId) -> Result<SnapId> {

@@ -339,6 +339,10 @@ pub trait ObjectStore: Send + Sync {
     /// lists every namespace.
     fn list_objects(&self, pool: PoolId, namespace: Option<&str>) -> Result<Vec<Locator>>;
 
+    /// As `list_objects`, plus objects that exist only as clones (their head was removed
+    /// while a snapshot still needed them): what a consistency check must account for.
+    fn list_all_objects(&self, pool: PoolId, namespace: Option<&str>) -> Result<Vec<Locator>>;
+
     // ---- self-managed snapshots (per pool, as RADOS)
     /// Allocates a new snap id, greater than every id given before in this pool.
     fn snap_create(&self, pool: PoolId) -> Result<SnapId>;

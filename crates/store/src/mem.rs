@@ -239,6 +239,18 @@ impl ObjectStore for MemStore {
             .collect())
     }
 
+    fn list_all_objects(&self, pool: PoolId, namespace: Option<&str>) -> Result<Vec<Locator>> {
+        let st = self.state();
+        let objects = &st.pool(pool)?.objects;
+        Ok(objects
+            .iter()
+            .filter(|((ns, _), o)| {
+                (o.head.is_some() || !o.clones.is_empty()) && namespace.is_none_or(|w| w == ns)
+            })
+            .map(|((ns, name), _)| Locator::new(pool, ns, name))
+            .collect())
+    }
+
     fn snap_create(&self, pool: PoolId) -> Result<SnapId> {
         let mut st = self.state();
         let p = st

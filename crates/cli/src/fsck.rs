@@ -1,0 +1,37 @@
+//! `rbdm fsck [POOL]`: lists objects no image owns (what a cut-short operation left), one per
+//! line with the reason, and exits non-zero (EUCLEAN, "structure needs cleaning") if any.
+
+use clap::Args;
+use serde_json::json;
+
+use crate::cmds::Ctx;
+use crate::output::{err, CmdResult, Fail};
+
+#[derive(Args, Debug)]
+pub struct FsckArgs {
+    /// The pool to check (default: every pool)
+    pub pool: Option<String>,
+}
+
+pub fn run(ctx: &Ctx, a: &FsckArgs) -> CmdResult {
+    let rbd = ctx.rbd()?;
+    let found = rbd.fsck(a.pool.as_deref()).map_err(err("fsck failed"))?;
+    if ctx.json {
+        let list: Vec<_> = found
+            .iter()
+            .map(|f| json!({"object": f.object, "problem": f.problem}))
+            .collect();
+        ctx.print_json(&json!(list));
+    } else {
+        for f in &found {
+            println!("{}: {}", f.object, f.problem);
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(Fail::new(
+        libc::EUCLEAN,
+        format!("fsck: {} object(s) owned by no image", found.len()),
+    ))
+}
