@@ -91,6 +91,35 @@ impl AllocMap {
         len: u64,
         limit: Limit,
     ) -> io::Result<Vec<Seg>> {
+        self.walk(dev, offset, len, limit, true)
+            .map(|segs| segs.expect("walks that may map always answer"))
+    }
+
+    /// As [`AllocMap::segments`], from cached granules and token checks only (both cheap and
+    /// local); `None` when the answer needs the device's map, or on any error (the caller
+    /// then asks [`AllocMap::segments`], which reports it).
+    pub(crate) fn cached_segments(
+        &self,
+        dev: &dyn BlockDevice,
+        offset: u64,
+        len: u64,
+        limit: Limit,
+    ) -> Option<Vec<Seg>> {
+        if self.granule == 0 {
+            return None;
+        }
+        self.walk(dev, offset, len, limit, false).ok().flatten()
+    }
+
+    /// `may_map`: whether the device's map may be asked; if not, `None` where it would be.
+    fn walk(
+        &self,
+        dev: &dyn BlockDevice,
+        offset: u64,
+        len: u64,
+        limit: Limit,
+        may_map: bool,
+    ) -> io::Result<Option<Vec<Seg>>> {
         let end = offset.saturating_add(len).min(self.size.max(offset));
         let mut out: Vec<Seg> = Vec::new();
         let mut pos = offset;
@@ -104,7 +133,10 @@ impl AllocMap {
                 window = window.saturating_mul(2);
                 piece_end
             } else {
-                self.granule_piece(dev, pos, end, &mut out)?
+                match self.granule_piece(dev, pos, end, &mut out, may_map)? {
+                    Some(stop) => stop,
+                    None => return Ok(None),
+                }
             };
             pos = piece_end;
             pieces += 1;
@@ -117,36 +149,39 @@ impl AllocMap {
                 break;
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
-    /// Appends the segments of `[pos, end)` inside `pos`'s granule; returns where they stop.
+    /// Appends the segments of `[pos, end)` inside `pos`'s granule; returns where they stop,
+    /// or `None` when that needs the device's map and `may_map` is false.
     fn granule_piece(
         &self,
         dev: &dyn BlockDevice,
         pos: u64,
         end: u64,
         out: &mut Vec<Seg>,
-    ) -> io::Result<u64> {
+        may_map: bool,
+    ) -> io::Result<Option<u64>> {
         let index = pos / self.granule;
         let start = index * self.granule;
         let stop = (start + self.granule).min(end);
         let cached = lock(&self.cached).granules.get(&index).cloned();
-        let mut segs = match &cached {
-            Some(g) => segments(pos, stop - pos, &g.extents),
+        let fresh = match &cached {
+            // Only holes need the check: reporting data that is gone is safe.
+            Some(g) => {
+                let segs = segments(pos, stop - pos, &g.extents);
+                let holes = segs.iter().any(|s| !s.data);
+                (!holes || dev.allocation_token(start).ok() == Some(g.token)).then_some(segs)
+            }
+            None => None,
+        };
+        let segs = match fresh {
+            Some(segs) => segs,
+            None if !may_map => return Ok(None),
             None => segments(pos, stop - pos, &self.fetch(dev, index)?),
         };
-        let stale = match &cached {
-            Some(g) if segs.iter().any(|s| !s.data) => {
-                dev.allocation_token(start).ok() != Some(g.token)
-            }
-            _ => false,
-        };
-        if stale {
-            segs = segments(pos, stop - pos, &self.fetch(dev, index)?);
-        }
         append(out, segs);
-        Ok(stop)
+        Ok(Some(stop))
     }
 
     /// Maps granule `index` afresh and caches it when the device gives a token.
@@ -467,5 +502,23 @@ mod tests {
         };
         let s = map.segments(&dev, 0, 16 * G, limit).expect("map");
         assert_eq!(s, vec![seg(0, 3 * G, false)], "a prefix of the request");
+    }
+
+    #[test]
+    fn cached_only_walks_never_map() {
+        let dev = Fake::new(4 * G, G, vec![(0, 4096)]);
+        let map = AllocMap::new(&dev);
+        assert_eq!(map.cached_segments(&dev, 0, 4 * G, ONE), None, "nothing cached yet");
+        assert_eq!(dev.maps.load(Ordering::Relaxed), 0);
+        map.segments(&dev, 0, 4 * G, Limit::ALL).expect("map");
+        let maps = dev.maps.load(Ordering::Relaxed);
+        assert_eq!(
+            map.cached_segments(&dev, 4096, 4 * G - 4096, ONE),
+            Some(vec![seg(4096, 4 * G - 4096, false)])
+        );
+        // A changed token: the cached hole is not vouched for, so no answer without a map.
+        dev.version.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(map.cached_segments(&dev, 4096, G, ONE), None);
+        assert_eq!(dev.maps.load(Ordering::Relaxed), maps);
     }
 }

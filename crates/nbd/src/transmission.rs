@@ -149,6 +149,9 @@ fn request_loop(
             conn.reply_error(&req, errno, msg);
             continue;
         }
+        if req.cmd == CMD_BLOCK_STATUS && conn.block_status_inline(&req) {
+            continue;
+        }
         if req.cmd == CMD_READ {
             cost = conn.budget.acquire(u64::from(req.len));
         }
@@ -304,27 +307,40 @@ impl Conn<'_> {
         self.send(&parts);
     }
 
+    /// Answers block status on the reader's thread when the cached map can: QEMU asks one
+    /// extent at a time and waits for each answer, so handing the request to a worker and
+    /// back would cost more than the answer. Returns false when it needs the device's map.
+    fn block_status_inline(&self, req: &Request) -> bool {
+        let cached = self.maps.cached_segments(
+            self.device,
+            req.offset,
+            u64::from(req.len),
+            status_limit(req),
+        );
+        match cached {
+            Some(segs) => self.send_block_status(req, &segs),
+            None => return false,
+        }
+        true
+    }
+
     fn block_status(&self, req: &Request) {
-        // With REQ_ONE one extent, else as many as fit the cap; either way the walk stops
-        // there, so a request reaching to the end of the export costs what the reply covers.
-        let limit = Limit {
-            segments: if req.flags & CMD_FLAG_REQ_ONE != 0 {
-                1
-            } else {
-                MAX_DESCRIPTORS
-            },
-            pieces: MAX_STATUS_PIECES,
-        };
-        let segs = match self
-            .maps
-            .segments(self.device, req.offset, u64::from(req.len), limit)
-        {
+        let segs = match self.maps.segments(
+            self.device,
+            req.offset,
+            u64::from(req.len),
+            status_limit(req),
+        ) {
             Ok(segs) => segs,
             Err(e) => return self.reply_io_error(req, &e),
         };
+        self.send_block_status(req, &segs);
+    }
+
+    fn send_block_status(&self, req: &Request, segs: &[Seg]) {
         let mut body = Vec::with_capacity(4 + 8 * segs.len());
         body.extend_from_slice(&META_ID_ALLOCATION.to_be_bytes());
-        for s in &segs {
+        for s in segs {
             // Every segment lies inside a request of u32 length, so it fits.
             body.extend_from_slice(&(s.len as u32).to_be_bytes());
             let state = if s.data { 0 } else { STATE_HOLE | STATE_ZERO };
@@ -387,6 +403,19 @@ impl Conn<'_> {
             self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = w.shutdown(Shutdown::Both);
         }
+    }
+}
+
+/// With REQ_ONE one extent, else as many as fit the cap; either way the walk stops there, so
+/// a request reaching to the end of the export costs what the reply covers.
+fn status_limit(req: &Request) -> Limit {
+    Limit {
+        segments: if req.flags & CMD_FLAG_REQ_ONE != 0 {
+            1
+        } else {
+            MAX_DESCRIPTORS
+        },
+        pieces: MAX_STATUS_PIECES,
     }
 }
 
