@@ -263,3 +263,40 @@ fn huge_sizes_are_refused_before_anything_changes() {
     assert_eq!(out.status.code(), Some(libc::EINVAL), "{}", stderr(&out));
     assert!(created > 0, "no trial created an image");
 }
+
+/// Issue 13 point 7: `snap create` while an NBD client writes. Reproduces (15 of 15 snapshots
+/// after the first fail with EIO "open …/data/…: No such file"): the head object map's row
+/// names a data file that is gone. Ignored until the store fix lands (see the h-image report:
+/// the file is the map a `snap create` process wrote, deleted while its row still names it).
+#[test]
+#[ignore = "issue 13 point 7: fails until the dir store's cross-process map rewrite is fixed"]
+fn snapshots_while_an_nbd_client_writes() {
+    let env = Env::new();
+    env.ok(&["create", "--size", "64M", "--object-size", "64K", "w"]);
+    let (server, uri) = env.nbd_export("w");
+    let mut io = Command::new("qemu-io");
+    io.args(["-f", "raw"]);
+    for k in 1..=40u64 {
+        io.arg("-c")
+            .arg(format!("write -P {k} {}M 4M", (k % 16) * 4));
+    }
+    let mut writer = Killed(
+        io.arg(&uri)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-io runs"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut failed = Vec::new();
+    for i in 0..15 {
+        let out = env.rbdm(&["snap", "create", &format!("w@s{i}")]);
+        if !out.status.success() {
+            failed.push(format!("s{i}: {}", stderr(&out).trim()));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = writer.0.wait();
+    server.stop();
+    assert!(failed.is_empty(), "{failed:#?}");
+}
