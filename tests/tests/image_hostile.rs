@@ -264,10 +264,11 @@ fn huge_sizes_are_refused_before_anything_changes() {
     assert!(created > 0, "no trial created an image");
 }
 
-/// Issue 13 point 7: `snap create` while an NBD client writes. Reproduces (15 of 15 snapshots
-/// after the first fail with EIO "open …/data/…: No such file"): the head object map's row
-/// names a data file that is gone. Ignored until the store fix lands (see the h-image report:
-/// the file is the map a `snap create` process wrote, deleted while its row still names it).
+/// Issue 13 point 7: `snap create` while an NBD client writes. Reproduces (every snapshot
+/// after the first fails with EIO "open …/data/…: No such file"): the first `snap create`
+/// rewrites the head object map (a new data file, its row names it); within 0.3 s the NBD
+/// server's process deletes that file while the row still names it, and nothing rewrites the
+/// row. Ignored until the dir store's fix lands (see the h-image report).
 #[test]
 #[ignore = "issue 13 point 7: fails until the dir store's cross-process map rewrite is fixed"]
 fn snapshots_while_an_nbd_client_writes() {
