@@ -11,4 +11,4 @@ pub mod object_map;
 
 pub use interval::IntervalSet;
 pub use layout::{Layout, LayoutError, ObjectExtent};
-pub use object_map::{ObjectMap, ObjectMapError, ObjectState};
+pub use object_map::{ObjectMap, ObjectMapError, ObjectState, MAX_MAP_OBJECTS};

@@ -47,9 +47,11 @@ pub enum ObjectMapError {
 }
 
 const MAGIC: &[u8; 8] = b"RBDMOMAP";
-/// 2 bits per object: 2^40 objects of 4 KiB is 4 PiB, far beyond any image; a larger count
-/// in a header is corruption, not a reason to allocate.
-const MAX_OBJECTS: u64 = 1 << 36;
+/// The most objects a map describes: librbd's `MAX_OBJECT_MAP_OBJECT_COUNT`, so a map in
+/// memory never passes 61 MiB (2 bits each). An image with an object map is never larger
+/// (its size is checked against this); a larger count in a stored map is corruption, not a
+/// reason to allocate.
+pub const MAX_MAP_OBJECTS: u64 = 256_000_000;
 
 impl ObjectMap {
     /// A map of `len` objects, all nonexistent.
@@ -129,7 +131,7 @@ impl ObjectMap {
             return Err(ObjectMapError::Malformed("bad magic".into()));
         }
         let len = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
-        if len > MAX_OBJECTS {
+        if len > MAX_MAP_OBJECTS {
             return Err(ObjectMapError::Malformed(format!(
                 "object count {len} is implausible"
             )));

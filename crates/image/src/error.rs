@@ -19,6 +19,9 @@ pub enum Error {
     Unsupported(String),
     #[error("{0}")]
     Corrupt(String),
+    /// A size beyond what an image can address.
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -34,6 +37,7 @@ impl Error {
             Error::NotEmpty(_) => libc::ENOTEMPTY,
             Error::Unsupported(_) => libc::ENOSYS,
             Error::Corrupt(_) => libc::EIO,
+            Error::TooLarge(_) => libc::EFBIG,
             Error::Store(e) => e.errno(),
         }
     }

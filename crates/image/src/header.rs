@@ -8,7 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, SnapId, StoreRef, WriteOp};
 
 use crate::encoding::{decode_u64, u64_value, Dec, Enc};
-use crate::{Error, Layout, Result};
+use crate::{features, Error, Layout, Result};
+
+/// The largest image: every reader addresses bytes with a signed 64-bit offset (`off_t`,
+/// QEMU's `int64_t`, the kernel's block layer), so a byte past 2^63 - 1 is unreachable.
+pub const MAX_IMAGE_SIZE: u64 = i64::MAX as u64;
 
 /// Where a clone reads through to: a snapshot of another image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +155,29 @@ impl Header {
         }
     }
 
+    /// Refuses a size this image cannot address, before anything changes: with an object map,
+    /// more objects than the map may hold (librbd's `MAX_OBJECT_MAP_OBJECT_COUNT`, `EINVAL`
+    /// as librbd's "image size not compatible with object map"); in any case more bytes than
+    /// a 64-bit signed offset reaches (`EFBIG`).
+    pub fn check_size(&self, size: u64) -> Result<()> {
+        if size > MAX_IMAGE_SIZE {
+            return Err(Error::TooLarge(format!(
+                "image size {size} is larger than the largest addressable size \
+                 {MAX_IMAGE_SIZE} bytes (2^63 - 1, a signed 64-bit offset)"
+            )));
+        }
+        let objects = self.layout.object_count(size);
+        if self.features & features::OBJECT_MAP != 0 && objects > rbdm_extent::MAX_MAP_OBJECTS {
+            return Err(Error::Invalid(format!(
+                "image size {size} is not compatible with the object map: {objects} objects \
+                 of {} bytes, the object map holds at most {}",
+                self.layout.object_size,
+                rbdm_extent::MAX_MAP_OBJECTS
+            )));
+        }
+        Ok(())
+    }
+
     /// The snap context writes at head carry: newest snapshot first.
     pub fn snap_context(&self) -> SnapContext {
         SnapContext {
@@ -246,6 +273,7 @@ impl Header {
 
     /// Writes a new header; `Exists` if one is there.
     pub fn create(&self, store: &StoreRef, loc: &Locator) -> Result<()> {
+        self.check_size(self.size)?;
         let op = WriteOp::new().create_exclusive().omap_set(self.to_keys());
         store.operate(loc, &op, &SnapContext::default())?;
         Ok(())
@@ -261,6 +289,9 @@ impl Header {
             let old = Header::load(store, loc)?;
             let mut new = old.clone();
             let out = change(&mut new)?;
+            if (new.size, new.features) != (old.size, old.features) {
+                new.check_size(new.size)?;
+            }
             new.generation = old.generation + 1;
             let new_keys = new.to_keys();
             let stale = stale_keys(&old, &new);

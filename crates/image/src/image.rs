@@ -699,6 +699,14 @@ impl Image {
     /// Loads an object map; an absent or damaged one is rebuilt from the objects themselves.
     fn load_map(&self, h: &Header, snap: Option<SnapId>, size: u64) -> Result<ObjectMap> {
         let count = h.layout.object_count(size);
+        // A header written before sizes were bounded must fail here, not abort allocating.
+        if count > rbdm_extent::MAX_MAP_OBJECTS {
+            return Err(Error::Corrupt(format!(
+                "image '{}' has {count} objects, more than an object map holds ({})",
+                self.name,
+                rbdm_extent::MAX_MAP_OBJECTS
+            )));
+        }
         let stored = match self
             .store()
             .read(&self.map_loc(snap), HEAD, 0, u64::MAX >> 1)
@@ -964,6 +972,8 @@ impl Image {
     pub fn resize(&self, size: u64, allow_shrink: bool, progress: Progress) -> Result<()> {
         let _gate = self.io_gate.write().unwrap_or_else(|e| e.into_inner());
         let h = self.begin_change()?;
+        // Before any object is touched: a size the image cannot address changes nothing.
+        h.check_size(size)?;
         if size < h.size && !allow_shrink {
             return Err(Error::Invalid(
                 "shrinking an image is only allowed with the --allow-shrink flag".into(),
@@ -984,14 +994,19 @@ impl Image {
         if size < h.size {
             let snapc = h.snap_context();
             let (keep, old) = (h.layout.object_count(size), h.layout.object_count(h.size));
-            for object_no in keep..old {
-                ignore_not_found(self.store().operate(
-                    &self.data_loc(&h, object_no),
-                    &WriteOp::new().remove(),
-                    &snapc,
-                ))?;
-                self.set_object_state(&h, object_no, ObjectState::Nonexistent)?;
-                progress(object_no - keep + 1, old - keep);
+            // Only the objects that exist (one listing), as librbd's trim skips what the
+            // object map says is absent: a shrink from a huge sparse size must not visit
+            // every object number it addressed.
+            let doomed: Vec<(u64, Locator)> = self
+                .own_object_numbers(&h)?
+                .into_iter()
+                .filter(|(no, _)| (keep..old).contains(no))
+                .collect();
+            let total = doomed.len() as u64;
+            for (i, (object_no, loc)) in doomed.iter().enumerate() {
+                ignore_not_found(self.store().operate(loc, &WriteOp::new().remove(), &snapc))?;
+                self.set_object_state(&h, *object_no, ObjectState::Nonexistent)?;
+                progress(i as u64 + 1, total);
             }
             let tail_end = (size.div_ceil(h.layout.period()) * h.layout.period()).min(h.size);
             self.zero_range(&h, size, tail_end - size, false)?;
@@ -1465,10 +1480,17 @@ impl Image {
                 .filter(|&i| map.get(i) == ObjectState::Exists)
                 .count() as u64);
         }
+        // From one listing, not one stat per possible object: a sparse image may address
+        // far more objects than it has.
         let s = snap.unwrap_or(HEAD);
+        let count = h.layout.object_count(size);
         let mut n = 0;
-        for object_no in 0..h.layout.object_count(size) {
-            if self.store().stat(&self.data_loc(h, object_no), s).is_ok() {
+        for (_, loc) in self
+            .own_object_numbers(h)?
+            .iter()
+            .filter(|(no, _)| *no < count)
+        {
+            if self.store().stat(loc, s).is_ok() {
                 n += 1;
             }
         }

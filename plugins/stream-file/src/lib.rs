@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use rbdm_registry::{OpenContext, Result, SourceError, Stream, StreamExtent, StreamPlugin};
 use rbdm_spec::FileStreamSpec;
 
+mod identity;
+use identity::Identity;
+
 inventory::submit!(StreamPlugin {
     type_name: "file",
     description: "a local file or block device (file_path)",
@@ -37,6 +40,9 @@ pub struct FileStream {
     file: File,
     path: PathBuf,
     size: u64,
+    /// What the file was at open; every read and hole query checks it still is.
+    identity: Identity,
+    block_device: bool,
 }
 
 impl FileStream {
@@ -58,17 +64,33 @@ impl FileStream {
             )));
         }
         let mut file = File::open(&path).map_err(|e| open_error(&path, e))?;
+        // The open descriptor's own stat: the name may have moved on since `metadata` above.
+        let meta = file
+            .metadata()
+            .map_err(|e| SourceError::io(format!("file {}: stat", path.display()), e))?;
+        let identity = Identity::of(&meta);
         let size = if kind.is_file() {
             meta.len()
         } else {
             file.seek(SeekFrom::End(0))
                 .map_err(|e| SourceError::io(format!("file {}: size", path.display()), e))?
         };
-        Ok(FileStream { file, path, size })
+        Ok(FileStream {
+            file,
+            path,
+            size,
+            identity,
+            block_device: kind.is_block_device(),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn unchanged(&self, by_name: bool) -> Result<()> {
+        self.identity
+            .check(&self.file, &self.path, self.block_device, by_name)
     }
 
     /// The next offset at or after `pos` that is data (`SEEK_DATA`) or a hole (`SEEK_HOLE`);
@@ -155,7 +177,9 @@ impl Stream for FileStream {
                     self.size
                 )),
                 _ => SourceError::io(format!("{}: read at {offset}", self.describe()), e),
-            })
+            })?;
+        // After the read: bytes read from a file that changed meanwhile are not the source's.
+        self.unchanged(false)
     }
 
     /// Holes from SEEK_DATA/SEEK_HOLE, for the part of the range inside the file; `None`
@@ -165,7 +189,10 @@ impl Stream for FileStream {
         if offset >= end {
             return Some(Ok(Vec::new()));
         }
-        self.allocation(offset, end).ok().map(Ok)
+        // A file truncated under us reads as holes past its new end: the check turns that
+        // into an error, never a range of zeros.
+        let extents = self.allocation(offset, end).ok()?;
+        Some(self.unchanged(true).map(|()| extents))
     }
 
     /// A backing file: an absolute name as is, a relative one beside this file (as QEMU
@@ -202,6 +229,55 @@ mod tests {
             f.write_all_at(data, *off).unwrap();
         }
         p
+    }
+
+    /// Timestamps are as coarse as the kernel's clock tick: let one pass before a change.
+    fn later() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_file_that_changes_after_open_fails_reads_and_hole_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![0xa5u8; 1 << 20];
+        let shrink = file_with(dir.path(), "shrink", 1 << 20, &[(0, &data)]);
+        let s = FileStream::open(&shrink).unwrap();
+        let mut buf = vec![0u8; 4096];
+        s.read_at(0, &mut buf).unwrap();
+        later();
+        File::options()
+            .write(true)
+            .open(&shrink)
+            .unwrap()
+            .set_len(512 << 10)
+            .unwrap();
+        // Still inside the new size: the read succeeds on the file, the check refuses it.
+        let e = s.read_at(0, &mut buf).unwrap_err();
+        assert!(matches!(e, SourceError::Changed(_)), "{e}");
+        assert!(e.to_string().contains("524288 bytes"), "{e}");
+        // Past the new end the file system says "hole": that must not become zeros.
+        let e = s.extents(768 << 10, 4096).unwrap().unwrap_err();
+        assert!(matches!(e, SourceError::Changed(_)), "{e}");
+
+        let rewrite = file_with(dir.path(), "rewrite", 1 << 20, &[(0, &data)]);
+        let s = FileStream::open(&rewrite).unwrap();
+        later();
+        File::options()
+            .write(true)
+            .open(&rewrite)
+            .unwrap()
+            .write_all_at(b"new", 4096)
+            .unwrap();
+        let e = s.read_at(0, &mut buf).unwrap_err();
+        assert!(e.to_string().contains("modified"), "{e}");
+
+        let replaced = file_with(dir.path(), "replaced", 1 << 20, &[(0, &data)]);
+        let s = FileStream::open(&replaced).unwrap();
+        let other = file_with(dir.path(), "other", 1 << 20, &[(0, &data)]);
+        std::fs::rename(&other, &replaced).unwrap();
+        let e = s.extents(0, 4096).unwrap().unwrap_err();
+        assert!(e.to_string().contains("replaced"), "{e}");
+        assert_eq!(e.errno(), libc::EIO);
     }
 
     #[test]

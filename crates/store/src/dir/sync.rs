@@ -62,10 +62,15 @@ impl DirStore {
                 }
             }
         }
-        // Committed metadata lives in the WAL until a checkpoint copies it into the database.
-        for name in ["meta.sqlite-wal", "meta.sqlite"] {
-            dirs.insert(self.root.join(name));
-        }
+        // Committed metadata lives in the WAL until a checkpoint copies it into the database
+        // (SQLite fsyncs the database itself when it checkpoints). Never open `meta.sqlite`
+        // here: closing any descriptor of it drops every POSIX lock this process holds on it,
+        // SQLite's shared lock included, and another process closing its connection then
+        // takes itself for the last one and deletes the WAL under us (our later commits went
+        // to an unlinked file: issue 13 point 7). SQLite locks the WAL file through `-shm`,
+        // never the WAL itself, so its descriptor is safe to open and close.
+        dirs.insert(self.root.join("meta.sqlite-wal"));
+        dirs.insert(self.root.clone());
         for path in dirs {
             match File::open(&path) {
                 Ok(f) => f
