@@ -57,15 +57,45 @@ pub fn run(args: &[String]) -> Result<()> {
 /// 4 MiB I/Os), against `dd` of a plain file with the same I/O size on the same disk.
 fn image(rbdm: &Path) -> Result<()> {
     let dir = util::scratch("bench-image")?;
-    let store = format!("dir://{}", dir.join("store").display());
     let plain = dir.join("plain.img");
+    let dd_write = util::timed(Command::new("dd").args([
+        "if=/dev/zero",
+        &format!("of={}", plain.display()),
+        "bs=4M",
+        "count=256",
+        "conv=fdatasync",
+    ]))?;
+    let (rb_write, rb_read) = rbdm_seq(rbdm, &dir.join("store"), true)?;
+    let dd_read = util::timed(Command::new("dd").args([
+        &format!("if={}", plain.display()),
+        "of=/dev/null",
+        "bs=4M",
+    ]))?;
+    // The same on a store without data checksums, for their cost (target: within 5%).
+    let (bare_write, bare_read) = rbdm_seq(rbdm, &dir.join("store-bare"), false)?;
+    println!("\nbench image: 1 GiB sequential, 4 MiB I/Os, same disk, same run (target: within 1.5x of dd)");
+    row("write", rb_write, dd_write);
+    row("read", rb_read, dd_read);
+    println!(
+        "checksums (crc32c per 4 KiB block) against a store without them (target: within 1.05x):"
+    );
+    row_vs("write", rb_write, bare_write);
+    row_vs("read", rb_read, bare_read);
+    Ok(())
+}
+
+/// `rbdm bench` write then read of a new 1 GiB image, one thread, 4 MiB sequential I/Os.
+fn rbdm_seq(rbdm: &Path, root: &Path, checksums: bool) -> Result<(Duration, Duration)> {
+    let store = format!("dir://{}", root.display());
     let rb = |args: &[&str]| -> Command {
         let mut c = Command::new(rbdm);
         c.env("RBDM_STORE", &store).args(args);
+        if !checksums {
+            c.env("RBDM_STORE_CHECKSUMS", "off");
+        }
         c
     };
     util::output(&mut rb(&["create", "--size", "1G", "bench"]))?;
-    // `rbdm bench` of the whole image, one thread, 4 MiB sequential I/Os.
     let seq_bench = |io_type: &str| {
         rb(&[
             "bench",
@@ -82,25 +112,18 @@ fn image(rbdm: &Path) -> Result<()> {
             "bench",
         ])
     };
+    let write = util::timed(&mut seq_bench("write"))?;
+    let read = util::timed(&mut seq_bench("read"))?;
+    Ok((write, read))
+}
 
-    let dd_write = util::timed(Command::new("dd").args([
-        "if=/dev/zero",
-        &format!("of={}", plain.display()),
-        "bs=4M",
-        "count=256",
-        "conv=fdatasync",
-    ]))?;
-    let rb_write = util::timed(&mut seq_bench("write"))?;
-    let dd_read = util::timed(Command::new("dd").args([
-        &format!("if={}", plain.display()),
-        "of=/dev/null",
-        "bs=4M",
-    ]))?;
-    let rb_read = util::timed(&mut seq_bench("read"))?;
-    println!("\nbench image: 1 GiB sequential, 4 MiB I/Os, same disk, same run (target: within 1.5x of dd)");
-    row("write", rb_write, dd_write);
-    row("read", rb_read, dd_read);
-    Ok(())
+fn row_vs(what: &str, ours: Duration, bare: Duration) {
+    println!(
+        "  {what:<6} with {:>6.2} s   without {:>6.2} s   ratio {:.3}x",
+        ours.as_secs_f64(),
+        bare.as_secs_f64(),
+        ours.as_secs_f64() / bare.as_secs_f64()
+    );
 }
 
 fn row(what: &str, ours: Duration, peer: Duration) {

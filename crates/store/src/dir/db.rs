@@ -166,10 +166,12 @@ fn init_schema(conn: &mut Connection, root: &Path) -> std::result::Result<bool, 
         .is_none();
     if fresh {
         tx.execute("INSERT INTO meta(key, value) VALUES ('format', '1')", [])?;
-        tx.execute(
-            "INSERT INTO meta(key, value) VALUES ('checksums', 'crc32c/4k')",
-            [],
-        )?;
+        if !checksums_off() {
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('checksums', 'crc32c/4k')",
+                [],
+            )?;
+        }
         tx.execute("INSERT INTO pools(name) VALUES ('rbd')", [])?;
     }
     tx.commit()?;
@@ -252,4 +254,10 @@ fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch(SCHEMA)?;
     }
     tx.commit()
+}
+
+/// `RBDM_STORE_CHECKSUMS=off` makes new stores without data checksums, as stores were before
+/// them: only for measuring what checksums cost (`cargo xtask bench image`).
+fn checksums_off() -> bool {
+    std::env::var_os("RBDM_STORE_CHECKSUMS").is_some_and(|v| v == "off")
 }
