@@ -16,6 +16,7 @@ const BENCHES: &[&str] = &[
     "migration",
     "source",
     "nbd",
+    "nbd-map",
     "same-store",
     "live-reads",
 ];
@@ -47,6 +48,8 @@ pub fn run(args: &[String]) -> Result<()> {
             "live-reads" => crate::bench_live::reads_during_execute(&rbdm)?,
             "source" => crate::bench_source::run(&rbdm)?,
             "nbd" => nbd(&rbdm)?,
+            // The sparse row of `nbd` alone.
+            "nbd-map" => crate::bench_nbd_map::run(&rbdm)?,
             _ => unreachable!("checked above"),
         }
     }
