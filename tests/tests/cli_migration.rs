@@ -296,20 +296,20 @@ fn specs_that_must_fail() {
         ),
         (
             r#"{"type":"native","pool_name":"rbd","pool_id":1,"image_name":"base"}"#,
-            74,
+            22,
         ),
-        (r#"{"type":"native","pool_name":"rbd"}"#, 74),
+        (r#"{"type":"native","pool_name":"rbd"}"#, 22),
         (
             r#"{"type":"qcow","stream":{"type":"file","file_path":"/etc/hostname"}}"#,
             5,
         ),
-        (r#"{"type":"qcow","stream":{"type":"file"}}"#, 74),
+        (r#"{"type":"qcow","stream":{"type":"file"}}"#, 22),
         (r#"{"type":"raw","stream":{"type":"nosuch"}}"#, 38),
         (
             r#"{"type":"raw","stream":{"type":"file","file_path":"/x"},"extra":1}"#,
-            74,
+            22,
         ),
-        (r#"[]"#, 74),
+        (r#"[]"#, 22),
     ];
     for (spec, code) in cases {
         let out = env.fails(&[

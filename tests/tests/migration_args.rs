@@ -198,7 +198,7 @@ fn native_specs_of_cephs_script() {
         ),
         (
             spec_with(&by_id, r#", "snap_name": 123456"#),
-            EBADMSG,
+            EINVAL,
             "snap_name",
         ),
         (
@@ -213,7 +213,7 @@ fn native_specs_of_cephs_script() {
         ),
         (
             spec_with(&by_id, r#", "snap_id": "foobar""#),
-            EBADMSG,
+            EINVAL,
             "snap_id",
         ),
     ];
@@ -515,7 +515,7 @@ fn nbd_uris_as_libnbd_reads_them_against_qemu_nbd() {
         nbd_spec("foo.example.com"),
     ];
     for spec in &bad_specs {
-        refused(&env, &["--source-spec", spec, "image3"], EBADMSG, "uri");
+        refused(&env, &["--source-spec", spec, "image3"], EINVAL, "uri");
     }
     let t = Instant::now();
     let out = prepare(

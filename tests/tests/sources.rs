@@ -354,19 +354,19 @@ fn bad_specs_are_refused_naming_the_path() {
     let d = env.path("d");
     let f = file_stream(&d);
     let cases: Vec<(Value, i32, &str)> = vec![
-        (json!({"type": "raw"}), libc::EBADMSG, "invalid source-spec: (74) Bad message: stream: missing"),
-        (json!({"stream": f}), libc::EBADMSG, "invalid source-spec: (74) Bad message: type: missing"),
-        (json!({"type": "raw", "stream": {"type": "file"}}), libc::EBADMSG, "invalid source-spec: (74) Bad message: stream.file_path: missing"),
-        (json!({"type": "raw", "stream": {"type": "file", "file_path": 3}}), libc::EBADMSG, "invalid source-spec: (74) Bad message: stream.file_path: expected a string"),
-        (json!({"type": "raw", "stream": f, "colour": "red"}), libc::EBADMSG, "invalid source-spec: (74) Bad message: colour: unknown field"),
-        (json!({"type": "raw", "stream": f, "snapshots": [{"type": "raw", "stream": f}]}), libc::EBADMSG, "invalid source-spec: (74) Bad message: snapshots[0].name: missing"),
-        (json!({"type": "raw", "stream": f, "snapshots": [{"type": "raw", "name": "a", "stream": {"type": "http", "url": "nope"}}]}), libc::EBADMSG, "invalid source-spec: (74) Bad message: snapshots[0].stream.url: expected an http:// or https:// URL, got \"nope\""),
-        (json!({"type": "native", "pool_name": "rbd", "pool_id": 0, "image_name": "i"}), libc::EBADMSG, "invalid source-spec: (74) Bad message: pool_id: both pool_name and pool_id given"),
-        (json!({"type": "native", "pool_id": "zero", "image_name": "i"}), libc::EBADMSG, "invalid source-spec: (74) Bad message: pool_id: expected an integer"),
-        (json!({"type": "native", "pool_name": "rbd", "image_name": "i", "snap_id": "x"}), libc::EBADMSG, "invalid source-spec: (74) Bad message: snap_id: expected an integer or a numeric string"),
+        (json!({"type": "raw"}), libc::EINVAL, "invalid source-spec: (22) Invalid argument: stream: missing"),
+        (json!({"stream": f}), libc::EINVAL, "invalid source-spec: (22) Invalid argument: type: missing"),
+        (json!({"type": "raw", "stream": {"type": "file"}}), libc::EINVAL, "invalid source-spec: (22) Invalid argument: stream.file_path: missing"),
+        (json!({"type": "raw", "stream": {"type": "file", "file_path": 3}}), libc::EINVAL, "invalid source-spec: (22) Invalid argument: stream.file_path: expected a string"),
+        (json!({"type": "raw", "stream": f, "colour": "red"}), libc::EINVAL, "invalid source-spec: (22) Invalid argument: colour: unknown field"),
+        (json!({"type": "raw", "stream": f, "snapshots": [{"type": "raw", "stream": f}]}), libc::EINVAL, "invalid source-spec: (22) Invalid argument: snapshots[0].name: missing"),
+        (json!({"type": "raw", "stream": f, "snapshots": [{"type": "raw", "name": "a", "stream": {"type": "http", "url": "nope"}}]}), libc::EINVAL, "invalid source-spec: (22) Invalid argument: snapshots[0].stream.url: expected an http:// or https:// URL, got \"nope\""),
+        (json!({"type": "native", "pool_name": "rbd", "pool_id": 0, "image_name": "i"}), libc::EINVAL, "invalid source-spec: (22) Invalid argument: pool_id: both pool_name and pool_id given"),
+        (json!({"type": "native", "pool_id": "zero", "image_name": "i"}), libc::EINVAL, "invalid source-spec: (22) Invalid argument: pool_id: expected an integer"),
+        (json!({"type": "native", "pool_name": "rbd", "image_name": "i", "snap_id": "x"}), libc::EINVAL, "invalid source-spec: (22) Invalid argument: snap_id: expected an integer or a numeric string"),
         (json!({"type": "s3", "stream": f}), libc::ENOSYS, "error opening source: (38) Function not implemented: type: unknown format \"s3\""),
         (json!({"type": "raw", "stream": {"type": "ftp", "host": "h"}}), libc::ENOSYS, "error opening source: (38) Function not implemented: stream.type: unknown stream type \"ftp\""),
-        (json!([f]), libc::EBADMSG, "invalid source-spec: (74) Bad message: expected a JSON object"),
+        (json!([f]), libc::EINVAL, "invalid source-spec: (22) Invalid argument: expected a JSON object"),
     ];
     for (spec, code, msg) in &cases {
         let (got_code, got_msg) = info_error(&env, &spec.to_string());

@@ -2,9 +2,9 @@
 //! line with the reason, and exits non-zero (EUCLEAN, "structure needs cleaning") if any.
 
 use clap::Args;
-use serde_json::json;
 
 use crate::cmds::Ctx;
+use crate::doc::Doc;
 use crate::output::{err, CmdResult, Fail};
 
 #[derive(Args, Debug)]
@@ -17,11 +17,13 @@ pub fn run(ctx: &Ctx, a: &FsckArgs) -> CmdResult {
     let rbd = ctx.rbd()?;
     let found = rbd.fsck(a.pool.as_deref()).map_err(err("fsck failed"))?;
     if ctx.json {
-        let list: Vec<_> = found
-            .iter()
-            .map(|f| json!({"object": f.object, "problem": f.problem}))
-            .collect();
-        ctx.print_json(&json!(list));
+        let list = Doc::list(
+            "orphan",
+            found
+                .iter()
+                .map(|f| crate::obj! {"object" => &f.object, "problem" => &f.problem}),
+        );
+        ctx.emit("orphans", &list);
     } else {
         for f in &found {
             println!("{}: {}", f.object, f.problem);

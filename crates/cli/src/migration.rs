@@ -97,7 +97,8 @@ pub(crate) fn spec_text(source_spec: Option<&str>, path: Option<&str>) -> CmdRes
 }
 
 /// The spec text, read with a size bound (`/dev/zero` or an endless pipe must not grow
-/// memory), then checked: a bad spec is EBADMSG as in Ceph, an import of a live `native`
+/// memory), then checked: text that is not JSON is EBADMSG, an invalid spec EINVAL (librbd's
+/// errnos); an import of a live `native`
 /// image EINVAL ("snapshot required for import", librbd's words).
 fn read_spec(a: &MigrationPrepareArgs) -> CmdResult<String> {
     let text = spec_text(a.source_spec.as_deref(), a.source_spec_path.as_deref())?;
@@ -107,8 +108,11 @@ fn read_spec(a: &MigrationPrepareArgs) -> CmdResult<String> {
 
 fn check_import_spec(text: &str) -> CmdResult {
     let context = "preparing import migration failed";
-    let spec = rbdm_spec::SourceSpec::parse(text)
-        .map_err(|e| Fail::errno(libc::EBADMSG, context, &e.to_string()))?;
+    // As librbd: text that is not JSON is EBADMSG; JSON that is no valid spec, EINVAL.
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Fail::errno(libc::EBADMSG, context, &format!("malformed JSON: {e}")))?;
+    let spec = rbdm_spec::SourceSpec::from_json(&json)
+        .map_err(|e| Fail::errno(libc::EINVAL, context, &e.to_string()))?;
     spec.check_import()
         .map_err(|e| Fail::errno(libc::EINVAL, context, &e.to_string()))
 }

@@ -3,9 +3,9 @@
 //! prints each damaged object. Exits EIO when anything is damaged, so scripts can act on it.
 
 use clap::Args;
-use serde_json::json;
 
 use crate::cmds::Ctx;
+use crate::doc::Doc;
 use crate::output::{CmdResult, Fail};
 
 #[derive(Args, Debug)]
@@ -29,12 +29,13 @@ pub fn run(ctx: &Ctx, a: &ScrubArgs) -> CmdResult {
         .scrub(pool)
         .map_err(|e| Fail::store(&e, "scrub failed"))?;
     if ctx.json {
-        ctx.print_json(&json!({
-            "objects": report.objects,
-            "bytes": report.bytes,
-            "checksums": report.checksums,
-            "damaged": report.damaged,
-        }));
+        let doc = crate::obj! {
+            "objects" => report.objects,
+            "bytes" => report.bytes,
+            "checksums" => report.checksums,
+            "damaged" => Doc::list("object", report.damaged.iter()),
+        };
+        ctx.emit("scrub", &doc);
     } else {
         for d in &report.damaged {
             println!("damaged: {d}");

@@ -85,16 +85,18 @@ fn source_fail(e: &SourceError, context: &str) -> Fail {
     Fail::errno(e.errno(), context, &e.to_string())
 }
 
-/// The spec's JSON, checked: malformed JSON and invalid specs are EBADMSG, as in Ceph.
+/// The spec's JSON, checked: text that is not JSON is EBADMSG, an invalid spec EINVAL, as in librbd.
 fn load_spec(a: &SpecArgs) -> CmdResult<Value> {
     if a.source_spec.is_none() && a.source_spec_path.is_none() {
         return Err(Fail::invalid("give --source-spec or --source-spec-path"));
     }
     let text =
         crate::migration::spec_text(a.source_spec.as_deref(), a.source_spec_path.as_deref())?;
-    let bad = |detail: String| Fail::errno(libc::EBADMSG, "invalid source-spec", &detail);
-    let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
-    rbdm_spec::SourceSpec::from_json(&v).map_err(|e| bad(e.to_string()))?;
+    // As librbd: text that is not JSON is EBADMSG; JSON that is no valid spec, EINVAL.
+    let bad = |code, detail: String| Fail::errno(code, "invalid source-spec", &detail);
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| bad(libc::EBADMSG, format!("malformed JSON: {e}")))?;
+    rbdm_spec::SourceSpec::from_json(&v).map_err(|e| bad(libc::EINVAL, e.to_string()))?;
     Ok(v)
 }
 

@@ -129,10 +129,11 @@ fn open_for_image(
     }))
 }
 
-/// Parses and opens a source-spec; malformed JSON is `EBADMSG`, as Ceph reports it.
+/// Parses and opens a source-spec; text that is not JSON is `EBADMSG`, an invalid spec
+/// `EINVAL`, as librbd reports them.
 pub fn open_source_spec(rbd: &Rbd, text: &str) -> Result<Box<dyn SourceImage>, SourceError> {
     let json: Value = serde_json::from_str(text)
-        .map_err(|e| SourceError::BadSpec(format!("invalid JSON: {e}")))?;
+        .map_err(|e| SourceError::Malformed(format!("invalid JSON: {e}")))?;
     let lookup = |key: &str| -> Result<String, SourceError> {
         rbd.config_key_get(key)
             .map(|v| String::from_utf8_lossy(&v).into_owned())

@@ -218,6 +218,7 @@ pub fn prepare_import(
     dst: &ImageSpec,
     create: Option<&CreateOptions>,
 ) -> Result<()> {
+    check_import(spec_text)?;
     let source = crate::open_source_spec(rbd, spec_text)?;
     settle_names(rbd, &[dst])?;
     if rbd.open(dst, true).is_ok() {
@@ -271,4 +272,20 @@ pub fn prepare_import(
         return Err(e);
     }
     Ok(())
+}
+
+/// An import's source must not change under it: a `native` spec must name a snapshot
+/// (librbd: "snapshot required for import", EINVAL). Text that is not JSON is left to
+/// `open_source_spec`, which reports it as librbd does (EBADMSG).
+fn check_import(spec_text: &str) -> Result<()> {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(spec_text) else {
+        return Ok(());
+    };
+    match rbdm_spec::SourceSpec::from_json(&json) {
+        Ok(spec) => spec
+            .check_import()
+            .map_err(|e| Error::Invalid(e.to_string())),
+        // The plugin's own parser names what is wrong.
+        Err(_) => Ok(()),
+    }
 }

@@ -508,7 +508,11 @@ mod tests {
     fn cached_only_walks_never_map() {
         let dev = Fake::new(4 * G, G, vec![(0, 4096)]);
         let map = AllocMap::new(&dev);
-        assert_eq!(map.cached_segments(&dev, 0, 4 * G, ONE), None, "nothing cached yet");
+        assert_eq!(
+            map.cached_segments(&dev, 0, 4 * G, ONE),
+            None,
+            "nothing cached yet"
+        );
         assert_eq!(dev.maps.load(Ordering::Relaxed), 0);
         map.segments(&dev, 0, 4 * G, Limit::ALL).expect("map");
         let maps = dev.maps.load(Ordering::Relaxed);

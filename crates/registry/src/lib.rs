@@ -14,7 +14,11 @@ use std::fmt;
 /// What went wrong reading a source. `errno()` is what `rbdm` exits with, as `rbd` does.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// The spec is malformed (EBADMSG, as Ceph reports bad JSON).
+    /// The spec's text is not JSON (EBADMSG, as librbd reports a spec it cannot parse).
+    #[error("{0}")]
+    Malformed(String),
+    /// The spec is JSON but not a valid spec: a missing, mistyped or conflicting value
+    /// (EINVAL, as librbd's format and stream parsers report them).
     #[error("{0}")]
     BadSpec(String),
     /// An unknown format or stream type, or a feature we refuse (ENOSYS).
@@ -45,7 +49,8 @@ pub enum SourceError {
 impl SourceError {
     pub fn errno(&self) -> i32 {
         match self {
-            SourceError::BadSpec(_) => libc::EBADMSG,
+            SourceError::Malformed(_) => libc::EBADMSG,
+            SourceError::BadSpec(_) => libc::EINVAL,
             SourceError::Unsupported(_) => libc::ENOSYS,
             SourceError::NotFound(_) => libc::ENOENT,
             SourceError::PermissionDenied(_) => libc::EACCES,
