@@ -312,3 +312,55 @@ fn snapshots_while_an_nbd_client_writes() {
     assert!(failed.is_empty(), "{failed:#?}");
     file_is(&out, &want).unwrap();
 }
+
+/// Issue 13 point 3: a raw file source truncated, or rewritten in place, while `execute`
+/// copies it (bandwidth-limited so the change lands mid-copy) fails execute with EIO; the
+/// migration is never `executed`.
+#[test]
+fn a_source_that_changes_during_execute_fails_it() {
+    let env = Env::new();
+    let size = 64 * MIB;
+    for (case, change) in ["truncate", "rewrite"].iter().enumerate() {
+        let raw = env.path(&format!("src{case}.raw"));
+        std::fs::write(&raw, pseudo_random(size as usize, 77 + case as u64)).unwrap();
+        let spec = format!(
+            r#"{{"type":"raw","stream":{{"type":"file","file_path":"{}"}}}}"#,
+            raw.display()
+        );
+        let name = format!("dst{case}");
+        env.ok(&[
+            "migration",
+            "prepare",
+            "--import-only",
+            "--source-spec",
+            &spec,
+            &name,
+        ]);
+        let exec = env
+            .command(&["migration", "execute", "--bandwidth-limit", "8M", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("execute starts");
+        std::thread::sleep(Duration::from_millis(1500));
+        let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+        match *change {
+            "truncate" => f.set_len(63 * MIB).unwrap(),
+            _ => std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 4096], 60 * MIB).unwrap(),
+        }
+        let out = exec.wait_with_output().expect("execute ends");
+        assert_eq!(
+            out.status.code(),
+            Some(libc::EIO),
+            "{change}: execute must fail: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("changed"),
+            "{change}: {}",
+            stderr(&out)
+        );
+        let status = env.ok(&["status", &name]);
+        assert!(!status.contains("executed"), "{change}: {status}");
+    }
+}
