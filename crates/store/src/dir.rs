@@ -18,12 +18,16 @@
 //! written to the `journal` table in the same transaction as its metadata, then applied to
 //! the file, then the journal row is deleted. Every operation on an object first replays its
 //! journal rows (applying steps again is harmless), which is the whole of crash recovery.
+//! A client's write inside the file's size commits first and then rewrites the file in place;
+//! the crc32c sums of each 4 KiB block (see `sums`), committed with the metadata of every
+//! change, accept the old and the new bytes of such a block, so a torn write reads old or new.
 //! Files a crashed process left unreferenced are swept when the next writer registers.
 //!
 //! Files: `db` (opening, schema), `layout` (the root, modes), `clients` (who is alive),
 //! `rows` (an object's rows, what a read sees), `write` (applying a write op), `trim`
 //! (snapshot trimming), `sweep` (orphan files), `holders` (locks, watchers), `sync`
-//! (durability), `files` (sparse file primitives), `stripes` (stripe locks, row cache).
+//! (durability), `sums` (data checksums), `values` (metadata checksums), `scrub`, `files`
+//! (sparse file primitives), `stripes` (stripe locks, row cache).
 
 mod clients;
 mod db;
