@@ -164,6 +164,18 @@ pub fn check_all(env: &Env, dst: &str, expect: &[(&str, &Model)], stage: &str) {
     }
 }
 
+/// `migration prepare --import-only --source-spec SPEC DST`, which must succeed.
+pub fn prepare_from_spec(env: &Env, source_spec: &str, dst: &str) {
+    env.ok(&[
+        "migration",
+        "prepare",
+        "--import-only",
+        "--source-spec",
+        source_spec,
+        dst,
+    ]);
+}
+
 pub fn prepare_from_file(env: &Env, source_spec: &str, dst: &str) {
     let path = env.path("spec.json");
     std::fs::write(&path, source_spec).unwrap();

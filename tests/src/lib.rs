@@ -163,6 +163,37 @@ impl Env {
         (Killed(child), line.trim().to_string())
     }
 
+    /// `rbdm bench --io-type write` on `image` (sequential, rbd's default pattern), which must
+    /// succeed: the data of a test image, as Ceph's QA scripts write theirs.
+    pub fn bench_write(&self, image: &str, io_size: &str, total: &str) {
+        self.ok(&[
+            "bench",
+            "--io-type",
+            "write",
+            "--io-size",
+            io_size,
+            "--io-total",
+            total,
+            image,
+        ]);
+    }
+
+    /// `rbdm bench --io-type write --io-pattern rand` on `image`, which must succeed.
+    pub fn bench_rand(&self, image: &str, io_size: &str, total: &str) {
+        self.ok(&[
+            "bench",
+            "--io-type",
+            "write",
+            "--io-pattern",
+            "rand",
+            "--io-size",
+            io_size,
+            "--io-total",
+            total,
+            image,
+        ]);
+    }
+
     /// Runs with `--format json` and parses stdout.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();

@@ -83,10 +83,28 @@ impl QemuNbd {
 
     /// On a unix socket; returns the server and its `nbd+unix` URI.
     pub fn on_socket(image: &Path, format: &str, socket: &Path) -> (QemuNbd, String) {
+        Self::on_socket_with(&[], image, format, socket)
+    }
+
+    /// On a unix socket with more options (`--export-name`); the server and its `nbd+unix`
+    /// URI (of the default export).
+    pub fn on_socket_with(
+        extra: &[&str],
+        image: &Path,
+        format: &str,
+        socket: &Path,
+    ) -> (QemuNbd, String) {
         let pid_file = PathBuf::from(format!("{}.pid", socket.display()));
         let sock = socket.to_str().expect("a UTF-8 socket path");
-        let server = Self::serve(&["--socket", sock], image, format, &pid_file);
+        let mut args = vec!["--socket", sock];
+        args.extend_from_slice(extra);
+        let server = Self::serve(&args, image, format, &pid_file);
         (server, format!("nbd+unix:///?socket={sock}"))
+    }
+
+    /// The daemon's pid, for tests that signal it (SIGSTOP, to play a stalled server).
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
     }
 
     /// SIGKILL, and wait until the process is gone (or a zombie: its sockets are closed).

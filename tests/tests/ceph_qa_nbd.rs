@@ -37,17 +37,6 @@ fn nbd_spec(uri: &str) -> String {
     format!(r#"{{"type":"raw","stream":{{"type":"nbd","uri":"{uri}"}}}}"#)
 }
 
-fn prepare(env: &Env, spec: &str, dst: &str) {
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec",
-        spec,
-        dst,
-    ]);
-}
-
 /// A prepare that must fail within `limit`, leaving nothing; with an exit code other than
 /// `errno` (when given) it says so, for the test to list every difference at its end.
 fn refused(env: &Env, what: &str, spec: &str, errno: Option<i32>, limit: Duration) -> Wrong {
@@ -148,7 +137,7 @@ fn qcow2_on_the_default_port_export_names_and_refused_uris() {
     env.ok(&["rm", "dst"]);
 
     // The shortest URI: localhost, port 10809, the default (empty) export name.
-    prepare(&env, &nbd_spec("nbd://"), "dst");
+    prepare_from_spec(&env, &nbd_spec("nbd://"), "dst");
     check_all(&env, "dst", &head, "prepared (nbd://)");
     env.ok(&["migration", "abort", "dst"]);
     assert_gone(&env, "dst");
@@ -169,7 +158,7 @@ fn qcow2_on_the_default_port_export_names_and_refused_uris() {
     server.kill();
     let server = QemuNbd::on_default_port(&["--export-name", "myexport"], &qcow2, "qcow2", dir);
     for uri in ["nbd:///myexport", "nbd://localhost/myexport"] {
-        prepare(&env, &nbd_spec(uri), "dst");
+        prepare_from_spec(&env, &nbd_spec(uri), "dst");
         check_all(&env, "dst", &head, uri);
         env.ok(&["migration", "abort", "dst"]);
         assert_gone(&env, "dst");
@@ -226,22 +215,6 @@ fn snapshot_list_spec(uris: &[String; 3]) -> String {
     )
 }
 
-/// `rbd bench --io-type write --io-pattern rand`: a client's writes to the destination.
-fn bench_rand(env: &Env, image: &str, io_size: &str, total: &str) {
-    env.ok(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-pattern",
-        "rand",
-        "--io-size",
-        io_size,
-        "--io-total",
-        total,
-        image,
-    ]);
-}
-
 #[test]
 fn raw_over_unix_sockets_with_snapshots_a_destination_snapshot_and_writes() {
     let env = Env::new();
@@ -262,14 +235,14 @@ fn raw_over_unix_sockets_with_snapshots_a_destination_snapshot_and_writes() {
 
     prepare_from_file(&env, &spec, "dst");
     env.ok(&["snap", "create", "dst@head"]);
-    bench_rand(&env, "dst", "32K", "4M");
+    env.bench_rand("dst", "32K", "4M");
     check_all(&env, "dst", &snaps, "written, prepared");
     env.ok(&["migration", "abort", "dst"]);
     assert_gone(&env, "dst");
 
     prepare_from_stdin(&env, &spec, "dst");
     env.ok(&["snap", "create", "dst@head"]);
-    bench_rand(&env, "dst", "64K", "8M");
+    env.bench_rand("dst", "64K", "8M");
     check_all(&env, "dst", &snaps, "written, prepared (stdin)");
     // What the client wrote is random; what it reads back must stay that through the copy.
     let written = env.path("written.raw");

@@ -351,16 +351,7 @@ fn clones_read_parent_data_until_flattened() {
     files_equal(&raw, &out).unwrap();
 
     // Writing the child copies up; the parent does not change.
-    env.ok(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "64K",
-        "--io-total",
-        "1M",
-        "child",
-    ]);
+    env.bench_write("child", "64K", "1M");
     let mut want = raw_contents(size, &writes);
     apply_bench(&mut want, 64 << 10, MIB);
     let out = env.path("child2.raw");
@@ -550,16 +541,7 @@ fn trash_metadata_namespaces_pools_config_keys() {
     env.ok(&["snap", "create", "m2@a"]);
     env.ok(&["snap", "rename", "m2@a", "m2@b"]);
     assert_eq!(env.json(&["snap", "ls", "m2"])[0]["name"], "b");
-    env.ok(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "4K",
-        "--io-total",
-        "64K",
-        "m2",
-    ]);
+    env.bench_write("m2", "4K", "64K");
     let diff = env.json(&["diff", "--from-snap", "b", "m2"]);
     let data: u64 = diff
         .as_array()

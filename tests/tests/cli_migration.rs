@@ -41,14 +41,7 @@ fn migrate(
         assert_gone(env, dst);
         source_intact();
     }
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec",
-        source_spec,
-        dst,
-    ]);
+    prepare_from_spec(env, source_spec, dst);
     if abort_first.is_none() {
         check_all(env, dst, expect, "prepared");
     }
@@ -262,14 +255,7 @@ fn nbd_stream_from_qemu_nbd_and_an_abort() {
     let intact = || file_matches(raw, &b.head).unwrap();
     migrate(env, &spec, "from_nbd", &[("DST", &b.head)], None);
     // The same import, aborted after execute: nothing is left and the source is untouched.
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec",
-        &spec,
-        "aborted",
-    ]);
+    prepare_from_spec(env, &spec, "aborted");
     env.ok(&["migration", "execute", "aborted"]);
     check(env, "aborted", &b.head);
     env.ok(&["migration", "abort", "aborted"]);

@@ -96,16 +96,7 @@ fn populated() -> Env {
     let env = Env::new();
     env.ok(&["pool", "create", "cli"]);
     env.ok(&["create", "-s", "8M", "img"]);
-    env.ok(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "64K",
-        "--io-total",
-        "1M",
-        "img",
-    ]);
+    env.bench_write("img", "64K", "1M");
     env.ok(&["snap", "create", "img@s1"]);
     env.ok(&["snap", "create", "img@2"]);
     env.ok(&["snap", "protect", "img@s1"]);
@@ -364,16 +355,7 @@ fn advisory_locks_fence_as_rbd_lock() {
 fn progress_lines_on_a_pipe_as_rbd() {
     let env = Env::new();
     env.ok(&["create", "-s", "16M", "--object-size", "1M", "p"]);
-    env.ok(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "1M",
-        "--io-total",
-        "16M",
-        "p",
-    ]);
+    env.bench_write("p", "1M", "16M");
     env.ok(&["snap", "create", "p@s"]);
     env.ok(&["snap", "protect", "p@s"]);
     env.ok(&["clone", "p@s", "c"]);

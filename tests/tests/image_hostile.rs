@@ -8,6 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use rbdm_tests::ceph_base::prepare_from_spec;
 use rbdm_tests::*;
 
 const MIB: u64 = 1 << 20;
@@ -39,16 +40,7 @@ fn clone_with_snapshot() -> (Env, Vec<u8>) {
     env.ok(&["snap", "create", "a@s1"]);
     env.ok(&["snap", "protect", "a@s1"]);
     env.ok(&["clone", "a@s1", "c"]);
-    env.ok(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "64K",
-        "--io-total",
-        "1M",
-        "c",
-    ]);
+    env.bench_write("c", "64K", "1M");
     env.ok(&["snap", "create", "c@cs1"]);
     let mut want = data;
     apply_bench(&mut want, 64 * KIB, MIB);
@@ -328,14 +320,7 @@ fn a_source_that_changes_during_execute_fails_it() {
             raw.display()
         );
         let name = format!("dst{case}");
-        env.ok(&[
-            "migration",
-            "prepare",
-            "--import-only",
-            "--source-spec",
-            &spec,
-            &name,
-        ]);
+        prepare_from_spec(&env, &spec, &name);
         let exec = env
             .command(&["migration", "execute", "--bandwidth-limit", "8M", &name])
             .stdout(Stdio::null())

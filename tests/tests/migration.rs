@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rbdm_tests::ceph_base::prepare_from_spec;
 use rbdm_tests::*;
 
 const MIB: u64 = 1 << 20;
@@ -14,18 +15,6 @@ fn raw_file_spec(path: &std::path::Path) -> String {
         r#"{{"type":"raw","stream":{{"type":"file","file_path":"{}"}}}}"#,
         path.display()
     )
-}
-
-/// `rbdm migration prepare --import-only --source-spec SPEC DST`, which must succeed.
-fn prepare_import(env: &Env, spec: &str, dst: &str) {
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec",
-        spec,
-        dst,
-    ]);
 }
 
 fn export(env: &Env, spec: &str, name: &str) -> std::path::PathBuf {
@@ -55,18 +44,7 @@ fn source_with_history(env: &Env) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     env.ok(&["import", raw.to_str().unwrap(), "src"]);
     let s1 = raw_contents(64 * MIB, &writes);
     env.ok(&["snap", "create", "src@s1"]);
-    env.ok(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "1M",
-        "--io-total",
-        "3M",
-        "--io-pattern",
-        "seq",
-        "src",
-    ]);
+    env.bench_write("src", "1M", "3M");
     let mut s2 = s1.clone();
     apply_bench(&mut s2, MIB, 3 * MIB);
     env.ok(&["snap", "create", "src@s2"]);
@@ -120,18 +98,7 @@ fn abort_puts_clients_writes_back_into_the_source() {
     env.ok(&["migration", "prepare", "src", "dst"]);
     env.ok(&["migration", "execute", "dst"]);
     // A client writes into the destination after the copy.
-    env.ok(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "256K",
-        "--io-total",
-        "2M",
-        "--io-pattern",
-        "seq",
-        "dst",
-    ]);
+    env.bench_write("dst", "256K", "2M");
     apply_bench(&mut head, 256 * 1024, 2 * MIB);
     env.ok(&["migration", "abort", "dst"]);
     env.fails(&["info", "dst"]);
@@ -139,18 +106,7 @@ fn abort_puts_clients_writes_back_into_the_source() {
         check_image(&env, spec, want, "aborted");
     }
     // And the restored source is writable and can be migrated again.
-    env.ok(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "4K",
-        "--io-total",
-        "4K",
-        "--io-pattern",
-        "seq",
-        "src",
-    ]);
+    env.bench_write("src", "4K", "4K");
     env.ok(&["migration", "prepare", "src"]);
     env.ok(&["migration", "abort", "src"]);
     assert!(env.ok(&["ls"]).contains("src"));
@@ -200,7 +156,7 @@ fn import_only_from_raw_and_qcow2_keeps_holes_and_snapshots() {
     after[2 * MIB as usize..4 * MIB as usize].fill(0x43);
 
     let spec = raw_file_spec(&raw);
-    prepare_import(&env, &spec, "fromraw");
+    prepare_from_spec(&env, &spec, "fromraw");
     check_image(&env, "fromraw", &raw_contents(64 * MIB, &writes), "raw-pre");
     env.ok(&["migration", "execute", "fromraw"]);
     env.ok(&["migration", "commit", "fromraw"]);
@@ -274,7 +230,7 @@ fn qemu_io_writes_through_nbd_while_execute_runs() {
     let writes = [(0, 24 * MIB, 0x51), (40 * MIB, 8 * MIB, 0x52)];
     make_raw(&raw, 64 * MIB, &writes);
     let spec = raw_file_spec(&raw);
-    prepare_import(&env, &spec, "live");
+    prepare_from_spec(&env, &spec, "live");
     let (_server, uri) = env.nbd_export("live");
     // Slow enough that the client's writes land both before and after the copy passes them.
     let mut exec = env
@@ -319,7 +275,7 @@ fn execute_survives_sigkill_and_resumes() {
     let writes = [(0, 40 * MIB, 0x71), (50 * MIB, 10 * MIB, 0x72)];
     make_raw(&raw, 64 * MIB, &writes);
     let spec = raw_file_spec(&raw);
-    prepare_import(&env, &spec, "k");
+    prepare_from_spec(&env, &spec, "k");
     for round in 0..3 {
         let mut c = env
             .command(&["migration", "execute", "--bandwidth-limit", "8M", "k"])
@@ -355,7 +311,7 @@ fn a_failing_source_fails_execute_and_abort_cleans_up() {
         r#"{{"type":"qcow","stream":{{"type":"file","file_path":"{}"}}}}"#,
         qcow.display()
     );
-    prepare_import(&env, &spec, "t");
+    prepare_from_spec(&env, &spec, "t");
     // Cut the file after prepare: the data clusters at the end are gone.
     let f = std::fs::OpenOptions::new().write(true).open(&qcow).unwrap();
     f.set_len(8 * MIB).unwrap();
@@ -461,7 +417,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
             .code(),
         Some(22)
     );
-    prepare_import(&env, &good, "m");
+    prepare_from_spec(&env, &good, "m");
     assert_eq!(
         env.fails(&["migration", "commit", "m"]).status.code(),
         Some(22),
@@ -538,7 +494,7 @@ fn remote_disks(env: &Env) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) 
 }
 
 fn import(env: &Env, spec: &str, name: &str, want: &[u8]) {
-    prepare_import(env, spec, name);
+    prepare_from_spec(env, spec, name);
     env.ok(&["migration", "execute", name]);
     env.ok(&["migration", "commit", name]);
     check_image(env, name, want, name);
@@ -649,18 +605,7 @@ fn a_migrated_clone_keeps_its_parent_unless_flattened() {
     for (child, flatten) in [("c1", false), ("c2", true)] {
         env.ok(&["clone", "gold@v1", child]);
         // The clone's own data, and a range it hides from the parent (written as zeros).
-        env.ok(&[
-            "bench",
-            "--io-type",
-            "write",
-            "--io-size",
-            "64K",
-            "--io-total",
-            "128K",
-            "--io-pattern",
-            "seq",
-            child,
-        ]);
+        env.bench_write(child, "64K", "128K");
         let mut mine = want.clone();
         apply_bench(&mut mine, 64 * 1024, 128 * 1024);
         let mut args = vec!["migration", "prepare", "--object-size", "1M"];

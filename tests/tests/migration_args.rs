@@ -12,7 +12,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rbdm_tests::{stderr, Env, Killed};
+use rbdm_tests::ceph_base::sh;
+use rbdm_tests::qemu_nbd::{lock_default_port, QemuNbd};
+use rbdm_tests::{stderr, Env};
 
 const EINVAL: i32 = libc::EINVAL;
 const ENOENT: i32 = libc::ENOENT;
@@ -22,18 +24,7 @@ const EBADMSG: i32 = libc::EBADMSG;
 fn base_image(env: &Env, spec: &str) {
     env.ok(&["create", "--size", "1025M", spec]);
     for (total, snap) in [("8M", Some("1")), ("2M", Some("2")), ("4M", None)] {
-        env.ok(&[
-            "bench",
-            "--io-type",
-            "write",
-            "--io-pattern",
-            "rand",
-            "--io-size",
-            "4K",
-            "--io-total",
-            total,
-            spec,
-        ]);
+        env.bench_rand(spec, "4K", total);
         if let Some(s) = snap {
             env.ok(&["snap", "create", &format!("{spec}@{s}")]);
         }
@@ -373,58 +364,6 @@ fn qcow2_base(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
     (qcow, raw)
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Tests that bind the NBD port 10809 take this lock (across test processes too), so two of
-/// them never serve there at once.
-fn port_10809() -> std::fs::File {
-    let f = std::fs::File::create(std::env::temp_dir().join("rbdm-tests-nbd-10809.lock")).unwrap();
-    f.lock().unwrap();
-    f
-}
-
-/// `qemu-nbd` read-only and persistent as the script starts it, on 127.0.0.1:10809 (only
-/// loopback) or on a unix socket; returned once it accepts connections.
-fn qemu_nbd(format: &str, file: &Path, extra: &[&str], socket: Option<&Path>) -> Killed {
-    let mut cmd = Command::new("qemu-nbd");
-    cmd.args([
-        "-f",
-        format,
-        "--read-only",
-        "--shared",
-        "10",
-        "--persistent",
-    ])
-    .args(extra);
-    match socket {
-        Some(s) => cmd.arg("--socket").arg(s),
-        None => cmd.args(["--bind", "127.0.0.1", "--port", "10809"]),
-    };
-    let child = Killed(cmd.arg(file).spawn().expect("qemu-nbd starts"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let up = match socket {
-            Some(s) => std::os::unix::net::UnixStream::connect(s).is_ok(),
-            None => TcpStream::connect("127.0.0.1:10809").is_ok(),
-        };
-        if up {
-            return child;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "qemu-nbd did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn nbd_spec(uri: &str) -> String {
     format!(r#"{{"type": "raw", "stream": {{"type": "nbd", "uri": "{uri}"}}}}"#)
 }
@@ -432,14 +371,14 @@ fn nbd_spec(uri: &str) -> String {
 /// Ceph's `test_import_nbd_stream_qcow2`, every URI and every expect-false case.
 #[test]
 fn nbd_uris_as_libnbd_reads_them_against_qemu_nbd() {
-    let _port = port_10809();
+    let _port = lock_default_port();
     let env = Env::new();
     let (qcow, raw) = qcow2_base(&env);
     let file = env.path("spec.json");
     std::fs::write(&file, nbd_spec("nbd://localhost")).unwrap();
     let path = file.to_str().unwrap();
     {
-        let _server = qemu_nbd("qcow2", &qcow, &[], None);
+        let _server = QemuNbd::on_default_port(&[], &qcow, "qcow2", env.dir.path());
         let stdin = std::fs::File::open(&file).unwrap();
         let out = env
             .command(&[
@@ -477,7 +416,12 @@ fn nbd_uris_as_libnbd_reads_them_against_qemu_nbd() {
         }
     }
     {
-        let _server = qemu_nbd("qcow2", &qcow, &["--export-name", "myexport"], None);
+        let _server = QemuNbd::on_default_port(
+            &["--export-name", "myexport"],
+            &qcow,
+            "qcow2",
+            env.dir.path(),
+        );
         for uri in [
             "nbd:///myexport",
             "nbd://localhost/myexport",
@@ -538,7 +482,7 @@ fn nbd_unix_sockets_with_and_without_an_export_name() {
     let env = Env::new();
     let (qcow, raw) = qcow2_base(&env);
     let sock = env.path("qemu-nbd-image2");
-    let _plain = qemu_nbd("raw", &raw, &[], Some(&sock));
+    let _plain = QemuNbd::on_socket(&raw, "raw", &sock);
     let spec = nbd_spec(&format!("nbd+unix:///?socket={}", sock.display()));
     assert!(prepare(&env, &["--source-spec", &spec, "image3"])
         .status
@@ -548,7 +492,7 @@ fn nbd_unix_sockets_with_and_without_an_export_name() {
     env.ok(&["migration", "commit", "image3"]);
     compare(&env, &raw, "image3");
     let named = env.path("qemu-nbd-named");
-    let _named = qemu_nbd("qcow2", &qcow, &["--export-name", "disk a"], Some(&named));
+    let _named = QemuNbd::on_socket_with(&["--export-name", "disk a"], &qcow, "qcow2", &named);
     let spec = nbd_spec(&format!("nbd+unix:///disk%20a?socket={}", named.display()));
     let out = prepare(&env, &["--source-spec", &spec, "named"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -657,12 +601,12 @@ fn a_stalled_nbd_server_times_out_execute() {
     let raw = env.path("src.raw");
     std::fs::write(&raw, rbdm_tests::pseudo_random(64 << 20, 5)).unwrap();
     let sock = env.path("stall.sock");
-    let server = qemu_nbd("raw", &raw, &[], Some(&sock));
+    let (server, _) = QemuNbd::on_socket(&raw, "raw", &sock);
     let spec = nbd_spec(&format!("nbd+unix:///?socket={}", sock.display()));
     assert!(prepare(&env, &["--source-spec", &spec, "dst"])
         .status
         .success());
-    let pid = server.0.id() as libc::pid_t;
+    let pid = server.pid();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(2));
         // SAFETY: signals the qemu-nbd child this test spawned and still owns.

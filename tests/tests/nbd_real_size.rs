@@ -109,18 +109,7 @@ fn qemu_img(args: &[&str], uri: &str, extra: Option<&Path>) -> Command {
 fn qemu_img_map_and_convert_of_a_random_4k_image_finish_and_match() {
     let env = Env::new();
     env.ok(&["create", "--size", "1025M", "base"]);
-    env.ok(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-pattern",
-        "rand",
-        "--io-size",
-        "4K",
-        "--io-total",
-        "256M",
-        "base",
-    ]);
+    env.bench_rand("base", "4K", "256M");
     let want = diff_data(&env, "base");
     assert!(
         want.len() > 30_000,

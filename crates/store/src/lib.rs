@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod admit;
 pub mod conformance;
 pub mod dir;
 pub mod mem;

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::admit::{admit_lock, Holder};
 use crate::plan::{self, DataStep, MetaStep, View};
 use crate::snaps::{self, Version};
 use crate::{
@@ -464,17 +465,12 @@ impl ObjectStore for MemStore {
         let live: BTreeSet<u64> = st.clients.keys().copied().collect();
         let holders = st.locks.entry((loc.clone(), name.to_string())).or_default();
         holders.retain(|h| live.contains(&h.client));
-        if holders
-            .iter()
-            .any(|h| h.client == self.client.id && h.cookie == cookie)
-        {
-            return Err(Error::Exists(format!(
-                "{loc} lock {name:?} cookie {cookie:?}"
-            )));
-        }
-        if !holders.is_empty() && (exclusive || holders.iter().any(|h| h.exclusive)) {
-            return Err(Error::Busy(format!("{loc} lock {name:?}")));
-        }
+        let held = holders.iter().map(|h| Holder {
+            client: h.client,
+            cookie: &h.cookie,
+            exclusive: h.exclusive,
+        });
+        admit_lock(loc, name, self.client.id, cookie, exclusive, held)?;
         holders.push(LockRec {
             client: self.client.id,
             cookie: cookie.to_string(),

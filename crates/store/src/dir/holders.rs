@@ -5,6 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::rows::pool_exists;
 use super::{clients, sql, uns, DirStore, UNRECORDED_WATCH};
+use crate::admit::{admit_lock, Holder};
 use crate::{ClientInfo, Error, Locator, LockInfo, Result, Watcher};
 
 impl DirStore {
@@ -34,14 +35,12 @@ impl DirStore {
                 .execute(params![loc.pool, loc.namespace, loc.name, name, sql(info.client.id)])?;
             }
         }
-        if live.iter().any(|h| h.client.id == me && h.cookie == cookie) {
-            return Err(Error::Exists(format!(
-                "{loc} lock {name:?} cookie {cookie:?}"
-            )));
-        }
-        if !live.is_empty() && (exclusive || live.iter().any(|h| h.exclusive)) {
-            return Err(Error::Busy(format!("{loc} lock {name:?}")));
-        }
+        let held = live.iter().map(|h| Holder {
+            client: h.client.id,
+            cookie: &h.cookie,
+            exclusive: h.exclusive,
+        });
+        admit_lock(loc, name, me, cookie, exclusive, held)?;
         tx.prepare_cached(
             "INSERT INTO locks(pool, ns, name, lock_name, client, cookie, description, exclusive)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
