@@ -17,7 +17,7 @@
 //! reading only the file's data segments, so time and memory follow allocated data, not the
 //! 1 GiB size.
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use rbdm_tests::ceph_base::*;
 use rbdm_tests::sparse::*;
@@ -177,26 +177,7 @@ fn raw_with_a_snapshot_list_a_destination_snapshot_and_writes_before_execute() {
     };
     // The head alone, the spec read from stdin as Ceph's script does once.
     let spec = file_spec("raw", head);
-    let mut child = env
-        .command(&[
-            "migration",
-            "prepare",
-            "--import-only",
-            "--source-spec-path",
-            "-",
-            "dst",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(spec.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "prepare from stdin");
+    prepare_from_stdin(env, &spec, "dst");
     check(env, "dst", &b.head);
     env.ok(&["migration", "abort", "dst"]);
     assert_gone(env, "dst");

@@ -78,6 +78,20 @@ fn run_trials(what: &str, salt: u64, mut trial: impl FnMut(&mut Rng, u64)) {
     eprintln!("{what}: {} trials in {:?}", trials(), start.elapsed());
 }
 
+/// A source with 3 snapshots (from `seed`), prepared for migration to `dst`.
+fn prepared(seed: u64) -> Fixture {
+    let f = Fixture::new(3, seed);
+    f.env.ok(&["migration", "prepare", "src", "dst"]);
+    f
+}
+
+/// The same, executed too: what commit and abort start from.
+fn executed(seed: u64) -> Fixture {
+    let f = prepared(seed);
+    f.env.ok(&["migration", "execute", "dst"]);
+    f
+}
+
 #[test]
 fn killed_prepare_with_many_snapshots_rolls_back_or_forward() {
     let probe = Fixture::new(40, 1);
@@ -121,32 +135,27 @@ fn killed_prepare_with_many_snapshots_rolls_back_or_forward() {
     });
 }
 
+/// `migration prepare --import-only --source-spec SPEC dst`.
+fn import_args(spec: &str) -> [&str; 6] {
+    [
+        "migration",
+        "prepare",
+        "--import-only",
+        "--source-spec",
+        spec,
+        "dst",
+    ]
+}
+
 #[test]
 fn killed_import_prepare_is_undone_or_redone() {
     let probe = Fixture::new(0, 2);
     let spec = probe.raw_spec();
-    let window = timed(
-        &probe,
-        &[
-            "migration",
-            "prepare",
-            "--import-only",
-            "--source-spec",
-            &spec,
-            "dst",
-        ],
-    );
+    let window = timed(&probe, &import_args(&spec));
     run_trials("import prepare", 2, |rng, i| {
         let f = Fixture::new(0, rng.next_u64());
         let spec = f.raw_spec();
-        let args = [
-            "migration",
-            "prepare",
-            "--import-only",
-            "--source-spec",
-            &spec,
-            "dst",
-        ];
+        let args = import_args(&spec);
         let trial = format!("import trial {i} (seed {})", seed(2));
         kill_after(&f, &args, delay(rng, window));
         status_answers(&f, "dst", &trial);
@@ -181,12 +190,10 @@ fn killed_import_prepare_is_undone_or_redone() {
 #[test]
 fn killed_execute_resumes_or_aborts() {
     let args = ["migration", "execute", "--bandwidth-limit", "4M", "dst"];
-    let probe = Fixture::new(3, 3);
-    probe.env.ok(&["migration", "prepare", "src", "dst"]);
+    let probe = prepared(3);
     let window = timed(&probe, &args);
     run_trials("execute", 3, |rng, i| {
-        let f = Fixture::new(3, rng.next_u64());
-        f.env.ok(&["migration", "prepare", "src", "dst"]);
+        let f = prepared(rng.next_u64());
         let trial = format!("execute trial {i} (seed {})", seed(3));
         kill_after(&f, &args, delay(rng, window));
         status_answers(&f, "dst", &trial);
@@ -211,14 +218,10 @@ fn killed_execute_resumes_or_aborts() {
 
 #[test]
 fn killed_commit_is_finished_by_commit() {
-    let probe = Fixture::new(3, 4);
-    probe.env.ok(&["migration", "prepare", "src", "dst"]);
-    probe.env.ok(&["migration", "execute", "dst"]);
+    let probe = executed(4);
     let window = timed(&probe, &["migration", "commit", "dst"]);
     run_trials("commit", 4, |rng, i| {
-        let f = Fixture::new(3, rng.next_u64());
-        f.env.ok(&["migration", "prepare", "src", "dst"]);
-        f.env.ok(&["migration", "execute", "dst"]);
+        let f = executed(rng.next_u64());
         let trial = format!("commit trial {i} (seed {})", seed(4));
         kill_after(&f, &["migration", "commit", "dst"], delay(rng, window));
         status_answers(&f, "dst", &trial);
@@ -243,13 +246,10 @@ fn killed_commit_is_finished_by_commit() {
 
 #[test]
 fn killed_abort_is_finished_by_abort() {
-    let probe = Fixture::new(3, 5);
-    probe.env.ok(&["migration", "prepare", "src", "dst"]);
-    probe.env.ok(&["migration", "execute", "dst"]);
+    let probe = executed(5);
     let window = timed(&probe, &["migration", "abort", "dst"]);
     run_trials("abort", 5, |rng, i| {
-        let f = Fixture::new(3, rng.next_u64());
-        f.env.ok(&["migration", "prepare", "src", "dst"]);
+        let f = prepared(rng.next_u64());
         if rng.below(2) == 0 {
             f.env.ok(&["migration", "execute", "dst"]);
         }

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rbdm_tests::ceph_base::prepare_from_spec;
+use rbdm_tests::ceph_base::{prepare_from_file, prepare_from_spec};
 use rbdm_tests::*;
 
 const MIB: u64 = 1 << 20;
@@ -174,23 +174,11 @@ fn import_only_from_raw_and_qcow2_keeps_holes_and_snapshots() {
         .unwrap_or(u64::MAX);
     assert!(used <= 3 * 4 * MIB, "raw import stays sparse: used {used}");
 
-    let path = env.path("spec.json");
-    std::fs::write(
-        &path,
-        format!(
-            r#"{{"type":"qcow","stream":{{"type":"file","file_path":"{}"}}}}"#,
-            qcow.display()
-        ),
-    )
-    .unwrap();
-    env.ok(&[
-        "migration",
-        "prepare",
-        "--import-only",
-        "--source-spec-path",
-        path.to_str().unwrap(),
-        "fromqcow",
-    ]);
+    let spec = format!(
+        r#"{{"type":"qcow","stream":{{"type":"file","file_path":"{}"}}}}"#,
+        qcow.display()
+    );
+    prepare_from_file(&env, &spec, "fromqcow");
     env.ok(&["migration", "execute", "fromqcow"]);
     env.ok(&["migration", "commit", "fromqcow"]);
     check_image(

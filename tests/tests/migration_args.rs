@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rbdm_tests::ceph_base::sh;
+use rbdm_tests::ceph_base::{prepare_from_stdin, sh};
 use rbdm_tests::qemu_nbd::{lock_default_port, QemuNbd};
 use rbdm_tests::{stderr, Env};
 
@@ -379,20 +379,7 @@ fn nbd_uris_as_libnbd_reads_them_against_qemu_nbd() {
     let path = file.to_str().unwrap();
     {
         let _server = QemuNbd::on_default_port(&[], &qcow, "qcow2", env.dir.path());
-        let stdin = std::fs::File::open(&file).unwrap();
-        let out = env
-            .command(&[
-                "migration",
-                "prepare",
-                "--import-only",
-                "--source-spec-path",
-                "-",
-                "image3",
-            ])
-            .stdin(stdin)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+        prepare_from_stdin(&env, &nbd_spec("nbd://localhost"), "image3");
         compare(&env, &raw, "image3");
         env.ok(&["migration", "abort", "image3"]);
         assert!(prepare(&env, &["--source-spec-path", path, "image3"])
