@@ -106,13 +106,22 @@ fn read_spec(a: &MigrationPrepareArgs) -> CmdResult<String> {
     Ok(text)
 }
 
-fn check_import_spec(text: &str) -> CmdResult {
-    let context = "preparing import migration failed";
-    // As librbd: text that is not JSON is EBADMSG; JSON that is no valid spec, EINVAL.
+/// The spec's JSON and what it says, as librbd checks them: text that is not JSON is
+/// EBADMSG; JSON that is no valid spec, EINVAL. Shared with `rbdm source`.
+pub(crate) fn parse_spec(
+    text: &str,
+    context: &str,
+) -> CmdResult<(serde_json::Value, rbdm_spec::SourceSpec)> {
     let json: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| Fail::errno(libc::EBADMSG, context, &format!("malformed JSON: {e}")))?;
     let spec = rbdm_spec::SourceSpec::from_json(&json)
         .map_err(|e| Fail::errno(libc::EINVAL, context, &e.to_string()))?;
+    Ok((json, spec))
+}
+
+fn check_import_spec(text: &str) -> CmdResult {
+    let context = "preparing import migration failed";
+    let (_, spec) = parse_spec(text, context)?;
     spec.check_import()
         .map_err(|e| Fail::errno(libc::EINVAL, context, &e.to_string()))
 }

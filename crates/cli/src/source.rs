@@ -92,12 +92,7 @@ fn load_spec(a: &SpecArgs) -> CmdResult<Value> {
     }
     let text =
         crate::migration::spec_text(a.source_spec.as_deref(), a.source_spec_path.as_deref())?;
-    // As librbd: text that is not JSON is EBADMSG; JSON that is no valid spec, EINVAL.
-    let bad = |code, detail: String| Fail::errno(code, "invalid source-spec", &detail);
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| bad(libc::EBADMSG, format!("malformed JSON: {e}")))?;
-    rbdm_spec::SourceSpec::from_json(&v).map_err(|e| bad(libc::EINVAL, e.to_string()))?;
-    Ok(v)
+    crate::migration::parse_spec(&text, "invalid source-spec").map(|(v, _)| v)
 }
 
 /// Opens the source. The store is opened only when the spec needs it: always for `native`,

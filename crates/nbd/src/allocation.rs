@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use crate::BlockDevice;
+use crate::{lock, BlockDevice};
 
 /// Without a granule, the map is asked for windows growing from this size.
 const FIRST_WINDOW: u64 = 64 << 10;
@@ -228,11 +228,6 @@ impl AllocMap {
             c.extents = c.granules.values().map(|g| g.extents.len()).sum();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panicking worker must not leave every later request failing on a poisoned lock.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Appends `more`, merging across the seam when the kinds match.

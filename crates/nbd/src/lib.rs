@@ -282,3 +282,9 @@ impl Write for Stream {
         Ok(())
     }
 }
+
+/// Locks `m` even if a thread panicked while holding it: a panicking worker must not leave
+/// every later request of the connection failing on a poisoned lock.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

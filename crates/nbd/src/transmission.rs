@@ -5,14 +5,14 @@
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use crate::allocation::{AllocMap, Limit, Seg};
 use crate::handshake::{self, Session};
 use crate::proto::*;
-use crate::{BlockDevice, Export, NbdError, Stream};
+use crate::{lock, BlockDevice, Export, NbdError, Stream};
 
 const WORKERS: usize = 4;
 const QUEUE: usize = 16;
@@ -443,11 +443,6 @@ fn write_all_vectored(w: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking worker must not take the whole connection down with a poisoned lock.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Turns holes shorter than `MIN_HOLE_CHUNK` into data (the buffer already holds zeros there).
