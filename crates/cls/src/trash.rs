@@ -1,0 +1,133 @@
+//! `rbd_trash` values: `cls::rbd::TrashImageSpec` (version 2; version 1 decoded).
+
+use crate::denc::{Decoder, Encoder};
+use crate::error::DecodeError;
+use crate::UTime;
+
+/// Why an image is in the trash (`cls::rbd::TrashImageSource`, one byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrashSource {
+    User = 0,
+    Mirroring = 1,
+    Migration = 2,
+    Removing = 3,
+    UserParent = 4,
+}
+
+/// What is happening to a trashed image (`cls::rbd::TrashImageState`, one byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrashState {
+    Normal = 0,
+    Moving = 1,
+    Removing = 2,
+    Restoring = 3,
+}
+
+/// One trash entry, keyed `id_<image id>` in `rbd_trash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrashImageSpec {
+    pub source: TrashSource,
+    pub name: String,
+    pub deletion_time: UTime,
+    pub deferment_end_time: UTime,
+    pub state: TrashState,
+}
+
+impl TrashImageSpec {
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new("TrashImageSpec", bytes);
+        let spec = d.versioned(2, 1, |d, sv| {
+            let source = decode_source(d)?;
+            let name = d.string()?;
+            let deletion_time = UTime::decode(d)?;
+            let deferment_end_time = UTime::decode(d)?;
+            let state = if sv.v >= 2 {
+                decode_state(d)?
+            } else {
+                TrashState::Normal
+            };
+            Ok(TrashImageSpec {
+                source,
+                name,
+                deletion_time,
+                deferment_end_time,
+                state,
+            })
+        })?;
+        d.finish()?;
+        Ok(spec)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.versioned(2, 1, |e| {
+            e.u8(self.source as u8);
+            e.string(&self.name);
+            self.deletion_time.encode(e);
+            self.deferment_end_time.encode(e);
+            e.u8(self.state as u8);
+        });
+        e.into_bytes()
+    }
+}
+
+fn decode_source(d: &mut Decoder<'_>) -> Result<TrashSource, DecodeError> {
+    let v = d.u8()?;
+    Ok(match v {
+        0 => TrashSource::User,
+        1 => TrashSource::Mirroring,
+        2 => TrashSource::Migration,
+        3 => TrashSource::Removing,
+        4 => TrashSource::UserParent,
+        _ => return Err(at_previous(d, "trash source", v)),
+    })
+}
+
+fn decode_state(d: &mut Decoder<'_>) -> Result<TrashState, DecodeError> {
+    let v = d.u8()?;
+    Ok(match v {
+        0 => TrashState::Normal,
+        1 => TrashState::Moving,
+        2 => TrashState::Removing,
+        3 => TrashState::Restoring,
+        _ => return Err(at_previous(d, "trash state", v)),
+    })
+}
+
+/// An invalid-value error pointing at the byte just read.
+pub(crate) fn at_previous(d: &Decoder<'_>, field: &'static str, v: u8) -> DecodeError {
+    let mut err = d.invalid(field, v.into());
+    err.offset -= 1;
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_decodes_as_normal_state() {
+        let mut e = Encoder::new();
+        e.versioned(1, 1, |e| {
+            e.u8(2);
+            e.string("img");
+            UTime { sec: 1, nsec: 0 }.encode(e);
+            UTime { sec: 2, nsec: 0 }.encode(e);
+        });
+        let spec = TrashImageSpec::decode(&e.into_bytes()).unwrap();
+        assert_eq!(spec.source, TrashSource::Migration);
+        assert_eq!(spec.state, TrashState::Normal);
+    }
+
+    #[test]
+    fn rbdm_v1_string_source_is_refused_with_offset() {
+        // a source byte outside the enumeration, at offset 6 (after the struct header)
+        let mut e = Encoder::new();
+        e.versioned(1, 1, |e| {
+            e.u8(9);
+        });
+        let err = TrashImageSpec::decode(&e.into_bytes()).unwrap_err();
+        assert_eq!(err.offset, 6);
+        assert!(err.to_string().contains("trash source"), "{err}");
+    }
+}
