@@ -93,7 +93,7 @@ fn parse_data(len: &str, value: &str) -> Result<GoldenData, String> {
 
 /// Lower- or upper-case hex to bytes.
 pub fn hex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..s.len())
