@@ -66,6 +66,13 @@ impl<'a> Decoder<'a> {
         self.error(DecodeErrorKind::InvalidValue { field, value })
     }
 
+    /// An `InvalidValue` error for the byte `value` just read as `field`.
+    pub fn invalid_byte(&self, field: &'static str, value: u8) -> DecodeError {
+        let mut err = self.invalid(field, value.into());
+        err.offset -= 1;
+        err
+    }
+
     /// The next `n` bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.remaining() {
@@ -242,6 +249,32 @@ impl<'a> Decoder<'a> {
         }
     }
 }
+
+/// Declares a Ceph enumeration stored as one byte, with a `decode` that names `field` when
+/// the byte is outside it.
+macro_rules! byte_enum {
+    ($(#[$m:meta])* $vis:vis enum $name:ident ($field:literal) {
+        $($var:ident = $val:literal),+ $(,)?
+    }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            $($var = $val),+
+        }
+
+        impl $name {
+            pub(crate) fn decode(
+                d: &mut $crate::denc::Decoder<'_>,
+            ) -> Result<Self, $crate::DecodeError> {
+                match d.u8()? {
+                    $($val => Ok(Self::$var),)+
+                    v => Err(d.invalid_byte($field, v)),
+                }
+            }
+        }
+    };
+}
+pub(crate) use byte_enum;
 
 /// Writes one record in Ceph's encoding.
 #[derive(Default)]

@@ -1,18 +1,18 @@
 //! `cls_lock` xattrs (`lock.<name>`, `lock.rbd_lock` for RBD): `lock_info_t` with its
 //! lockers (`locker_id_t` → `locker_info_t`, which holds an `entity_addr_t`).
 
-use crate::denc::{Decoder, Encoder};
+use crate::denc::{byte_enum, Decoder, Encoder};
 use crate::error::DecodeError;
-use crate::trash::at_previous;
 use crate::UTime;
 
+byte_enum! {
 /// `ClsLockType`, one byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockType {
+pub enum LockType("lock type") {
     None = 0,
     Exclusive = 1,
     Shared = 2,
     ExclusiveEphemeral = 3,
+}
 }
 
 /// `entity_name_t`: who holds a lock (type 8 is a client), e.g. `client.4179`.
@@ -46,7 +46,7 @@ impl EntityAddr {
                 })
             }),
             // marker 0 is the pre-Luminous legacy form, which Pacific never writes in a lock
-            v => Err(at_previous(d, "entity_addr_t marker", v)),
+            v => Err(d.invalid_byte("entity_addr_t marker", v)),
         }
     }
 
@@ -87,13 +87,7 @@ impl LockInfo {
         let info = d.versioned(1, 1, |d, _| {
             // smallest locker: two 6-byte struct headers and the fields they must hold
             let lockers = d.vec(12 + 13 + 8 + 1, decode_locker)?;
-            let lock_type = match d.u8()? {
-                0 => LockType::None,
-                1 => LockType::Exclusive,
-                2 => LockType::Shared,
-                3 => LockType::ExclusiveEphemeral,
-                v => return Err(at_previous(d, "lock type", v)),
-            };
+            let lock_type = LockType::decode(d)?;
             let tag = d.string()?;
             Ok(LockInfo {
                 lockers,

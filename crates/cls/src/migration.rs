@@ -1,26 +1,27 @@
 //! The `migration` header key: `cls::rbd::MigrationSpec` (version 3; 1 and 2 decoded), on
 //! both the source and the destination image of a live migration.
 
-use crate::denc::{Decoder, Encoder};
+use crate::denc::{byte_enum, Decoder, Encoder};
 use crate::error::DecodeError;
-use crate::trash::at_previous;
 
+byte_enum! {
 /// Which end of a migration this header is (`MigrationHeaderType`, one byte).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MigrationHeaderType {
+pub enum MigrationHeaderType("migration header_type") {
     Source = 1,
     Destination = 2,
 }
+}
 
+byte_enum! {
 /// `cls::rbd::MigrationState`, one byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MigrationState {
+pub enum MigrationState("migration state") {
     Error = 0,
     Preparing = 1,
     Prepared = 2,
     Executing = 3,
     Executed = 4,
     Aborting = 5,
+}
 }
 
 /// One end's view of a migration. On the source, pool/namespace/name/id name the
@@ -50,11 +51,7 @@ impl MigrationSpec {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Decoder::new("MigrationSpec", bytes);
         let spec = d.versioned(3, 1, |d, sv| {
-            let header_type = match d.u8()? {
-                1 => MigrationHeaderType::Source,
-                2 => MigrationHeaderType::Destination,
-                v => return Err(at_previous(d, "migration header_type", v)),
-            };
+            let header_type = MigrationHeaderType::decode(d)?;
             let pool_id = d.i64()?;
             let pool_namespace = d.string()?;
             let image_name = d.string()?;
@@ -63,7 +60,7 @@ impl MigrationSpec {
             let overlap = d.u64()?;
             let flatten = d.bool()?;
             let mirroring = d.bool()?;
-            let state = decode_state(d)?;
+            let state = MigrationState::decode(d)?;
             let state_description = d.string()?;
             let mirror_image_mode = if sv.v >= 2 { d.u8()? } else { 0 };
             let source_spec = if sv.v >= 3 {
@@ -116,19 +113,6 @@ impl MigrationSpec {
         });
         e.into_bytes()
     }
-}
-
-fn decode_state(d: &mut Decoder<'_>) -> Result<MigrationState, DecodeError> {
-    let v = d.u8()?;
-    Ok(match v {
-        0 => MigrationState::Error,
-        1 => MigrationState::Preparing,
-        2 => MigrationState::Prepared,
-        3 => MigrationState::Executing,
-        4 => MigrationState::Executed,
-        5 => MigrationState::Aborting,
-        _ => return Err(at_previous(d, "migration state", v)),
-    })
 }
 
 #[cfg(test)]

@@ -1,30 +1,20 @@
 //! `snapshot_<id>` header values: `cls_rbd_snap` (version 8, older versions decoded) and its
 //! `cls::rbd::SnapshotNamespace`.
 
-use crate::denc::{Decoder, Encoder, StructVersion};
+use crate::denc::{byte_enum, Decoder, Encoder, StructVersion};
 use crate::error::DecodeError;
 use crate::parent::ClsRbdParent;
 use crate::UTime;
 
 const RECORD: &str = "cls_rbd_snap";
 
+byte_enum! {
 /// `RBD_PROTECTION_STATUS_*`, one byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProtectionStatus {
+pub enum ProtectionStatus("protection_status") {
     Unprotected = 0,
     Unprotecting = 1,
     Protected = 2,
 }
-
-impl ProtectionStatus {
-    fn decode(d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
-        match d.u8()? {
-            0 => Ok(Self::Unprotected),
-            1 => Ok(Self::Unprotecting),
-            2 => Ok(Self::Protected),
-            v => Err(crate::trash::at_previous(d, "protection_status", v)),
-        }
-    }
 }
 
 /// A mirror snapshot's namespace fields (`MirrorSnapshotNamespace`).

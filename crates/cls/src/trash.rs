@@ -1,26 +1,28 @@
 //! `rbd_trash` values: `cls::rbd::TrashImageSpec` (version 2; version 1 decoded).
 
-use crate::denc::{Decoder, Encoder};
+use crate::denc::{byte_enum, Decoder, Encoder};
 use crate::error::DecodeError;
 use crate::UTime;
 
+byte_enum! {
 /// Why an image is in the trash (`cls::rbd::TrashImageSource`, one byte).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrashSource {
+pub enum TrashSource("trash source") {
     User = 0,
     Mirroring = 1,
     Migration = 2,
     Removing = 3,
     UserParent = 4,
 }
+}
 
+byte_enum! {
 /// What is happening to a trashed image (`cls::rbd::TrashImageState`, one byte).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrashState {
+pub enum TrashState("trash state") {
     Normal = 0,
     Moving = 1,
     Removing = 2,
     Restoring = 3,
+}
 }
 
 /// One trash entry, keyed `id_<image id>` in `rbd_trash`.
@@ -37,12 +39,12 @@ impl TrashImageSpec {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Decoder::new("TrashImageSpec", bytes);
         let spec = d.versioned(2, 1, |d, sv| {
-            let source = decode_source(d)?;
+            let source = TrashSource::decode(d)?;
             let name = d.string()?;
             let deletion_time = UTime::decode(d)?;
             let deferment_end_time = UTime::decode(d)?;
             let state = if sv.v >= 2 {
-                decode_state(d)?
+                TrashState::decode(d)?
             } else {
                 TrashState::Normal
             };
@@ -71,36 +73,6 @@ impl TrashImageSpec {
     }
 }
 
-fn decode_source(d: &mut Decoder<'_>) -> Result<TrashSource, DecodeError> {
-    let v = d.u8()?;
-    Ok(match v {
-        0 => TrashSource::User,
-        1 => TrashSource::Mirroring,
-        2 => TrashSource::Migration,
-        3 => TrashSource::Removing,
-        4 => TrashSource::UserParent,
-        _ => return Err(at_previous(d, "trash source", v)),
-    })
-}
-
-fn decode_state(d: &mut Decoder<'_>) -> Result<TrashState, DecodeError> {
-    let v = d.u8()?;
-    Ok(match v {
-        0 => TrashState::Normal,
-        1 => TrashState::Moving,
-        2 => TrashState::Removing,
-        3 => TrashState::Restoring,
-        _ => return Err(at_previous(d, "trash state", v)),
-    })
-}
-
-/// An invalid-value error pointing at the byte just read.
-pub(crate) fn at_previous(d: &Decoder<'_>, field: &'static str, v: u8) -> DecodeError {
-    let mut err = d.invalid(field, v.into());
-    err.offset -= 1;
-    err
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,7 +92,7 @@ mod tests {
     }
 
     #[test]
-    fn rbdm_v1_string_source_is_refused_with_offset() {
+    fn source_outside_the_enum_is_refused_with_offset() {
         // a source byte outside the enumeration, at offset 6 (after the struct header)
         let mut e = Encoder::new();
         e.versioned(1, 1, |e| {
