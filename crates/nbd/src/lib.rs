@@ -2,11 +2,13 @@
 //! qemu-img) over TCP or a Unix socket, so images can be used while they are being migrated.
 //!
 //! What it is for: the fixed-newstyle handshake (OPT_GO/INFO/LIST, structured replies,
-//! `base:allocation` block status) and the transmission phase (read, write, flush, trim,
-//! write-zeroes) with several requests in flight per connection and several connections.
-//! What it is not: no TLS, no old-style handshake, no extended headers, no client, no data
-//! caching: every read and write goes straight to the [`BlockDevice`], which must be
-//! thread-safe. Only the allocation map is cached, per export (see `allocation.rs`).
+//! `base:allocation` block status, STARTTLS), the transmission phase (read, write, flush,
+//! trim, write-zeroes) with several requests in flight per connection and several
+//! connections, and TLS when given credentials ([`TlsConfig`]): then every client must start
+//! TLS before anything else, as `qemu-nbd --tls-creds` requires.
+//! What it is not: no old-style handshake, no extended headers, no client, no data caching:
+//! every read and write goes straight to the [`BlockDevice`], which must be thread-safe. Only
+//! the allocation map is cached, per export (see `allocation.rs`).
 //!
 //! Why not the `nbd` crate (NOTES.md): no OPT_GO/INFO, structured replies or block status,
 //! one hard-coded export name, wrong errnos for TRIM/WRITE_ZEROES and one request at a time.
@@ -14,11 +16,15 @@
 mod allocation;
 mod handshake;
 pub mod proto;
+mod tls;
+mod tls_stream;
 mod transmission;
+mod transport;
 
 pub mod file_device;
 
 pub use proto::errno_for;
+pub use tls::{TlsConfig, TlsError};
 
 use allocation::AllocMap;
 
@@ -99,13 +105,24 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// More connections than this are refused (closed at once) rather than given a thread.
 const MAX_CONNECTIONS: usize = 256;
 
-/// Serves until `stop` becomes true (checked at least every 200 ms: use accept with a timeout
-/// or non-blocking accept + sleep). On stop: stop accepting, let in-flight requests finish,
-/// close connections, flush every export, return.
+/// Serves in the clear until `stop` becomes true; see [`serve_with`].
 pub fn serve(
     listener: Listener,
     exports: Vec<Export>,
     stop: Arc<AtomicBool>,
+) -> Result<(), NbdError> {
+    serve_with(listener, exports, stop, None)
+}
+
+/// Serves until `stop` becomes true (checked at least every 200 ms: use accept with a timeout
+/// or non-blocking accept + sleep). On stop: stop accepting, let in-flight requests finish,
+/// close connections, flush every export, return. With `tls`, clients must send STARTTLS
+/// before any other option and the rest of the session is encrypted.
+pub fn serve_with(
+    listener: Listener,
+    exports: Vec<Export>,
+    stop: Arc<AtomicBool>,
+    tls: Option<TlsConfig>,
 ) -> Result<(), NbdError> {
     check_exports(&exports)?;
     // One allocation map cache per export, shared by its connections so that a write through
@@ -127,7 +144,7 @@ pub fn serve(
         match accept(&listener) {
             Ok(stream) if conns.len() >= MAX_CONNECTIONS => drop(stream),
             Ok(stream) => {
-                if let Some(conn) = start_connection(stream, &exports, &maps) {
+                if let Some(conn) = start_connection(stream, &exports, &maps, &tls) {
                     conns.push(conn);
                 }
             }
@@ -204,15 +221,17 @@ fn start_connection(
     stream: Stream,
     exports: &Arc<[Export]>,
     maps: &Arc<[AllocMap]>,
+    tls: &Option<TlsConfig>,
 ) -> Option<(JoinHandle<()>, Stream)> {
     let watch = stream.try_clone().ok()?;
     let exports = Arc::clone(exports);
     let maps = Arc::clone(maps);
+    let tls = tls.clone();
     let handle = thread::Builder::new()
         .name("nbd-conn".into())
         .spawn(move || {
             // A failing connection only ends itself; there is no one to report to.
-            let _ = transmission::run_connection(stream, &exports, &maps);
+            let _ = transmission::run_connection(stream, &exports, &maps, tls.as_ref());
         })
         .ok()?;
     Some((handle, watch))
