@@ -1,5 +1,6 @@
 //! `rbdm nbd export`: serves one image (or a snapshot, read-only) over NBD in the foreground
 //! until SIGINT or SIGTERM, then flushes and closes the image, as `rbd-nbd` does for a device.
+//! With `--tls-cert`/`--tls-key` clients must use TLS; without, a non-loopback address warns.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

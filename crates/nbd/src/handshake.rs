@@ -87,7 +87,11 @@ pub(crate) fn greet<'a, R: Read, W: Write>(
     Ok(State {
         exports,
         no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
-        tls: if tls_required { Tls::Required } else { Tls::Off },
+        tls: if tls_required {
+            Tls::Required
+        } else {
+            Tls::Off
+        },
         structured: false,
         meta_export: None,
     })
@@ -180,10 +184,17 @@ fn tls_required<R: Read, W: Write>(
 ) -> Result<Next, NbdError> {
     if opt == OPT_EXPORT_NAME {
         // This option has no error reply: the only refusal is hanging up.
-        return Err(NbdError::Protocol("EXPORT_NAME before STARTTLS on a TLS server"));
+        return Err(NbdError::Protocol(
+            "EXPORT_NAME before STARTTLS on a TLS server",
+        ));
     }
     io::copy(&mut r.by_ref().take(u64::from(len)), &mut io::sink())?;
-    reply_err(w, opt, REP_ERR_TLS_REQD, "this server requires TLS: send STARTTLS first")?;
+    reply_err(
+        w,
+        opt,
+        REP_ERR_TLS_REQD,
+        "this server requires TLS: send STARTTLS first",
+    )?;
     Ok(Next::Continue)
 }
 

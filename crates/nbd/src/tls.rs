@@ -216,14 +216,23 @@ mod tests {
             "garbage.pem",
             b"-----BEGIN CERTIFICATE-----\n%%%%\n-----END CERTIFICATE-----\n",
         );
-        let e = TlsConfig::from_pem_files(&missing, &empty, None).err().expect("fails");
+        let e = TlsConfig::from_pem_files(&missing, &empty, None)
+            .err()
+            .expect("fails");
         assert!(matches!(e, TlsError::Read { .. }), "{e}");
         assert_eq!(e.errno(), libc::ENOENT);
         assert!(e.to_string().contains("missing.pem"), "{e}");
-        let e = TlsConfig::from_pem_files(&empty, &empty, None).err().expect("fails");
-        assert!(e.to_string().contains("empty.pem: no PEM certificate"), "{e}");
+        let e = TlsConfig::from_pem_files(&empty, &empty, None)
+            .err()
+            .expect("fails");
+        assert!(
+            e.to_string().contains("empty.pem: no PEM certificate"),
+            "{e}"
+        );
         assert_eq!(e.errno(), libc::EINVAL);
-        let e = TlsConfig::from_pem_files(&garbage, &empty, None).err().expect("fails");
+        let e = TlsConfig::from_pem_files(&garbage, &empty, None)
+            .err()
+            .expect("fails");
         assert!(matches!(e, TlsError::Pem { .. }), "{e}");
         assert!(e.to_string().contains("garbage.pem"), "{e}");
     }
