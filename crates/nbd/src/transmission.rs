@@ -4,6 +4,7 @@
 
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Condvar, Mutex};
 use std::thread;
@@ -62,55 +63,57 @@ struct Conn<'a> {
     budget: Budget,
     /// Set once a reply could not be written: the client is gone or stuck, so queued work
     /// is dropped instead of each reply waiting out the write timeout in turn.
-    dead: std::sync::atomic::AtomicBool,
+    dead: AtomicBool,
 }
 
-pub(crate) fn run_connection(
-    stream: Stream,
-    exports: &[Export],
-    maps: &[AllocMap],
-    tls: Option<&TlsConfig>,
-) -> Result<(), NbdError> {
-    // Socket options belong to the socket, so every clone and the TLS halves share them.
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let closer = stream.try_clone()?;
-    let result = negotiate_and_transmit(&stream, &closer, exports, maps, tls);
-    let _ = closer.shutdown(Shutdown::Both);
-    result
+/// What one connection's thread serves, and where it reports the end of its handshake.
+pub(crate) struct Connection<'a> {
+    pub exports: &'a [Export],
+    pub maps: &'a [AllocMap],
+    pub tls: Option<&'a TlsConfig>,
+    /// Set once the client picked an export: the handshake limit no longer applies.
+    pub negotiated: &'a AtomicBool,
 }
 
-fn negotiate_and_transmit(
-    stream: &Stream,
-    closer: &Stream,
-    exports: &[Export],
-    maps: &[AllocMap],
-    tls: Option<&TlsConfig>,
-) -> Result<(), NbdError> {
-    let mut reader = BufReader::with_capacity(READ_BUFFER, Reader::Plain(stream.try_clone()?));
-    let mut writer = Writer::Plain(stream.try_clone()?);
-    let mut st = handshake::greet(&mut reader, &mut writer, exports, tls.is_some())?;
-    loop {
-        match handshake::haggle(&mut reader, &mut writer, &mut st)? {
-            Outcome::Abort => {
-                writer.finish();
-                return Ok(());
-            }
-            Outcome::Transmit(session) => {
-                return transmit(reader, writer, closer, exports, maps, session)
-            }
-            Outcome::StartTls => {
-                let Some(config) = tls else {
-                    return Err(NbdError::Protocol("STARTTLS accepted without TLS"));
-                };
-                // The client must wait for our ACK before its TLS hello; bytes already here
-                // were sent in the clear and cannot belong to the TLS session.
-                if !reader.buffer().is_empty() {
-                    return Err(NbdError::Protocol("data after STARTTLS before its reply"));
+impl Connection<'_> {
+    pub(crate) fn run(&self, stream: Stream) -> Result<(), NbdError> {
+        // Socket options belong to the socket, so every clone and the TLS halves share them.
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let closer = stream.try_clone()?;
+        let result = self.negotiate_and_transmit(&stream, &closer);
+        let _ = closer.shutdown(Shutdown::Both);
+        result
+    }
+
+    fn negotiate_and_transmit(&self, stream: &Stream, closer: &Stream) -> Result<(), NbdError> {
+        let plain = Reader::Plain(stream.try_clone()?);
+        let mut reader = BufReader::with_capacity(READ_BUFFER, plain);
+        let mut writer = Writer::Plain(stream.try_clone()?);
+        let mut st = handshake::greet(&mut reader, &mut writer, self.exports, self.tls.is_some())?;
+        loop {
+            match handshake::haggle(&mut reader, &mut writer, &mut st)? {
+                Outcome::Abort => {
+                    writer.finish();
+                    return Ok(());
                 }
-                let (r, w) = tls_stream::accept(stream, config)?;
-                reader = BufReader::with_capacity(READ_BUFFER, Reader::Tls(r));
-                writer = Writer::Tls(w);
-                st.tls_started();
+                Outcome::Transmit(session) => {
+                    self.negotiated.store(true, Ordering::Relaxed);
+                    return transmit(reader, writer, closer, self.exports, self.maps, session);
+                }
+                Outcome::StartTls => {
+                    let Some(config) = self.tls else {
+                        return Err(NbdError::Protocol("STARTTLS accepted without TLS"));
+                    };
+                    // The client must wait for our ACK before its TLS hello; bytes already
+                    // here were sent in the clear and cannot belong to the TLS session.
+                    if !reader.buffer().is_empty() {
+                        return Err(NbdError::Protocol("data after STARTTLS before its reply"));
+                    }
+                    let (r, w) = tls_stream::accept(stream, config)?;
+                    reader = BufReader::with_capacity(READ_BUFFER, Reader::Tls(r));
+                    writer = Writer::Tls(w);
+                    st.tls_started();
+                }
             }
         }
     }
@@ -133,7 +136,7 @@ fn transmit(
         writer: Mutex::new(writer),
         closer,
         budget: Budget::new(BUDGET),
-        dead: std::sync::atomic::AtomicBool::new(false),
+        dead: AtomicBool::new(false),
     };
     let (tx, rx) = sync_channel::<Job>(QUEUE);
     let rx = Mutex::new(rx);
@@ -210,7 +213,7 @@ fn worker(conn: &Conn, rx: &Mutex<Receiver<Job>>) {
             Ok(job) => job,
             Err(_) => return,
         };
-        if !conn.dead.load(std::sync::atomic::Ordering::Relaxed) {
+        if !conn.dead.load(Ordering::Relaxed) {
             conn.execute(&job);
         }
         conn.budget.release(job.cost);
@@ -438,12 +441,12 @@ impl Conn<'_> {
     /// Writes one whole reply. A failed write means the client is gone or stuck: close the
     /// socket so the reader stops too.
     fn send(&self, parts: &[&[u8]]) {
-        if self.dead.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.dead.load(Ordering::Relaxed) {
             return;
         }
         let mut w = lock(&self.writer);
         if write_all_vectored(&mut *w, parts).is_err() {
-            self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.dead.store(true, Ordering::Relaxed);
             let _ = self.closer.shutdown(Shutdown::Both);
         }
     }

@@ -161,3 +161,32 @@ fn a_plain_server_refuses_starttls_by_policy() {
     assert_eq!(r[0].0, REP_ERR_POLICY, "{r:?}");
     assert!(raw.go("disk").is_ok(), "the session goes on in the clear");
 }
+
+#[test]
+fn clients_stalled_in_the_handshake_are_cut_off() {
+    let t = tls();
+    let (tcp, _unix) = Server::start_with(&[disk("disk", MIB)], Some(t.server));
+    let start = std::time::Instant::now();
+    // One that never sends an option, one that never sends its TLS hello, and one that
+    // finished the handshake and then idles: only the first two are cut.
+    let mut silent = Raw::connect(tcp.port);
+    let mut no_hello = Raw::connect(tcp.port);
+    assert_eq!(no_hello.option(OPT_STARTTLS, &[])[0].0, REP_ACK);
+    let mut idle = upgraded(tcp.port, &t.client);
+    idle.go("disk").expect("go");
+    assert_closed(&mut silent);
+    assert_closed(&mut no_hello);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(19),
+        "cut after the 10 s limit, not at once nor never: {waited:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    idle.request(CMD_READ, 0, 7, 0, 4096, &[]);
+    let c = idle.reply(4096);
+    assert_eq!(
+        (c.handle, c.kind),
+        (7, 0),
+        "a negotiated session has no such limit"
+    );
+}
