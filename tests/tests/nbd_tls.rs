@@ -259,6 +259,12 @@ fn qemu_io(ex: &Export, creds: Option<&Path>, cmds: &[&str]) -> (bool, String) {
     (ok, text)
 }
 
+/// qemu-io as in [`qemu_io`], which must succeed.
+fn serves(ex: &Export, creds: Option<&Path>, cmds: &[&str]) {
+    let (ok, out) = qemu_io(ex, creds, cmds);
+    assert!(ok, "{out}");
+}
+
 fn both(out: &Output) -> String {
     format!(
         "{}{}",
@@ -346,8 +352,7 @@ fn a_tls_server_refuses_plain_clients() {
     let info = output_within(&mut cmd, LIMIT);
     assert!(!info.status.success(), "qemu-img info: {}", both(&info));
     // Refusing one client leaves the server serving the others.
-    let (ok, out) = qemu_io(&ex, Some(&creds.client), &["read -P 0x21 4M 4k"]);
-    assert!(ok, "{out}");
+    serves(&ex, Some(&creds.client), &["read -P 0x21 4M 4k"]);
     ex.stop();
     let data = exported(&env, "d");
     assert!(data[4 * MIB as usize..][..4096].iter().all(|&b| b == 0x21));
@@ -365,8 +370,7 @@ fn a_plain_server_refuses_tls_clients() {
         out.contains("TLS is not configured"),
         "QEMU shows the server's reason:\n{out}"
     );
-    let (ok, out) = qemu_io(&ex, None, &["read -P 0x21 4M 4k"]);
-    assert!(ok, "{out}");
+    serves(&ex, None, &["read -P 0x21 4M 4k"]);
     ex.stop();
 }
 
@@ -383,15 +387,13 @@ fn with_tls_ca_clients_need_a_certificate_from_that_ca() {
         let (ok, out) = qemu_io(&ex, Some(dir), &["write -P 0x77 4M 4k"]);
         assert!(!ok, "a client with {who} must be refused:\n{out}");
     }
-    let (ok, out) = qemu_io(&ex, Some(&creds.client), &["read -P 0x21 4M 4k"]);
-    assert!(ok, "{out}");
+    serves(&ex, Some(&creds.client), &["read -P 0x21 4M 4k"]);
     ex.stop();
     let data = exported(&env, "d");
     assert!(data[4 * MIB as usize..][..4096].iter().all(|&b| b == 0x21));
     // Without --tls-ca the same certificate-less client is let in.
     let ex = Export::start(&env, "d", "127.0.0.1:0", &creds.args(false));
-    let (ok, out) = qemu_io(&ex, Some(&creds.anon), &["read -P 0x21 4M 4k"]);
-    assert!(ok, "{out}");
+    serves(&ex, Some(&creds.anon), &["read -P 0x21 4M 4k"]);
     ex.stop();
 }
 
@@ -401,8 +403,7 @@ fn non_loopback_without_tls_warns_and_still_serves() {
     let creds = Creds::new(&env);
     image(&env, "d");
     let ex = Export::start(&env, "d", "0.0.0.0:0", &[]);
-    let (ok, out) = qemu_io(&ex, None, &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
-    assert!(ok, "{out}");
+    serves(&ex, None, &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
     let stderr = ex.stop();
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
     assert_eq!(warnings.len(), 1, "one warning line: {stderr:?}");
@@ -417,8 +418,7 @@ fn non_loopback_without_tls_warns_and_still_serves() {
     assert!(stderr.contains("can read the image"), "{stderr}");
     // TLS with client certificates: nothing to warn about.
     let ex = Export::start(&env, "d", "0.0.0.0:0", &creds.args(true));
-    let (ok, out) = qemu_io(&ex, Some(&creds.client), &["read -P 0x5a 0 64k"]);
-    assert!(ok, "{out}");
+    serves(&ex, Some(&creds.client), &["read -P 0x5a 0 64k"]);
     let stderr = ex.stop();
     assert!(!stderr.contains("warning"), "{stderr}");
     // TLS that lets any client in is still open to anyone who reaches the address.
