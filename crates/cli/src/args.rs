@@ -614,6 +614,15 @@ pub struct NbdExportArgs {
     /// The export name clients ask for (default: the image spec, pool/[namespace/]image[@snap])
     #[arg(long, value_name = "NAME")]
     pub export_name: Option<String>,
+    /// Require TLS (NBD STARTTLS), with this server certificate (PEM; intermediates after it)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM, unencrypted)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Also require client certificates signed by a CA in this file (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

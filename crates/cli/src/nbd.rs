@@ -1,12 +1,13 @@
 //! `rbdm nbd export`: serves one image (or a snapshot, read-only) over NBD in the foreground
 //! until SIGINT or SIGTERM, then flushes and closes the image, as `rbd-nbd` does for a device.
+//! With `--tls-cert`/`--tls-key` clients must use TLS; without, a non-loopback address warns.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rbdm_image::Image;
-use rbdm_nbd::{BlockDevice, Export, Listener};
+use rbdm_nbd::{BlockDevice, Export, Listener, TlsConfig};
 
 use crate::args::NbdExportArgs;
 use crate::cmds::{Ctx, Snap};
@@ -60,23 +61,16 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 pub fn export(ctx: &Ctx, a: &NbdExportArgs) -> CmdResult {
     let spec = ctx.image_spec(&a.image, Snap::Maybe)?;
-    let listener = match (&a.bind, &a.socket) {
-        (Some(addr), None) => std::net::TcpListener::bind(addr)
-            .map(Listener::Tcp)
-            .map_err(|e| Fail::io(&e, format!("cannot listen on {addr}")))?,
-        (None, Some(path)) => std::os::unix::net::UnixListener::bind(path)
-            .map(Listener::Unix)
-            .map_err(|e| Fail::io(&e, format!("cannot listen on {}", path.display())))?,
-        _ => {
-            return Err(Fail::invalid(
-                "give exactly one of --bind ADDR:PORT and --socket PATH",
-            ))
-        }
-    };
+    // Credentials are checked before anything listens: a bad file never leaves a port open.
+    let tls = tls_config(a)?;
+    let listener = listen(a)?;
     let rbd = ctx.rbd()?;
     let image = rbd
         .open(&spec, a.read_only)
         .map_err(err(format!("error opening image {}", spec.image)))?;
+    if let Some(warning) = exposure_warning(&listener, tls.as_ref(), image.is_read_only()) {
+        eprintln!("rbdm: warning: {warning}");
+    }
     let name = a.export_name.clone().unwrap_or_else(|| spec.to_string());
     let uri = match &listener {
         Listener::Tcp(l) => format!(
@@ -116,7 +110,7 @@ pub fn export(ctx: &Ctx, a: &NbdExportArgs) -> CmdResult {
         description: format!("rbdm image {spec}"),
         device: device.clone(),
     }];
-    let served = rbdm_nbd::serve(listener, exports, stop);
+    let served = rbdm_nbd::serve_with(listener, exports, stop, tls);
     if let Some(path) = &a.socket {
         let _ = std::fs::remove_file(path);
     }
@@ -127,4 +121,56 @@ pub fn export(ctx: &Ctx, a: &NbdExportArgs) -> CmdResult {
         .0
         .close()
         .map_err(err(format!("error closing image {}", spec.image)))
+}
+
+fn listen(a: &NbdExportArgs) -> Result<Listener, Fail> {
+    match (&a.bind, &a.socket) {
+        (Some(addr), None) => std::net::TcpListener::bind(addr)
+            .map(Listener::Tcp)
+            .map_err(|e| Fail::io(&e, format!("cannot listen on {addr}"))),
+        (None, Some(path)) => std::os::unix::net::UnixListener::bind(path)
+            .map(Listener::Unix)
+            .map_err(|e| Fail::io(&e, format!("cannot listen on {}", path.display()))),
+        _ => Err(Fail::invalid(
+            "give exactly one of --bind ADDR:PORT and --socket PATH",
+        )),
+    }
+}
+
+/// `--tls-cert` and `--tls-key` (clap requires both or neither), with `--tls-ca`.
+fn tls_config(a: &NbdExportArgs) -> Result<Option<TlsConfig>, Fail> {
+    let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) else {
+        return Ok(None);
+    };
+    TlsConfig::from_pem_files(cert, key, a.tls_ca.as_deref())
+        .map(Some)
+        .map_err(|e| Fail::errno(e.errno(), "cannot load TLS credentials", &e.to_string()))
+}
+
+/// One line for stderr when clients other than this host's can reach the export without
+/// proving who they are. A Unix socket is guarded by its file permissions instead.
+fn exposure_warning(
+    listener: &Listener,
+    tls: Option<&TlsConfig>,
+    read_only: bool,
+) -> Option<String> {
+    let Listener::Tcp(l) = listener else {
+        return None;
+    };
+    let addr = l.local_addr().ok()?;
+    if addr.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    let access = if read_only { "read" } else { "read and write" };
+    match tls {
+        None => Some(format!(
+            "serving {addr} without TLS: anyone who can reach this address can {access} the \
+             image (add --tls-cert and --tls-key, or bind 127.0.0.1)"
+        )),
+        Some(t) if !t.verifies_clients() => Some(format!(
+            "serving {addr} with TLS but without --tls-ca: any client that can reach this \
+             address can {access} the image"
+        )),
+        Some(_) => None,
+    }
 }

@@ -1,5 +1,6 @@
 //! The fixed-newstyle handshake: greeting, client flags, then option haggling until the
-//! client picks an export (EXPORT_NAME or GO) or gives up.
+//! client picks an export (EXPORT_NAME or GO), gives up, or asks for TLS (STARTTLS), after
+//! which haggling goes on over TLS.
 
 use std::io::{self, Read, Write};
 
@@ -14,26 +15,62 @@ pub(crate) struct Session {
     pub allocation: bool,
 }
 
-struct State<'a> {
+/// Where a connection stands with TLS ("FORCEDTLS" in the protocol's terms when configured).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    /// Not configured: STARTTLS is refused, everything else works in the clear.
+    Off,
+    /// Configured but not started: only STARTTLS and ABORT are answered.
+    Required,
+    /// Started: the rest of the session runs over TLS.
+    Active,
+}
+
+/// The negotiation so far, kept across the switch to TLS.
+pub(crate) struct State<'a> {
     exports: &'a [Export],
     no_zeroes: bool,
+    tls: Tls,
     structured: bool,
     /// The export for which `base:allocation` was selected, if it was.
     meta_export: Option<usize>,
 }
 
+/// How option haggling ended.
+pub(crate) enum Outcome {
+    /// The client aborted cleanly.
+    Abort,
+    Transmit(Session),
+    /// STARTTLS was acknowledged: the caller starts TLS on the socket, calls
+    /// [`State::tls_started`] and haggles on over TLS.
+    StartTls,
+}
+
 enum Next {
     Continue,
     Abort,
+    StartTls,
     Transmit(usize),
 }
 
-/// Runs the handshake. `Ok(None)`: the client aborted cleanly.
-pub(crate) fn negotiate<R: Read, W: Write>(
+impl State<'_> {
+    /// Options negotiated in the clear could have been changed by anyone on the path, so
+    /// nothing of them carries over (there are none when TLS is required, but be sure).
+    pub(crate) fn tls_started(&mut self) {
+        self.tls = Tls::Active;
+        self.structured = false;
+        self.meta_export = None;
+    }
+}
+
+/// Sends the greeting and reads the client's flags. `tls_required`: the server has TLS
+/// credentials and serves nothing before STARTTLS.
+pub(crate) fn greet<'a, R: Read, W: Write>(
     r: &mut R,
     w: &mut W,
-    exports: &[Export],
-) -> Result<Option<Session>, NbdError> {
+    exports: &'a [Export],
+    tls_required: bool,
+) -> Result<State<'a>, NbdError> {
     let mut greeting = Vec::with_capacity(18);
     greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
     greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -47,19 +84,33 @@ pub(crate) fn negotiate<R: Read, W: Write>(
     if client_flags & FLAG_C_FIXED_NEWSTYLE == 0 {
         return Err(NbdError::Protocol("client does not speak fixed newstyle"));
     }
-    let mut st = State {
+    Ok(State {
         exports,
         no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
+        tls: if tls_required {
+            Tls::Required
+        } else {
+            Tls::Off
+        },
         structured: false,
         meta_export: None,
-    };
+    })
+}
+
+/// Answers options until the client picks an export, aborts, or asks for TLS.
+pub(crate) fn haggle<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    st: &mut State,
+) -> Result<Outcome, NbdError> {
     loop {
-        match one_option(r, w, &mut st)? {
+        match one_option(r, w, st)? {
             Next::Continue => {}
-            Next::Abort => return Ok(None),
+            Next::Abort => return Ok(Outcome::Abort),
+            Next::StartTls => return Ok(Outcome::StartTls),
             Next::Transmit(export) => {
                 let allocation = st.structured && st.meta_export == Some(export);
-                return Ok(Some(Session {
+                return Ok(Outcome::Transmit(Session {
                     export,
                     structured: st.structured,
                     allocation,
@@ -75,6 +126,9 @@ fn one_option<R: Read, W: Write>(r: &mut R, w: &mut W, st: &mut State) -> Result
     }
     let opt = read_u32(r)?;
     let len = read_u32(r)?;
+    if st.tls == Tls::Required && !matches!(opt, OPT_STARTTLS | OPT_ABORT) {
+        return tls_required(r, w, opt, len);
+    }
     if len > MAX_OPTION_LEN {
         if opt == OPT_EXPORT_NAME {
             return Err(NbdError::Protocol("export name too long"));
@@ -94,6 +148,7 @@ fn one_option<R: Read, W: Write>(r: &mut R, w: &mut W, st: &mut State) -> Result
             let _ = reply(w, opt, REP_ACK, &[]);
             Ok(Next::Abort)
         }
+        OPT_STARTTLS => start_tls(w, st, &data),
         OPT_LIST => {
             list(w, st, &data)?;
             Ok(Next::Continue)
@@ -117,6 +172,45 @@ fn one_option<R: Read, W: Write>(r: &mut R, w: &mut W, st: &mut State) -> Result
             Ok(Next::Continue)
         }
     }
+}
+
+/// Any option but STARTTLS and ABORT before TLS is up: its payload is skipped unread (and
+/// unbuffered: nothing from an unauthenticated client is kept).
+fn tls_required<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    opt: u32,
+    len: u32,
+) -> Result<Next, NbdError> {
+    if opt == OPT_EXPORT_NAME {
+        // This option has no error reply: the only refusal is hanging up.
+        return Err(NbdError::Protocol(
+            "EXPORT_NAME before STARTTLS on a TLS server",
+        ));
+    }
+    io::copy(&mut r.by_ref().take(u64::from(len)), &mut io::sink())?;
+    reply_err(
+        w,
+        opt,
+        REP_ERR_TLS_REQD,
+        "this server requires TLS: send STARTTLS first",
+    )?;
+    Ok(Next::Continue)
+}
+
+fn start_tls<W: Write>(w: &mut W, st: &State, data: &[u8]) -> Result<Next, NbdError> {
+    match st.tls {
+        _ if !data.is_empty() => {
+            reply_err(w, OPT_STARTTLS, REP_ERR_INVALID, "STARTTLS takes no data")?
+        }
+        Tls::Off => reply_err(w, OPT_STARTTLS, REP_ERR_POLICY, "TLS is not configured")?,
+        Tls::Active => reply_err(w, OPT_STARTTLS, REP_ERR_INVALID, "TLS is already started")?,
+        Tls::Required => {
+            reply(w, OPT_STARTTLS, REP_ACK, &[])?;
+            return Ok(Next::StartTls);
+        }
+    }
+    Ok(Next::Continue)
 }
 
 fn export_name<W: Write>(w: &mut W, st: &State, name: &[u8]) -> Result<Next, NbdError> {

@@ -2,11 +2,13 @@
 //! qemu-img) over TCP or a Unix socket, so images can be used while they are being migrated.
 //!
 //! What it is for: the fixed-newstyle handshake (OPT_GO/INFO/LIST, structured replies,
-//! `base:allocation` block status) and the transmission phase (read, write, flush, trim,
-//! write-zeroes) with several requests in flight per connection and several connections.
-//! What it is not: no TLS, no old-style handshake, no extended headers, no client, no data
-//! caching: every read and write goes straight to the [`BlockDevice`], which must be
-//! thread-safe. Only the allocation map is cached, per export (see `allocation.rs`).
+//! `base:allocation` block status, STARTTLS), the transmission phase (read, write, flush,
+//! trim, write-zeroes) with several requests in flight per connection and several
+//! connections, and TLS when given credentials ([`TlsConfig`]): then every client must start
+//! TLS before anything else, as `qemu-nbd --tls-creds` requires.
+//! What it is not: no old-style handshake, no extended headers, no client, no data caching:
+//! every read and write goes straight to the [`BlockDevice`], which must be thread-safe. Only
+//! the allocation map is cached, per export (see `allocation.rs`).
 //!
 //! Why not the `nbd` crate (NOTES.md): no OPT_GO/INFO, structured replies or block status,
 //! one hard-coded export name, wrong errnos for TRIM/WRITE_ZEROES and one request at a time.
@@ -14,11 +16,15 @@
 mod allocation;
 mod handshake;
 pub mod proto;
+mod tls;
+mod tls_stream;
 mod transmission;
+mod transport;
 
 pub mod file_device;
 
 pub use proto::errno_for;
+pub use tls::{TlsConfig, TlsError};
 
 use allocation::AllocMap;
 
@@ -98,14 +104,39 @@ const POLL: Duration = Duration::from_millis(50);
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// More connections than this are refused (closed at once) rather than given a thread.
 const MAX_CONNECTIONS: usize = 256;
+/// A client that has not picked an export this long after connecting is cut off, so that
+/// clients that stall in the handshake (plain or TLS) cannot use up the connection slots.
+/// `qemu-nbd --handshake-limit` defaults to the same.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Serves until `stop` becomes true (checked at least every 200 ms: use accept with a timeout
-/// or non-blocking accept + sleep). On stop: stop accepting, let in-flight requests finish,
-/// close connections, flush every export, return.
+/// One connection's thread, as the accept loop watches it.
+struct Running {
+    handle: JoinHandle<()>,
+    /// A clone of the socket, to cut the connection from outside its thread.
+    watch: Stream,
+    /// Set by the connection once its handshake is over; until then `deadline` applies.
+    negotiated: Arc<AtomicBool>,
+    deadline: Instant,
+}
+
+/// Serves in the clear until `stop` becomes true; see [`serve_with`].
 pub fn serve(
     listener: Listener,
     exports: Vec<Export>,
     stop: Arc<AtomicBool>,
+) -> Result<(), NbdError> {
+    serve_with(listener, exports, stop, None)
+}
+
+/// Serves until `stop` becomes true (checked at least every 200 ms: use accept with a timeout
+/// or non-blocking accept + sleep). On stop: stop accepting, let in-flight requests finish,
+/// close connections, flush every export, return. With `tls`, clients must send STARTTLS
+/// before any other option and the rest of the session is encrypted.
+pub fn serve_with(
+    listener: Listener,
+    exports: Vec<Export>,
+    stop: Arc<AtomicBool>,
+    tls: Option<TlsConfig>,
 ) -> Result<(), NbdError> {
     check_exports(&exports)?;
     // One allocation map cache per export, shared by its connections so that a write through
@@ -121,13 +152,14 @@ pub fn serve(
     }
     .map_err(NbdError::Listener)?;
 
-    let mut conns: Vec<(JoinHandle<()>, Stream)> = Vec::new();
+    let mut conns: Vec<Running> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        conns.retain(|(handle, _)| !handle.is_finished());
+        conns.retain(|c| !c.handle.is_finished());
+        cut_stalled_handshakes(&conns);
         match accept(&listener) {
             Ok(stream) if conns.len() >= MAX_CONNECTIONS => drop(stream),
             Ok(stream) => {
-                if let Some(conn) = start_connection(stream, &exports, &maps) {
+                if let Some(conn) = start_connection(stream, &exports, &maps, &tls) {
                     conns.push(conn);
                 }
             }
@@ -139,21 +171,31 @@ pub fn serve(
 
     // Closing the read side ends each connection's request loop; queued requests still run
     // and their replies still go out before the connection closes.
-    for (_, stream) in &conns {
-        let _ = stream.shutdown(Shutdown::Read);
+    for c in &conns {
+        let _ = c.watch.shutdown(Shutdown::Read);
     }
     // Only a client that stopped reading its replies can hold a worker past the grace period.
     let deadline = Instant::now() + DRAIN_GRACE;
-    while Instant::now() < deadline && conns.iter().any(|(h, _)| !h.is_finished()) {
+    while Instant::now() < deadline && conns.iter().any(|c| !c.handle.is_finished()) {
         thread::sleep(POLL);
     }
-    for (handle, stream) in conns {
-        if !handle.is_finished() {
-            let _ = stream.shutdown(Shutdown::Both);
+    for c in conns {
+        if !c.handle.is_finished() {
+            let _ = c.watch.shutdown(Shutdown::Both);
         }
-        let _ = handle.join();
+        let _ = c.handle.join();
     }
     flush_all(&exports)
+}
+
+/// Hangs up on clients past the handshake limit; their threads then end on a failed read.
+fn cut_stalled_handshakes(conns: &[Running]) {
+    let now = Instant::now();
+    for c in conns {
+        if now > c.deadline && !c.negotiated.load(Ordering::Relaxed) {
+            let _ = c.watch.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 fn check_exports(exports: &[Export]) -> Result<(), NbdError> {
@@ -204,18 +246,33 @@ fn start_connection(
     stream: Stream,
     exports: &Arc<[Export]>,
     maps: &Arc<[AllocMap]>,
-) -> Option<(JoinHandle<()>, Stream)> {
+    tls: &Option<TlsConfig>,
+) -> Option<Running> {
     let watch = stream.try_clone().ok()?;
     let exports = Arc::clone(exports);
     let maps = Arc::clone(maps);
+    let tls = tls.clone();
+    let negotiated = Arc::new(AtomicBool::new(false));
+    let done = Arc::clone(&negotiated);
     let handle = thread::Builder::new()
         .name("nbd-conn".into())
         .spawn(move || {
+            let conn = transmission::Connection {
+                exports: &exports,
+                maps: &maps,
+                tls: tls.as_ref(),
+                negotiated: &done,
+            };
             // A failing connection only ends itself; there is no one to report to.
-            let _ = transmission::run_connection(stream, &exports, &maps);
+            let _ = conn.run(stream);
         })
         .ok()?;
-    Some((handle, watch))
+    Some(Running {
+        handle,
+        watch,
+        negotiated,
+        deadline: Instant::now() + HANDSHAKE_LIMIT,
+    })
 }
 
 /// A connected socket of either family.

@@ -34,6 +34,7 @@ pub const FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
 pub const OPT_LIST: u32 = 3;
+pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
@@ -48,7 +49,9 @@ pub const REP_META_CONTEXT: u32 = 4;
 /// Set in every error reply type.
 pub const REP_FLAG_ERROR: u32 = 1 << 31;
 pub const REP_ERR_UNSUP: u32 = REP_FLAG_ERROR + 1;
+pub const REP_ERR_POLICY: u32 = REP_FLAG_ERROR + 2;
 pub const REP_ERR_INVALID: u32 = REP_FLAG_ERROR + 3;
+pub const REP_ERR_TLS_REQD: u32 = REP_FLAG_ERROR + 5;
 pub const REP_ERR_UNKNOWN: u32 = REP_FLAG_ERROR + 6;
 pub const REP_ERR_TOO_BIG: u32 = REP_FLAG_ERROR + 9;
 

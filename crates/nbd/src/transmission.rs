@@ -4,14 +4,18 @@
 
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use crate::allocation::{AllocMap, Limit, Seg};
-use crate::handshake::{self, Session};
+use crate::handshake::{self, Outcome, Session};
 use crate::proto::*;
+use crate::tls::TlsConfig;
+use crate::tls_stream;
+use crate::transport::{Reader, Writer};
 use crate::{lock, BlockDevice, Export, NbdError, Stream};
 
 const WORKERS: usize = 4;
@@ -28,6 +32,8 @@ const MAX_DESCRIPTORS: usize = 1 << 16;
 /// Allocation granules (or map windows) one block status reply may look at; past that it
 /// covers a prefix of the request, which NBD allows.
 const MAX_STATUS_PIECES: usize = 1024;
+/// Read buffer per connection: one 256 KiB read takes in many small requests at once.
+const READ_BUFFER: usize = 256 << 10;
 /// Reads up to this size are read whole, without asking the device where its holes are.
 const SMALL_READ: u64 = 64 << 10;
 
@@ -51,34 +57,72 @@ struct Conn<'a> {
     maps: &'a AllocMap,
     structured: bool,
     allocation: bool,
-    writer: Mutex<Stream>,
+    writer: Mutex<Writer>,
+    /// The socket under `writer`, to hang up on a client that cannot take its replies.
+    closer: &'a Stream,
     budget: Budget,
     /// Set once a reply could not be written: the client is gone or stuck, so queued work
     /// is dropped instead of each reply waiting out the write timeout in turn.
-    dead: std::sync::atomic::AtomicBool,
+    dead: AtomicBool,
 }
 
-pub(crate) fn run_connection(
-    stream: Stream,
-    exports: &[Export],
-    maps: &[AllocMap],
-) -> Result<(), NbdError> {
-    let mut writer = stream.try_clone()?;
-    writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let closer = stream.try_clone()?;
-    let mut reader = BufReader::with_capacity(256 << 10, stream);
-    let result = match handshake::negotiate(&mut reader, &mut writer, exports) {
-        Ok(Some(session)) => transmit(reader, writer, exports, maps, session),
-        Ok(None) => Ok(()),
-        Err(e) => Err(e),
-    };
-    let _ = closer.shutdown(Shutdown::Both);
-    result
+/// What one connection's thread serves, and where it reports the end of its handshake.
+pub(crate) struct Connection<'a> {
+    pub exports: &'a [Export],
+    pub maps: &'a [AllocMap],
+    pub tls: Option<&'a TlsConfig>,
+    /// Set once the client picked an export: the handshake limit no longer applies.
+    pub negotiated: &'a AtomicBool,
+}
+
+impl Connection<'_> {
+    pub(crate) fn run(&self, stream: Stream) -> Result<(), NbdError> {
+        // Socket options belong to the socket, so every clone and the TLS halves share them.
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let closer = stream.try_clone()?;
+        let result = self.negotiate_and_transmit(&stream, &closer);
+        let _ = closer.shutdown(Shutdown::Both);
+        result
+    }
+
+    fn negotiate_and_transmit(&self, stream: &Stream, closer: &Stream) -> Result<(), NbdError> {
+        let plain = Reader::Plain(stream.try_clone()?);
+        let mut reader = BufReader::with_capacity(READ_BUFFER, plain);
+        let mut writer = Writer::Plain(stream.try_clone()?);
+        let mut st = handshake::greet(&mut reader, &mut writer, self.exports, self.tls.is_some())?;
+        loop {
+            match handshake::haggle(&mut reader, &mut writer, &mut st)? {
+                Outcome::Abort => {
+                    writer.finish();
+                    return Ok(());
+                }
+                Outcome::Transmit(session) => {
+                    self.negotiated.store(true, Ordering::Relaxed);
+                    return transmit(reader, writer, closer, self.exports, self.maps, session);
+                }
+                Outcome::StartTls => {
+                    let Some(config) = self.tls else {
+                        return Err(NbdError::Protocol("STARTTLS accepted without TLS"));
+                    };
+                    // The client must wait for our ACK before its TLS hello; bytes already
+                    // here were sent in the clear and cannot belong to the TLS session.
+                    if !reader.buffer().is_empty() {
+                        return Err(NbdError::Protocol("data after STARTTLS before its reply"));
+                    }
+                    let (r, w) = tls_stream::accept(stream, config)?;
+                    reader = BufReader::with_capacity(READ_BUFFER, Reader::Tls(r));
+                    writer = Writer::Tls(w);
+                    st.tls_started();
+                }
+            }
+        }
+    }
 }
 
 fn transmit(
-    mut reader: BufReader<Stream>,
-    writer: Stream,
+    mut reader: BufReader<Reader>,
+    writer: Writer,
+    closer: &Stream,
     exports: &[Export],
     maps: &[AllocMap],
     session: Session,
@@ -90,8 +134,9 @@ fn transmit(
         structured: session.structured,
         allocation: session.allocation,
         writer: Mutex::new(writer),
+        closer,
         budget: Budget::new(BUDGET),
-        dead: std::sync::atomic::AtomicBool::new(false),
+        dead: AtomicBool::new(false),
     };
     let (tx, rx) = sync_channel::<Job>(QUEUE);
     let rx = Mutex::new(rx);
@@ -104,11 +149,12 @@ fn transmit(
     });
     // Whatever the client did not flush is made durable when it leaves.
     let _ = device.flush();
+    lock(&conn.writer).finish();
     result
 }
 
 fn request_loop(
-    r: &mut BufReader<Stream>,
+    r: &mut BufReader<Reader>,
     conn: &Conn,
     tx: SyncSender<Job>,
 ) -> Result<(), NbdError> {
@@ -167,7 +213,7 @@ fn worker(conn: &Conn, rx: &Mutex<Receiver<Job>>) {
             Ok(job) => job,
             Err(_) => return,
         };
-        if !conn.dead.load(std::sync::atomic::Ordering::Relaxed) {
+        if !conn.dead.load(Ordering::Relaxed) {
             conn.execute(&job);
         }
         conn.budget.release(job.cost);
@@ -395,13 +441,13 @@ impl Conn<'_> {
     /// Writes one whole reply. A failed write means the client is gone or stuck: close the
     /// socket so the reader stops too.
     fn send(&self, parts: &[&[u8]]) {
-        if self.dead.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.dead.load(Ordering::Relaxed) {
             return;
         }
         let mut w = lock(&self.writer);
         if write_all_vectored(&mut *w, parts).is_err() {
-            self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = w.shutdown(Shutdown::Both);
+            self.dead.store(true, Ordering::Relaxed);
+            let _ = self.closer.shutdown(Shutdown::Both);
         }
     }
 }

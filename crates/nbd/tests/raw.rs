@@ -25,15 +25,6 @@ fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
 }
 
-fn assert_closed(raw: &mut Raw) {
-    let mut b = [0u8; 1];
-    match raw.s.read(&mut b) {
-        Ok(0) => {}
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-        other => panic!("connection should be closed, got {other:?}"),
-    }
-}
-
 /// The errno of a structured error chunk.
 fn chunk_errno(c: &Chunk) -> u32 {
     assert_eq!(c.kind, REPLY_TYPE_ERROR, "{c:?}");

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rbdm_nbd::file_device::FileDevice;
-use rbdm_nbd::{serve, BlockDevice, Export, Listener, NbdError};
+use rbdm_nbd::{serve_with, BlockDevice, Export, Listener, NbdError, TlsConfig};
 
 pub const MIB: u64 = 1 << 20;
 
@@ -43,6 +43,11 @@ pub fn disk(name: &'static str, size: u64) -> Spec {
 impl Server {
     /// One server over TCP (127.0.0.1:0), one over a Unix socket, same exports.
     pub fn start(specs: &[Spec]) -> (Server, Server) {
+        Server::start_with(specs, None)
+    }
+
+    /// As [`Server::start`], both requiring TLS when `tls` is given.
+    pub fn start_with(specs: &[Spec], tls: Option<TlsConfig>) -> (Server, Server) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut devices: Vec<(String, Arc<dyn BlockDevice>)> = Vec::new();
         for s in specs {
@@ -66,21 +71,29 @@ impl Server {
         let socket = dir.path().join("nbd.sock");
         let unix = UnixListener::bind(&socket).expect("bind unix");
         let dir2 = tempfile::tempdir().expect("tempdir");
-        let a = Server::spawn(Listener::Tcp(tcp), exports(), dir, port, socket.clone());
-        let b = Server::spawn(Listener::Unix(unix), exports(), dir2, port, socket);
+        let a = Server::spawn(
+            Listener::Tcp(tcp),
+            exports(),
+            tls.clone(),
+            dir,
+            port,
+            socket.clone(),
+        );
+        let b = Server::spawn(Listener::Unix(unix), exports(), tls, dir2, port, socket);
         (a, b)
     }
 
     fn spawn(
         listener: Listener,
         exports: Vec<Export>,
+        tls: Option<TlsConfig>,
         dir: tempfile::TempDir,
         port: u16,
         socket: PathBuf,
     ) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
-        let handle = std::thread::spawn(move || serve(listener, exports, stop2));
+        let handle = std::thread::spawn(move || serve_with(listener, exports, stop2, tls));
         Server {
             dir,
             port,
@@ -178,13 +191,22 @@ pub fn write_file_range(path: &Path, offset: u64, data: &[u8]) {
 
 // ---- raw client ----
 
+/// The server hung up: end of stream, or a reset.
+pub fn assert_closed(raw: &mut Raw) {
+    let mut b = [0u8; 1];
+    match raw.s.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("connection should be closed, got {other:?}"),
+    }
+}
+
 // The server's own wire constants and layouts; the qemu tests are the independent check
 // that they match the protocol.
 pub use rbdm_nbd::proto::*;
 
 pub trait Sock: Read + Write {}
-impl Sock for TcpStream {}
-impl Sock for UnixStream {}
+impl<T: Read + Write> Sock for T {}
 
 pub struct Raw {
     pub s: Box<dyn Sock>,
@@ -220,7 +242,8 @@ impl Raw {
         raw
     }
 
-    fn greet(&mut self) {
+    /// Reads the greeting and answers FIXED_NEWSTYLE | NO_ZEROES.
+    pub fn greet(&mut self) {
         let mut g = [0u8; 18];
         self.s.read_exact(&mut g).expect("greeting");
         assert_eq!(&g[..8], b"NBDMAGIC");
