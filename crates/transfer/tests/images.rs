@@ -189,10 +189,8 @@ fn a_failed_import_leaves_no_image() {
     );
 }
 
-#[test]
-fn a_diff_from_another_snapshot_is_refused_at_its_from_record() {
-    let rbd = rbd();
-    history(&rbd);
+/// "rbd diff v1" of "src" from s1 to s2, as `rbd export-diff --from-snap s1 src@s2` writes it.
+fn diff_s1_to_s2(rbd: &Rbd) -> Vec<u8> {
     let img = rbd.open(&spec("src@s2"), true).unwrap();
     let mut diff = Vec::new();
     export::export_diff(
@@ -205,6 +203,14 @@ fn a_diff_from_another_snapshot_is_refused_at_its_from_record() {
     )
     .unwrap();
     img.close().unwrap();
+    diff
+}
+
+#[test]
+fn a_diff_from_another_snapshot_is_refused_at_its_from_record() {
+    let rbd = rbd();
+    history(&rbd);
+    let diff = diff_s1_to_s2(&rbd);
     rbd.create(&PoolSpec::new("rbd", ""), "other", &small())
         .unwrap();
     let other = rbd.open(&spec("other"), false).unwrap();
@@ -232,18 +238,7 @@ fn a_diff_from_another_snapshot_is_refused_at_its_from_record() {
 fn an_rbd_diff_v1_applies_to_the_snapshot_it_starts_from() {
     let rbd = rbd();
     let [s1, s2, _] = history(&rbd);
-    let img = rbd.open(&spec("src@s2"), true).unwrap();
-    let mut diff = Vec::new();
-    export::export_diff(
-        &img,
-        Some("s1"),
-        Some(("s2", false)),
-        SIZE,
-        DiffFormat::V1,
-        &mut diff,
-    )
-    .unwrap();
-    img.close().unwrap();
+    let diff = diff_s1_to_s2(&rbd);
     // A copy at s1, then the diff brings it to s2.
     rbd.create(&PoolSpec::new("rbd", ""), "copy", &small())
         .unwrap();

@@ -45,7 +45,9 @@ fn every_seed_decodes() {
                     }));
                 }
                 assert!(input.at_end().unwrap(), "{}", path.display());
-                if path.to_string_lossy().contains("snaps") || path.to_string_lossy().contains("pacific") {
+                if path.to_string_lossy().contains("snaps")
+                    || path.to_string_lossy().contains("pacific")
+                {
                     assert_eq!(protected, [true, false], "{}", path.display());
                 }
             }
