@@ -82,7 +82,7 @@ pub enum Cmd {
     #[command(visible_alias = "disk-usage")]
     Du(DuArgs),
     /// Check a pool's data and metadata against their checksums.
-    Scrub(crate::scrub::ScrubArgs),
+    Scrub(ScrubArgs),
     /// Print extents that differ since a previous snapshot, or image creation.
     Diff(DiffArgs),
     /// Image metadata management.
@@ -92,7 +92,7 @@ pub enum Cmd {
     Status(SpecArg),
     /// Advisory image locks (fencing), as `rbd lock`.
     #[command(subcommand)]
-    Lock(crate::lock::LockCmd),
+    Lock(LockCmd),
     /// Pool management.
     #[command(subcommand)]
     Pool(PoolCmd),
@@ -113,9 +113,9 @@ pub enum Cmd {
     Migration(MigrationCmd),
     /// Look at a migration source (a source-spec) before migrating it.
     #[command(subcommand)]
-    Source(crate::source::SourceCmd),
+    Source(SourceCmd),
     /// List objects in the store that no image owns (exit non-zero if any).
-    Fsck(crate::fsck::FsckArgs),
+    Fsck(FsckArgs),
 }
 
 #[derive(Args, Debug)]
@@ -679,4 +679,108 @@ pub struct MigrationCommitArgs {
     pub force: bool,
     #[arg(value_name = "IMAGE_SPEC")]
     pub spec: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LockCmd {
+    /// Show locks held on an image.
+    #[command(visible_alias = "list")]
+    Ls(LockLsArgs),
+    /// Take a lock on an image.
+    Add(LockAddArgs),
+    /// Release a lock on an image.
+    #[command(visible_alias = "remove")]
+    Rm(LockRmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LockLsArgs {
+    /// [pool/[namespace/]]image
+    #[arg(value_name = "IMAGE_SPEC")]
+    pub spec: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LockAddArgs {
+    /// Take a shared lock under this tag (others with the same tag may share it)
+    #[arg(long, value_name = "TAG")]
+    pub shared: Option<String>,
+    #[arg(value_name = "IMAGE_SPEC")]
+    pub spec: String,
+    /// Unique lock id
+    #[arg(value_name = "LOCK_ID")]
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LockRmArgs {
+    #[arg(value_name = "IMAGE_SPEC")]
+    pub spec: String,
+    /// The lock id, as `lock ls` shows it
+    #[arg(value_name = "LOCK_ID")]
+    pub id: String,
+    /// The locker, `client.<n>` as `lock ls` shows it
+    #[arg(value_name = "LOCKER")]
+    pub locker: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SourceCmd {
+    /// Show a source's format, size and snapshots.
+    Info(SourceSpecArgs),
+    /// Print the source's data and zero extents as JSON, as `qemu-img map --output=json` does.
+    Map(MapArgs),
+    /// Write the source's bytes (at its head or a snapshot) to a file, or '-' for stdout.
+    Export(SourceExportArgs),
+    /// List the formats and streams this binary can read.
+    Plugins,
+}
+
+#[derive(Args, Debug)]
+pub struct SourceSpecArgs {
+    /// The source-spec, as JSON
+    #[arg(
+        long,
+        value_name = "JSON",
+        conflicts_with = "source_spec_path",
+        required_unless_present = "source_spec_path"
+    )]
+    pub source_spec: Option<String>,
+    /// A file holding the source-spec, or '-' for stdin
+    #[arg(long, value_name = "FILE")]
+    pub source_spec_path: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MapArgs {
+    #[command(flatten)]
+    pub spec: SourceSpecArgs,
+    /// Map this snapshot of the source instead of its head
+    #[arg(long, value_name = "NAME")]
+    pub snap: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SourceExportArgs {
+    #[command(flatten)]
+    pub spec: SourceSpecArgs,
+    /// Export this snapshot of the source instead of its head
+    #[arg(long, value_name = "NAME")]
+    pub snap: Option<String>,
+    /// Output file (never overwritten), or '-' for stdout
+    #[arg(value_name = "PATH")]
+    pub path: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ScrubArgs {
+    /// Pool to check; every pool when absent
+    #[arg(value_name = "POOL")]
+    pub pool: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct FsckArgs {
+    /// The pool to check (default: every pool)
+    pub pool: Option<String>,
 }

@@ -1,22 +1,15 @@
 //! `rbdm fsck [POOL]`: lists objects no image owns (what a cut-short operation left), one per
 //! line with the reason, and exits non-zero (EUCLEAN, "structure needs cleaning") if any.
 
-use clap::Args;
-
-use crate::cmds::Ctx;
+use crate::args::FsckArgs;
+use crate::ctx::Ctx;
 use crate::doc::Doc;
 use crate::output::{err, CmdResult, Fail};
-
-#[derive(Args, Debug)]
-pub struct FsckArgs {
-    /// The pool to check (default: every pool)
-    pub pool: Option<String>,
-}
 
 pub fn run(ctx: &Ctx, a: &FsckArgs) -> CmdResult {
     let rbd = ctx.rbd()?;
     let found = rbd.fsck(a.pool.as_deref()).map_err(err("fsck failed"))?;
-    if ctx.json {
+    if ctx.formatted() {
         let list = Doc::list(
             "orphan",
             found

@@ -4,8 +4,9 @@
 use rbdm_image::{features, Image, PoolSpec};
 
 use crate::args::{LsArgs, SpecArg};
-use crate::cmds::{check_namespace, feature_names, open, Ctx, Snap};
+use crate::ctx::{check_namespace, open, Ctx, Snap};
 use crate::doc::Doc;
+use crate::layout::feature_names;
 use crate::obj;
 use crate::output::{byte_u, ctime, err, Align, CmdResult, Fail, Table};
 
@@ -14,7 +15,7 @@ pub fn ls(ctx: &Ctx, a: &LsArgs) -> CmdResult {
     check_namespace(ctx, &ps)?;
     let names = ctx.rbd()?.list(&ps).map_err(err("listing images failed"))?;
     if !a.long {
-        if ctx.json {
+        if ctx.formatted() {
             ctx.emit("images", &Doc::list("name", &names));
         } else {
             for n in &names {
@@ -48,7 +49,7 @@ pub fn ls(ctx: &Ctx, a: &LsArgs) -> CmdResult {
         long_rows(ctx, &ps, name, &image, &mut table, &mut out)?;
         let _ = image.close();
     }
-    if ctx.json {
+    if ctx.formatted() {
         ctx.emit("images", &out);
     } else if !names.is_empty() {
         print!("{table}");
@@ -170,7 +171,7 @@ pub fn info(ctx: &Ctx, a: &SpecArg) -> CmdResult {
         .map(|(_, n)| *n)
         .collect();
     let parent_in_trash = info.parent.as_ref().map(|p| in_trash(ctx, p));
-    if ctx.json {
+    if ctx.formatted() {
         let doc = info_doc(&info, &flags, protected, parent_in_trash);
         ctx.emit("image", &doc);
         return Ok(());

@@ -2,56 +2,13 @@
 //! (`There is 1 exclusive lock on this image.`, a `Locker  ID  Address` table, json/xml
 //! `<locks><lock><id>…</id><locker>…</locker><address>…</address></lock></locks>`).
 
-use clap::{Args, Subcommand};
 use rbdm_image::advisory::{is_other_tag, ImageLock};
 
-use crate::cmds::{open, Ctx, Snap};
+use crate::args::{LockAddArgs, LockCmd, LockLsArgs, LockRmArgs};
+use crate::ctx::{open, Ctx, Snap};
 use crate::doc::Doc;
 use crate::obj;
 use crate::output::{Align, CmdResult, Fail, Table};
-
-#[derive(Subcommand, Debug)]
-pub enum LockCmd {
-    /// Show locks held on an image.
-    #[command(visible_alias = "list")]
-    Ls(LockLsArgs),
-    /// Take a lock on an image.
-    Add(LockAddArgs),
-    /// Release a lock on an image.
-    #[command(visible_alias = "remove")]
-    Rm(LockRmArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct LockLsArgs {
-    /// [pool/[namespace/]]image
-    #[arg(value_name = "IMAGE_SPEC")]
-    pub spec: String,
-}
-
-#[derive(Args, Debug)]
-pub struct LockAddArgs {
-    /// Take a shared lock under this tag (others with the same tag may share it)
-    #[arg(long, value_name = "TAG")]
-    pub shared: Option<String>,
-    #[arg(value_name = "IMAGE_SPEC")]
-    pub spec: String,
-    /// Unique lock id
-    #[arg(value_name = "LOCK_ID")]
-    pub id: String,
-}
-
-#[derive(Args, Debug)]
-pub struct LockRmArgs {
-    #[arg(value_name = "IMAGE_SPEC")]
-    pub spec: String,
-    /// The lock id, as `lock ls` shows it
-    #[arg(value_name = "LOCK_ID")]
-    pub id: String,
-    /// The locker, `client.<n>` as `lock ls` shows it
-    #[arg(value_name = "LOCKER")]
-    pub locker: String,
-}
 
 pub fn run(ctx: &Ctx, cmd: &LockCmd) -> CmdResult {
     match cmd {
@@ -67,7 +24,7 @@ fn list(ctx: &Ctx, a: &LockLsArgs) -> CmdResult {
     let locks = image.image_locks();
     let _ = image.close();
     let locks = locks.map_err(|e| Fail::image(&e, "listing locks failed"))?;
-    if ctx.json {
+    if ctx.formatted() {
         let v = locks
             .iter()
             .map(|l| obj! {"id" => &l.id, "locker" => l.locker(), "address" => &l.address});

@@ -6,24 +6,34 @@
 //! `rbdm-image`, and printing. What it is not: no image semantics live here.
 
 mod args;
-mod cmds;
+mod bench;
+mod clone;
+mod ctx;
+mod dest;
 mod doc;
+mod du;
 mod fsck;
+mod image;
+mod layout;
 mod listing;
 mod lock;
+mod meta;
 mod migration;
 mod nbd;
 mod output;
+mod pool;
 mod scrub;
+mod snap;
 mod source;
 mod status;
 mod transfer;
+mod trash;
 mod usage;
 
 use clap::Parser;
 
 use args::{Cli, Cmd};
-use cmds::Ctx;
+use ctx::Ctx;
 use output::CmdResult;
 
 /// `--store`, else `$RBDM_STORE`, else `dir://$XDG_DATA_HOME/rbdm` (`~/.local/share/rbdm`).
@@ -46,29 +56,29 @@ fn store_uri(cli: &Cli) -> String {
 
 fn run(ctx: &Ctx, cmd: &Cmd) -> CmdResult {
     match cmd {
-        Cmd::Create(a) => cmds::create(ctx, a),
+        Cmd::Create(a) => image::create(ctx, a),
         Cmd::Ls(a) => listing::ls(ctx, a),
         Cmd::Info(a) => listing::info(ctx, a),
-        Cmd::Rm(a) => cmds::rm(ctx, a),
-        Cmd::Resize(a) => cmds::resize(ctx, a),
-        Cmd::Rename(a) => cmds::rename(ctx, a),
-        Cmd::Snap(c) => cmds::snap(ctx, c),
-        Cmd::Clone(a) => cmds::clone(ctx, a),
-        Cmd::Flatten(a) => cmds::flatten(ctx, a),
-        Cmd::Children(a) => cmds::children(ctx, a),
-        Cmd::Trash(c) => cmds::trash(ctx, c),
+        Cmd::Rm(a) => image::rm(ctx, a),
+        Cmd::Resize(a) => image::resize(ctx, a),
+        Cmd::Rename(a) => image::rename(ctx, a),
+        Cmd::Snap(c) => snap::run(ctx, c),
+        Cmd::Clone(a) => clone::clone(ctx, a),
+        Cmd::Flatten(a) => clone::flatten(ctx, a),
+        Cmd::Children(a) => clone::children(ctx, a),
+        Cmd::Trash(c) => trash::run(ctx, c),
         Cmd::Import(a) => transfer::import(ctx, a),
         Cmd::Export(a) => transfer::export(ctx, a),
-        Cmd::Du(a) => cmds::du(ctx, a),
+        Cmd::Du(a) => du::du(ctx, a),
         Cmd::Scrub(a) => scrub::run(ctx, a),
-        Cmd::Diff(a) => cmds::diff(ctx, a),
-        Cmd::ImageMeta(c) => cmds::image_meta(ctx, c),
-        Cmd::Status(a) => cmds::status(ctx, a),
+        Cmd::Diff(a) => du::diff(ctx, a),
+        Cmd::ImageMeta(c) => meta::image_meta(ctx, c),
+        Cmd::Status(a) => image::status(ctx, a),
         Cmd::Lock(c) => lock::run(ctx, c),
-        Cmd::Pool(c) => cmds::pool(ctx, c),
-        Cmd::Namespace(c) => cmds::namespace(ctx, c),
-        Cmd::ConfigKey(c) => cmds::config_key(ctx, c),
-        Cmd::Bench(a) => cmds::bench(ctx, a),
+        Cmd::Pool(c) => pool::pool(ctx, c),
+        Cmd::Namespace(c) => pool::namespace(ctx, c),
+        Cmd::ConfigKey(c) => meta::config_key(ctx, c),
+        Cmd::Bench(a) => bench::run(ctx, a),
         Cmd::Nbd(args::NbdCmd::Export(a)) => nbd::export(ctx, a),
         Cmd::Migration(c) => migration::run(ctx, c),
         Cmd::Source(c) => source::run(ctx, c),

@@ -5,7 +5,8 @@ use std::sync::Mutex;
 use rbdm_migration::{ExecuteOptions, PrepareOptions};
 
 use crate::args::{MigrationCmd, MigrationExecuteArgs, MigrationPrepareArgs};
-use crate::cmds::{create_options, Ctx, Snap};
+use crate::ctx::{Ctx, Snap};
+use crate::layout::create_options;
 use crate::output::{CmdResult, Fail, Progress};
 
 fn fail(e: rbdm_migration::Error, context: &str) -> Fail {
@@ -58,7 +59,7 @@ fn import_source<'a>(ctx: &Ctx, a: &'a MigrationPrepareArgs) -> CmdResult<(Strin
 /// The `native` spec `rbd` builds for a positional import source: by pool id, as Ceph does,
 /// so the spec in the record survives a pool rename.
 fn native_spec_of(ctx: &Ctx, src: &rbdm_image::ImageSpec) -> CmdResult<String> {
-    crate::cmds::check_pool(ctx, &src.pool)?;
+    crate::ctx::check_pool(ctx, &src.pool)?;
     let pool_id = ctx
         .rbd()?
         .store()

@@ -10,7 +10,7 @@ use rbdm_image::Image;
 use rbdm_nbd::{BlockDevice, Export, Listener, TlsConfig};
 
 use crate::args::NbdExportArgs;
-use crate::cmds::{Ctx, Snap};
+use crate::ctx::{Ctx, Snap};
 use crate::output::{err, CmdResult, Fail};
 
 /// An open image as an NBD block device.

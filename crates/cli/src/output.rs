@@ -257,6 +257,14 @@ impl Progress {
             self.enabled = false;
         }
     }
+    /// Ends the line as `r` went ("done." or "failed.") and passes `r` on.
+    pub fn end<T, E>(&mut self, r: Result<T, E>) -> Result<T, E> {
+        match &r {
+            Ok(_) => self.finish(),
+            Err(_) => self.fail(),
+        }
+        r
+    }
     /// A callback for the image library's `Progress`.
     pub fn callback(&mut self) -> impl FnMut(u64, u64) + '_ {
         move |done, total| self.update(done, total)

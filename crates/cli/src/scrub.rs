@@ -2,18 +2,10 @@
 //! is named) against its checksums, as `ceph pg deep-scrub` does for a placement group, and
 //! prints each damaged object. Exits EIO when anything is damaged, so scripts can act on it.
 
-use clap::Args;
-
-use crate::cmds::Ctx;
+use crate::args::ScrubArgs;
+use crate::ctx::Ctx;
 use crate::doc::Doc;
 use crate::output::{CmdResult, Fail};
-
-#[derive(Args, Debug)]
-pub struct ScrubArgs {
-    /// Pool to check; every pool when absent
-    #[arg(value_name = "POOL")]
-    pub pool: Option<String>,
-}
 
 pub fn run(ctx: &Ctx, a: &ScrubArgs) -> CmdResult {
     let store = ctx.rbd()?.store();
@@ -28,7 +20,7 @@ pub fn run(ctx: &Ctx, a: &ScrubArgs) -> CmdResult {
     let report = store
         .scrub(pool)
         .map_err(|e| Fail::store(&e, "scrub failed"))?;
-    if ctx.json {
+    if ctx.formatted() {
         let doc = crate::obj! {
             "objects" => report.objects,
             "bytes" => report.bytes,

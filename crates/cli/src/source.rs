@@ -9,63 +9,16 @@
 use std::fs::File;
 use std::io::Write;
 
-use clap::{Args, Subcommand};
 use rbdm_registry::{ExtentState, OpenContext, Point, SnapExtent, SourceError, SourceImage};
 use serde_json::Value;
 
-use crate::cmds::Ctx;
+use crate::args::{MapArgs, SourceCmd, SourceExportArgs, SourceSpecArgs};
+use crate::ctx::Ctx;
+use crate::dest::{out_fail, Dest};
 use crate::doc::Doc;
 use crate::obj;
 use crate::output::{byte_u, ctime, CmdResult, Fail};
-use crate::transfer::{out_fail, write_file_sparse, write_zeros, Dest};
-
-#[derive(Subcommand, Debug)]
-pub enum SourceCmd {
-    /// Show a source's format, size and snapshots.
-    Info(SpecArgs),
-    /// Print the source's data and zero extents as JSON, as `qemu-img map --output=json` does.
-    Map(MapArgs),
-    /// Write the source's bytes (at its head or a snapshot) to a file, or '-' for stdout.
-    Export(SourceExportArgs),
-    /// List the formats and streams this binary can read.
-    Plugins,
-}
-
-#[derive(Args, Debug)]
-pub struct SpecArgs {
-    /// The source-spec, as JSON
-    #[arg(
-        long,
-        value_name = "JSON",
-        conflicts_with = "source_spec_path",
-        required_unless_present = "source_spec_path"
-    )]
-    pub source_spec: Option<String>,
-    /// A file holding the source-spec, or '-' for stdin
-    #[arg(long, value_name = "FILE")]
-    pub source_spec_path: Option<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct MapArgs {
-    #[command(flatten)]
-    pub spec: SpecArgs,
-    /// Map this snapshot of the source instead of its head
-    #[arg(long, value_name = "NAME")]
-    pub snap: Option<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct SourceExportArgs {
-    #[command(flatten)]
-    pub spec: SpecArgs,
-    /// Export this snapshot of the source instead of its head
-    #[arg(long, value_name = "NAME")]
-    pub snap: Option<String>,
-    /// Output file (never overwritten), or '-' for stdout
-    #[arg(value_name = "PATH")]
-    pub path: String,
-}
+use rbdm_transfer::sparse::{write_file_sparse, write_zeros};
 
 /// `list_snaps` is asked this much at a time (the most a caller may ask of a format).
 const WINDOW: u64 = 32 << 20;
@@ -86,7 +39,7 @@ fn source_fail(e: &SourceError, context: &str) -> Fail {
 }
 
 /// The spec's JSON, checked: text that is not JSON is EBADMSG, an invalid spec EINVAL, as in librbd.
-fn load_spec(a: &SpecArgs) -> CmdResult<Value> {
+fn load_spec(a: &SourceSpecArgs) -> CmdResult<Value> {
     if a.source_spec.is_none() && a.source_spec_path.is_none() {
         return Err(Fail::invalid("give --source-spec or --source-spec-path"));
     }
@@ -98,7 +51,7 @@ fn load_spec(a: &SpecArgs) -> CmdResult<Value> {
 /// Opens the source. The store is opened only when the spec needs it: always for `native`,
 /// for a `config://` reference when one is resolved, and (if it opens) for formats this
 /// binary's built-in crates do not name.
-fn open(ctx: &Ctx, a: &SpecArgs) -> CmdResult<Box<dyn SourceImage>> {
+fn open(ctx: &Ctx, a: &SourceSpecArgs) -> CmdResult<Box<dyn SourceImage>> {
     let v = load_spec(a)?;
     let kind = v["type"].as_str().unwrap_or_default();
     let store = match kind {
@@ -122,10 +75,10 @@ fn open(ctx: &Ctx, a: &SpecArgs) -> CmdResult<Box<dyn SourceImage>> {
     rbdm_registry::open_source(&v, &oc).map_err(|e| source_fail(&e, "error opening source"))
 }
 
-fn info(ctx: &Ctx, a: &SpecArgs) -> CmdResult {
+fn info(ctx: &Ctx, a: &SourceSpecArgs) -> CmdResult {
     let img = open(ctx, a)?;
     let snaps = img.snapshots();
-    if ctx.json {
+    if ctx.formatted() {
         let list = snaps.iter().map(|s| {
             let mut o = obj! {"name" => &s.name, "size" => s.size};
             if let Some(t) = s.timestamp {
@@ -371,7 +324,7 @@ fn export_stream(
 
 fn plugins(ctx: &Ctx) -> CmdResult {
     let (formats, streams) = rbdm_plugins::linked();
-    if ctx.json {
+    if ctx.formatted() {
         let list = |item: &str, v: &[(&str, &str)]| {
             Doc::list(
                 item,
