@@ -186,6 +186,11 @@ impl SnapRules {
         exact: true,
         merged: true,
     };
+    /// True and merged (a format that merges but reports unchanged data as `Data`).
+    pub const MERGED: SnapRules = SnapRules {
+        exact: false,
+        merged: true,
+    };
     pub const TRUE: SnapRules = SnapRules {
         exact: false,
         merged: false,
@@ -413,6 +418,14 @@ impl Breakable {
     pub fn handle(&self) -> Box<dyn Stream> {
         Box::new(Breakable {
             inner: self.inner.clone(),
+            broken: self.broken.clone(),
+        })
+    }
+
+    /// Another stream, broken by the same switch (a snapshot's stream beside the head's).
+    pub fn sibling(&self, other: Box<dyn Stream>) -> Box<dyn Stream> {
+        Box::new(Breakable {
+            inner: Arc::from(other),
             broken: self.broken.clone(),
         })
     }

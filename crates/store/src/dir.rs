@@ -524,18 +524,18 @@ impl ObjectStore for DirStore {
 
     fn read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<u8>> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
-        let data = files::read_at(file.as_ref(), offset, len, stored.size)
-            .map_err(io_err(format!("read {loc}")))?;
-        self.verify(loc, &stored, file.as_ref(), offset, &data)?;
+        let n = offset
+            .saturating_add(len)
+            .min(stored.size)
+            .saturating_sub(offset);
+        let mut data = vec![0u8; n as usize];
+        self.read_checked(loc, &stored, file.as_ref(), offset, &mut data)?;
         Ok(data)
     }
 
     fn read_into(&self, loc: &Locator, snap: SnapId, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
-        let n = files::read_into(file.as_ref(), offset, buf, stored.size)
-            .map_err(io_err(format!("read {loc}")))?;
-        self.verify(loc, &stored, file.as_ref(), offset, &buf[..n])?;
-        Ok(n)
+        self.read_checked(loc, &stored, file.as_ref(), offset, buf)
     }
 
     fn sparse_read(
