@@ -276,8 +276,9 @@ pub fn check_list_snaps(
     Ok(joined)
 }
 
-/// One extent's state against the point's bytes (and the previous point's), piece by piece
-/// of at most 4 KiB aligned, so `exact` speaks of whole blocks.
+/// One extent's state against the point's bytes (and the previous point's), read a piece of
+/// up to 1 MiB at a time and judged by 4 KiB aligned blocks, so `exact` speaks of whole
+/// blocks.
 fn check_extent(
     img: &dyn SourceImage,
     pts: &[(Point, u64)],
@@ -285,36 +286,70 @@ fn check_extent(
     e: &SnapExtent,
     rules: SnapRules,
 ) -> Outcome {
-    const BLOCK: u64 = 4096;
-    let mut cur = vec![0u8; BLOCK as usize];
-    let mut prev = vec![0u8; BLOCK as usize];
+    let end = e.offset + e.len;
     let mut at = e.offset;
-    while at < e.offset + e.len {
-        let stop = (e.offset + e.len).min((at / BLOCK + 1) * BLOCK);
-        let n = (stop - at) as usize;
-        img.read(pts[p].0, at, &mut cur[..n])
-            .map_err(|err| read_failed(&format!("read at {at}"), err))?;
-        let same = match p.checked_sub(1) {
-            Some(q) if stop <= pts[q].1 => {
-                img.read(pts[q].0, at, &mut prev[..n])
-                    .map_err(|err| read_failed(&format!("read of point {q} at {at}"), err))?;
-                cur[..n] == prev[..n]
-            }
-            _ => false,
+    while at < end {
+        let stop = end.min((at / PIECE + 1) * PIECE);
+        let cur = read_point(img, pts, p, at, stop)?;
+        let prev = match p.checked_sub(1) {
+            Some(q) => Some((read_point(img, pts, q, at, stop)?, pts[q].1)),
+            None => None,
         };
-        let zero = cur[..n].iter().all(|&b| b == 0);
+        check_blocks(
+            e,
+            at,
+            &cur,
+            prev.as_ref().map(|(b, size)| (&b[..], *size)),
+            rules,
+        )?;
+        at = stop;
+    }
+    Ok(())
+}
+
+fn read_point(
+    img: &dyn SourceImage,
+    pts: &[(Point, u64)],
+    p: usize,
+    at: u64,
+    stop: u64,
+) -> Outcome<Vec<u8>> {
+    let mut buf = vec![0u8; (stop - at) as usize];
+    img.read(pts[p].0, at, &mut buf)
+        .map_err(|err| read_failed(&format!("read of point {p} at {at}"), err))?;
+    Ok(buf)
+}
+
+/// `cur` (bytes at `at`) block by block against the extent's state; `prev`: the previous
+/// point's bytes there and its size.
+fn check_blocks(
+    e: &SnapExtent,
+    at: u64,
+    cur: &[u8],
+    prev: Option<(&[u8], u64)>,
+    rules: SnapRules,
+) -> Outcome {
+    const BLOCK: u64 = 4096;
+    let end = at + cur.len() as u64;
+    let mut from = at;
+    while from < end {
+        let to = end.min((from / BLOCK + 1) * BLOCK);
+        let (a, b) = ((from - at) as usize, (to - at) as usize);
+        let piece = &cur[a..b];
+        let same = prev.is_some_and(|(bytes, size)| to <= size && bytes[a..b] == *piece);
+        let zero = piece.iter().all(|&x| x == 0);
         match e.state {
-            ExtentState::Unchanged => ensure(same, || format!("{at}..{stop} changed"))?,
-            ExtentState::Zero => ensure(zero, || format!("{at}..{stop} is not zero"))?,
+            ExtentState::Unchanged => ensure(same, || format!("{from}..{to} changed"))?,
+            ExtentState::Zero => ensure(zero, || format!("{from}..{to} is not zero"))?,
             ExtentState::Data => ensure(!rules.exact || !zero, || {
-                format!("{at}..{stop} is all zeros")
+                format!("{from}..{to} is all zeros")
             })?,
         }
         ensure(
             !rules.exact || same == (e.state == ExtentState::Unchanged),
-            || format!("{at}..{stop} did not change"),
+            || format!("{from}..{to} did not change"),
         )?;
-        at = stop;
+        from = to;
     }
     Ok(())
 }
