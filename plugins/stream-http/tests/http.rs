@@ -875,8 +875,11 @@ fn fault_hang_mid_body_is_etimedout_naming_the_range() {
 #[test]
 fn nginx_stream_keeps_the_registry_contract() {
     let mut s = site();
-    let stream = HttpStream::open(Url::parse(&s.nginx.url("images/disk.img")).unwrap(), quick())
-        .unwrap();
+    let stream = HttpStream::open(
+        Url::parse(&s.nginx.url("images/disk.img")).unwrap(),
+        quick(),
+    )
+    .unwrap();
     rbdm_registry::conformance::check_stream(&stream, Some(&s.data))
         .unwrap_or_else(|e| panic!("{e}"));
     let empty = open_url(&s.nginx.url("images/empty.img"));

@@ -566,18 +566,6 @@ impl super::DirStore {
         Ok(n as usize)
     }
 
-    /// Checks `data`, just read at `offset` from the version `stored` of `loc`.
-    pub(super) fn verify(
-        &self,
-        loc: &crate::Locator,
-        stored: &super::rows::Stored,
-        f: Option<&File>,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        self.verify_pieces(loc, stored, f, &[(offset, data)])
-    }
-
     /// Checks the pieces of one read (sorted by offset, as a sparse read returns them),
     /// against the sums of the range they span, loaded once.
     pub(super) fn verify_pieces<D: AsRef<[u8]>>(
