@@ -6,10 +6,14 @@
 //! plugin descriptors. What it is not: no format or stream code lives here (see `plugins/`),
 //! and no spec parsing beyond handing each plugin its JSON.
 //!
+//! [`conformance`] holds the contract checks every plugin crate's tests run.
+//!
 //! Traits are synchronous: every stream underneath is blocking (files, `ureq`, an NBD socket);
 //! the copy engine gets parallelism from threads, so no async runtime is pulled in.
 
 use std::fmt;
+
+pub mod conformance;
 
 /// What went wrong reading a source. `errno()` is what `rbdm` exits with, as `rbd` does.
 #[derive(Debug, thiserror::Error)]

@@ -26,14 +26,17 @@
 //! Files: `db` (opening, schema), `layout` (the root, modes), `clients` (who is alive),
 //! `rows` (an object's rows, what a read sees), `write` (applying a write op), `trim`
 //! (snapshot trimming), `sweep` (orphan files), `holders` (locks, watchers), `sync`
-//! (durability), `sums` (data checksums), `values` (metadata checksums), `scrub`, `files`
+//! (durability), `sums` (data checksums), `crc` (crc32c of many blocks at once), `values`
+//! (metadata value checksums), `row_sums` (object and clone row checksums), `scrub`, `files`
 //! (sparse file primitives), `stripes` (stripe locks, row cache).
 
 mod clients;
+mod crc;
 mod db;
 mod files;
 mod holders;
 mod layout;
+mod row_sums;
 mod rows;
 mod scrub;
 mod stripes;
@@ -55,6 +58,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use self::rows::{load_clones, pool_exists, snapset, ObjRow};
 use self::stripes::{RowCache, StripeLock, Stripes};
+use self::values::Kind;
 use crate::plan::{self, View};
 use crate::snaps;
 use crate::{
@@ -494,30 +498,12 @@ impl ObjectStore for DirStore {
         snaps::validate_snapc(snapc)?;
         let (_lock, row) = self.lock_and_load(loc, true)?;
         let head_id = row.as_ref().filter(|r| r.exists).map(|r| r.id);
-        let lookup = |kind: &str, sql: &str, key: &str| -> Result<Option<Vec<u8>>> {
+        let lookup = |kind: Kind, key: &str| -> Result<Option<Vec<u8>>> {
             let Some(oid) = head_id else { return Ok(None) };
-            let db = self.db();
-            let row: Option<(Vec<u8>, Option<i64>)> = db
-                .prepare_cached(sql)?
-                .query_row(params![oid, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            row.map(|(v, crc)| values::checked(loc, kind, key, v, crc))
-                .transpose()
+            values::fetch(&self.db(), loc, kind, oid, key)
         };
-        let xattr = |n: &str| {
-            lookup(
-                "xattr",
-                "SELECT value, crc FROM xattrs WHERE oid = ?1 AND name = ?2",
-                n,
-            )
-        };
-        let omap = |k: &str| {
-            lookup(
-                "omap key",
-                "SELECT value, crc FROM omap WHERE oid = ?1 AND key = ?2",
-                k,
-            )
-        };
+        let xattr = |n: &str| lookup(Kind::Xattr, n);
+        let omap = |k: &str| lookup(Kind::Omap, k);
         let view = View {
             exists: head_id.is_some(),
             size: row.as_ref().filter(|r| r.exists).map_or(0, |r| r.size),
@@ -532,23 +518,24 @@ impl ObjectStore for DirStore {
             }
             return Ok(());
         }
+        self.writable()?;
         self.apply_plan(loc, row, &p, snapc)
     }
 
     fn read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<u8>> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
-        let data = files::read_at(file.as_ref(), offset, len, stored.size)
-            .map_err(io_err(format!("read {loc}")))?;
-        self.verify(loc, &stored, file.as_ref(), offset, &data)?;
+        let n = offset
+            .saturating_add(len)
+            .min(stored.size)
+            .saturating_sub(offset);
+        let mut data = vec![0u8; n as usize];
+        self.read_checked(loc, &stored, file.as_ref(), offset, &mut data)?;
         Ok(data)
     }
 
     fn read_into(&self, loc: &Locator, snap: SnapId, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
-        let n = files::read_into(file.as_ref(), offset, buf, stored.size)
-            .map_err(io_err(format!("read {loc}")))?;
-        self.verify(loc, &stored, file.as_ref(), offset, &buf[..n])?;
-        Ok(n)
+        self.read_checked(loc, &stored, file.as_ref(), offset, buf)
     }
 
     fn sparse_read(
@@ -560,15 +547,16 @@ impl ObjectStore for DirStore {
     ) -> Result<Vec<(u64, Vec<u8>)>> {
         let (_lock, stored, file) = self.open_version(loc, snap)?;
         let extents = Self::extents_of(&stored, file.as_ref(), offset, len)?;
-        extents
+        let pieces = extents
             .into_iter()
             .map(|(o, l)| {
                 let data = files::read_at(file.as_ref(), o, l, stored.size)
                     .map_err(io_err(format!("read {loc}")))?;
-                self.verify(loc, &stored, file.as_ref(), o, &data)?;
                 Ok((o, data))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.verify_pieces(loc, &stored, file.as_ref(), &pieces)?;
+        Ok(pieces)
     }
 
     fn map_extents(
@@ -597,19 +585,13 @@ impl ObjectStore for DirStore {
         let Some(row) = row else {
             return Err(self.not_found(loc));
         };
-        let clones = load_clones(&self.db(), row.id)?;
+        let clones = load_clones(&self.db(), loc, row.id)?;
         Ok(snapset(&row, &clones))
     }
 
     fn get_xattr(&self, loc: &Locator, name: &str) -> Result<Vec<u8>> {
         let value = self.with_head(loc, |db, oid| {
-            let st =
-                db.prepare_cached("SELECT value, crc FROM xattrs WHERE oid = ?1 AND name = ?2");
-            let row = st?
-                .query_row(params![oid, name], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            row.map(|(v, crc)| values::checked(loc, "xattr", name, v, crc))
-                .transpose()
+            values::fetch(db, loc, Kind::Xattr, oid, name)
         })?;
         value.ok_or_else(|| Error::NotFound(format!("{loc} xattr {name:?}")))
     }
@@ -623,7 +605,7 @@ impl ObjectStore for DirStore {
             let mut out = BTreeMap::new();
             for row in rows {
                 let (name, v, crc) = row?;
-                let v = values::checked(loc, "xattr", &name, v, crc)?;
+                let v = values::checked(loc, Kind::Xattr, &name, v, crc)?;
                 out.insert(name, v);
             }
             Ok(out)
@@ -648,7 +630,7 @@ impl ObjectStore for DirStore {
                 if !key.starts_with(prefix) {
                     break;
                 }
-                let v = values::checked(loc, "omap key", &key, r.get(1)?, r.get(2)?)?;
+                let v = values::checked(loc, Kind::Omap, &key, r.get(1)?, r.get(2)?)?;
                 out.push((key, v));
             }
             Ok(out)
@@ -657,15 +639,10 @@ impl ObjectStore for DirStore {
 
     fn omap_get_keys(&self, loc: &Locator, keys: &[&str]) -> Result<BTreeMap<String, Vec<u8>>> {
         self.with_head(loc, |db, oid| {
-            let mut st =
-                db.prepare_cached("SELECT value, crc FROM omap WHERE oid = ?1 AND key = ?2")?;
             let mut out = BTreeMap::new();
             for k in keys {
-                let row = st
-                    .query_row(params![oid, k], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                if let Some((v, crc)) = row {
-                    out.insert(k.to_string(), values::checked(loc, "omap key", k, v, crc)?);
+                if let Some(v) = values::fetch(db, loc, Kind::Omap, oid, k)? {
+                    out.insert(k.to_string(), v);
                 }
             }
             Ok(out)

@@ -203,3 +203,133 @@ fn scrub_reports_each_damaged_object_and_value() {
         libc::EIO
     );
 }
+
+/// An object with a head and one clone (snapshot 1), data in two extents with a hole between.
+fn object_with_clone(s: &DirStore) -> Locator {
+    let o = Locator::new(1, "", "obj");
+    let snapc = |seq: u64| rbdm_store::SnapContext {
+        seq,
+        snaps: (1..=seq).rev().collect(),
+    };
+    s.operate(
+        &o,
+        &WriteOp::new()
+            .write(0, &[1; 8192])
+            .write(1 << 20, &[2; 8192]),
+        &snapc(0),
+    )
+    .expect("write");
+    assert_eq!(s.snap_create(1).expect("snap"), 1);
+    s.operate(&o, &WriteOp::new().write(0, &[3; 4096]), &snapc(1))
+        .expect("write after the snapshot");
+    o
+}
+
+fn sql(root: &std::path::Path, q: &str) -> usize {
+    let db = rusqlite::Connection::open(root.join("meta.sqlite")).expect("db");
+    db.execute_batch("PRAGMA busy_timeout=5000")
+        .expect("timeout");
+    db.execute(q, []).expect(q)
+}
+
+/// A read through a damaged `objects` or `clones` row fails with EIO naming the object.
+fn reads_fail_naming(s: &DirStore, o: &Locator, snap: u64) {
+    let e = s
+        .read(o, snap, 0, 4096)
+        .expect_err("read through a damaged row");
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert!(e.to_string().contains("1/obj"), "{e}");
+}
+
+#[test]
+fn a_damaged_object_or_clone_row_fails_with_eio_naming_the_object() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = object_with_clone(&DirStore::open(dir.path()).expect("open"));
+    let s = DirStore::open(dir.path()).expect("open");
+    assert_eq!(s.read(&o, 1, 0, 1).expect("snapshot"), [1]);
+    assert_eq!(s.read(&o, HEAD, 0, 1).expect("head"), [3]);
+    drop(s);
+    // The size of the head row, as a flipped bit in the database would change it.
+    assert_eq!(
+        sql(
+            dir.path(),
+            "UPDATE objects SET size = size + 4096 WHERE name = 'obj'"
+        ),
+        1
+    );
+    let s = DirStore::open(dir.path()).expect("open");
+    reads_fail_naming(&s, &o, HEAD);
+    assert_eq!(s.stat(&o, HEAD).expect_err("stat").errno(), libc::EIO);
+    assert!(s
+        .scrub(None)
+        .expect("scrub")
+        .damaged
+        .iter()
+        .any(|d| d.contains("object row")));
+    drop(s);
+    sql(
+        dir.path(),
+        "UPDATE objects SET size = size - 4096 WHERE name = 'obj'",
+    );
+    let s = DirStore::open(dir.path()).expect("open");
+    assert_eq!(s.read(&o, HEAD, 0, 1).expect("restored"), [3]);
+    drop(s);
+    // The clone's snapshot list.
+    assert_eq!(sql(dir.path(), "UPDATE clones SET snaps = '2'"), 1);
+    let s = DirStore::open(dir.path()).expect("open");
+    reads_fail_naming(&s, &o, 1);
+    let e = s.list_snaps(&o).expect_err("list_snaps");
+    assert!(e.to_string().contains("clone 1 row"), "{e}");
+}
+
+#[test]
+fn a_store_from_before_row_checksums_is_upgraded_once_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = object_with_clone(&DirStore::open(dir.path()).expect("open"));
+    // As a store made before the columns existed.
+    sql(dir.path(), "ALTER TABLE objects DROP COLUMN crc");
+    sql(dir.path(), "ALTER TABLE clones DROP COLUMN crc");
+    let s = DirStore::open(dir.path()).expect("open an old store");
+    assert_eq!(s.read(&o, 1, 0, 1).expect("snapshot"), [1]);
+    assert_eq!(s.read(&o, HEAD, 4096, 1).expect("head"), [1]);
+    drop(s);
+    let crcs = |table: &str| -> i64 {
+        let db = rusqlite::Connection::open(dir.path().join("meta.sqlite")).expect("db");
+        db.query_row(&format!("SELECT COUNT(crc) FROM {table}"), [], |r| r.get(0))
+            .expect("count")
+    };
+    assert_eq!((crcs("objects"), crcs("clones")), (1, 1), "rows summed");
+    // The upgrade's sums are checked like any.
+    sql(dir.path(), "UPDATE clones SET size = 1");
+    reads_fail_naming(&DirStore::open(dir.path()).expect("open"), &o, 1);
+}
+
+#[test]
+fn a_sparse_read_checks_every_extent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = DirStore::open(dir.path()).expect("open");
+    let o = object_with_clone(&s);
+    let got = s.sparse_read(&o, 1, 0, 2 << 20).expect("sparse read");
+    assert_eq!(got.len(), 2, "two extents");
+    // Damage the second extent of the snapshot's file (the clone kept the original file).
+    let files = data_files(dir.path());
+    let clone_file = files
+        .iter()
+        .find(|p| {
+            use std::os::unix::fs::FileExt;
+            let mut b = [0u8; 1];
+            std::fs::File::open(p)
+                .expect("open")
+                .read_exact_at(&mut b, 0)
+                .is_ok()
+                && b == [1]
+        })
+        .expect("the snapshot's file");
+    flip(clone_file, (1 << 20) + 5000);
+    let e = s
+        .sparse_read(&o, 1, 0, 2 << 20)
+        .expect_err("damage in the 2nd extent");
+    assert_eq!(e.errno(), libc::EIO);
+    assert!(e.to_string().contains("offset 1052672"), "{e}");
+    assert_eq!(s.read(&o, 1, 0, 8192).expect("first extent"), [1; 8192]);
+}

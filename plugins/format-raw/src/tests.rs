@@ -1,6 +1,7 @@
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
+use rbdm_registry::conformance::{self, SnapRules};
 use rbdm_registry::{ExtentState, Point, SourceImage, Stream, StreamExtent};
 
 use super::*;
@@ -30,7 +31,7 @@ impl Stream for MemStream {
         self.data.len() as u64
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> rbdm_registry::Result<()> {
-        let end = offset as usize + buf.len();
+        let end = (offset as usize).saturating_add(buf.len());
         if end > self.data.len() {
             return Err(SourceError::Invalid("read past the end".into()));
         }
@@ -152,60 +153,27 @@ fn build(gens: &[PointGen]) -> (Vec<Vec<u8>>, RawImage) {
     (contents, RawImage::new(head, snaps))
 }
 
-fn check(
-    contents: &[Vec<u8>],
-    lists: &[Vec<SnapExtent>],
-    offset: u64,
-    len: u64,
-) -> Result<(), TestCaseError> {
-    prop_assert_eq!(lists.len(), contents.len());
-    for (i, (list, cur)) in lists.iter().zip(contents).enumerate() {
-        let end = (offset + len).min(cur.len() as u64);
-        let mut pos = offset;
-        for e in list {
-            prop_assert_eq!(e.offset, pos, "point {} not contiguous: {:?}", i, list);
-            prop_assert!(e.len > 0);
-            pos += e.len;
-            // Every piece of the extent inside one 4 KiB block obeys its state, strictly.
-            let mut at = e.offset;
-            while at < e.offset + e.len {
-                let stop = (e.offset + e.len).min((at / BLOCK + 1) * BLOCK);
-                let (a, b) = (at as usize, stop as usize);
-                let piece = &cur[a..b];
-                let prev = i
-                    .checked_sub(1)
-                    .map(|p| &contents[p])
-                    .filter(|p| p.len() >= b)
-                    .map(|p| &p[a..b]);
-                let zero = piece.iter().all(|&x| x == 0);
-                match e.state {
-                    ExtentState::Unchanged => {
-                        prop_assert_eq!(Some(piece), prev, "point {} {}..{} not unchanged", i, a, b)
-                    }
-                    ExtentState::Zero => prop_assert!(
-                        zero && prev != Some(piece),
-                        "point {} {}..{} wrongly zero",
-                        i,
-                        a,
-                        b
-                    ),
-                    ExtentState::Data => prop_assert!(
-                        !zero && prev != Some(piece),
-                        "point {} {}..{} wrongly data",
-                        i,
-                        a,
-                        b
-                    ),
-                }
-                at = stop;
-            }
+/// The registry's contract checks over `[offset, offset+len)` (exact: raw compares
+/// contents), and the reads they checked against against what the points hold.
+fn check(img: &RawImage, contents: &[Vec<u8>], offset: u64, len: u64) -> Result<(), TestCaseError> {
+    conformance::check_list_snaps_range(img, offset, len, SnapRules::EXACT)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    for (i, cur) in contents.iter().enumerate() {
+        let point = if i + 1 == contents.len() {
+            Point::Head
+        } else {
+            Point::Snap(i)
+        };
+        let end = offset.saturating_add(len).min(cur.len() as u64);
+        if offset >= end {
+            continue;
         }
-        prop_assert_eq!(
-            pos,
-            end.max(offset),
-            "point {} does not cover the range: {:?}",
-            i,
-            list
+        let mut buf = vec![0u8; (end - offset) as usize];
+        img.read(point, offset, &mut buf).unwrap();
+        prop_assert!(
+            buf[..] == cur[offset as usize..end as usize],
+            "point {} reads wrong",
+            i
         );
     }
     Ok(())
@@ -215,8 +183,7 @@ proptest! {
     #[test]
     fn list_snaps_is_exact_and_strict(gens in proptest::collection::vec(point_gen(), 1..4), q in (0u64..45_000, 0u64..50_000)) {
         let (contents, img) = build(&gens);
-        let lists = img.list_snaps(q.0, q.1).unwrap();
-        check(&contents, &lists, q.0, q.1)?;
+        check(&img, &contents, q.0, q.1)?;
     }
 
     #[test]
@@ -377,4 +344,39 @@ fn data_scanned_by_list_snaps_is_not_read_again() {
     fresh.read(Point::Head, 100_000, &mut buf).unwrap();
     assert_eq!(buf, vec![5u8; 4096]);
     assert!(head.reads.lock().unwrap().len() > 4);
+}
+
+#[test]
+fn the_stream_and_image_keep_the_registry_contract() {
+    let mut data = vec![0u8; 3 << 20];
+    data[100_000..200_000].fill(1);
+    let mut snap = data.clone();
+    snap[150_000..160_000].fill(3);
+    for knows_holes in [true, false] {
+        let stream = MemStream::new(data.clone(), zero_runs(&data), knows_holes);
+        conformance::check_stream(&stream, Some(&data)).unwrap();
+        let open = || {
+            RawImage::new(
+                Box::new(MemStream::new(data.clone(), zero_runs(&data), knows_holes)),
+                vec![(
+                    "old".into(),
+                    Box::new(MemStream::new(snap.clone(), zero_runs(&snap), knows_holes)),
+                )],
+            )
+        };
+        let lists = conformance::check_source(&open(), 1 << 20, SnapRules::EXACT).unwrap();
+        // Errors, not zeros, once the streams fail: both points over one switch.
+        let head = conformance::Breakable::new(Box::new(MemStream::new(
+            data.clone(),
+            zero_runs(&data),
+            knows_holes,
+        )));
+        let old = head.sibling(Box::new(MemStream::new(
+            snap.clone(),
+            zero_runs(&snap),
+            knows_holes,
+        )));
+        let img = RawImage::new(head.handle(), vec![("old".into(), old)]);
+        conformance::check_source_fails(&img, &lists, &head).unwrap();
+    }
 }

@@ -869,3 +869,22 @@ fn fault_hang_mid_body_is_etimedout_naming_the_range() {
     let msg = e.to_string();
     assert!(msg.contains("127.0.0.1") && msg.contains("bytes"), "{msg}");
 }
+
+/// The registry's `Stream` contract through nginx, and a stream whose server went away
+/// failing its reads rather than returning zeros.
+#[test]
+fn nginx_stream_keeps_the_registry_contract() {
+    let mut s = site();
+    let stream = HttpStream::open(
+        Url::parse(&s.nginx.url("images/disk.img")).unwrap(),
+        quick(),
+    )
+    .unwrap();
+    rbdm_registry::conformance::check_stream(&stream, Some(&s.data))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let empty = open_url(&s.nginx.url("images/empty.img"));
+    rbdm_registry::conformance::check_stream(&empty, Some(&[])).unwrap_or_else(|e| panic!("{e}"));
+    let _ = s.nginx.child.kill();
+    let _ = s.nginx.child.wait();
+    rbdm_registry::conformance::check_fails(&stream).unwrap_or_else(|e| panic!("{e}"));
+}

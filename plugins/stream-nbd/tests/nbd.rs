@@ -77,11 +77,10 @@ fn sparse_raw(dir: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<(u64, u64)>) {
     (dir.join("disk.raw"), image, written)
 }
 
+/// The registry's `Stream` contract, then what an NBD server of a sparse file must add:
+/// unaligned reads, written ranges reported as data and holes kept, extents merged.
 fn check_stream(s: &dyn Stream, image: &[u8], written: &[(u64, u64)]) {
-    assert_eq!(s.size(), image.len() as u64);
-    let mut all = vec![0xAAu8; image.len()];
-    s.read_at(0, &mut all).unwrap();
-    assert!(all == image, "whole image differs");
+    rbdm_registry::conformance::check_stream(s, Some(image)).unwrap_or_else(|e| panic!("{e}"));
     for (off, len) in [
         (MIB - 10, 20u64),
         (5 * MIB, 8192),
@@ -95,7 +94,6 @@ fn check_stream(s: &dyn Stream, image: &[u8], written: &[(u64, u64)]) {
             "{off}+{len}"
         );
     }
-    assert!(s.read_at(image.len() as u64, &mut [0u8; 1]).is_err());
 
     let ext = s
         .extents(0, image.len() as u64)
@@ -332,4 +330,22 @@ fn reserved_names_are_not_looked_up() {
             t.elapsed()
         );
     }
+}
+
+/// A stream whose server was killed fails its reads (after its reconnect tries), never
+/// answering zeros.
+#[test]
+fn a_stream_whose_server_died_fails_its_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _, _) = sparse_raw(dir.path());
+    let sock = dir.path().join("nbd.sock");
+    let mut srv = serve("raw", &file, &["-k", sock.to_str().unwrap()], || {
+        UnixStream::connect(&sock).is_ok()
+    });
+    let uri = format!("nbd+unix:///disk?socket={}", sock.display());
+    let s = open_quick(&uri).unwrap();
+    s.read_at(MIB, &mut [0u8; 16]).unwrap();
+    let _ = srv.0.kill();
+    let _ = srv.0.wait();
+    rbdm_registry::conformance::check_fails(&s).unwrap_or_else(|e| panic!("{e}"));
 }

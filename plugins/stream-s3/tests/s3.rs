@@ -97,6 +97,7 @@ fn moto_signed_reads_and_refusals() {
     let s = open(spec(sk), &[]).unwrap();
     assert_eq!(s.size(), data.len() as u64);
     assert!(read_all(&*s) == data);
+    rbdm_registry::conformance::check_stream(&*s, Some(&data)).unwrap_or_else(|e| panic!("{e}"));
     for (off, len) in [
         (0usize, 1usize),
         (299_999, 400_002),
@@ -206,4 +207,8 @@ fn moto_signed_reads_and_refusals() {
         json!({"type": "s3", "url": url, "access_key": ak, "secret_key": sk, "bucket": "x"})
     )
     .starts_with("stream.bucket"));
+
+    // With the server gone, reads fail (after their retries) rather than answer zeros.
+    drop(moto);
+    rbdm_registry::conformance::check_fails(&*s).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -12,9 +12,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::layout;
+use super::row_sums::{CloneCols, ObjectCols};
 use crate::{Error, Result};
 
 /// Opens the database at `root`; returns it, whether this call made the store, and whether
@@ -197,12 +198,13 @@ CREATE TABLE IF NOT EXISTS pools(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT
     snap_seq INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS removed_snaps(pool INTEGER NOT NULL, snap INTEGER NOT NULL,
     PRIMARY KEY(pool, snap)) WITHOUT ROWID;
+-- `crc` of objects and clones: of the row's other columns (see `row_sums`); NULL: unchecked.
 CREATE TABLE IF NOT EXISTS objects(id INTEGER PRIMARY KEY, pool INTEGER NOT NULL, ns TEXT NOT NULL,
     name TEXT NOT NULL, seq INTEGER NOT NULL, head INTEGER NOT NULL, token TEXT, size INTEGER NOT NULL,
-    version INTEGER NOT NULL, mtime INTEGER NOT NULL, UNIQUE(pool, ns, name));
+    version INTEGER NOT NULL, mtime INTEGER NOT NULL, crc INTEGER, UNIQUE(pool, ns, name));
 CREATE TABLE IF NOT EXISTS clones(oid INTEGER NOT NULL, clone_id INTEGER NOT NULL, snaps TEXT NOT NULL,
     size INTEGER NOT NULL, overlap TEXT NOT NULL, token TEXT, version INTEGER NOT NULL,
-    mtime INTEGER NOT NULL, PRIMARY KEY(oid, clone_id)) WITHOUT ROWID;
+    mtime INTEGER NOT NULL, crc INTEGER, PRIMARY KEY(oid, clone_id)) WITHOUT ROWID;
 -- `crc`: of key and value (see `values`); NULL in rows from before it existed.
 CREATE TABLE IF NOT EXISTS xattrs(oid INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
     crc INTEGER, PRIMARY KEY(oid, name)) WITHOUT ROWID;
@@ -233,27 +235,80 @@ pub(super) fn has_checksums(conn: &Connection) -> Result<bool> {
         .is_some())
 }
 
-/// Gives a store made before value checksums its `crc` columns (left NULL: unchecked) and
-/// the `sums` table (unused there: its data files have no sums, see `has_checksums`).
+/// Brings a store made by an older version up to the schema, once, in one transaction:
+/// value checksums (`crc` of xattrs and omap, left NULL: unchecked, and the `sums` table,
+/// unused there: its data files have no sums, see `has_checksums`), then row checksums
+/// (`crc` of objects and clones, computed for every existing row). Opening a current store
+/// writes nothing.
 fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
-    let has_crc = conn
-        .prepare("SELECT 1 FROM pragma_table_info('omap') WHERE name = 'crc'")?
-        .exists([])?;
-    if has_crc {
+    if has_column(conn, "omap", "crc")? && has_column(conn, "objects", "crc")? {
         return Ok(());
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // Another process may have upgraded it meanwhile.
-    if !tx
-        .prepare("SELECT 1 FROM pragma_table_info('omap') WHERE name = 'crc'")?
-        .exists([])?
-    {
+    // Another process may have upgraded it meanwhile: each step checks again.
+    if !has_column(&tx, "omap", "crc")? {
         tx.execute_batch(
             "ALTER TABLE xattrs ADD COLUMN crc INTEGER; ALTER TABLE omap ADD COLUMN crc INTEGER;",
         )?;
         tx.execute_batch(SCHEMA)?;
     }
+    if !has_column(&tx, "objects", "crc")? {
+        tx.execute_batch(
+            "ALTER TABLE objects ADD COLUMN crc INTEGER; ALTER TABLE clones ADD COLUMN crc INTEGER;",
+        )?;
+        sum_existing_rows(&tx)?;
+    }
     tx.commit()
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .exists([table, column])
+}
+
+/// Gives every objects and clones row its crc (the upgrade to row checksums).
+fn sum_existing_rows(tx: &Connection) -> rusqlite::Result<()> {
+    let mut update = tx.prepare("UPDATE objects SET crc = ?2 WHERE id = ?1")?;
+    let mut st = tx.prepare(
+        "SELECT id, pool, ns, name, seq, head, token, size, version, mtime FROM objects",
+    )?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let (ns, name, token): (String, String, Option<String>) = (r.get(2)?, r.get(3)?, r.get(6)?);
+        let cols = ObjectCols {
+            id: r.get(0)?,
+            pool: r.get(1)?,
+            ns: &ns,
+            name: &name,
+            seq: r.get(4)?,
+            head: r.get(5)?,
+            token: token.as_deref(),
+            size: r.get(7)?,
+            version: r.get(8)?,
+            mtime: r.get(9)?,
+        };
+        update.execute(params![cols.id, cols.crc()])?;
+    }
+    let mut update = tx.prepare("UPDATE clones SET crc = ?3 WHERE oid = ?1 AND clone_id = ?2")?;
+    let mut st = tx
+        .prepare("SELECT oid, clone_id, snaps, size, overlap, token, version, mtime FROM clones")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let (snaps, overlap, token): (String, String, Option<String>) =
+            (r.get(2)?, r.get(4)?, r.get(5)?);
+        let cols = CloneCols {
+            oid: r.get(0)?,
+            clone_id: r.get(1)?,
+            snaps: &snaps,
+            size: r.get(3)?,
+            overlap: &overlap,
+            token: token.as_deref(),
+            version: r.get(6)?,
+            mtime: r.get(7)?,
+        };
+        update.execute(params![cols.oid, cols.clone_id, cols.crc()])?;
+    }
+    Ok(())
 }
 
 /// `RBDM_STORE_CHECKSUMS=off` makes new stores without data checksums, as stores were before

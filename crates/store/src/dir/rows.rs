@@ -5,8 +5,9 @@ use std::fs::File;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::row_sums::{self, CloneCols, ObjectCols};
 use super::stripes::StripeLock;
-use super::{files, io_err, uns, DirStore};
+use super::{files, io_err, sql, uns, DirStore};
 use crate::snaps::{self, Version};
 use crate::{CloneInfo, Error, Locator, PoolId, Result, SnapId, SnapSet, HEAD};
 
@@ -123,7 +124,7 @@ impl DirStore {
                 false => Err(Error::NotFound(loc.to_string())),
             };
         }
-        let clones = load_clones(&self.db(), row.id)?;
+        let clones = load_clones(&self.db(), loc, row.id)?;
         let ss = snapset(&row, &clones);
         let found = match snaps::version_at(&ss, snap) {
             Version::Head => Some(Stored {
@@ -212,12 +213,12 @@ pub(super) fn pool_exists(conn: &Connection, pool: PoolId) -> Result<bool> {
 
 pub(super) fn load_row(conn: &Connection, loc: &Locator) -> Result<Option<ObjRow>> {
     let mut st = conn.prepare_cached(
-        "SELECT id, seq, head, token, size, version, mtime, EXISTS(SELECT 1 FROM journal j WHERE j.oid = o.id)
+        "SELECT id, seq, head, token, size, version, mtime, EXISTS(SELECT 1 FROM journal j WHERE j.oid = o.id), crc
          FROM objects o WHERE pool = ?1 AND ns = ?2 AND name = ?3",
     )?;
     let row = st
         .query_row(params![loc.pool, loc.namespace, loc.name], |r| {
-            Ok(ObjRow {
+            let row = ObjRow {
                 id: r.get(0)?,
                 seq: uns(r.get(1)?),
                 exists: r.get(2)?,
@@ -226,15 +227,37 @@ pub(super) fn load_row(conn: &Connection, loc: &Locator) -> Result<Option<ObjRow
                 version: uns(r.get(5)?),
                 mtime: uns(r.get(6)?),
                 pending: r.get(7)?,
-            })
+            };
+            Ok((row, r.get::<_, Option<i64>>(8)?))
         })
         .optional()?;
-    Ok(row)
+    let Some((row, crc)) = row else {
+        return Ok(None);
+    };
+    row_sums::check(loc, "object", crc, object_cols(loc, &row).crc())?;
+    Ok(Some(row))
 }
 
-pub(super) fn load_clones(conn: &Connection, oid: i64) -> Result<Vec<CloneRow>> {
+/// The columns of an object row, for its crc.
+pub(super) fn object_cols<'a>(loc: &'a Locator, row: &'a ObjRow) -> ObjectCols<'a> {
+    ObjectCols {
+        id: row.id,
+        pool: loc.pool,
+        ns: &loc.namespace,
+        name: &loc.name,
+        seq: sql(row.seq),
+        head: row.exists,
+        token: row.token.as_deref(),
+        size: sql(row.size),
+        version: sql(row.version),
+        mtime: sql(row.mtime),
+    }
+}
+
+/// The clones of object `oid` (`loc`, named in errors), sorted by id.
+pub(super) fn load_clones(conn: &Connection, loc: &Locator, oid: i64) -> Result<Vec<CloneRow>> {
     let mut st = conn.prepare_cached(
-        "SELECT clone_id, snaps, size, overlap, token, version, mtime FROM clones WHERE oid = ?1",
+        "SELECT clone_id, snaps, size, overlap, token, version, mtime, crc FROM clones WHERE oid = ?1",
     )?;
     let raw = st.query_map([oid], |r| {
         Ok((
@@ -245,11 +268,23 @@ pub(super) fn load_clones(conn: &Connection, oid: i64) -> Result<Vec<CloneRow>> 
             r.get::<_, Option<String>>(4)?,
             r.get::<_, i64>(5)?,
             r.get::<_, i64>(6)?,
+            r.get::<_, Option<i64>>(7)?,
         ))
     })?;
     let mut out = Vec::new();
     for item in raw {
-        let (id, snaps_text, size, overlap, token, version, mtime) = item?;
+        let (id, snaps_text, size, overlap, token, version, mtime, crc) = item?;
+        let cols = CloneCols {
+            oid,
+            clone_id: id,
+            snaps: &snaps_text,
+            size,
+            overlap: &overlap,
+            token: token.as_deref(),
+            version,
+            mtime,
+        };
+        row_sums::check(loc, &format!("clone {}", uns(id)), crc, cols.crc())?;
         out.push(CloneRow {
             info: CloneInfo {
                 id: uns(id),
@@ -265,6 +300,23 @@ pub(super) fn load_clones(conn: &Connection, oid: i64) -> Result<Vec<CloneRow>> 
     // Sorted here, not in SQL: ids above i64::MAX would sort wrong as signed integers.
     out.sort_by_key(|c| c.info.id);
     Ok(out)
+}
+
+impl CloneRow {
+    /// The columns of this clone's row of object `oid` with `snaps` and `overlap` as they
+    /// will be stored, for its crc.
+    pub(super) fn cols<'a>(&'a self, oid: i64, snaps: &'a str, overlap: &'a str) -> CloneCols<'a> {
+        CloneCols {
+            oid,
+            clone_id: sql(self.info.id),
+            snaps,
+            size: sql(self.info.size),
+            overlap,
+            token: self.token.as_deref(),
+            version: sql(self.version),
+            mtime: sql(self.mtime),
+        }
+    }
 }
 
 pub(super) fn snapset(row: &ObjRow, clones: &[CloneRow]) -> SnapSet {

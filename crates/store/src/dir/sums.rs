@@ -23,7 +23,7 @@ use std::fs::File;
 
 use rusqlite::{params, Connection};
 
-use super::files;
+use super::{crc, files};
 use crate::plan::DataStep;
 use crate::{Error, Result};
 
@@ -48,10 +48,20 @@ fn zero_crc() -> u32 {
     *Z.get_or_init(|| crc32c::crc32c(&ZEROS))
 }
 
-/// The entries of one data file's blocks (absent: a zero block).
+/// One chunk's entries, `(cur, alt)` per block.
+type Chunk = [(u32, u32); CHUNK_BLOCKS as usize];
+
+/// The entries of one data file's blocks, by chunk as they are stored (a missing chunk, or
+/// block: a zero block). One allocation per chunk of 128 blocks, not one per block: a 4 MiB
+/// read decodes 8 of them.
 #[derive(Default, Clone)]
 pub(super) struct Sums {
-    entries: BTreeMap<u64, (u32, u32)>,
+    chunks: BTreeMap<u64, Box<Chunk>>,
+}
+
+fn zero_chunk() -> Box<Chunk> {
+    let z = zero_crc();
+    Box::new([(z, z); CHUNK_BLOCKS as usize])
 }
 
 impl Sums {
@@ -61,24 +71,25 @@ impl Sums {
             "SELECT chunk, crcs FROM sums WHERE token = ?1 AND chunk BETWEEN ?2 AND ?3",
         )?;
         let (c0, c1) = (first / CHUNK_BLOCKS, last / CHUNK_BLOCKS);
-        let rows = st.query_map(params![token, c0 as i64, c1 as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
-        let mut entries = BTreeMap::new();
-        for row in rows {
-            let (chunk, crcs) = row?;
+        let mut rows = st.query(params![token, c0 as i64, c1 as i64])?;
+        let mut chunks = BTreeMap::new();
+        while let Some(row) = rows.next()? {
+            let chunk: i64 = row.get(0)?;
+            let crcs = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
             if crcs.len() % ENTRY != 0 || crcs.len() > CHUNK_BLOCKS as usize * ENTRY {
                 return Err(Error::Corrupt(format!(
                     "checksums of data file {token} chunk {chunk} are malformed"
                 )));
             }
-            for (i, e) in crcs.chunks_exact(ENTRY).enumerate() {
+            let mut entries = zero_chunk();
+            for (slot, e) in entries.iter_mut().zip(crcs.chunks_exact(ENTRY)) {
                 let cur = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
                 let alt = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
-                entries.insert(chunk as u64 * CHUNK_BLOCKS + i as u64, (cur, alt));
+                *slot = (cur, alt);
             }
+            chunks.insert(chunk as u64, entries);
         }
-        Ok(Sums { entries })
+        Ok(Sums { chunks })
     }
 
     /// Every block of the file.
@@ -87,8 +98,42 @@ impl Sums {
     }
 
     fn entry(&self, block: u64) -> (u32, u32) {
-        let z = zero_crc();
-        self.entries.get(&block).copied().unwrap_or((z, z))
+        match self.chunks.get(&(block / CHUNK_BLOCKS)) {
+            Some(c) => c[(block % CHUNK_BLOCKS) as usize],
+            None => (zero_crc(), zero_crc()),
+        }
+    }
+
+    fn set(&mut self, block: u64, entry: (u32, u32)) {
+        let chunk = self
+            .chunks
+            .entry(block / CHUNK_BLOCKS)
+            .or_insert_with(zero_chunk);
+        chunk[(block % CHUNK_BLOCKS) as usize] = entry;
+    }
+
+    /// Makes a block a zero block again; whether it was not one.
+    fn clear(&mut self, block: u64) -> bool {
+        let z = (zero_crc(), zero_crc());
+        match self.chunks.get_mut(&(block / CHUNK_BLOCKS)) {
+            Some(c) => std::mem::replace(&mut c[(block % CHUNK_BLOCKS) as usize], z) != z,
+            None => false,
+        }
+    }
+
+    /// Blocks from `from` on whose entry is not a zero block's.
+    fn set_blocks_from(&self, from: u64) -> Vec<u64> {
+        let z = (zero_crc(), zero_crc());
+        let mut out = Vec::new();
+        for (&chunk, entries) in self.chunks.range(from / CHUNK_BLOCKS..) {
+            for (i, e) in entries.iter().enumerate() {
+                let b = chunk * CHUNK_BLOCKS + i as u64;
+                if b >= from && *e != z {
+                    out.push(b);
+                }
+            }
+        }
+        out
     }
 
     /// Whether a block with this crc is sound.
@@ -105,24 +150,22 @@ impl Sums {
             .execute(params![token, end_chunk as i64])?;
         let z = zero_crc();
         for &chunk in changed.iter().filter(|c| **c < end_chunk) {
-            let first = chunk * CHUNK_BLOCKS;
-            let mut blob = Vec::with_capacity(CHUNK_BLOCKS as usize * ENTRY);
-            let mut all_zero = true;
-            for b in first..first + CHUNK_BLOCKS {
-                let (cur, alt) = self.entry(b);
-                all_zero &= cur == z && alt == z;
-                blob.extend_from_slice(&cur.to_le_bytes());
-                blob.extend_from_slice(&alt.to_le_bytes());
-            }
+            let entries = self.chunks.get(&chunk);
+            let all_zero = entries.is_none_or(|c| c.iter().all(|e| *e == (z, z)));
             if all_zero {
                 conn.prepare_cached("DELETE FROM sums WHERE token = ?1 AND chunk = ?2")?
                     .execute(params![token, chunk as i64])?;
-            } else {
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO sums(token, chunk, crcs) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![token, chunk as i64, blob])?;
+                continue;
             }
+            let mut blob = Vec::with_capacity(CHUNK_BLOCKS as usize * ENTRY);
+            for (cur, alt) in entries.iter().flat_map(|c| c.iter()) {
+                blob.extend_from_slice(&cur.to_le_bytes());
+                blob.extend_from_slice(&alt.to_le_bytes());
+            }
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO sums(token, chunk, crcs) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![token, chunk as i64, blob])?;
         }
         Ok(())
     }
@@ -150,7 +193,8 @@ pub(super) fn damaged(what: &str, token: &str, block: u64) -> Error {
 }
 
 /// Checks the bytes a read returned: `data` is `[offset, offset+len)` of a version of `size`
-/// bytes. Blocks the read covers only in part are read whole from `f` to be checked.
+/// bytes. Whole blocks are checked straight from `data`, several at once (see `crc`); the
+/// blocks at either end that the read covers only in part are read whole from `f`.
 pub(super) fn verify_read(
     sums: &Sums,
     f: &File,
@@ -160,19 +204,39 @@ pub(super) fn verify_read(
     what: &str,
     token: &str,
 ) -> Result<()> {
-    let end = offset + data.len() as u64;
     if data.is_empty() {
         return Ok(());
     }
-    let mut whole = [0u8; BLOCK as usize];
-    for b in offset / BLOCK..end.div_ceil(BLOCK) {
+    let end = offset + data.len() as u64;
+    let (full_from, full_to) = (offset.div_ceil(BLOCK), end / BLOCK);
+    if full_from < full_to {
+        let start = (full_from * BLOCK - offset) as usize;
+        let whole = &data[start..start + ((full_to - full_from) * BLOCK) as usize];
+        let mut crcs = Vec::with_capacity((full_to - full_from) as usize);
+        crc::block_crcs(whole, &mut crcs);
+        for (b, crc) in (full_from..).zip(crcs) {
+            if !sums.accepts(b, crc) {
+                return Err(damaged(what, token, b));
+            }
+        }
+    }
+    let mut edges = [offset / BLOCK, end / BLOCK];
+    let mut edges = &mut edges[..];
+    if edges[0] == edges[1] {
+        edges = &mut edges[..1];
+    }
+    let mut buf = [0u8; BLOCK as usize];
+    for &mut b in edges {
         let (bs, be) = (b * BLOCK, ((b + 1) * BLOCK).min(size));
+        if (full_from..full_to).contains(&b) || bs >= end {
+            continue;
+        }
         let crc = if bs >= offset && be <= end {
             block_crc(&data[(bs - offset) as usize..(be - offset) as usize])
         } else {
-            files::read_into(Some(f), bs, &mut whole, size)
+            files::read_into(Some(f), bs, &mut buf, size)
                 .map_err(super::io_err(format!("read {what}")))?;
-            block_crc(&whole[..(be - bs) as usize])
+            block_crc(&buf[..(be - bs) as usize])
         };
         if !sums.accepts(b, crc) {
             return Err(damaged(what, token, b));
@@ -257,16 +321,14 @@ pub(super) fn apply_steps(
     let end_block = size.div_ceil(BLOCK);
     let mut changed: Vec<u64> = fates.keys().map(|b| b / CHUNK_BLOCKS).collect();
     // Old blocks a truncate cut (and no step touched) are zeros now: drop their entries.
-    let cut_off: Vec<u64> = sums.entries.range(cut..).map(|(b, _)| *b).collect();
-    for b in cut_off {
-        if !fates.contains_key(&b) {
-            sums.entries.remove(&b);
+    for b in sums.set_blocks_from(cut) {
+        if !fates.contains_key(&b) && sums.clear(b) {
             changed.push(b / CHUNK_BLOCKS);
         }
     }
     for (&b, fate) in &fates {
         if b >= end_block {
-            sums.entries.remove(&b);
+            sums.clear(b);
             continue;
         }
         let on_disk = |sums: &Sums| -> Result<u32> {
@@ -278,7 +340,7 @@ pub(super) fn apply_steps(
         };
         let crc = block_after(b, fate, &all, sums, old, old_size, size, what, token)?;
         let alt = if in_place { on_disk(sums)? } else { crc };
-        sums.entries.insert(b, (crc, alt));
+        sums.set(b, (crc, alt));
     }
     changed.sort_unstable();
     changed.dedup();
@@ -465,22 +527,74 @@ impl super::DirStore {
         }))
     }
 
-    /// Checks `data`, just read at `offset` from the version `stored` of `loc`.
-    pub(super) fn verify(
+    /// Fills the start of `buf` from `offset` of the version `stored` of `loc` (clipped to
+    /// its size, as `files::read_into`) and checks it. A piece at a time: each piece's crc
+    /// runs while its bytes are still in the CPU's cache, which a whole 4 MiB read's are not.
+    pub(super) fn read_checked(
         &self,
         loc: &crate::Locator,
         stored: &super::rows::Stored,
         f: Option<&File>,
         offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        let (true, Some(token), Some(f), false) =
-            (self.checksums, stored.token.as_deref(), f, data.is_empty())
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        const PIECE: u64 = 256 << 10;
+        let read = |at: u64, piece: &mut [u8]| {
+            files::read_into(f, at, piece, stored.size)
+                .map_err(super::io_err(format!("read {loc}")))
+        };
+        let n = offset
+            .saturating_add(buf.len() as u64)
+            .min(stored.size)
+            .saturating_sub(offset);
+        let (true, Some(token), Some(file), true) =
+            (self.checksums, stored.token.as_deref(), f, n > 0)
         else {
+            return read(offset, buf);
+        };
+        let sums = Sums::load(&self.db(), token, offset / BLOCK, (offset + n - 1) / BLOCK)?;
+        let what = loc.to_string();
+        let mut done = 0;
+        while done < n {
+            let at = offset + done;
+            let len = ((at / PIECE + 1) * PIECE - at).min(n - done);
+            let piece = &mut buf[done as usize..(done + len) as usize];
+            read(at, piece)?;
+            verify_read(&sums, file, stored.size, at, piece, &what, token)?;
+            done += len;
+        }
+        Ok(n as usize)
+    }
+
+    /// Checks the pieces of one read (sorted by offset, as a sparse read returns them),
+    /// against the sums of the range they span, loaded once.
+    pub(super) fn verify_pieces<D: AsRef<[u8]>>(
+        &self,
+        loc: &crate::Locator,
+        stored: &super::rows::Stored,
+        f: Option<&File>,
+        pieces: &[(u64, D)],
+    ) -> Result<()> {
+        let pieces: Vec<(u64, &[u8])> = pieces
+            .iter()
+            .map(|(o, d)| (*o, d.as_ref()))
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
+        let (true, Some(token), Some(f), Some(first), Some(last)) = (
+            self.checksums,
+            stored.token.as_deref(),
+            f,
+            pieces.first(),
+            pieces.last(),
+        ) else {
             return Ok(());
         };
-        let end = offset + data.len() as u64 - 1;
-        let sums = Sums::load(&self.db(), token, offset / BLOCK, end / BLOCK)?;
-        verify_read(&sums, f, stored.size, offset, data, &loc.to_string(), token)
+        let end = last.0 + last.1.len() as u64 - 1;
+        let sums = Sums::load(&self.db(), token, first.0 / BLOCK, end / BLOCK)?;
+        let what = loc.to_string();
+        for (offset, data) in pieces {
+            verify_read(&sums, f, stored.size, offset, data, &what, token)?;
+        }
+        Ok(())
     }
 }

@@ -30,7 +30,7 @@ impl DirStore {
         let loc = Locator::new(pool, ns, name);
         let (_lock, row) = self.lock_and_load(&loc, true)?;
         let Some(row) = row else { return Ok(()) };
-        let clones = load_clones(&self.db(), row.id)?;
+        let clones = load_clones(&self.db(), &loc, row.id)?;
         let mut ss = snapset(&row, &clones);
         let freed = snaps::remove_snap(&mut ss, snap);
         let mut db = self.db();
@@ -48,15 +48,18 @@ impl DirStore {
             }
         }
         for c in &ss.clones {
-            tx.prepare_cached(
-                "UPDATE clones SET snaps = ?3, overlap = ?4 WHERE oid = ?1 AND clone_id = ?2",
-            )?
-            .execute(params![
-                row.id,
-                sql(c.id),
+            let (snaps, overlap) = (
                 snaps::encode_snaps(&c.snaps),
-                snaps::encode_ranges(&c.overlap)
-            ])?;
+                snaps::encode_ranges(&c.overlap),
+            );
+            let Some(stored) = clones.iter().find(|s| s.info.id == c.id) else {
+                continue;
+            };
+            let crc = stored.cols(row.id, &snaps, &overlap).crc();
+            tx.prepare_cached(
+                "UPDATE clones SET snaps = ?3, overlap = ?4, crc = ?5 WHERE oid = ?1 AND clone_id = ?2",
+            )?
+            .execute(params![row.id, sql(c.id), snaps, overlap, crc])?;
         }
         if !row.exists && ss.clones.is_empty() {
             for table in [

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::row_sums::{CloneCols, ObjectCols};
 use super::rows::{load_clones, snapset, CloneRow, ObjRow};
 use super::sums::{SumsChange, Target};
 use super::values::value_crc;
@@ -30,7 +31,8 @@ pub(super) fn written(p: &Plan) -> u64 {
 }
 
 impl DirStore {
-    /// Applies a planned op (caller holds the stripe lock exclusive and loaded `row`).
+    /// Applies a planned op (caller holds the stripe lock exclusive and loaded `row`, and
+    /// checked the store is writable).
     pub(super) fn apply_plan(
         &self,
         loc: &Locator,
@@ -38,9 +40,8 @@ impl DirStore {
         p: &Plan,
         snapc: &SnapContext,
     ) -> Result<()> {
-        self.writable()?;
         let clones = match &row {
-            Some(r) => load_clones(&self.db(), r.id)?,
+            Some(r) => load_clones(&self.db(), loc, r.id)?,
             None => Vec::new(),
         };
         let head = row.as_ref().filter(|r| r.exists);
@@ -259,7 +260,6 @@ impl DirStore {
         data: &DataPlan,
         sums: Option<&SumsChange>,
     ) -> Result<Option<i64>> {
-        self.writable()?;
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: Option<i64> = tx
@@ -300,61 +300,74 @@ impl DirStore {
         };
         let (size, mtime) = (sql(p.size_after), sql(now_secs()));
         let oid = match row {
-            Some(r) => {
-                tx.prepare_cached(
-                    "UPDATE objects SET seq = ?2, head = ?3, token = ?4, size = ?5, version = ?6, mtime = ?7 WHERE id = ?1",
-                )?
-                .execute(params![r.id, sql(ss.seq), p.exists_after, token, size, version, mtime])?;
-                r.id
-            }
+            Some(r) => r.id,
             None => tx
                 .prepare_cached(
-                    "INSERT INTO objects(pool, ns, name, seq, head, token, size, version, mtime)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+                    "INSERT INTO objects(pool, ns, name, seq, head, size, version, mtime)
+                     VALUES (?1, ?2, ?3, 0, 0, 0, 0, 0) RETURNING id",
                 )?
-                .query_row(
-                    params![
-                        loc.pool,
-                        loc.namespace,
-                        loc.name,
-                        sql(ss.seq),
-                        p.exists_after,
-                        token,
-                        size,
-                        version,
-                        mtime
-                    ],
-                    |r| r.get(0),
-                )?,
+                .query_row(params![loc.pool, loc.namespace, loc.name], |r| r.get(0))?,
         };
+        let cols = ObjectCols {
+            id: oid,
+            pool: loc.pool,
+            ns: &loc.namespace,
+            name: &loc.name,
+            seq: sql(ss.seq),
+            head: p.exists_after,
+            token,
+            size,
+            version,
+            mtime,
+        };
+        tx.prepare_cached(
+            "UPDATE objects SET seq = ?2, head = ?3, token = ?4, size = ?5, version = ?6, mtime = ?7, crc = ?8 WHERE id = ?1",
+        )?
+        .execute(params![oid, cols.seq, cols.head, token, size, version, mtime, cols.crc()])?;
         for c in &ss.clones {
             let before = old_clones.iter().find(|o| o.info.id == c.id);
             match (before, row) {
                 (None, Some(r)) if clone.is_some_and(|n| n.id == c.id) => {
+                    let (snaps, overlap) = (
+                        snaps::encode_snaps(&c.snaps),
+                        snaps::encode_ranges(&c.overlap),
+                    );
+                    let cols = CloneCols {
+                        oid,
+                        clone_id: sql(c.id),
+                        snaps: &snaps,
+                        size: sql(c.size),
+                        overlap: &overlap,
+                        token: r.token.as_deref(),
+                        version: sql(r.version),
+                        mtime: sql(r.mtime),
+                    };
                     tx.prepare_cached(
-                        "INSERT INTO clones(oid, clone_id, snaps, size, overlap, token, version, mtime)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        "INSERT INTO clones(oid, clone_id, snaps, size, overlap, token, version, mtime, crc)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     )?
                     .execute(params![
                         oid,
-                        sql(c.id),
-                        snaps::encode_snaps(&c.snaps),
-                        sql(c.size),
-                        snaps::encode_ranges(&c.overlap),
+                        cols.clone_id,
+                        snaps,
+                        cols.size,
+                        overlap,
                         r.token,
-                        sql(r.version),
-                        sql(r.mtime)
+                        cols.version,
+                        cols.mtime,
+                        cols.crc()
                     ])?;
                 }
                 (Some(b), _) if b.info.overlap != c.overlap => {
+                    let (snaps, overlap) = (
+                        snaps::encode_snaps(&b.info.snaps),
+                        snaps::encode_ranges(&c.overlap),
+                    );
+                    let crc = b.cols(oid, &snaps, &overlap).crc();
                     tx.prepare_cached(
-                        "UPDATE clones SET overlap = ?3 WHERE oid = ?1 AND clone_id = ?2",
+                        "UPDATE clones SET overlap = ?3, crc = ?4 WHERE oid = ?1 AND clone_id = ?2",
                     )?
-                    .execute(params![
-                        oid,
-                        sql(c.id),
-                        snaps::encode_ranges(&c.overlap)
-                    ])?;
+                    .execute(params![oid, sql(c.id), overlap, crc])?;
                 }
                 _ => {}
             }
