@@ -309,3 +309,70 @@ impl Rbd {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CreateOptions, ImageSpec, Layout};
+    use rbdm_store::StoreRef;
+
+    const OBJ: u64 = 4096;
+
+    /// A copy-up killed between its two writes: the object holds what the snapshot saw, the
+    /// head's part past its overlap is not zeroed yet; the next open zeroes it.
+    #[test]
+    fn killed_copy_up_is_zeroed_by_the_next_open() {
+        let store: StoreRef = std::sync::Arc::new(rbdm_store::mem::MemStore::new());
+        let rbd = Rbd::new(store.clone());
+        let pool = PoolSpec::new("rbd", "");
+        let opts = CreateOptions {
+            layout: Some(Layout::new(OBJ, OBJ, 1).unwrap()),
+            ..CreateOptions::with_size(4 * OBJ)
+        };
+        rbd.create(&pool, "p", &opts).unwrap();
+        let p = rbd
+            .open(&ImageSpec::parse("p", "rbd").unwrap(), false)
+            .unwrap();
+        p.write(0, &[7u8; 4 * OBJ as usize]).unwrap();
+        p.snap_create("s").unwrap();
+        p.snap_protect("s").unwrap();
+        let (ps, cs) = (
+            ImageSpec::parse("p@s", "rbd").unwrap(),
+            ImageSpec::parse("c", "rbd").unwrap(),
+        );
+        rbd.clone_image(&ps, &cs, &opts).unwrap();
+        let c = rbd.open(&cs, false).unwrap();
+        c.snap_create("cs1").unwrap();
+        // The head sees the parent up to 6000 only; cs1 sees all of it.
+        let keep = 6000;
+        c.resize(keep, true, &mut |_, _| {}).unwrap();
+        c.resize(4 * OBJ, false, &mut |_, _| {}).unwrap();
+        // Object 1's copy-up, cut after its first write.
+        let zero = [(keep - OBJ, 2 * OBJ - keep)];
+        drop(c.intent_begin(COPY_UP, "1", &ranges(&zero)).unwrap());
+        let h = c.header().unwrap();
+        let op = WriteOp::new()
+            .create_exclusive()
+            .write(0, &[7u8; OBJ as usize]);
+        store
+            .operate(&c.data_loc(&h, 1), &op, &SnapContext::default())
+            .unwrap();
+        drop(c);
+        let again = rbd.open(&cs, false).unwrap();
+        assert!(again.intents().unwrap().is_empty());
+        let mut head = vec![1u8; OBJ as usize];
+        again.read(OBJ, &mut head).unwrap();
+        let split = (keep - OBJ) as usize;
+        assert!(head[..split].iter().all(|&b| b == 7), "below the overlap");
+        assert!(head[split..].iter().all(|&b| b == 0), "past the overlap");
+        let snap = rbd
+            .open(&ImageSpec::parse("c@cs1", "rbd").unwrap(), true)
+            .unwrap();
+        let mut old = vec![1u8; OBJ as usize];
+        snap.read(OBJ, &mut old).unwrap();
+        assert!(
+            old.iter().all(|&b| b == 7),
+            "the snapshot keeps the parent's bytes"
+        );
+    }
+}

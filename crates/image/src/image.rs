@@ -13,6 +13,7 @@ use rbdm_store::{
 
 use crate::finishers::{self, COPY_UP, FLATTEN, RESIZE, ROLLBACK, SNAP_CREATE, SNAP_REMOVE};
 use crate::header::{self, Header, ParentLink, SnapMeta, METADATA_PREFIX};
+use crate::intent;
 use crate::migration::{self, MigrationRecord, MigrationRole, MigrationSource};
 use crate::rbd::now;
 use crate::{
@@ -688,7 +689,7 @@ impl Image {
         let arg = object_no.to_string();
         let _live = match zero.is_empty() {
             true => None,
-            false => Some(self.intent_begin(COPY_UP, &arg, &finishers::ranges(&zero))?),
+            false => Some(self.copy_up_begin(&arg, &zero)?),
         };
         match self.store().operate(&loc, &op, &SnapContext::default()) {
             Ok(()) => {}
@@ -705,6 +706,23 @@ impl Image {
             self.intent_end(COPY_UP, &arg)?;
         }
         Ok(())
+    }
+
+    /// The intent of a two-write copy-up. Another thread of this process copying the same
+    /// object up holds it (no other process can: it would hold the exclusive lock); waiting
+    /// for it keeps our write after both of its writes.
+    fn copy_up_begin(&self, arg: &str, zero: &[(u64, u64)]) -> Result<intent::OpLock> {
+        let data = finishers::ranges(zero);
+        let mut waited = 0;
+        loop {
+            match self.intent_begin(COPY_UP, arg, &data) {
+                Err(Error::Busy(_)) if waited < 10_000 => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    waited += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// A copy-up is visible in the snapshots that read through to the parent (that is what

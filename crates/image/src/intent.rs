@@ -356,8 +356,12 @@ mod tests {
             .map(|f| f.problem)
             .collect();
         assert_eq!(found.len(), 3, "{found:#?}");
-        assert!(found.iter().any(|p| p.starts_with("clone of removed snapshots")));
-        assert!(found.iter().any(|p| p.contains("unfinished operation snap_remove")));
+        assert!(found
+            .iter()
+            .any(|p| p.starts_with("clone of removed snapshots")));
+        assert!(found
+            .iter()
+            .any(|p| p.contains("unfinished operation snap_remove")));
         let again = rbd.open(&spec, false).unwrap();
         assert!(again.intents().unwrap().is_empty());
         assert!(rbd.fsck(None).unwrap().is_empty());
