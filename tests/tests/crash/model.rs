@@ -145,7 +145,8 @@ impl Model {
         let mut want: Vec<String> = self
             .points
             .iter()
-            .filter_map(|(s, _)| (!s.contains('@')).then(|| s.clone()))
+            .filter(|(s, _)| !s.contains('@'))
+            .map(|(s, _)| s.clone())
             .collect();
         want.sort();
         assert_eq!(self.ls(), want, "{trial}: ls");

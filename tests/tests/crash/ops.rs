@@ -21,6 +21,24 @@ fn window(make: &dyn Fn(&mut Rng) -> Model, args: &[&str]) -> Duration {
     t.elapsed()
 }
 
+/// The usual trial: a store from `make`, `args` SIGKILLed at a seeded moment, then `check`
+/// (given the store and the trial's name, to print with a failure).
+fn kill_trials(
+    what: &str,
+    salt: u64,
+    make: impl Fn(&mut Rng) -> Model,
+    args: &[&str],
+    mut check: impl FnMut(&mut Model, &str),
+) {
+    let w = window(&make, args);
+    run_trials(what, salt, |rng, i| {
+        let mut m = make(rng);
+        let trial = format!("{what} trial {i} (seed {})", seed(salt));
+        kill(&m, args, rng, w);
+        check(&mut m, &trial);
+    });
+}
+
 fn kill(m: &Model, args: &[&str], rng: &mut Rng, window: Duration) {
     let child = m.env.command(args).spawn().expect("rbdm starts");
     super::kill_child(child, delay(rng, window));
@@ -154,11 +172,7 @@ fn rollback_fixture(rng: &mut Rng) -> Model {
 #[test]
 fn killed_rollback_is_finished_by_rollback() {
     let args = ["snap", "rollback", "img@s1"];
-    let w = window(&rollback_fixture, &args);
-    run_trials("rollback", 13, |rng, i| {
-        let mut m = rollback_fixture(rng);
-        let trial = format!("rollback trial {i} (seed {})", seed(13));
-        kill(&m, &args, rng, w);
+    kill_trials("rollback", 13, rollback_fixture, &args, |m, trial| {
         // All or nothing: the head reads as it was or as the snapshot, never a mix.
         let head = m.read("img");
         let old = &m.points.iter().find(|(s, _)| s == "img").expect("head").1;
@@ -169,11 +183,11 @@ fn killed_rollback_is_finished_by_rollback() {
                 &format!("{trial}: head after the kill"),
             );
         }
-        m.recover(&args, &[], &trial);
+        m.recover(&args, &[], trial);
         let snap = m.points[0].1.clone();
         m.expect("img", snap);
         assert_eq!(m.size("img"), SIZE, "{trial}: size after rollback");
-        m.settled(&trial);
+        m.settled(trial);
     });
 }
 
@@ -185,25 +199,21 @@ fn killed_clone_is_all_or_nothing() {
         m.parent(rng);
         m
     };
-    let w = window(&make, &args);
-    run_trials("clone", 14, |rng, i| {
-        let mut m = make(rng);
-        let trial = format!("clone trial {i} (seed {})", seed(14));
-        kill(&m, &args, rng, w);
+    kill_trials("clone", 14, make, &args, |m, trial| {
         // Right after the kill: c is listed exactly when p@s lists it as a child.
         let listed = m.ls().contains(&"c".to_string());
         let child = m.children().contains(&"c".to_string());
         assert_eq!(listed, child, "{trial}: ls and children disagree");
-        m.recover(&args, &[EEXIST], &trial);
+        m.recover(&args, &[EEXIST], trial);
         assert_eq!(m.children(), vec!["c".to_string()], "{trial}: children");
         let base = m.points[0].1.clone();
         m.expect("c", base);
-        m.settled(&trial);
+        m.settled(trial);
         // The bookkeeping lets go: rm c, then p@s may be unprotected.
         m.env.ok(&["rm", "c"]);
         m.env.ok(&["snap", "unprotect", "p@s"]);
         m.forget("c");
-        m.settled(&trial);
+        m.settled(trial);
     });
 }
 
@@ -216,11 +226,7 @@ fn killed_rm_is_finished_by_rm() {
         m.expect("img", model);
         m
     };
-    let w = window(&make, &args);
-    run_trials("rm", 15, |rng, i| {
-        let mut m = make(rng);
-        let trial = format!("rm trial {i} (seed {})", seed(15));
-        kill(&m, &args, rng, w);
+    kill_trials("rm", 15, make, &args, |m, trial| {
         // Listed means whole: a half-removed image is not shown under its name.
         if m.ls().contains(&"img".to_string()) {
             m.same(
@@ -229,10 +235,10 @@ fn killed_rm_is_finished_by_rm() {
                 &format!("{trial}: listed, not whole"),
             );
         }
-        m.recover(&args, &[ENOENT], &trial);
+        m.recover(&args, &[ENOENT], trial);
         m.forget("img");
         assert_eq!(m.trash(), vec![], "{trial}: trash");
-        m.settled(&trial);
+        m.settled(trial);
     });
 }
 
@@ -249,15 +255,11 @@ fn killed_rm_of_a_clone_lets_the_parent_go() {
         m.forget("c@cs1");
         m
     };
-    let w = window(&make, &args);
-    run_trials("rm clone", 16, |rng, i| {
-        let mut m = make(rng);
-        let trial = format!("rm clone trial {i} (seed {})", seed(16));
-        kill(&m, &args, rng, w);
-        m.recover(&args, &[ENOENT], &trial);
+    kill_trials("rm clone", 16, make, &args, |m, trial| {
+        m.recover(&args, &[ENOENT], trial);
         m.forget("c");
         assert_eq!(m.children(), Vec::<String>::new(), "{trial}: children");
-        m.settled(&trial);
+        m.settled(trial);
         m.env.ok(&["snap", "unprotect", "p@s"]);
     });
 }
@@ -324,17 +326,13 @@ fn killed_trash_moves_are_finished_by_running_them_again() {
 #[test]
 fn killed_snap_create_is_finished_by_snap_create() {
     let args = ["snap", "create", "img@s2"];
-    let w = window(&resize_fixture, &args);
-    run_trials("snap create", 18, |rng, i| {
-        let mut m = resize_fixture(rng);
-        let trial = format!("snap create trial {i} (seed {})", seed(18));
-        kill(&m, &args, rng, w);
+    kill_trials("snap create", 18, resize_fixture, &args, |m, trial| {
         let snaps = m.snaps("img");
         assert!(
             snaps == ["s1"] || snaps == ["s1", "s2"],
             "{trial}: snapshots {snaps:?}"
         );
-        m.recover(&args, &[EEXIST], &trial);
+        m.recover(&args, &[EEXIST], trial);
         assert_eq!(m.snaps("img"), ["s1", "s2"], "{trial}: snapshots");
         let head = m
             .points
@@ -344,7 +342,7 @@ fn killed_snap_create_is_finished_by_snap_create() {
             .1
             .clone();
         m.expect("img@s2", head);
-        m.settled(&trial);
+        m.settled(trial);
     });
 }
 
@@ -371,14 +369,10 @@ fn killed_snap_purge_is_finished_by_snap_purge() {
         m.expect("img", head);
         m
     };
-    let w = window(&make, &args);
-    run_trials("snap purge", 19, |rng, i| {
-        let mut m = make(rng);
-        let trial = format!("snap purge trial {i} (seed {})", seed(19));
-        kill(&m, &args, rng, w);
-        m.recover(&args, &[], &trial);
+    kill_trials("snap purge", 19, make, &args, |m, trial| {
+        m.recover(&args, &[], trial);
         assert_eq!(m.snaps("img"), Vec::<String>::new(), "{trial}: snapshots");
         m.points.retain(|(s, _)| !s.contains('@'));
-        m.settled(&trial);
+        m.settled(trial);
     });
 }
