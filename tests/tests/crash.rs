@@ -1,8 +1,9 @@
 //! Crash consistency: the real `rbdm` process is SIGKILLed at seeded random moments of
 //! migration `prepare` (same-store with many snapshots, and import-only), `execute`,
-//! `commit` and `abort` (here), and of the image operations (`ops`); then the recovery a user would try runs, and every image and
-//! snapshot must hold exactly the expected bytes, the documented recovery must work, `status`
-//! must tell the truth, and `fsck` must find no object that no image owns.
+//! `commit` and `abort` (here), and of the image operations (`crash/ops.rs`); then the
+//! recovery a user would try runs, and every image and snapshot must hold exactly the
+//! expected bytes, the documented recovery must work, `status`, `ls`, `info`, `snap ls` and
+//! `trash ls` must tell the truth, and `fsck` must find no object that no image owns.
 //!
 //! `RBDM_CRASH_TRIALS` sets the trials per command (default 20), `RBDM_CRASH_SEED` the seed
 //! (printed on failure, so a failing trial can be replayed).
