@@ -1,13 +1,18 @@
-//! Crash consistency of migration: the real `rbdm` process is SIGKILLed at seeded random
-//! moments of `prepare` (same-store with many snapshots, and import-only), `execute`,
-//! `commit` and `abort`; then the recovery a user would try runs, and every image and
-//! snapshot must hold exactly the expected bytes, the documented recovery must work, `status`
-//! must tell the truth, and `fsck` must find no object that no image owns.
+//! Crash consistency: the real `rbdm` process is SIGKILLed at seeded random moments of
+//! migration `prepare` (same-store with many snapshots, and import-only), `execute`,
+//! `commit` and `abort` (here), and of the image operations (`crash/ops.rs`); then the
+//! recovery a user would try runs, and every image and snapshot must hold exactly the
+//! expected bytes, the documented recovery must work, `status`, `ls`, `info`, `snap ls` and
+//! `trash ls` must tell the truth, and `fsck` must find no object that no image owns.
 //!
 //! `RBDM_CRASH_TRIALS` sets the trials per command (default 20), `RBDM_CRASH_SEED` the seed
 //! (printed on failure, so a failing trial can be replayed).
 
 mod common;
+#[path = "crash/model.rs"]
+mod model;
+#[path = "crash/ops.rs"]
+mod ops;
 
 use std::time::{Duration, Instant};
 
@@ -39,7 +44,11 @@ fn timed(f: &Fixture, args: &[&str]) -> Duration {
 
 /// Starts `args` and SIGKILLs it after `delay` (or lets it finish, if it is quicker).
 fn kill_after(f: &Fixture, args: &[&str], delay: Duration) -> bool {
-    let child = f.env.command(args).spawn().expect("rbdm starts");
+    kill_child(f.env.command(args).spawn().expect("rbdm starts"), delay)
+}
+
+/// SIGKILLs `child` after `delay` unless it ends first; whether it was killed.
+fn kill_child(child: std::process::Child, delay: Duration) -> bool {
     let mut k = Killed(child);
     let end = Instant::now() + delay;
     while Instant::now() < end {

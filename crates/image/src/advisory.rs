@@ -80,7 +80,14 @@ pub fn parse_locker(locker: &str) -> Result<u64> {
 impl Image {
     /// The managed lock's holders, then the advisory locks (by id).
     pub fn image_locks(&self) -> Result<Vec<ImageLock>> {
-        let mut out: Vec<ImageLock> = self
+        let mut out = self.managed_locks()?;
+        out.extend(self.advisory_locks()?.1);
+        Ok(out)
+    }
+
+    /// The managed exclusive lock's holders, as image locks.
+    fn managed_locks(&self) -> Result<Vec<ImageLock>> {
+        Ok(self
             .lockers()?
             .into_iter()
             .map(|l| ImageLock {
@@ -91,9 +98,7 @@ impl Image {
                 address: format!("{}:0/{}", l.client.host, l.client.pid),
                 managed: true,
             })
-            .collect();
-        out.extend(self.advisory_locks()?.1);
-        Ok(out)
+            .collect())
     }
 
     /// Refuses changes while an advisory lock is held (writes, snapshot creation, metadata,
@@ -105,15 +110,20 @@ impl Image {
         if self.header()?.features & crate::features::EXCLUSIVE_LOCK == 0 {
             return Ok(());
         }
-        let (_, locks) = self.advisory_locks()?;
-        match locks.first() {
+        // The first lock is enough to refuse: one page of one key, one decode.
+        let prefix = format!("{PREFIX}.");
+        let first = self.store().omap_get(&self.header_loc(), "", &prefix, 1)?;
+        match first.first() {
             None => Ok(()),
-            Some(l) => Err(Error::ReadOnly(format!(
-                "image '{}' is fenced by lock '{}' of {} (lock rm releases it)",
-                self.name(),
-                l.id,
-                l.locker()
-            ))),
+            Some((k, v)) => {
+                let l = decode(&k[prefix.len()..], v)?;
+                Err(Error::ReadOnly(format!(
+                    "image '{}' is fenced by lock '{}' of {} (lock rm releases it)",
+                    self.name(),
+                    l.id,
+                    l.locker()
+                )))
+            }
         }
     }
 
@@ -170,7 +180,7 @@ impl Image {
         loop {
             let (gen, locks) = self.advisory_locks()?;
             let mut all = locks;
-            all.extend(self.image_locks()?.into_iter().filter(|l| l.managed));
+            all.extend(self.managed_locks()?);
             check_compatible(&all, shared_tag)?;
             let me = self.store().client();
             let lock = ImageLock {

@@ -13,7 +13,7 @@ use rbdm_store::{Locator, PoolId};
 
 use crate::header::{self, Header};
 use crate::rbd::{CHILDREN, DIRECTORY, NAMESPACES, TRASH};
-use crate::{PoolSpec, Rbd, Result};
+use crate::{Error, PoolSpec, Rbd, Result};
 
 /// One problem found: the object (or image) and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,11 +23,13 @@ pub struct Finding {
     pub problem: String,
 }
 
-/// The images of one pool and namespace: id → snapshot ids, and the names in the directory.
+/// The images of one pool and namespace: their ids (with their snapshot ids, where the
+/// header was readable), and the names in the directory.
 #[derive(Default)]
 struct Known {
     ids: BTreeSet<String>,
     names: BTreeSet<String>,
+    snaps: BTreeMap<String, BTreeSet<u64>>,
 }
 
 /// Where each image keeps its data: (data pool, namespace, id) → its snapshot ids.
@@ -102,14 +104,29 @@ impl Rbd {
         for (key, _) in self.omap_all(&self.loc(&spec, TRASH)?, "id_")? {
             k.ids.insert(key["id_".len()..].to_string());
         }
+        let listed: Vec<String> = k.ids.iter().cloned().collect();
+        for (what, op) in self.dead_intents(&spec, &listed)? {
+            out.push(Finding {
+                object: label(pool, ns, &what),
+                problem: format!("unfinished operation {op} (any command on it finishes it)"),
+            });
+        }
+        // An image being created owns its header and id object before its name.
+        for (id, name) in self.creating(&spec)? {
+            k.names.insert(name);
+            k.ids.insert(id);
+        }
         for id in &k.ids {
             let hloc = Locator::new(pid, ns, &header::header_name(id));
             match Header::load(self.store(), &hloc) {
                 Ok(h) => {
                     let dp = h.data_pool_id.unwrap_or(pid);
-                    let snaps = h.snaps.keys().copied().collect();
+                    let snaps: BTreeSet<u64> = h.snaps.keys().copied().collect();
+                    k.snaps.insert(id.clone(), snaps.clone());
                     data.insert((dp, ns.to_string(), id.clone()), snaps);
                 }
+                Err(Error::NotFound(_) | Error::Store(rbdm_store::Error::NotFound(_)))
+                    if !listed.contains(id) => {}
                 Err(e) => out.push(Finding {
                     object: label(pool, ns, &header::header_name(id)),
                     problem: format!("image id '{id}' is listed but its header is unreadable: {e}"),
@@ -138,8 +155,17 @@ impl Rbd {
             return Ok(owned_by_id(id, "header"));
         }
         if let Some(rest) = name.strip_prefix("rbd_object_map.") {
-            let id = rest.split('.').next().unwrap_or(rest);
-            return Ok(owned_by_id(id, "object map"));
+            let (id, snap) = rest.split_once('.').unwrap_or((rest, ""));
+            if let Some(problem) = owned_by_id(id, "object map") {
+                return Ok(Some(problem));
+            }
+            let live = |s: u64| k.snaps.get(id).is_none_or(|set| set.contains(&s));
+            return Ok(match u64::from_str_radix(snap, 16) {
+                Ok(s) if !live(s) => Some(format!(
+                    "object map of snapshot {s} of image id '{id}', which has no such snapshot"
+                )),
+                _ => None,
+            });
         }
         if let Some(rest) = name.strip_prefix("rbd_data.") {
             let id = rest.rsplit_once('.').map(|(id, _)| id).unwrap_or(rest);

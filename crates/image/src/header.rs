@@ -54,6 +54,9 @@ pub struct Header {
     pub access_timestamp: u64,
     pub modify_timestamp: u64,
     pub generation: u64,
+    /// Whether the header object holds `rbdm_intent.*` keys (unfinished operations, see
+    /// [`crate::intent`]); kept here so an open finds out without reading them a second time.
+    pub has_intents: bool,
 }
 
 pub const METADATA_PREFIX: &str = "metadata_";
@@ -78,7 +81,7 @@ pub fn object_map_name(id: &str, snap: Option<SnapId>) -> String {
     }
 }
 
-fn encode_parent(p: &ParentLink) -> Vec<u8> {
+pub(crate) fn encode_parent(p: &ParentLink) -> Vec<u8> {
     Enc::new()
         .versioned(1, 1, |e| {
             e.i64(p.pool_id)
@@ -90,7 +93,7 @@ fn encode_parent(p: &ParentLink) -> Vec<u8> {
         .finish()
 }
 
-fn decode_parent(d: &mut Dec) -> Result<ParentLink> {
+pub(crate) fn decode_parent(d: &mut Dec) -> Result<ParentLink> {
     let (_, mut b) = d.versioned(1)?;
     Ok(ParentLink {
         pool_id: b.i64()?,
@@ -152,6 +155,7 @@ impl Header {
             access_timestamp: now,
             modify_timestamp: now,
             generation: 0,
+            has_intents: false,
         }
     }
 
@@ -267,8 +271,10 @@ impl Header {
 
     /// Reads the header at `loc`; `NotFound` if there is none.
     pub fn load(store: &StoreRef, loc: &Locator) -> Result<Header> {
-        let keys = load_keys(store, loc)?;
-        Header::from_keys(&keys)
+        let (keys, has_intents) = load_keys(store, loc)?;
+        let mut h = Header::from_keys(&keys)?;
+        h.has_intents = has_intents;
+        Ok(h)
     }
 
     /// Writes a new header; `Exists` if one is there.
@@ -309,19 +315,23 @@ impl Header {
     }
 }
 
-/// Every omap key of the header object except image metadata and advisory locks.
-fn load_keys(store: &StoreRef, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>>> {
+/// Every omap key of the header object except image metadata, advisory locks and intents,
+/// and whether there were intents.
+fn load_keys(store: &StoreRef, loc: &Locator) -> Result<(BTreeMap<String, Vec<u8>>, bool)> {
     let mut keys = BTreeMap::new();
+    let mut has_intents = false;
     let mut after = String::new();
     loop {
         let page = store.omap_get(loc, &after, "", 512)?;
         let Some((last, _)) = page.last() else { break };
         after = last.clone();
-        keys.extend(
-            page.into_iter()
-                .filter(|(k, _)| !k.starts_with(METADATA_PREFIX))
-                .filter(|(k, _)| !k.starts_with(crate::advisory::PREFIX)),
-        );
+        for (k, v) in page {
+            if k.starts_with(crate::intent::PREFIX) {
+                has_intents = true;
+            } else if !k.starts_with(METADATA_PREFIX) && !k.starts_with(crate::advisory::PREFIX) {
+                keys.insert(k, v);
+            }
+        }
     }
     if keys.is_empty() {
         // An existing object with no keys is not a header either.
@@ -331,7 +341,7 @@ fn load_keys(store: &StoreRef, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>
             loc.name
         )));
     }
-    Ok(keys)
+    Ok((keys, has_intents))
 }
 
 /// Keys an update removes are those the old header had and the new one lacks.

@@ -11,7 +11,9 @@ use rbdm_store::{
     Error as StoreError, Locator, PoolId, SnapContext, SnapId, Watcher, WriteOp, HEAD,
 };
 
+use crate::finishers::{self, COPY_UP, FLATTEN, RESIZE, ROLLBACK, SNAP_CREATE, SNAP_REMOVE};
 use crate::header::{self, Header, ParentLink, SnapMeta, METADATA_PREFIX};
+use crate::intent;
 use crate::migration::{self, MigrationRecord, MigrationRole, MigrationSource};
 use crate::rbd::now;
 use crate::{
@@ -49,7 +51,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn ignore_not_found(r: std::result::Result<(), StoreError>) -> Result<()> {
+pub(crate) fn ignore_not_found(r: std::result::Result<(), StoreError>) -> Result<()> {
     match r {
         Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
         Err(e) => Err(e.into()),
@@ -104,12 +106,33 @@ impl Image {
             touched: AtomicBool::new(false),
         })
         .and_then(|img| {
-            // A writer first finishes what a killed operation left (see intent.rs).
-            if !img.read_only {
-                img.finish_intents()?;
-            }
+            img.settle(watch)?;
             Ok(img)
         })
+    }
+
+    /// Finishes what a killed operation left (see intent.rs): a writer must, before its own
+    /// first step; a user's reader tries, so it shows the settled state, and shows the state
+    /// as it is if it cannot (a full disk, a fence). Internal readers (`user` false) leave it.
+    fn settle(&self, user: bool) -> Result<()> {
+        let has = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .has_intents;
+        if !has || (self.read_only && !user) {
+            return Ok(());
+        }
+        let r = self.finish_intents();
+        if !self.read_only {
+            return r;
+        }
+        // A reader does not keep the exclusive lock it took to finish.
+        if let Some(c) = lock(&self.lock_cookie).take() {
+            let _ = self.store().unlock(&self.header_loc(), LOCK_NAME, &c);
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -416,11 +439,7 @@ impl Image {
 
     /// Replaces (or with `None` clears) the migration record.
     pub fn set_migration_record(&self, rec: Option<&MigrationRecord>) -> Result<()> {
-        let bytes = rec.map(MigrationRecord::encode);
-        self.update_header(|h| {
-            h.migration = bytes.clone();
-            Ok(())
-        })
+        self.swap_migration_record(|_| Ok(rec.cloned())).map(|_| ())
     }
 
     /// The source to read through to, when this image is a migration destination.
@@ -505,7 +524,7 @@ impl Image {
     }
 
     /// Takes the image's exclusive lock before the first change, as librbd does.
-    fn acquire_lock(&self, h: &Header) -> Result<()> {
+    pub(crate) fn acquire_lock(&self, h: &Header) -> Result<()> {
         if h.features & features::EXCLUSIVE_LOCK == 0 {
             return Ok(());
         }
@@ -654,25 +673,56 @@ impl Image {
         // object (reads fall through to the parent, still linked), never a written object a
         // map hides; a re-run finds the object and returns early above.
         self.mark_snapshot_maps(h, object_no)?;
-        match self.store().operate(&loc, &op, &SnapContext::default()) {
-            Ok(()) => {}
-            Err(StoreError::Exists(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
         let head_reach = link.overlap.min(h.size);
+        // The head must not see what only the snapshots saw: that part is zeroed with the
+        // head's snap context, which preserves the copied bytes in a clone for them. Two
+        // writes: the intent makes the next open do the second if a kill comes between.
+        let mut zero = Vec::new();
         if reach > head_reach {
-            // The head must not see what only the snapshots saw: zero it with the head's snap
-            // context, which preserves the copied bytes in a clone for those snapshots.
-            let mut op = WriteOp::new();
             let wide = IntervalSet::from_ranges(h.layout.object_extents_in_image(object_no, reach));
             for (off, len) in wide.intersection(head_reach, reach - head_reach) {
                 for e in h.layout.map_extent(off, len) {
-                    op = op.zero(e.offset, e.len);
+                    zero.push((e.offset, e.len));
                 }
             }
+        }
+        let arg = object_no.to_string();
+        let _live = match zero.is_empty() {
+            true => None,
+            false => Some(self.copy_up_begin(&arg, &zero)?),
+        };
+        match self.store().operate(&loc, &op, &SnapContext::default()) {
+            Ok(()) => {}
+            Err(StoreError::Exists(_)) if zero.is_empty() => return Ok(()),
+            Err(StoreError::Exists(_)) => return self.intent_end(COPY_UP, &arg),
+            Err(e) => return Err(e.into()),
+        }
+        if !zero.is_empty() {
+            let mut op = WriteOp::new();
+            for (o, l) in &zero {
+                op = op.zero(*o, *l);
+            }
             self.store().operate(&loc, &op, &h.snap_context())?;
+            self.intent_end(COPY_UP, &arg)?;
         }
         Ok(())
+    }
+
+    /// The intent of a two-write copy-up. Another thread of this process copying the same
+    /// object up holds it (no other process can: it would hold the exclusive lock); waiting
+    /// for it keeps our write after both of its writes.
+    fn copy_up_begin(&self, arg: &str, zero: &[(u64, u64)]) -> Result<intent::OpLock> {
+        let data = finishers::ranges(zero);
+        let mut waited = 0;
+        loop {
+            match self.intent_begin(COPY_UP, arg, &data) {
+                Err(Error::Busy(_)) if waited < 10_000 => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    waited += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// A copy-up is visible in the snapshots that read through to the parent (that is what
@@ -729,12 +779,21 @@ impl Image {
         Ok(map)
     }
 
-    /// The numbers of this image's data objects that exist at any point, from one listing.
+    /// The numbers of this image's data objects that exist at head, from one listing.
     fn own_object_numbers(&self, h: &Header) -> Result<Vec<(u64, Locator)>> {
+        self.own_objects(h, false)
+    }
+
+    /// The same, with `clones` also those that exist only as clones (for snapshots).
+    fn own_objects(&self, h: &Header, clones: bool) -> Result<Vec<(u64, Locator)>> {
         let prefix = format!("{}.", h.object_prefix);
-        let mut out: Vec<(u64, Locator)> = self
-            .store()
-            .list_objects(self.data_pool(h), Some(&self.spec.namespace))?
+        let (pool, ns) = (self.data_pool(h), Some(self.spec.namespace.as_str()));
+        let all = if clones {
+            self.store().list_all_objects(pool, ns)?
+        } else {
+            self.store().list_objects(pool, ns)?
+        };
+        let mut out: Vec<(u64, Locator)> = all
             .into_iter()
             .filter_map(|loc| {
                 let no = u64::from_str_radix(loc.name.strip_prefix(&prefix)?, 16).ok()?;
@@ -979,37 +1038,32 @@ impl Image {
                 "shrinking an image is only allowed with the --allow-shrink flag".into(),
             ));
         }
+        // Objects go before the size changes: a kill in between is finished forward by the
+        // next open, so the head never shows a size with bytes of the other.
+        let old = h.size;
+        let _live = self.intent_begin(RESIZE, "size", &finishers::two(old, size))?;
+        self.resize_steps(old, size, progress)?;
+        self.intent_end(RESIZE, "size")
+    }
+
+    /// The steps of a resize from `old` to `size`; each may run again (after a kill, when the
+    /// header may already say `size`).
+    pub(crate) fn resize_steps(&self, old: u64, size: u64, progress: Progress) -> Result<()> {
+        let h = Header {
+            size: old,
+            ..(*self.header()?).clone()
+        };
         if size > h.size {
             // Bytes past the old end (left by a shrink, or copied up for a snapshot) must not
             // reappear in the head.
             let tail_end = (h.size.div_ceil(h.layout.period()) * h.layout.period()).min(size);
             if tail_end > h.size {
-                let grown = Header {
-                    size,
-                    ..(*h).clone()
-                };
+                let grown = Header { size, ..h.clone() };
                 self.zero_range(&grown, h.size, tail_end - h.size, false)?;
             }
         }
         if size < h.size {
-            let snapc = h.snap_context();
-            let (keep, old) = (h.layout.object_count(size), h.layout.object_count(h.size));
-            // Only the objects that exist (one listing), as librbd's trim skips what the
-            // object map says is absent: a shrink from a huge sparse size must not visit
-            // every object number it addressed.
-            let doomed: Vec<(u64, Locator)> = self
-                .own_object_numbers(&h)?
-                .into_iter()
-                .filter(|(no, _)| (keep..old).contains(no))
-                .collect();
-            let total = doomed.len() as u64;
-            for (i, (object_no, loc)) in doomed.iter().enumerate() {
-                ignore_not_found(self.store().operate(loc, &WriteOp::new().remove(), &snapc))?;
-                self.set_object_state(&h, *object_no, ObjectState::Nonexistent)?;
-                progress(i as u64 + 1, total);
-            }
-            let tail_end = (size.div_ceil(h.layout.period()) * h.layout.period()).min(h.size);
-            self.zero_range(&h, size, tail_end - size, false)?;
+            self.trim(&h, size, progress)?;
         }
         self.update_header(|hh| {
             hh.size = size;
@@ -1026,6 +1080,28 @@ impl Image {
             (changed, ())
         })?;
         Ok(())
+    }
+
+    /// Removes the objects of `h` past `size` and zeroes the tail of the last period.
+    fn trim(&self, h: &Header, size: u64, progress: Progress) -> Result<()> {
+        let snapc = h.snap_context();
+        let (keep, old) = (h.layout.object_count(size), h.layout.object_count(h.size));
+        // Only the objects that exist (one listing), as librbd's trim skips what the
+        // object map says is absent: a shrink from a huge sparse size must not visit
+        // every object number it addressed.
+        let doomed: Vec<(u64, Locator)> = self
+            .own_object_numbers(h)?
+            .into_iter()
+            .filter(|(no, _)| (keep..old).contains(no))
+            .collect();
+        let total = doomed.len() as u64;
+        for (i, (object_no, loc)) in doomed.iter().enumerate() {
+            ignore_not_found(self.store().operate(loc, &WriteOp::new().remove(), &snapc))?;
+            self.set_object_state(h, *object_no, ObjectState::Nonexistent)?;
+            progress(i as u64 + 1, total);
+        }
+        let tail_end = (size.div_ceil(h.layout.period()) * h.layout.period()).min(h.size);
+        self.zero_range(h, size, tail_end - size, false)
     }
 
     // ---- snapshots
@@ -1060,6 +1136,14 @@ impl Image {
         }
         let pool = self.data_pool(&h);
         let sid = self.store().snap_create(pool)?;
+        let arg = sid.to_string();
+        let live = match self.intent_begin(SNAP_CREATE, &arg, &[]) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.store().snap_remove(pool, sid);
+                return Err(e);
+            }
+        };
         let result = (|| -> Result<()> {
             if Self::has_object_map(&h) {
                 let map = self
@@ -1092,17 +1176,20 @@ impl Image {
             })
         })();
         if let Err(e) = result {
-            let _ = self.store().operate(
-                &self.map_loc(Some(sid)),
-                &WriteOp::new().remove(),
-                &SnapContext::default(),
-            );
-            let _ = self.store().snap_remove(pool, sid);
+            let _ = self.drop_snap_id(&h, sid);
+            let _ = self.intent_end(SNAP_CREATE, &arg);
             return Err(e);
         }
-        // Fast-diff: from now on, "exists" in the head map means "changed since this snapshot".
         let h = self.header()?;
-        self.with_head_map(&h, |m| {
+        self.clean_head_map(&h)?;
+        self.intent_end(SNAP_CREATE, &arg)?;
+        drop(live);
+        Ok(sid)
+    }
+
+    /// Fast-diff: from a new snapshot on, "exists" in the head map means "changed since it".
+    pub(crate) fn clean_head_map(&self, h: &Header) -> Result<()> {
+        self.with_head_map(h, |m| {
             let dirty: Vec<u64> = (0..m.len())
                 .filter(|&i| m.get(i) == ObjectState::Exists)
                 .collect();
@@ -1111,7 +1198,18 @@ impl Image {
             }
             (!dirty.is_empty(), ())
         })?;
-        Ok(sid)
+        Ok(())
+    }
+
+    /// Undoes a snapshot creation the header never recorded: its map and its store snap id.
+    pub(crate) fn drop_snap_id(&self, h: &Header, sid: SnapId) -> Result<()> {
+        ignore_not_found(self.store().operate(
+            &self.map_loc(Some(sid)),
+            &WriteOp::new().remove(),
+            &SnapContext::default(),
+        ))?;
+        self.store().snap_remove(self.data_pool(h), sid)?;
+        Ok(())
     }
 
     /// Oldest first.
@@ -1143,14 +1241,13 @@ impl Image {
         // The clones are freed after the header forgets the snapshot: a kill in between
         // would leak them, so the rest is an intent any later writable open finishes.
         let arg = sm.id.to_string();
-        let data = crate::intent::snap_remove_data(sm.id, sm.size);
-        self.intent_begin(crate::intent::SNAP_REMOVE, &arg, &data)?;
+        let _live = self.intent_begin(SNAP_REMOVE, &arg, &finishers::two(sm.id, sm.size))?;
         self.update_header(|hh| {
             hh.snaps.remove(&sm.id);
             Ok(())
         })?;
         self.snap_remove_rest(sm.id, sm.size)?;
-        self.intent_end(crate::intent::SNAP_REMOVE, &arg)
+        self.intent_end(SNAP_REMOVE, &arg)
     }
 
     /// What follows the header change of a snapshot removal; each step may run twice.
@@ -1159,15 +1256,7 @@ impl Image {
         let map = self.map_loc(Some(id));
         if Self::has_object_map(&h) && self.store().stat(&map, HEAD).is_ok() {
             let next = h.snaps.range(id + 1..).next().map(|(id, _)| *id);
-            let sm = SnapMeta {
-                id,
-                name: String::new(),
-                size,
-                protected: false,
-                timestamp: 0,
-                parent: None,
-            };
-            self.merge_dirty_bits(&h, &sm, next)?;
+            self.merge_dirty_bits(&h, id, size, next)?;
         }
         self.store().snap_remove(self.data_pool(&h), id)?;
         ignore_not_found(self.store().operate(
@@ -1178,8 +1267,15 @@ impl Image {
     }
 
     /// What changed in a removed snapshot now counts as changed in the next one (fast-diff).
-    fn merge_dirty_bits(&self, h: &Header, removed: &SnapMeta, next: Option<SnapId>) -> Result<()> {
-        let old = self.load_map(h, Some(removed.id), removed.size)?;
+    /// `removed` and `size`: the removed snapshot's id and size (its map's extent).
+    fn merge_dirty_bits(
+        &self,
+        h: &Header,
+        removed: SnapId,
+        size: u64,
+        next: Option<SnapId>,
+    ) -> Result<()> {
+        let old = self.load_map(h, Some(removed), size)?;
         let dirty: Vec<u64> = (0..old.len())
             .filter(|&i| old.get(i) == ObjectState::Exists)
             .collect();
@@ -1271,6 +1367,24 @@ impl Image {
         } else {
             None
         };
+        // Recorded before the size changes: a rollback cut short is redone by the next open,
+        // so the head never shows a mix of the snapshot and what it had.
+        let arg = sm.id.to_string();
+        let _live = self.intent_begin(ROLLBACK, &arg, &finishers::two(sm.id, old.size))?;
+        self.rollback_steps(&sm, old.size, maps, progress)?;
+        self.intent_end(ROLLBACK, &arg)
+    }
+
+    /// The steps of a rollback to `sm` of a head of `old_size` bytes; each may run again.
+    /// `maps` (the snapshot's and the head's object maps, read before the size changed) say
+    /// which objects to visit; without them, every object the store has of this image.
+    pub(crate) fn rollback_steps(
+        &self,
+        sm: &SnapMeta,
+        old_size: u64,
+        maps: Option<(ObjectMap, ObjectMap)>,
+        progress: Progress,
+    ) -> Result<()> {
         // The size first, so the object map covers every object the rollback recreates.
         self.update_header(|hh| {
             hh.size = sm.size;
@@ -1279,17 +1393,24 @@ impl Image {
         })?;
         let h = self.header()?;
         let snapc = h.snap_context();
-        let count = h.layout.object_count(old.size.max(sm.size));
-        for object_no in 0..count {
-            progress(object_no, count);
-            if let Some((at_snap, head)) = &maps {
-                if !at_snap.get(object_no).may_exist() && !head.get(object_no).may_exist() {
-                    continue;
-                }
-            }
-            self.rollback_object(&h, &sm, object_no, &snapc)?;
+        let count = h.layout.object_count(old_size.max(sm.size));
+        let visit: Vec<u64> = match &maps {
+            Some((at_snap, head)) => (0..count)
+                .filter(|&i| at_snap.get(i).may_exist() || head.get(i).may_exist())
+                .collect(),
+            None => self
+                .own_objects(&h, true)?
+                .into_iter()
+                .map(|(no, _)| no)
+                .filter(|&no| no < count)
+                .collect(),
+        };
+        let total = visit.len() as u64;
+        for (i, object_no) in visit.into_iter().enumerate() {
+            progress(i as u64, total);
+            self.rollback_object(&h, sm, object_no, &snapc)?;
         }
-        progress(count, count);
+        progress(total, total);
         Ok(())
     }
 
@@ -1379,31 +1500,37 @@ impl Image {
             self.copy_up(&h, &link, object_no)?;
         }
         // Snapshots whose parent range the copy-ups covered no longer need the parent;
-        // one that saw more of it (the head was shrunk since) keeps its link.
+        // one that saw more of it (the head was shrunk since) keeps its link. The header and
+        // the parents' children lists change in two steps: the intent names every link, and
+        // a finisher makes the lists follow whatever the header says.
         let flattened = link.overlap.min(h.size);
-        let mut dropped = vec![link];
-        let kept = self.update_header(|hh| {
+        let mut links = vec![link];
+        links.extend(h.snaps.values().filter_map(|s| s.parent.clone()));
+        let key = |l: &ParentLink| {
+            (
+                l.pool_id,
+                l.namespace.clone(),
+                l.image_id.clone(),
+                l.snap_id,
+            )
+        };
+        links.sort_by_key(key);
+        links.dedup_by_key(|l| key(l));
+        let _live = self.intent_begin(FLATTEN, "head", &finishers::links(&links))?;
+        self.update_header(|hh| {
             hh.parent = None;
-            let mut kept = Vec::new();
             for s in hh.snaps.values_mut() {
-                match s.parent.take() {
-                    Some(p) if p.overlap.min(s.size) > flattened => {
-                        kept.push(p.clone());
-                        s.parent = Some(p);
-                    }
-                    Some(p) => dropped.push(p),
-                    None => {}
+                if s.parent
+                    .as_ref()
+                    .is_some_and(|p| p.overlap.min(s.size) <= flattened)
+                {
+                    s.parent = None;
                 }
             }
-            Ok(kept)
+            Ok(())
         })?;
-        let key = |l: &ParentLink| (l.pool_id, l.image_id.clone(), l.snap_id);
-        dropped.retain(|l| !kept.iter().any(|k| key(k) == key(l)));
-        dropped.sort_by_key(key);
-        dropped.dedup_by_key(|l| key(l));
-        for l in &dropped {
-            self.rbd.child_unregister(l, &self.spec, &self.id)?;
-        }
+        self.sync_child_links(&links)?;
+        self.intent_end(FLATTEN, "head")?;
         progress(count, count);
         Ok(())
     }

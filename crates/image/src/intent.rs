@@ -1,8 +1,8 @@
-//! Intents: how a multi-step operation on an image survives a SIGKILL at any point.
+//! Intents: how a multi-step operation survives a SIGKILL at any point.
 //!
 //! The rule (DESIGN.md, invariant 6): before its first visible step, an operation records
-//! durably what it is about to do, and any later command on that image finds an unfinished
-//! intent and rolls it forward or back, so that what `info`, `ls` and `status` show is true.
+//! durably what it is about to do, and any later command that meets an unfinished intent
+//! rolls it forward or back, so that what `info`, `ls`, `trash ls` and `status` show is true.
 //! Ceph writes its migration steps to be re-runnable (the comment above `relink_children` in
 //! librbd's `Migration.cc`); an intent goes one step further and names the steps, so the
 //! rerun does not have to guess which of them happened.
@@ -13,29 +13,43 @@
 //!   `committing`, `aborting`), changed only by [`Image::swap_migration_record`], a
 //!   compare-and-swap: a writer that finds a state it did not expect stops instead of
 //!   overwriting it. The migration crate rolls unfinished ones forward or back.
-//! - Any other operation keeps an **intent key** `rbdm_intent.<op>.<arg>` on the header object
-//!   (beside the header's own keys, so header updates leave it alone), whose value is the
-//!   step reached and what the op needs to finish. [`Image::finish_intents`] (run on every
-//!   writable open) finishes them.
+//! - Any other operation keeps an **intent key** `rbdm_intent.<op>.<arg>` on an anchor
+//!   object, whose value is what the op needs to finish: the image header for operations on
+//!   one image (flatten, resize, snapshot create/remove/rollback, a copy-up that writes
+//!   twice), the pool's `rbd_directory` for operations that name images (create and clone,
+//!   trash move and restore). `rm` is a trash move (source `REMOVING`, as librbd's) followed
+//!   by the trash entry's removal, so a killed `rm` leaves a hidden trash entry that `rm` of
+//!   the same name (or `trash rm`) finishes.
 //!
-//! How an op uses intent keys (snapshot removal does, see [`Image::snap_remove`]):
-//! 1. `intent_begin(op, arg, data)` before the first change anyone else can see;
+//! How an op uses intent keys:
+//! 1. `begin(op, arg, data)` before the first change anyone else can see; it takes a lock
+//!    named after the key on the anchor (the store breaks a dead process's locks) and keeps
+//!    it while the op runs: that is how a finisher tells a live op from a dead one;
 //! 2. each step written so that running it twice is harmless;
-//! 3. `intent_end(op, arg)` after the last step;
-//! 4. a branch in [`Image::finish_intents`] that looks at what the store shows and either
-//!    runs the remaining steps (forward) or drops the intent when no step became visible
-//!    (back). The finisher must be safe to run while nothing else touches the image, which
-//!    the writable open guarantees (clients take the exclusive lock to write).
+//! 3. `end(op, arg)` after the last step (or the last step removes the key itself, in the
+//!    same atomic write);
+//! 4. a finisher branch (`finishers.rs`) that looks at what the store shows and either runs
+//!    the remaining steps (forward) or drops the intent when no step became visible (back).
+//!
+//! Who finishes (the decision for readers): every open of an image by a user (`Rbd::open`,
+//! `open_by_id`; read-only ones too, so `info`, `ls -l`, `snap ls`, `export` see the settled
+//! state) finishes the image's unfinished intents whose owner is dead, holding the image's
+//! exclusive lock meanwhile; if a live client holds that lock the intents are left alone
+//! (they are that client's own steps, or wait for it) and the open shows the state as it is.
+//! `ls`, `trash ls`, `create`, `clone`, `rm` and the trash commands first finish the pool's
+//! naming intents the same way. A reader that cannot write (a full disk) shows the state as
+//! it is. Internal reads (a clone's parent, a migration's source) never finish anything.
+//! `fsck` reports intents whose owner is dead.
 
-use rbdm_store::{Error as StoreError, SnapContext, WriteOp};
+use rbdm_store::{Error as StoreError, Locator, SnapContext, StoreRef, WriteOp};
 
 use crate::encoding::{Dec, Enc};
 use crate::migration::MigrationRecord;
 use crate::{Error, Image, Result};
 
-const PREFIX: &str = "rbdm_intent.";
+pub(crate) const PREFIX: &str = "rbdm_intent.";
 
-/// An unfinished operation found on an image.
+/// An unfinished operation found on an image or a pool directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Intent {
     pub op: String,
@@ -44,7 +58,7 @@ pub struct Intent {
     pub data: Vec<u8>,
 }
 
-fn key(op: &str, arg: &str) -> String {
+pub(crate) fn key(op: &str, arg: &str) -> String {
     format!("{PREFIX}{op}.{arg}")
 }
 
@@ -70,59 +84,142 @@ fn decode(k: &str, buf: &[u8]) -> Result<Intent> {
     })
 }
 
-impl Image {
-    /// Records that `op` on `arg` starts; `Busy` if the same one is unfinished.
-    pub fn intent_begin(&self, op: &str, arg: &str, data: &[u8]) -> Result<()> {
+/// The object an intent is kept on, and what to call it in errors.
+pub(crate) struct Anchor<'a> {
+    pub store: &'a StoreRef,
+    pub loc: Locator,
+    /// The header must exist (an intent must not create it); a directory may not yet.
+    pub must_exist: bool,
+    pub label: &'a str,
+}
+
+impl Anchor<'_> {
+    /// Records that `op` on `arg` starts; returns the lock that marks it live. `Busy` if the
+    /// same op runs in another process or an earlier one is unfinished.
+    pub fn begin(&self, op: &str, arg: &str, data: &[u8]) -> Result<OpLock> {
         let k = key(op, arg);
-        let w = WriteOp::new()
-            .assert_exists()
-            .omap_cmp(&k, None)
-            .omap_set([(k.clone(), encode(data))]);
-        match self
-            .store()
-            .operate(&self.header_loc(), &w, &SnapContext::default())
-        {
+        let held = take_lock(self.store, &self.loc, &k, true).map_err(|e| match e {
+            Error::Busy(_) => Error::Busy(format!(
+                "{}: {op} of {arg} is running in another process",
+                self.label
+            )),
+            e => e,
+        })?;
+        let mut w = WriteOp::new();
+        if self.must_exist {
+            w = w.assert_exists();
+        }
+        let w = w.omap_cmp(&k, None).omap_set([(k.clone(), encode(data))]);
+        match self.store.operate(&self.loc, &w, &SnapContext::default()) {
             Err(StoreError::Canceled(_)) => Err(Error::Busy(format!(
-                "image '{}': an earlier {op} of {arg} is unfinished",
-                self.name()
+                "{}: an earlier {op} of {arg} is unfinished",
+                self.label
             ))),
-            r => Ok(r?),
+            r => Ok(r.map(|_| held)?),
         }
     }
 
     /// Records that `op` on `arg` is done (idempotent).
-    pub fn intent_end(&self, op: &str, arg: &str) -> Result<()> {
+    pub fn end(&self, op: &str, arg: &str) -> Result<()> {
         let w = WriteOp::new().omap_rm([key(op, arg)]);
-        match self
-            .store()
-            .operate(&self.header_loc(), &w, &SnapContext::default())
-        {
+        match self.store.operate(&self.loc, &w, &SnapContext::default()) {
             Err(StoreError::NotFound(_)) => Ok(()),
             r => Ok(r?),
         }
     }
 
-    /// The unfinished operations recorded on this image.
-    pub fn intents(&self) -> Result<Vec<Intent>> {
-        let page = self
-            .store()
-            .omap_get(&self.header_loc(), "", PREFIX, 1024)?;
-        page.iter().map(|(k, v)| decode(k, v)).collect()
+    /// The unfinished operations recorded here.
+    pub fn list(&self) -> Result<Vec<Intent>> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = match self.store.omap_get(&self.loc, &after, PREFIX, 256) {
+                Err(StoreError::NotFound(_)) => break,
+                r => r?,
+            };
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            for (k, v) in &page {
+                out.push(decode(k, v)?);
+            }
+        }
+        Ok(out)
     }
 
-    /// Rolls every unfinished intent forward or back (see the module doc). Unknown ops are an
-    /// error naming them: a newer program left them, and guessing could lose data.
+    /// The intent's lock, if its owner is dead and the intent is still recorded: whoever
+    /// holds it may finish the op. `None` while the owner lives or once the op ended.
+    pub fn claim(&self, i: &Intent) -> Result<Option<OpLock>> {
+        let k = key(&i.op, &i.arg);
+        let held = match take_lock(self.store, &self.loc, &k, true) {
+            Ok(l) => l,
+            Err(Error::Busy(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Listed before the owner ended it and let go: then there is nothing to finish.
+        let still = match self.store.omap_get_keys(&self.loc, &[&k]) {
+            Err(StoreError::NotFound(_)) => false,
+            r => r?.contains_key(&k),
+        };
+        Ok(still.then_some(held))
+    }
+
+    /// Whether a live process holds the intent's lock.
+    pub fn is_live(&self, i: &Intent) -> Result<bool> {
+        match self.store.list_lockers(&self.loc, &key(&i.op, &i.arg)) {
+            Ok(l) => Ok(!l.is_empty()),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Image {
+    pub(crate) fn anchor(&self) -> Anchor<'_> {
+        Anchor {
+            store: self.store(),
+            loc: self.header_loc(),
+            must_exist: true,
+            label: self.name(),
+        }
+    }
+
+    /// Records that `op` on `arg` starts (see [`Anchor::begin`]); keep the lock until
+    /// [`Image::intent_end`].
+    pub fn intent_begin(&self, op: &str, arg: &str, data: &[u8]) -> Result<OpLock> {
+        self.anchor().begin(op, arg, data)
+    }
+
+    /// Records that `op` on `arg` is done (idempotent).
+    pub fn intent_end(&self, op: &str, arg: &str) -> Result<()> {
+        self.anchor().end(op, arg)
+    }
+
+    /// The unfinished operations recorded on this image.
+    pub fn intents(&self) -> Result<Vec<Intent>> {
+        self.anchor().list()
+    }
+
+    /// Rolls every unfinished intent whose owner is dead forward or back (see the module
+    /// doc), holding the exclusive lock meanwhile; leaves them while another live client
+    /// holds that lock. Unknown ops are an error naming them: a newer program left them,
+    /// and guessing could lose data.
     pub fn finish_intents(&self) -> Result<()> {
-        for i in self.intents()? {
-            match i.op.as_str() {
-                SNAP_REMOVE => self.finish_snap_remove(&i)?,
-                op => {
-                    return Err(Error::Unsupported(format!(
-                        "image '{}' has an unfinished operation '{op}' this program does not know",
-                        self.name()
-                    )))
-                }
-            }
+        let found = self.intents()?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let h = self.header()?;
+        match self.acquire_lock(&h) {
+            Err(Error::Busy(_)) => return Ok(()),
+            r => r?,
+        }
+        let anchor = self.anchor();
+        for i in found {
+            let Some(_claim) = anchor.claim(&i)? else {
+                continue;
+            };
+            self.finish_one(&i)?;
+            anchor.end(&i.op, &i.arg)?;
         }
         Ok(())
     }
@@ -147,32 +244,11 @@ impl Image {
     }
 }
 
-/// Snapshot removal: the header forgets the snapshot, then the store frees its clones.
-pub(crate) const SNAP_REMOVE: &str = "snap_remove";
-
-/// What a snapshot removal records: the snapshot's id and size (for its object map).
-pub(crate) fn snap_remove_data(id: u64, size: u64) -> Vec<u8> {
-    Enc::new().u64(id).u64(size).finish()
-}
-
-impl Image {
-    fn finish_snap_remove(&self, i: &Intent) -> Result<()> {
-        let mut d = Dec::new(&i.data, "snap_remove intent");
-        let (id, size) = (d.u64()?, d.u64()?);
-        if self.header()?.snaps.contains_key(&id) {
-            // Killed before the header changed: nothing visible happened, roll back.
-            return self.intent_end(SNAP_REMOVE, &i.arg);
-        }
-        self.snap_remove_rest(id, size)?;
-        self.intent_end(SNAP_REMOVE, &i.arg)
-    }
-}
-
-/// An operation's mark on an image, seen by other processes (see [`Image::op_running`]) until
+/// An operation's mark on an object, seen by other processes (see [`Image::op_running`]) until
 /// it is dropped or its process dies (the store breaks a dead client's locks).
 pub struct OpLock {
-    store: rbdm_store::StoreRef,
-    loc: rbdm_store::Locator,
+    store: StoreRef,
+    loc: Locator,
     name: String,
     cookie: String,
 }
@@ -183,29 +259,34 @@ impl Drop for OpLock {
     }
 }
 
+/// Takes lock `name` on `loc` for this process; `Busy` if a live process holds it (any
+/// holder when `exclusive`, an exclusive one otherwise; this process's other holds count).
+fn take_lock(store: &StoreRef, loc: &Locator, name: &str, exclusive: bool) -> Result<OpLock> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cookie = format!("{}.{n}", std::process::id());
+    match store.lock(loc, name, &cookie, "rbdm operation", exclusive) {
+        Err(StoreError::Busy(_)) => Err(Error::Busy(format!("{name} is held"))),
+        r => r.map_err(Error::from),
+    }?;
+    Ok(OpLock {
+        store: store.clone(),
+        loc: loc.clone(),
+        name: name.into(),
+        cookie,
+    })
+}
+
 impl Image {
     /// Marks `op` as running on this image; `Busy` if it (or, when `exclusive`, any holder of
     /// `op`) runs already in another live process. Shared holders exclude only exclusive ones.
     pub fn op_lock(&self, op: &str, exclusive: bool) -> Result<OpLock> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let cookie = format!("{}.{n}", std::process::id());
-        let loc = self.header_loc();
-        match self
-            .store()
-            .lock(&loc, op, &cookie, "rbdm operation", exclusive)
-        {
-            Err(StoreError::Busy(_)) => Err(Error::Busy(format!(
+        take_lock(self.store(), &self.header_loc(), op, exclusive).map_err(|e| match e {
+            Error::Busy(_) => Error::Busy(format!(
                 "image '{}': {op} is running in another process",
                 self.name()
-            ))),
-            r => r.map_err(Error::from),
-        }?;
-        Ok(OpLock {
-            store: self.store().clone(),
-            loc,
-            name: op.into(),
-            cookie,
+            )),
+            e => e,
         })
     }
 
@@ -222,6 +303,7 @@ impl Image {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::finishers::{two as snap_remove_data, SNAP_REMOVE};
 
     #[test]
     fn intent_value_round_trip() {
@@ -265,11 +347,21 @@ mod tests {
         })
         .unwrap();
         drop(img);
-        assert_eq!(
-            rbd.fsck(None).unwrap().len(),
-            1,
-            "the clone is owned by nothing"
-        );
+        // What fsck sees meanwhile: the clone owned by nothing, the removed snapshot's map,
+        // and the unfinished removal itself.
+        let found: Vec<String> = rbd
+            .fsck(None)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.problem)
+            .collect();
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(found
+            .iter()
+            .any(|p| p.starts_with("clone of removed snapshots")));
+        assert!(found
+            .iter()
+            .any(|p| p.contains("unfinished operation snap_remove")));
         let again = rbd.open(&spec, false).unwrap();
         assert!(again.intents().unwrap().is_empty());
         assert!(rbd.fsck(None).unwrap().is_empty());

@@ -23,6 +23,7 @@ pub mod advisory;
 mod alloc_map;
 pub mod encoding;
 mod error;
+mod finishers;
 pub mod fsck;
 pub mod header;
 mod image;
@@ -140,7 +141,8 @@ pub struct SnapInfo {
 pub struct TrashEntry {
     pub id: String,
     pub name: String,
-    /// "USER" (moved by `trash mv`) or "MIGRATION" (hidden unless `--all`).
+    /// "USER" (moved by `trash mv`), "MIGRATION" or "REMOVING" (an `rm` in progress, or
+    /// cut short: `rm` of the name finishes it); the last two are hidden unless `--all`.
     pub source: String,
     pub deleted_at: u64,
     pub deferment_end: u64,

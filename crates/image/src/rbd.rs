@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, StoreRef, WriteOp};
 
 use crate::encoding::{Dec, Enc};
+use crate::finishers;
 use crate::header::{self, Header, ParentLink};
+use crate::intent;
 use crate::{
     features, ChildInfo, CreateOptions, Error, Image, ImageSpec, Layout, PoolSpec, Progress,
     Result, TrashEntry,
@@ -21,6 +23,8 @@ pub(crate) const DIRECTORY: &str = "rbd_directory";
 pub(crate) const TRASH: &str = "rbd_trash";
 pub(crate) const CHILDREN: &str = "rbd_children";
 pub(crate) const NAMESPACES: &str = "rbd_namespace";
+/// The trash source of an image `rm` is removing (librbd's `RBD_TRASH_IMAGE_SOURCE_REMOVING`).
+pub(crate) const REMOVING: &str = "REMOVING";
 /// Store-wide state lives in a pool `ls` does not show.
 const HIDDEN_POOL: &str = ".rbdm";
 const CONFIG_KEY: &str = "config_key";
@@ -253,12 +257,27 @@ impl Rbd {
     }
 
     fn dir_add(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
+        self.dir_add_ending(spec, name, id, None)
+    }
+
+    /// Names image `id`; with `intent`, removes that intent key in the same atomic write
+    /// (the last step of a create).
+    fn dir_add_ending(
+        &self,
+        spec: &PoolSpec,
+        name: &str,
+        id: &str,
+        intent: Option<&str>,
+    ) -> Result<()> {
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
-        let op = WriteOp::new().omap_cmp(&key, None).omap_set([
-            (key.clone(), id.as_bytes().to_vec()),
-            (format!("id_{id}"), name.as_bytes().to_vec()),
-        ]);
+        let op = WriteOp::new()
+            .omap_cmp(&key, None)
+            .omap_set([
+                (key.clone(), id.as_bytes().to_vec()),
+                (format!("id_{id}"), name.as_bytes().to_vec()),
+            ])
+            .omap_rm(intent);
         match self.store.operate(&loc, &op, &no_snapc()) {
             Err(StoreError::Canceled(_)) => Err(Error::Exists(format!(
                 "image '{name}' already exists in {spec}"
@@ -274,12 +293,24 @@ impl Rbd {
         Ok(())
     }
 
-    fn dir_remove(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
+    pub(crate) fn dir_remove(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
+        self.dir_remove_ending(spec, name, id, None)
+    }
+
+    /// Unnames image `id`; with `intent`, removes that intent key in the same atomic write.
+    fn dir_remove_ending(
+        &self,
+        spec: &PoolSpec,
+        name: &str,
+        id: &str,
+        intent: Option<&str>,
+    ) -> Result<()> {
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
         let op = WriteOp::new()
             .omap_cmp(&key, Some(id.as_bytes()))
-            .omap_rm([key.clone(), format!("id_{id}")]);
+            .omap_rm([key.clone(), format!("id_{id}")])
+            .omap_rm(intent);
         match self.store.operate(&loc, &op, &no_snapc()) {
             Err(StoreError::Canceled(_)) => {
                 return Err(Error::NotFound(format!(
@@ -358,6 +389,7 @@ impl Rbd {
     ) -> Result<String> {
         check_name("image", name)?;
         self.check_namespace(spec)?;
+        self.settle_names(spec)?;
         if self.image_id(spec, name).is_ok() {
             return Err(Error::Exists(format!(
                 "image '{name}' already exists in {spec}"
@@ -366,12 +398,29 @@ impl Rbd {
         let id = new_image_id();
         let mut h = self.new_header(spec, &id, opts)?;
         adjust(&mut h);
+        h.check_size(h.size)?;
+        // Header, child link, then the name, which also ends the intent: until then no one
+        // sees the image, and a kill is undone by the next command that settles the pool.
+        let dir = self.dir_anchor(spec)?;
+        let data = finishers::create_data(name, h.parent.as_ref());
+        let _live = dir.begin(finishers::CREATE, &id, &data)?;
+        let ikey = intent::key(finishers::CREATE, &id);
         let hloc = self.loc(spec, &header::header_name(&id))?;
-        h.create(&self.store, &hloc)?;
-        if let Err(e) = self.dir_add(spec, name, &id) {
+        let made = (|| {
+            h.create(&self.store, &hloc)?;
+            if let Some(link) = &h.parent {
+                self.child_register(link, spec, &id)?;
+            }
+            self.dir_add_ending(spec, name, &id, Some(&ikey))
+        })();
+        if let Err(e) = made {
+            if let Some(link) = &h.parent {
+                let _ = self.child_unregister(link, spec, &id);
+            }
             let _ = self
                 .store
                 .operate(&hloc, &WriteOp::new().remove(), &no_snapc());
+            let _ = dir.end(finishers::CREATE, &id);
             return Err(e);
         }
         Ok(id)
@@ -380,6 +429,7 @@ impl Rbd {
     /// Image names in the pool/namespace, sorted (trash not included).
     pub fn list(&self, spec: &PoolSpec) -> Result<Vec<String>> {
         self.check_namespace(spec)?;
+        self.settle_names_quietly(spec);
         let loc = self.loc(spec, DIRECTORY)?;
         Ok(self
             .omap_all(&loc, "name_")?
@@ -390,7 +440,14 @@ impl Rbd {
 
     /// Opens `spec` (its `snap`, if any, read-only). `NotFound` for an image in the trash.
     pub fn open(&self, spec: &ImageSpec, read_only: bool) -> Result<Image> {
-        let id = self.image_id(&spec.pool_spec(), &spec.image)?;
+        let id = match self.image_id(&spec.pool_spec(), &spec.image) {
+            Err(Error::NotFound(_)) => {
+                // A create or trash restore cut short may be what names it.
+                self.settle_names_quietly(&spec.pool_spec());
+                self.image_id(&spec.pool_spec(), &spec.image)?
+            }
+            r => r?,
+        };
         Image::open(
             self.clone(),
             spec.pool_spec(),
@@ -449,11 +506,54 @@ impl Rbd {
         Image::open(self.clone(), spec.clone(), name, id, snap, true, false)
     }
 
-    /// Refused (`Busy`) with snapshots, with watchers, or with children.
+    /// Refused (`Busy`) with snapshots, with watchers, or with children. As librbd's, a
+    /// removal first moves the image to the trash (source `REMOVING`, hidden), then removes
+    /// it from there: a kill leaves no half-removed image under its name, and `rm` of the
+    /// same name finishes what is in the trash.
     pub fn remove(&self, spec: &ImageSpec, progress: Progress) -> Result<()> {
         let pspec = spec.pool_spec();
-        let id = self.image_id(&pspec, &spec.image)?;
-        self.remove_by_id(&pspec, &id, Some(&spec.image), progress)
+        self.settle_names(&pspec)?;
+        let id = match self.image_id(&pspec, &spec.image) {
+            Err(Error::NotFound(m)) => {
+                let cut = self
+                    .trash_list(&pspec, true)?
+                    .into_iter()
+                    .find(|t| t.name == spec.image && t.source == REMOVING);
+                return match cut {
+                    Some(t) => self.trash_purge_entry(&pspec, &t, progress),
+                    None => Err(Error::NotFound(m)),
+                };
+            }
+            r => r?,
+        };
+        let image = Image::open(
+            self.clone(),
+            pspec.clone(),
+            spec.image.clone(),
+            id.clone(),
+            None,
+            false,
+            false,
+        )?;
+        self.check_removable(&image, &spec.image)?;
+        drop(image);
+        self.trash_move_as(spec, 0, REMOVING)?;
+        let t = self.trash_get(&pspec, &id)?;
+        self.trash_purge_entry(&pspec, &t, progress)
+    }
+
+    /// What refuses a removal: a fence, snapshots, watchers.
+    fn check_removable(&self, image: &Image, label: &str) -> Result<()> {
+        image.check_fence()?;
+        if !image.snap_list()?.is_empty() {
+            return Err(Error::NotEmpty(format!(
+                "image '{label}' has snapshots - these must be deleted with 'rbdm snap purge' before the image can be removed"
+            )));
+        }
+        if !image.watchers()?.is_empty() {
+            return Err(Error::Busy(format!("image '{label}' still has watchers")));
+        }
+        Ok(())
     }
 
     pub(crate) fn remove_by_id(
@@ -472,16 +572,7 @@ impl Rbd {
             false,
             false,
         )?;
-        let label = name.unwrap_or(id);
-        image.check_fence()?;
-        if !image.snap_list()?.is_empty() {
-            return Err(Error::NotEmpty(format!(
-                "image '{label}' has snapshots - these must be deleted with 'rbdm snap purge' before the image can be removed"
-            )));
-        }
-        if !image.watchers()?.is_empty() {
-            return Err(Error::Busy(format!("image '{label}' still has watchers")));
-        }
+        self.check_removable(&image, name.unwrap_or(id))?;
         image.remove_data(progress)?;
         if let Some(n) = name {
             self.dir_remove(spec, n, id)?;
@@ -555,13 +646,10 @@ impl Rbd {
                 child.image
             )));
         }
-        let id = self.create_with(&cspec, &child.image, &opts, |h| {
+        // The child link is registered inside the create, before the name appears.
+        self.create_with(&cspec, &child.image, &opts, |h| {
             h.parent = Some(link.clone())
         })?;
-        if let Err(e) = self.child_register(&link, &cspec, &id) {
-            let _ = self.remove_by_id(&cspec, &id, Some(&child.image), &mut |_, _| {});
-            return Err(e);
-        }
         Ok(())
     }
 
@@ -741,6 +829,7 @@ impl Rbd {
     /// removable or restorable by hand).
     pub fn trash_move_as(&self, spec: &ImageSpec, delay_secs: u64, source: &str) -> Result<String> {
         let pspec = spec.pool_spec();
+        self.settle_names(&pspec)?;
         let id = self.image_id(&pspec, &spec.image)?;
         if source == "USER" {
             let image = Image::open(
@@ -767,13 +856,18 @@ impl Rbd {
             deleted_at: t,
             deferment_end: t + delay_secs,
         };
+        // The trash entry, then the name, which also ends the intent: a kill in between is
+        // finished forward (the name goes) by the next command that settles the pool.
+        let dir = self.dir_anchor(&pspec)?;
+        let _live = dir.begin(finishers::TRASH_MOVE, &id, spec.image.as_bytes())?;
         let loc = self.loc(&pspec, TRASH)?;
         self.store.operate(
             &loc,
             &WriteOp::new().omap_set([(format!("id_{id}"), encode_trash(&entry))]),
             &no_snapc(),
         )?;
-        self.dir_remove(&pspec, &spec.image, &id)?;
+        let ikey = intent::key(finishers::TRASH_MOVE, &id);
+        self.dir_remove_ending(&pspec, &spec.image, &id, Some(&ikey))?;
         Ok(id)
     }
 
@@ -826,11 +920,12 @@ impl Rbd {
     /// `all`: include entries of source "MIGRATION".
     pub fn trash_list(&self, spec: &PoolSpec, all: bool) -> Result<Vec<TrashEntry>> {
         self.check_namespace(spec)?;
+        self.settle_names_quietly(spec);
         let loc = self.loc(spec, TRASH)?;
         let mut out = Vec::new();
         for (k, v) in self.omap_all(&loc, "id_")? {
             let t = decode_trash(&k[3..], &v)?;
-            if all || t.source != "MIGRATION" {
+            if all || (t.source != "MIGRATION" && t.source != REMOVING) {
                 out.push(t);
             }
         }
@@ -838,7 +933,14 @@ impl Rbd {
     }
 
     pub fn trash_restore(&self, spec: &PoolSpec, id: &str, new_name: Option<&str>) -> Result<()> {
+        self.settle_names(spec)?;
         let t = self.trash_get(spec, id)?;
+        if t.source == REMOVING {
+            return Err(Error::Busy(format!(
+                "image '{}' is being removed; run 'rbdm rm {}' to finish",
+                t.name, t.name
+            )));
+        }
         // A migration source whose migration is gone (an abort cut short) may come back.
         if t.source == "MIGRATION"
             && self
@@ -863,17 +965,15 @@ impl Rbd {
     ) -> Result<()> {
         let name = new_name.unwrap_or(&t.name);
         check_name("image", name)?;
-        // A restore killed between its two steps is finished by running it again.
+        // The name, then the trash entry goes: a kill in between is finished forward by the
+        // next command that settles the pool (or by running this again).
+        let dir = self.dir_anchor(spec)?;
+        let _live = dir.begin(finishers::TRASH_RESTORE, &t.id, name.as_bytes())?;
         if self.image_id(spec, name).ok().as_deref() != Some(t.id.as_str()) {
             self.dir_add(spec, name, &t.id)?;
         }
-        let loc = self.loc(spec, TRASH)?;
-        self.store.operate(
-            &loc,
-            &WriteOp::new().omap_rm([format!("id_{}", t.id)]),
-            &no_snapc(),
-        )?;
-        Ok(())
+        self.trash_forget(spec, &t.id)?;
+        dir.end(finishers::TRASH_RESTORE, &t.id)
     }
 
     /// Refused before the deferment end unless `force`; refused for migration sources.
@@ -884,6 +984,7 @@ impl Rbd {
         force: bool,
         progress: Progress,
     ) -> Result<()> {
+        self.settle_names(spec)?;
         let t = self.trash_get(spec, id)?;
         if t.source == "MIGRATION" {
             return Err(Error::Busy(format!(
@@ -891,7 +992,7 @@ impl Rbd {
                 t.name
             )));
         }
-        if !force && now() < t.deferment_end {
+        if !force && now() < t.deferment_end && t.source != REMOVING {
             return Err(Error::Busy(format!(
                 "image '{}' is not yet expired from the trash (use --force)",
                 t.name
@@ -907,14 +1008,12 @@ impl Rbd {
         t: &TrashEntry,
         progress: Progress,
     ) -> Result<()> {
-        self.remove_by_id(spec, &t.id, None, progress)?;
-        let loc = self.loc(spec, TRASH)?;
-        self.store.operate(
-            &loc,
-            &WriteOp::new().omap_rm([format!("id_{}", t.id)]),
-            &no_snapc(),
-        )?;
-        Ok(())
+        // Each step may run again: a header already gone means only the entry is left.
+        match self.remove_by_id(spec, &t.id, None, progress) {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.trash_forget(spec, &t.id)
     }
 
     // ---- config-key (store-wide)
