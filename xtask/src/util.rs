@@ -1,3 +1,6 @@
+//! Helpers every xtask command shares: the workspace root, running commands and timing them,
+//! scratch directories, a child process that is stopped when dropped.
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,8 +17,12 @@ pub fn root() -> PathBuf {
 
 /// Runs cargo in the workspace root, streaming its output; fails on a non-zero exit.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(args).current_dir(root()))
+    run(Command::new(cargo_program()).args(args).current_dir(root()))
+}
+
+/// The cargo that runs xtask (`CARGO`), so the same toolchain builds everything.
+pub fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 /// Runs a command, streaming its output; fails naming the command on a non-zero exit.

@@ -237,6 +237,7 @@ fn next_data(file: &File, pos: u64, size: u64) -> Option<(u64, u64)> {
     if data >= size {
         return None;
     }
+    // SAFETY: as above.
     let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
     let hole = if hole < 0 {
         size
