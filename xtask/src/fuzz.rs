@@ -104,7 +104,7 @@ fn run_command(target: &str, seconds: u64) -> Result<Command> {
 }
 
 fn fuzz_command() -> Command {
-    let mut cmd = Command::new("cargo");
+    let mut cmd = util::cargo_command();
     cmd.current_dir(util::root().join("fuzz")).arg("fuzz");
     cmd
 }
@@ -201,7 +201,7 @@ fn list_targets() -> Result<Vec<String>> {
 }
 
 fn require_cargo_fuzz() -> Result<()> {
-    let ok = Command::new("cargo")
+    let ok = util::cargo_command()
         .args(["fuzz", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());

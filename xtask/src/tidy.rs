@@ -31,21 +31,16 @@ const SOURCE_DIRS: &[&str] = &["crates", "plugins", "tests", "xtask", "fuzz"];
 /// Directories of generated files, never sources.
 const SKIPPED_DIRS: &[&str] = &["target", "corpus", "artifacts", "coverage"];
 
-/// `cargo xtask tidy`: the file rules, formatting, clippy.
+/// `cargo xtask tidy`: the file rules and formatting (seconds), then clippy (seconds when
+/// the target is warm; a check build of the workspace when cold).
 pub fn run() -> Result<()> {
-    quick()?;
+    files()?;
+    fmt()?;
     clippy()
 }
 
-/// The file rules and the formatting check: seconds, so `cargo xtask test` runs them before
-/// anything is built.
-pub fn quick() -> Result<()> {
-    files()?;
-    fmt()
-}
-
 /// The file rules over the whole workspace, printing warnings and problems.
-pub fn files() -> Result<()> {
+fn files() -> Result<()> {
     let report = check(&util::root())?;
     for w in &report.warnings {
         println!("tidy: warning: {w}");
@@ -82,9 +77,8 @@ fn fmt() -> Result<()> {
     Ok(())
 }
 
-/// Clippy on every target with warnings denied; `cargo xtask test` runs it last, as it
-/// builds the workspace once more (check mode, its own artifacts).
-pub fn clippy() -> Result<()> {
+/// Clippy on every target with warnings denied.
+fn clippy() -> Result<()> {
     util::cargo(&[
         "clippy",
         "--workspace",
