@@ -22,6 +22,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut targets = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--smoke" {
+            return smoke();
+        }
         if a == "--seconds" {
             let v = it.next().context("--seconds needs a number")?;
             seconds = v

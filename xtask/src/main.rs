@@ -33,8 +33,10 @@ commands:
                      (names: image, migration, source, nbd, same-store, live-reads;
                      default: all); --vs-ceph also runs `rbd migration` on a throwaway
                      Ceph cluster (needs Debian's ceph-mon, ceph-osd, radosgw)
-  fuzz [--seconds N] [TARGET...]
-                     run the cargo-fuzz targets for N seconds each (default 60)";
+  fuzz [--seconds N] [TARGET...] | fuzz --smoke
+                     run the cargo-fuzz targets (those in fuzz/Cargo.toml) for N seconds
+                     each (default 60), printing libFuzzer's output; --smoke is the short
+                     run `test` ends with, one line per target";
 
 fn main() {
     if let Err(e) = run() {
