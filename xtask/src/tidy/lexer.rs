@@ -54,7 +54,7 @@ impl<'a> Lexer<'a> {
                     self.string();
                 }
                 '\'' => self.quote(),
-                c if c.is_ascii_digit() => self.number(),
+                c if c.is_ascii_digit() => self.word_chars(),
                 c if c == '_' || c.is_alphabetic() => self.word(),
                 c if c.is_whitespace() => {
                     self.bump();
@@ -154,7 +154,8 @@ impl<'a> Lexer<'a> {
         // A lifetime: its name is lexed as a word next, which is harmless.
     }
 
-    fn number(&mut self) {
+    /// Digits and letters: a number with its suffix (`1u8`, `0x1f`) or the rest of a word.
+    fn word_chars(&mut self) {
         while self
             .peek(0)
             .is_some_and(|c| c == '_' || c.is_alphanumeric())
@@ -165,12 +166,7 @@ impl<'a> Lexer<'a> {
 
     fn word(&mut self) {
         let start = self.pos;
-        while self
-            .peek(0)
-            .is_some_and(|c| c == '_' || c.is_alphanumeric())
-        {
-            self.bump();
-        }
+        self.word_chars();
         let word = &self.src[start..self.pos];
         let next = self.peek(0);
         match (word, next) {
@@ -181,7 +177,7 @@ impl<'a> Lexer<'a> {
             // `r#unsafe` is an identifier, not the keyword.
             ("r", Some('#')) => {
                 self.bump();
-                self.word_skipped();
+                self.word_chars();
             }
             ("b" | "c", Some('"')) => {
                 self.bump();
@@ -189,15 +185,6 @@ impl<'a> Lexer<'a> {
             }
             ("b", Some('\'')) => self.quote(),
             _ => self.push(start),
-        }
-    }
-
-    fn word_skipped(&mut self) {
-        while self
-            .peek(0)
-            .is_some_and(|c| c == '_' || c.is_alphanumeric())
-        {
-            self.bump();
         }
     }
 }
