@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use rbdm_spec::{mask_secrets, SourceSpec};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
         let _ = SourceSpec::parse(text);
         return;

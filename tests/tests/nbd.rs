@@ -56,6 +56,7 @@ fn qemu_io_opts(uri: &str, opts: &[&str], cmds: &[&str]) -> (bool, String) {
 }
 
 fn signal(s: &Server, sig: i32) {
+    // SAFETY: signals the server child this test spawned and still owns.
     unsafe { libc::kill(s.0.id() as i32, sig) };
 }
 

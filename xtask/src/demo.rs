@@ -67,17 +67,15 @@ pub fn run() -> Result<()> {
         "32M",
         "fast/vm1",
     ])?;
-    if util::have("qemu-io") {
-        for (off, pat) in [(60 * MIB, 0x71), (MIB / 2, 0x72)] {
-            let cmds = [
-                format!("write -P {pat} {off} 65536"),
-                format!("read -P {pat} {off} 65536"),
-            ];
-            println!("$ qemu-io -f raw -c '{}' -c '{}' {uri}", cmds[0], cmds[1]);
-            util::output(
-                Command::new("qemu-io").args(["-f", "raw", "-c", &cmds[0], "-c", &cmds[1], &uri]),
-            )?;
-        }
+    for (off, pat) in [(60 * MIB, 0x71), (MIB / 2, 0x72)] {
+        let cmds = [
+            format!("write -P {pat} {off} 65536"),
+            format!("read -P {pat} {off} 65536"),
+        ];
+        println!("$ qemu-io -f raw -c '{}' -c '{}' {uri}", cmds[0], cmds[1]);
+        util::output(
+            Command::new("qemu-io").args(["-f", "raw", "-c", &cmds[0], "-c", &cmds[1], &uri]),
+        )?;
     }
     exec.wait_ok()?;
     server.stop()?;
@@ -163,30 +161,23 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("scratch paths are UTF-8")
 }
 
-/// A 64 MiB raw disk with a few data regions and holes, made by QEMU's tools when present.
+/// A 64 MiB raw disk with a few data regions and holes, made by QEMU's tools (the demo checks
+/// for them before it starts).
 fn make_source(src: &Path) -> Result<()> {
     let writes = [
         (0, 0x11, MIB),
         (5 * MIB, 0x22, 3 * MIB),
         (40 * MIB + 4096, 0x33, 512 * 1024),
     ];
-    if util::have("qemu-io") {
-        util::output(Command::new("qemu-img").args(["create", "-f", "raw", path(src), "64M"]))?;
-        for (off, pat, len) in writes {
-            util::output(Command::new("qemu-io").args([
-                "-f",
-                "raw",
-                "-c",
-                &format!("write -P {pat} {off} {len}"),
-                path(src),
-            ]))?;
-        }
-        return Ok(());
-    }
-    let f = std::fs::File::create(src)?;
-    f.set_len(64 * MIB)?;
+    util::output(Command::new("qemu-img").args(["create", "-f", "raw", path(src), "64M"]))?;
     for (off, pat, len) in writes {
-        std::os::unix::fs::FileExt::write_all_at(&f, &vec![pat as u8; len as usize], off)?;
+        util::output(Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            "-c",
+            &format!("write -P {pat} {off} {len}"),
+            path(src),
+        ]))?;
     }
     Ok(())
 }

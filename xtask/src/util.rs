@@ -1,3 +1,6 @@
+//! Helpers every xtask command shares: the workspace root, running commands and timing them,
+//! scratch directories, a child process that is stopped when dropped.
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,8 +17,32 @@ pub fn root() -> PathBuf {
 
 /// Runs cargo in the workspace root, streaming its output; fails on a non-zero exit.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(args).current_dir(root()))
+    run(cargo_command().args(args).current_dir(root()))
+}
+
+/// Variables `cargo run` sets for xtask that describe xtask itself. A build script that
+/// reads one (ring's reads `CARGO_MANIFEST_DIR`) is rerun whenever it differs from the last
+/// build's, so passed on they made every `cargo xtask` rebuild ring and all above it twice.
+const RUN_ONLY_VARS: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "OUT_DIR",
+];
+
+/// A command running the cargo that runs xtask (`CARGO`, so the same toolchain builds
+/// everything), without the variables that describe the xtask package.
+pub fn cargo_command() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_") || RUN_ONLY_VARS.contains(&k.as_ref()) {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    cmd
 }
 
 /// Runs a command, streaming its output; fails naming the command on a non-zero exit.
@@ -204,4 +231,25 @@ pub fn full_raw(path: &Path, size: u64) -> Result<()> {
             .arg(path),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cargo sets these for a test as for `cargo run`: the inner cargo must not see them.
+    #[test]
+    fn inner_cargo_does_not_see_the_xtask_package() {
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let cmd = cargo_command();
+        let removed: Vec<String> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for k in ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", "CARGO_PKG_VERSION"] {
+            assert!(removed.iter().any(|r| r == k), "{k} kept: {removed:?}");
+        }
+        assert!(!removed.iter().any(|r| r == "CARGO_HOME" || r == "PATH"));
+    }
 }

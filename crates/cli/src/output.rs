@@ -66,6 +66,8 @@ pub fn strerror(code: i32) -> String {
     if ptr.is_null() {
         return format!("Unknown error {code}");
     }
+    // SAFETY: the pointer is non-null and NUL-terminated, and is read before any other
+    // strerror call on this thread could reuse its buffer.
     unsafe { std::ffi::CStr::from_ptr(ptr) }
         .to_string_lossy()
         .into_owned()
@@ -97,6 +99,7 @@ pub fn byte_u(v: u64) -> String {
 /// `ctime(3)` without the newline, in local time: "Wed Nov 25 18:52:50 2026".
 pub fn ctime(secs: u64) -> String {
     let t = secs.min(i64::MAX as u64) as libc::time_t;
+    // SAFETY: libc::tm is plain integers (and a pointer that may be null): all zeros is valid.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the call; localtime_r is thread-safe.
     if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {

@@ -20,6 +20,7 @@
 //! Threads rather than futures: the store and every source stream are blocking, so an
 //! executor would only add a thread pool under the same work (DESIGN.md asks for "futures";
 //! scoped threads give the same overlap with less machinery).
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -4,6 +4,7 @@
 //! extents to object extents and back for any RBD layout (object size, stripe unit, stripe
 //! count), sets of byte ranges, and the 2-bits-per-object map persisted with a crc32.
 //! What it is not: it never touches a store or a file; callers persist the encoded bytes.
+#![forbid(unsafe_code)]
 
 pub mod interval;
 pub mod layout;

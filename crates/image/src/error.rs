@@ -1,3 +1,4 @@
+//! The image layer's error type and the errno each kind maps to, as `rbd` reports it.
 use rbdm_store::Error as StoreError;
 
 /// Image-level errors; `errno()` is what the CLI reports, as `rbd` does.

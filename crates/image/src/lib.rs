@@ -15,6 +15,7 @@
 //! compare-and-swap updates (see [`header`]), and writers take the image's exclusive lock.
 //! Known limit: librbd asks the lock owner to take a snapshot; here a snapshot taken by
 //! another process while a writer is mid-write may miss that one write's copy-on-write.
+#![forbid(unsafe_code)]
 
 pub use rbdm_extent::Layout;
 pub use rbdm_store::{SnapId, StoreRef, Watcher};

@@ -6,6 +6,7 @@
 //! destination's source for the image crate ([`link`] installs the opener). A same-store
 //! migration reads its source as a `native` source-spec, so both kinds share one copy path.
 //! What it is not: the copy itself (`rbdm-copy`), formats and streams (`plugins/`), printing.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 

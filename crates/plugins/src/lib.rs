@@ -6,6 +6,7 @@
 //! linking trap"). Calling each plugin's `link()` keeps its object code, so its registration
 //! runs. What it is not: a registry (that is `rbdm-registry`); a custom binary may link a
 //! subset by calling only the plugins' own `link()` functions.
+#![forbid(unsafe_code)]
 
 /// Keeps every built-in plugin in the binary. Cheap; call it before the first lookup.
 #[inline(never)]

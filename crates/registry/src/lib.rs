@@ -10,6 +10,7 @@
 //!
 //! Traits are synchronous: every stream underneath is blocking (files, `ureq`, an NBD socket);
 //! the copy engine gets parallelism from threads, so no async runtime is pulled in.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 

@@ -8,6 +8,7 @@
 //! structs here (`FileStreamSpec::from_json`) so validation is written once.
 //! What it is not: no I/O and no plugin lookup. A `type` this crate does not know is kept as
 //! `Other` (a plugin may provide it); the registry reports it unsupported if none does.
+#![forbid(unsafe_code)]
 
 use serde_json::{Map, Value};
 

@@ -1,3 +1,5 @@
+//! Tests of source-spec parsing: the shapes Ceph accepts, the errors for those it refuses,
+//! and properties over generated specs.
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

@@ -7,6 +7,7 @@
 //! the chosen snapshot's data.
 //! What it is not: the same-store migration path (that links two images in one store and is
 //! driven by `rbdm-migration`); this only reads.
+#![forbid(unsafe_code)]
 
 use rbdm_extent::IntervalSet;
 use rbdm_image::{Image, PoolSpec, Rbd, SnapInfo};

@@ -1,3 +1,4 @@
+//! Why a qcow image cannot be opened or read, and how that maps onto the registry's errors.
 use rbdm_registry::SourceError;
 
 /// Why a qcow image cannot be opened or read. Messages name the field or structure and the

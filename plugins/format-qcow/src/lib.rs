@@ -10,6 +10,7 @@
 //! Why not the requested `qcow` crate (NOTES.md): it has no QCOW v1 reader, reads
 //! `extended_l2=on` images wrong, panics or aborts on corrupt headers, re-reads whole clusters
 //! per request and has no allocation-status API, which `list_snaps` needs.
+#![forbid(unsafe_code)]
 
 mod compress;
 mod error;

@@ -7,6 +7,7 @@
 //! 4 KiB blocks: all-zero blocks are `Zero`, and after the first point, blocks equal to the
 //! previous point's are `Unchanged`. Memory is two 1 MiB buffers per call, whatever the range.
 //! What it is not: a format prober, and not RBD export format v2.
+#![forbid(unsafe_code)]
 
 use rbdm_registry::{
     open_stream, FormatPlugin, OpenContext, Point, Result, SnapExtent, SourceError, SourceImage,

@@ -1,3 +1,4 @@
+//! Tests of the raw format over in-memory streams: reads, extents, holes never read, snapshots.
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;

@@ -8,6 +8,7 @@
 //! Last-Modified or size changes while we read it, is an error.
 //! What it is not: no caching, no writing, no parallelism of its own (the copy engine calls
 //! from several threads; the pool serves them), no cookies or auth beyond URL userinfo.
+#![forbid(unsafe_code)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 //! What it is for: reading an NBD export, defensively (see `client`), over one connection
 //! that is reopened once if it fails mid-request (reads are idempotent). What it is not: no
 //! TLS, no writes, no pipelining; and not the NBD server (`crates/nbd`).
+#![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

@@ -11,6 +11,7 @@
 //! Why not the requested `s3` crate (NOTES.md): its current versions need a newer rustc, the
 //! one that builds pulls tokio, hyper and h2 in and broke its API between patch releases; a
 //! SigV4 signer over the `http` stream's ureq client is a hundred lines.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
