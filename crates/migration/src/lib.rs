@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 mod execute;
 mod finish;
+mod identity;
 mod prepare;
 mod recover;
 
@@ -39,6 +40,9 @@ pub enum Error {
     Busy(String),
     #[error("{0}")]
     NotFound(String),
+    /// A destination's source cannot be opened (as librbd, which opens it with the image).
+    #[error("cannot open the migration source of image '{image}': {source}")]
+    SourceUnavailable { image: String, source: SourceError },
 }
 
 impl Error {
@@ -50,6 +54,7 @@ impl Error {
             Error::Invalid(_) => libc::EINVAL,
             Error::Busy(_) => libc::EBUSY,
             Error::NotFound(_) => libc::ENOENT,
+            Error::SourceUnavailable { source, .. } => source.errno(),
         }
     }
 }
@@ -120,13 +125,21 @@ fn open_for_image(
     rbd: &Rbd,
     rec: &MigrationRecord,
 ) -> rbdm_image::Result<Arc<dyn MigrationSource>> {
-    let image =
-        open_source_spec(rbd, &rec.source_spec).map_err(|e| to_image_error(&e, e.errno()))?;
+    let image = open_recorded(rbd, rec).map_err(|e| to_image_error(&e, e.errno()))?;
     Ok(Arc::new(Source {
         image: image.into(),
         rec: rec.clone(),
         stats: Default::default(),
     }))
+}
+
+/// Opens a destination's source from its record: the spec, checked against what it was at
+/// prepare before and after the open (so the open file is the prepared one).
+fn open_recorded(rbd: &Rbd, rec: &MigrationRecord) -> Result<Box<dyn SourceImage>, SourceError> {
+    identity::check(&rec.source_spec, &rec.source_identity)?;
+    let image = open_source_spec(rbd, &rec.source_spec)?;
+    identity::check(&rec.source_spec, &rec.source_identity)?;
+    Ok(image)
 }
 
 /// Parses and opens a source-spec; text that is not JSON is `EBADMSG`, an invalid spec
@@ -180,6 +193,7 @@ pub fn status(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Status>> {
     let Some(rec) = record_of(&img)? else {
         return Ok(None);
     };
+    check_source_opens(rbd, spec, &rec)?;
     let here = format!(
         "{}/{}{} ({})",
         spec.pool,
@@ -215,6 +229,26 @@ pub fn status(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Status>> {
         state,
         import_only: rec.import_only,
     }))
+}
+
+/// As librbd, which opens a destination's source with the image while the copy is not done
+/// (prepared, executing): a source that cannot be opened fails the command with its errno
+/// (ECONNREFUSED for an nbd server that is down). Once executed, nothing reads it.
+fn check_source_opens(rbd: &Rbd, spec: &ImageSpec, rec: &MigrationRecord) -> Result<()> {
+    let copying = matches!(
+        rec.state,
+        MigrationState::Prepared | MigrationState::Executing
+    );
+    if rec.role != MigrationRole::Destination || !copying {
+        return Ok(());
+    }
+    match open_recorded(rbd, rec) {
+        Ok(_) => Ok(()),
+        Err(source) => Err(Error::SourceUnavailable {
+            image: spec.image.clone(),
+            source,
+        }),
+    }
 }
 
 fn ns_prefix(ns: &str) -> String {
