@@ -82,10 +82,18 @@ fn replace_with_a_copy(env: &Env, p: &Path) {
 
 #[test]
 fn a_raw_file_changed_after_prepare_fails_every_later_open() {
-    let writes = [(0, MIB, 0x11), (3 * MIB, MIB, 0x33), (7 * MIB, MIB / 2, 0x77)];
+    let writes = [
+        (0, MIB, 0x11),
+        (3 * MIB, MIB, 0x33),
+        (7 * MIB, MIB / 2, 0x77),
+    ];
     let changes: [(&str, Change, &str); 3] = [
         ("one byte rewritten", rewrite_one_byte, "modified"),
-        ("truncated", truncate_to_half, "4194304 bytes, 8388608 before"),
+        (
+            "truncated",
+            truncate_to_half,
+            "4194304 bytes, 8388608 before",
+        ),
         ("replaced by a copy", replace_with_a_copy, "replaced"),
     ];
     for (change, apply, what) in changes {
@@ -98,7 +106,13 @@ fn a_raw_file_changed_after_prepare_fails_every_later_open() {
         let out_s = out.to_str().unwrap();
         fails_changed(&env, &["export", "dst", out_s], &source, what, change);
         fails_changed(&env, &["status", "dst"], &source, what, change);
-        fails_changed(&env, &["migration", "execute", "dst"], &source, what, change);
+        fails_changed(
+            &env,
+            &["migration", "execute", "dst"],
+            &source,
+            what,
+            change,
+        );
         // Still refused after the failed execute (state `executing`).
         fails_changed(&env, &["export", "dst", out_s], &source, what, change);
         env.ok(&["migration", "abort", "dst"]);

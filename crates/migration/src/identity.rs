@@ -106,7 +106,10 @@ mod tests {
         let spec = raw_spec(&[&head, &snap]);
         let pins = record(&spec).unwrap();
         let v: Value = serde_json::from_str(&pins).unwrap();
-        assert!(v.get("stream").is_some() && v.get("snapshots[0].stream").is_some(), "{v}");
+        assert!(
+            v.get("stream").is_some() && v.get("snapshots[0].stream").is_some(),
+            "{v}"
+        );
         check(&spec, &pins).unwrap();
 
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -118,7 +121,10 @@ mod tests {
             .unwrap();
         let e = check(&spec, &pins).unwrap_err();
         assert_eq!(e.errno(), libc::EIO);
-        assert!(e.to_string().contains("snap") && e.to_string().contains("modified"), "{e}");
+        assert!(
+            e.to_string().contains("snap") && e.to_string().contains("modified"),
+            "{e}"
+        );
 
         // Replaced under the same name, same size and bytes: another inode.
         let pins = record(&spec).unwrap();

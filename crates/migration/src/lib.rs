@@ -72,7 +72,13 @@ struct Source {
     image: Arc<dyn SourceImage>,
     rec: MigrationRecord,
     stats: rbdm_copy::Stats,
+    /// Copy-ups of this process, by object number modulo their count: a client's threads
+    /// writing into one object wait for the first one's copy instead of each reading the
+    /// object's source to plan one of their own (the store lock orders the copy, not that).
+    copying: [std::sync::Mutex<()>; COPY_STRIPES],
 }
+
+const COPY_STRIPES: usize = 64;
 
 fn point(p: Option<usize>) -> Point {
     p.map(Point::Snap).unwrap_or(Point::Head)
@@ -109,6 +115,20 @@ impl MigrationSource for Source {
         object_no: u64,
         for_write: bool,
     ) -> rbdm_image::Result<()> {
+        // Every client write into the object asks. Once copied it stays copied (the copy marks
+        // it done last, under its lock), so a stat and an xattr read answer, instead of
+        // listing the object's history in the source again (which reads it for a raw file).
+        let h = image.header()?;
+        let loc = image.data_loc(&h, object_no);
+        if holds_head_data(image, &loc)? {
+            return Ok(());
+        }
+        let _one = self.copying[(object_no % COPY_STRIPES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if holds_head_data(image, &loc)? {
+            return Ok(());
+        }
         rbdm_copy::copy_object(
             image,
             &*self.image,
@@ -130,7 +150,22 @@ fn open_for_image(
         image: image.into(),
         rec: rec.clone(),
         stats: Default::default(),
+        copying: std::array::from_fn(|_| std::sync::Mutex::new(())),
     }))
+}
+
+/// Whether a destination object holds the image's head: it exists and its copy is not
+/// midway (a killed copy leaves an older point's bytes at head, marked with that point; a
+/// client's write always finishes the copy first).
+pub(crate) fn holds_head_data(dst: &Image, loc: &rbdm_store::Locator) -> rbdm_image::Result<bool> {
+    if dst.store().stat(loc, rbdm_store::HEAD).is_err() {
+        return Ok(false);
+    }
+    match dst.store().get_xattr(loc, rbdm_copy::MARKER) {
+        Ok(v) => Ok(v == rbdm_copy::DONE),
+        Err(rbdm_store::Error::NotFound(_)) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens a destination's source from its record: the spec, checked against what it was at
@@ -190,10 +225,9 @@ pub fn status(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Status>> {
         }
     }
     let img = rbd.open(spec, true)?;
-    let Some(rec) = record_of(&img)? else {
+    let Some(rec) = record_with_source(rbd, spec, &img)? else {
         return Ok(None);
     };
-    check_source_opens(rbd, spec, &rec)?;
     let here = format!(
         "{}/{}{} ({})",
         spec.pool,
@@ -231,23 +265,34 @@ pub fn status(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Status>> {
     }))
 }
 
-/// As librbd, which opens a destination's source with the image while the copy is not done
-/// (prepared, executing): a source that cannot be opened fails the command with its errno
-/// (ECONNREFUSED for an nbd server that is down). Once executed, nothing reads it.
-fn check_source_opens(rbd: &Rbd, spec: &ImageSpec, rec: &MigrationRecord) -> Result<()> {
-    let copying = matches!(
-        rec.state,
-        MigrationState::Prepared | MigrationState::Executing
-    );
-    if rec.role != MigrationRole::Destination || !copying {
-        return Ok(());
-    }
-    match open_recorded(rbd, rec) {
-        Ok(_) => Ok(()),
-        Err(source) => Err(Error::SourceUnavailable {
-            image: spec.image.clone(),
-            source,
-        }),
+/// The record, once its source opens where librbd would open it: with the image, while the
+/// copy is not done (prepared, executing). A source that cannot be opened fails the command
+/// with its errno (ECONNREFUSED for an nbd server that is down). Once executed, nothing
+/// reads it. A failure is the answer only if the record still says so: a commit racing this
+/// may have removed a source the record no longer needs.
+fn record_with_source(rbd: &Rbd, spec: &ImageSpec, img: &Image) -> Result<Option<MigrationRecord>> {
+    let mut rec = record_of(img)?;
+    loop {
+        let Some(r) = rec.as_ref().filter(|r| {
+            r.role == MigrationRole::Destination
+                && matches!(
+                    r.state,
+                    MigrationState::Prepared | MigrationState::Executing
+                )
+        }) else {
+            return Ok(rec);
+        };
+        let Err(source) = open_recorded(rbd, r) else {
+            return Ok(rec);
+        };
+        let now = record_of(img)?;
+        if now.as_ref().map(|n| n.state) == Some(r.state) {
+            return Err(Error::SourceUnavailable {
+                image: spec.image.clone(),
+                source,
+            });
+        }
+        rec = now;
     }
 }
 
