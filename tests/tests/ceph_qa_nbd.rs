@@ -6,7 +6,8 @@
 //! - `test_import_nbd_stream_raw`: raw over three unix sockets (the head and a snapshot
 //!   list), a destination snapshot and a client's random writes before execute.
 //! - `test_import_nbd_stream_disconnected`: the server killed during `execute`: the copy
-//!   fails, `abort` works; killed again and restarted, the copy resumes to `executed`.
+//!   fails, `status` fails (ECONNREFUSED), `abort` works with the server still down; killed
+//!   again, `status` fails until it is restarted, and the copy resumes to `executed`.
 //!   Ceph uses 20 GiB of random bytes; CI uses 256 MiB (`RBDM_FULL=1` for Ceph's size).
 //! - `test_import_qcow_format`'s first step: `qemu-img convert -O qcow` of an
 //!   `rbdm nbd export` of the 1025 MiB base image (the step that hung), byte-compared.
@@ -298,6 +299,19 @@ fn status(env: &Env, image: &str) -> String {
     env.ok(&["status", image])
 }
 
+/// Ceph's `expect_false rbd status DEST` with the server down: opening a destination opens
+/// its source, so `status` fails with the error of connecting to it (librbd's NBDStream
+/// passes on libnbd's errno: ECONNREFUSED), naming the source, and changes nothing.
+fn status_fails_with_the_server_down(env: &Env, image: &str) {
+    let out = env.fails(&["status", image]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(ECONNREFUSED), "status: {err}");
+    assert!(
+        err.contains("migration source") && err.contains(image) && !err.contains("panicked"),
+        "status: {err}"
+    );
+}
+
 /// Starts `execute` and SIGKILLs the source server once the copy runs; `execute` must
 /// then fail, in bounded time.
 fn execute_while_server_dies(env: &Env, image: &str, server: QemuNbd, limit: Option<&str>) {
@@ -368,6 +382,8 @@ fn server_disappears_while_importing() {
     assert!(status(&env, "dst").contains("state: prepared"));
     compare_export(&env, "dst", &large, "prepared");
     execute_while_server_dies(&env, "dst", server, limit);
+    status_fails_with_the_server_down(&env, "dst");
+    // An import-only abort needs no source: it works with the server still down.
     env.ok(&["migration", "abort", "dst"]);
     assert_gone(&env, "dst");
 
@@ -377,6 +393,7 @@ fn server_disappears_while_importing() {
     assert!(status(&env, "dst").contains("state: prepared"));
     compare_export(&env, "dst", &large, "prepared");
     execute_while_server_dies(&env, "dst", server, limit);
+    status_fails_with_the_server_down(&env, "dst");
     let server = serve();
     let st = status(&env, "dst");
     assert!(st.contains("state: executing"), "{st}");

@@ -4,10 +4,9 @@
 //! the job. `RBDM_RACE_RUNS` sets the runs per pair (default 10, about 50 s a pair in debug on 2
 //! shared cores; the issue's 50 is `RBDM_RACE_RUNS=50`).
 //!
-//! `RBDM_RACE_WATCH=1` also polls `status` while the two run and fails if a state goes
-//! backwards. Off by default for now: a third process reading the destination during the
-//! race meets the dir store's open issue 13 case 7 (`open …/data/…: No such file`, EIO, and
-//! now and then a finished `executed` reading back as `executing`).
+//! A third process polls `status` while the two run and fails if a state goes backwards or
+//! `status` fails other than with ENOENT (the destination removed by an abort).
+//! `RBDM_RACE_WATCH=0` turns the polling off.
 
 mod common;
 
@@ -38,12 +37,31 @@ fn rank(state: &str) -> u32 {
     }
 }
 
+/// `status` of `dst` now: its migration state (`None` for none, or once it is gone); any
+/// other failure panics, naming it.
+fn polled_state(f: &Fixture, trial: &str) -> Option<String> {
+    let out = f.env.rbdm(&["status", "dst", "--format", "json"]);
+    if !out.status.success() {
+        assert_eq!(
+            out.status.code(),
+            Some(libc::ENOENT),
+            "{trial}: status failed while the race ran: {}",
+            stderr(&out)
+        );
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status prints JSON");
+    v["migration"]["state"]
+        .as_str()
+        .map(|s| s.split(' ').next().unwrap_or(s).to_string())
+}
+
 /// Samples `status` of `dst` while `busy` runs and checks no state follows a later one.
 fn watch_states(f: &Fixture, children: &mut [Child], trial: &str) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Some(s) = f.state("dst") {
+        if let Some(s) = polled_state(f, trial) {
             if seen.last() != Some(&s) {
                 if let Some(last) = seen.last() {
                     assert!(
@@ -92,8 +110,9 @@ fn race(
     std::thread::sleep(Duration::from_millis(rng.below(400)));
     let b = start(f, second);
     let mut both = [a, b];
-    if std::env::var_os("RBDM_RACE_WATCH").is_some() {
-        watch_states(f, &mut both, trial);
+    if std::env::var_os("RBDM_RACE_WATCH").is_none_or(|v| v != "0") {
+        let seen = watch_states(f, &mut both, trial);
+        eprintln!("{trial}: states seen {seen:?}");
     }
     let [a, b] = both;
     [outcome(a), outcome(b)]

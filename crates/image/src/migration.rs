@@ -71,12 +71,16 @@ pub struct MigrationRecord {
     pub snap_points: Vec<(SnapId, u32)>,
     /// Every object below this number has been copied.
     pub copied_upto: u64,
+    /// What the source was at prepare (JSON written and checked by the migration crate, e.g.
+    /// a file's size, times and inode); empty when nothing was recorded. Kept apart from
+    /// `source_spec`, which stays the text the user gave.
+    pub source_identity: String,
 }
 
 impl MigrationRecord {
     pub fn encode(&self) -> Vec<u8> {
         Enc::new()
-            .versioned(1, 1, |e| {
+            .versioned(2, 1, |e| {
                 e.u8(match self.role {
                     MigrationRole::Source => 0,
                     MigrationRole::Destination => 1,
@@ -107,13 +111,15 @@ impl MigrationRecord {
                     e.u64(*s).u32(*i);
                 }
                 e.u64(self.copied_upto);
+                // Version 2; older readers stop before it.
+                e.str(&self.source_identity);
             })
             .finish()
     }
 
     pub fn decode(buf: &[u8]) -> Result<Self> {
         let mut d = Dec::new(buf, "migration record");
-        let (_, mut b) = d.versioned(1)?;
+        let (version, mut b) = d.versioned(2)?;
         let role = match b.u8()? {
             0 => MigrationRole::Source,
             1 => MigrationRole::Destination,
@@ -156,6 +162,11 @@ impl MigrationRecord {
             snap_points.push((b.u64()?, b.u32()?));
         }
         let copied_upto = b.u64()?;
+        let source_identity = if version >= 2 {
+            b.str()?
+        } else {
+            String::new()
+        };
         Ok(MigrationRecord {
             role,
             state,
@@ -166,6 +177,7 @@ impl MigrationRecord {
             flatten,
             snap_points,
             copied_upto,
+            source_identity,
         })
     }
 
@@ -233,6 +245,7 @@ mod tests {
             flatten: true,
             snap_points: vec![(4, 0), (6, 1)],
             copied_upto: 99,
+            source_identity: r#"{"stream":{}}"#.into(),
         };
         assert_eq!(MigrationRecord::decode(&r.encode()).unwrap(), r);
         assert_eq!(r.point_of(Some(6)), Some(1));

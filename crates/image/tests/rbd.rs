@@ -114,6 +114,7 @@ fn trash_round_trip() {
         flatten: false,
         snap_points: vec![],
         copied_upto: 0,
+        source_identity: String::new(),
     };
     r.open(&spec("m"), true)
         .unwrap()

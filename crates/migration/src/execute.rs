@@ -13,7 +13,7 @@ use rbdm_image::{ImageSpec, Rbd};
 
 use crate::finish::not_migrating;
 use crate::recover::{self, EXECUTE_OP};
-use crate::{open_source_spec, Error, Result};
+use crate::{identity, open_recorded, Error, Result};
 
 pub struct ExecuteOptions {
     pub concurrency: usize,
@@ -51,7 +51,7 @@ pub fn execute(
     let _running = img.op_lock(EXECUTE_OP, false)?;
     let before = d.rec.state;
     let rec = crate::finish::swap_state(&img, MigrationState::Executing, |s| refuse(&d.name, s))?;
-    let source = open_source_spec(rbd, &rec.source_spec)?;
+    let source = open_recorded(rbd, &rec)?;
     let run_opts = rbdm_copy::RunOptions {
         concurrency: opts.concurrency,
         bandwidth_limit: opts.bandwidth_limit,
@@ -87,6 +87,9 @@ pub fn execute(
         )));
     }
     ran?;
+    // The file stream checked its file on every read since the open; this covers a change
+    // after the last read (a copy of a file changed before it ended is no copy of it).
+    identity::check(&rec.source_spec, &rec.source_identity)?;
     // `executed` lets commit delete the source: every copy must be on disk before it says so,
     // also those of an earlier, killed run and clients' copy-ups in other processes.
     img.flush_all()?;

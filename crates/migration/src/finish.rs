@@ -182,20 +182,6 @@ pub(crate) fn remove_destination(rbd: &Rbd, d: &Side) -> Result<()> {
     Ok(rbd.remove_id(&d.pool, &d.id, &mut |_, _| {})?)
 }
 
-/// Whether a destination object holds the image's head: it exists and its copy is not
-/// midway (a killed copy leaves an older point's bytes at head, marked with that point; a
-/// client's write always finishes the copy first).
-fn holds_head_data(dst: &Image, loc: &rbdm_store::Locator) -> Result<bool> {
-    if dst.store().stat(loc, rbdm_store::HEAD).is_err() {
-        return Ok(false);
-    }
-    match dst.store().get_xattr(loc, rbdm_copy::MARKER) {
-        Ok(v) => Ok(v == rbdm_copy::DONE),
-        Err(rbdm_store::Error::NotFound(_)) => Ok(true),
-        Err(e) => Err(rbdm_image::Error::from(e).into()),
-    }
-}
-
 /// Copies into `src` every range of `dst`'s head that differs from it: the clients' writes.
 fn write_back_writes(dst: &Image, src: &Image, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
     let h = dst.header()?;
@@ -204,7 +190,7 @@ fn write_back_writes(dst: &Image, src: &Image, progress: &mut dyn FnMut(u64, u64
     const CHUNK: usize = 4096;
     for object_no in 0..count {
         progress(object_no, count);
-        if !holds_head_data(dst, &dst.data_loc(&h, object_no))? {
+        if !crate::holds_head_data(dst, &dst.data_loc(&h, object_no))? {
             continue;
         }
         for (off, len) in h.layout.object_extents_in_image(object_no, size) {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 mod execute;
 mod finish;
+mod identity;
 mod prepare;
 mod recover;
 
@@ -40,6 +41,9 @@ pub enum Error {
     Busy(String),
     #[error("{0}")]
     NotFound(String),
+    /// A destination's source cannot be opened (as librbd, which opens it with the image).
+    #[error("cannot open the migration source of image '{image}': {source}")]
+    SourceUnavailable { image: String, source: SourceError },
 }
 
 impl Error {
@@ -51,6 +55,7 @@ impl Error {
             Error::Invalid(_) => libc::EINVAL,
             Error::Busy(_) => libc::EBUSY,
             Error::NotFound(_) => libc::ENOENT,
+            Error::SourceUnavailable { source, .. } => source.errno(),
         }
     }
 }
@@ -68,7 +73,13 @@ struct Source {
     image: Arc<dyn SourceImage>,
     rec: MigrationRecord,
     stats: rbdm_copy::Stats,
+    /// Copy-ups of this process, by object number modulo their count: a client's threads
+    /// writing into one object wait for the first one's copy instead of each reading the
+    /// object's source to plan one of their own (the store lock orders the copy, not that).
+    copying: [std::sync::Mutex<()>; COPY_STRIPES],
 }
+
+const COPY_STRIPES: usize = 64;
 
 fn point(p: Option<usize>) -> Point {
     p.map(Point::Snap).unwrap_or(Point::Head)
@@ -105,6 +116,20 @@ impl MigrationSource for Source {
         object_no: u64,
         for_write: bool,
     ) -> rbdm_image::Result<()> {
+        // Every client write into the object asks. Once copied it stays copied (the copy marks
+        // it done last, under its lock), so a stat and an xattr read answer, instead of
+        // listing the object's history in the source again (which reads it for a raw file).
+        let h = image.header()?;
+        let loc = image.data_loc(&h, object_no);
+        if holds_head_data(image, &loc)? {
+            return Ok(());
+        }
+        let _one = self.copying[(object_no % COPY_STRIPES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if holds_head_data(image, &loc)? {
+            return Ok(());
+        }
         rbdm_copy::copy_object(
             image,
             &*self.image,
@@ -121,13 +146,36 @@ fn open_for_image(
     rbd: &Rbd,
     rec: &MigrationRecord,
 ) -> rbdm_image::Result<Arc<dyn MigrationSource>> {
-    let image =
-        open_source_spec(rbd, &rec.source_spec).map_err(|e| to_image_error(&e, e.errno()))?;
+    let image = open_recorded(rbd, rec).map_err(|e| to_image_error(&e, e.errno()))?;
     Ok(Arc::new(Source {
         image: image.into(),
         rec: rec.clone(),
         stats: Default::default(),
+        copying: std::array::from_fn(|_| std::sync::Mutex::new(())),
     }))
+}
+
+/// Whether a destination object holds the image's head: it exists and its copy is not
+/// midway (a killed copy leaves an older point's bytes at head, marked with that point; a
+/// client's write always finishes the copy first).
+pub(crate) fn holds_head_data(dst: &Image, loc: &rbdm_store::Locator) -> rbdm_image::Result<bool> {
+    if dst.store().stat(loc, rbdm_store::HEAD).is_err() {
+        return Ok(false);
+    }
+    match dst.store().get_xattr(loc, rbdm_copy::MARKER) {
+        Ok(v) => Ok(v == rbdm_copy::DONE),
+        Err(rbdm_store::Error::NotFound(_)) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens a destination's source from its record: the spec, checked against what it was at
+/// prepare before and after the open (so the open file is the prepared one).
+fn open_recorded(rbd: &Rbd, rec: &MigrationRecord) -> Result<Box<dyn SourceImage>, SourceError> {
+    identity::check(&rec.source_spec, &rec.source_identity)?;
+    let image = open_source_spec(rbd, &rec.source_spec)?;
+    identity::check(&rec.source_spec, &rec.source_identity)?;
+    Ok(image)
 }
 
 /// Parses and opens a source-spec; text that is not JSON is `EBADMSG`, an invalid spec
@@ -178,7 +226,7 @@ pub fn status(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Status>> {
         }
     }
     let img = rbd.open(spec, true)?;
-    let Some(rec) = record_of(&img)? else {
+    let Some(rec) = record_with_source(rbd, spec, &img)? else {
         return Ok(None);
     };
     let here = format!(
@@ -216,6 +264,37 @@ pub fn status(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Status>> {
         state,
         import_only: rec.import_only,
     }))
+}
+
+/// The record, once its source opens where librbd would open it: with the image, while the
+/// copy is not done (prepared, executing). A source that cannot be opened fails the command
+/// with its errno (ECONNREFUSED for an nbd server that is down). Once executed, nothing
+/// reads it. A failure is the answer only if the record still says so: a commit racing this
+/// may have removed a source the record no longer needs.
+fn record_with_source(rbd: &Rbd, spec: &ImageSpec, img: &Image) -> Result<Option<MigrationRecord>> {
+    let mut rec = record_of(img)?;
+    loop {
+        let Some(r) = rec.as_ref().filter(|r| {
+            r.role == MigrationRole::Destination
+                && matches!(
+                    r.state,
+                    MigrationState::Prepared | MigrationState::Executing
+                )
+        }) else {
+            return Ok(rec);
+        };
+        let Err(source) = open_recorded(rbd, r) else {
+            return Ok(rec);
+        };
+        let now = record_of(img)?;
+        if now.as_ref().map(|n| n.state) == Some(r.state) {
+            return Err(Error::SourceUnavailable {
+                image: spec.image.clone(),
+                source,
+            });
+        }
+        rec = now;
+    }
 }
 
 fn ns_prefix(ns: &str) -> String {

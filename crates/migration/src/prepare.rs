@@ -119,6 +119,8 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
         flatten: opts.flatten,
         snap_points: Vec::new(),
         copied_upto: 0,
+        // A same-store source is an image: its snapshots cannot change under the copy.
+        source_identity: String::new(),
     };
     // The intent first: from here every command on either name finds this migration.
     source.swap_migration_record(|r| match r {
@@ -219,7 +221,10 @@ pub fn prepare_import(
     create: Option<&CreateOptions>,
 ) -> Result<()> {
     check_import(spec_text)?;
+    // Pinned before the open and checked after it, so what is recorded is what was opened.
+    let source_identity = crate::identity::record(spec_text)?;
     let source = crate::open_source_spec(rbd, spec_text)?;
+    crate::identity::check(spec_text, &source_identity)?;
     settle_names(rbd, &[dst])?;
     if rbd.open(dst, true).is_ok() {
         return Err(Error::Image(rbdm_image::Error::Exists(format!(
@@ -245,6 +250,7 @@ pub fn prepare_import(
         flatten: true,
         snap_points: Vec::new(),
         copied_upto: 0,
+        source_identity,
     };
     let made = (|| -> Result<()> {
         let (id, points) = create_destination(rbd, dst, &opts, &snaps, source.size(), &rec)?;

@@ -17,6 +17,7 @@ use rbdm_spec::FileStreamSpec;
 
 mod identity;
 use identity::Identity;
+pub use identity::{check_recorded, recorded_identity};
 
 inventory::submit!(StreamPlugin {
     type_name: "file",
@@ -42,7 +43,6 @@ pub struct FileStream {
     size: u64,
     /// What the file was at open; every read and hole query checks it still is.
     identity: Identity,
-    block_device: bool,
 }
 
 impl FileStream {
@@ -80,7 +80,6 @@ impl FileStream {
             path,
             size,
             identity,
-            block_device: kind.is_block_device(),
         })
     }
 
@@ -89,8 +88,7 @@ impl FileStream {
     }
 
     fn unchanged(&self, by_name: bool) -> Result<()> {
-        self.identity
-            .check(&self.file, &self.path, self.block_device, by_name)
+        self.identity.check(&self.file, &self.path, by_name)
     }
 
     /// The next offset at or after `pos` that is data (`SEEK_DATA`) or a hole (`SEEK_HOLE`);
