@@ -153,3 +153,78 @@ impl<'a> Queue<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbdm_registry::{Point, SnapExtent, SourceSnapshot};
+
+    /// A source that only answers `allocated`.
+    struct Ranges(Vec<(u64, u64)>);
+
+    impl SourceImage for Ranges {
+        fn format(&self) -> &str {
+            "test"
+        }
+        fn size(&self) -> u64 {
+            u64::MAX
+        }
+        fn snapshots(&self) -> Vec<SourceSnapshot> {
+            Vec::new()
+        }
+        fn read(&self, _: Point, _: u64, _: &mut [u8]) -> rbdm_registry::Result<()> {
+            unreachable!("the queue never reads")
+        }
+        fn list_snaps(&self, _: u64, _: u64) -> rbdm_registry::Result<Vec<Vec<SnapExtent>>> {
+            unreachable!("the queue never lists")
+        }
+        fn allocated(&self, off: u64, len: u64) -> Option<rbdm_registry::Result<Vec<(u64, u64)>>> {
+            let end = off + len;
+            let inside = self.0.iter().filter(|&&(o, l)| o < end && o + l > off);
+            Some(Ok(inside.copied().collect()))
+        }
+    }
+
+    fn drain(q: &Queue) -> Vec<u64> {
+        std::iter::from_fn(|| q.next().unwrap()).collect()
+    }
+
+    #[test]
+    fn hands_out_exactly_the_touched_objects_for_any_layout() {
+        let ranges = vec![(0, 1), (5 * 4096 + 7, 3 * 4096), (1 << 30, 70_000), (3 << 30, 1 << 26)];
+        for layout in [
+            Layout::new(1 << 22, 1 << 22, 1).unwrap(),
+            Layout::new(1 << 16, 4096, 3).unwrap(),
+            Layout::new(1 << 14, 1 << 12, 7).unwrap(),
+        ] {
+            let total = layout.object_count(4 << 30);
+            let mut want: Vec<u64> = ranges
+                .iter()
+                .flat_map(|&(o, l)| layout.map_extent(o, l))
+                .map(|e| e.object_no)
+                .filter(|&n| n >= 3)
+                .collect();
+            want.sort();
+            want.dedup();
+            let source = Ranges(ranges.clone());
+            let q = Queue::new(&source, layout, 3, total, true);
+            assert_eq!(drain(&q), want, "{layout:?}");
+            let q = Queue::new(&source, layout, 3, total, false);
+            assert_eq!(drain(&q), (3..total).collect::<Vec<_>>(), "{layout:?}");
+        }
+    }
+
+    #[test]
+    fn watermark_waits_for_objects_in_flight_and_skips_empty_ones() {
+        let layout = Layout::default();
+        let source = Ranges(vec![(4 << 22, 1), (9 << 22, 1)]);
+        let q = Queue::new(&source, layout, 0, 20, true);
+        assert_eq!(q.done_below(), 0);
+        let (a, b) = (q.next().unwrap().unwrap(), q.next().unwrap().unwrap());
+        assert_eq!((a, b), (4, 9));
+        assert_eq!(q.done_below(), 4);
+        assert_eq!(q.finish(b), 4);
+        assert_eq!(q.finish(a), 20);
+        assert_eq!(q.next().unwrap(), None);
+    }
+}
