@@ -147,7 +147,11 @@ impl<'a> Queue<'a> {
                 // A full row of stripe units touches every object of the set.
                 objects.extend(set * l.stripe_count..(set + 1) * l.stripe_count);
             } else {
-                objects.extend(l.map_extent(pos, piece_end - pos).iter().map(|e| e.object_no));
+                objects.extend(
+                    l.map_extent(pos, piece_end - pos)
+                        .iter()
+                        .map(|e| e.object_no),
+                );
             }
             pos = piece_end;
         }
@@ -191,7 +195,12 @@ mod tests {
 
     #[test]
     fn hands_out_exactly_the_touched_objects_for_any_layout() {
-        let ranges = vec![(0, 1), (5 * 4096 + 7, 3 * 4096), (1 << 30, 70_000), (3 << 30, 1 << 26)];
+        let ranges = vec![
+            (0, 1),
+            (5 * 4096 + 7, 3 * 4096),
+            (1 << 30, 70_000),
+            (3 << 30, 1 << 26),
+        ];
         for layout in [
             Layout::new(1 << 22, 1 << 22, 1).unwrap(),
             Layout::new(1 << 16, 4096, 3).unwrap(),

@@ -14,8 +14,14 @@ const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("qemu tools are installed (.ci/install)");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .expect("qemu tools are installed (.ci/install)");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn qemu_io(file: &Path, cmds: &[String]) {
@@ -34,8 +40,16 @@ fn make_source(file: &Path) {
         .args(["create", "-q", "-f", "qcow2"])
         .arg(file)
         .arg(TIB.to_string()));
-    qemu_io(file, &[format!("write -P 0x61 0 1M"), format!("write -P 0x61 {} 1M", 100 * GIB)]);
-    run(Command::new("qemu-img").args(["snapshot", "-c", "s1"]).arg(file));
+    qemu_io(
+        file,
+        &[
+            format!("write -P 0x61 0 1M"),
+            format!("write -P 0x61 {} 1M", 100 * GIB),
+        ],
+    );
+    run(Command::new("qemu-img")
+        .args(["snapshot", "-c", "s1"])
+        .arg(file));
     qemu_io(
         file,
         &[
@@ -53,7 +67,10 @@ fn spec(s: &str) -> ImageSpec {
 fn assert_bytes(img: &Image, offset: u64, len: u64, byte: u8) {
     let mut buf = vec![0xffu8; len as usize];
     img.read(offset, &mut buf).unwrap();
-    assert!(buf.iter().all(|&b| b == byte), "{offset}+{len} is not all {byte:#x}");
+    assert!(
+        buf.iter().all(|&b| b == byte),
+        "{offset}+{len} is not all {byte:#x}"
+    );
 }
 
 #[test]
@@ -91,7 +108,11 @@ fn sparse_tib_qcow2_visits_only_allocated_objects() {
     // Objects 0, 25600 (snapshot data), 128000 (head data) and the last.
     assert_eq!(stats.objects_visited.load(Ordering::Relaxed), 4);
     assert_eq!(stats.objects_written.load(Ordering::Relaxed), 4);
-    assert_eq!(*last.lock().unwrap(), (objects, objects), "progress reaches 100%");
+    assert_eq!(
+        *last.lock().unwrap(),
+        (objects, objects),
+        "progress reaches 100%"
+    );
 
     assert_bytes(&dst, 0, MIB, 0x61);
     assert_bytes(&dst, MIB, 3 * MIB, 0);

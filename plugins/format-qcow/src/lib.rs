@@ -471,7 +471,13 @@ impl QcowImage {
     /// Appends to `out`, in order, the parts of `[offset, offset+len)` where point `p` may
     /// hold data: its own data and compressed clusters, and the backing chain's data where
     /// it has none. Metadata only: unallocated L1 spans cost nothing.
-    fn allocated_at(&self, p: usize, offset: u64, len: u64, out: &mut Vec<(u64, u64)>) -> Result<()> {
+    fn allocated_at(
+        &self,
+        p: usize,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
         let end = offset.saturating_add(len).min(self.point_size(p));
         let window = self.list_window();
         let mut pos = offset;
@@ -582,7 +588,8 @@ impl SourceImage for QcowImage {
 
     fn allocated(&self, offset: u64, len: u64) -> Option<rbdm_registry::Result<Vec<(u64, u64)>>> {
         let mut out = Vec::new();
-        let found = (0..self.points()).try_for_each(|p| self.allocated_at(p, offset, len, &mut out));
+        let found =
+            (0..self.points()).try_for_each(|p| self.allocated_at(p, offset, len, &mut out));
         Some(found.map(|()| out).map_err(Into::into))
     }
 
