@@ -43,7 +43,7 @@ fn make_source(file: &Path) {
     qemu_io(
         file,
         &[
-            format!("write -P 0x61 0 1M"),
+            "write -P 0x61 0 1M".to_string(),
             format!("write -P 0x61 {} 1M", 100 * GIB),
         ],
     );
