@@ -13,7 +13,8 @@
 //! run does not read them again either. (DESIGN.md says "an object that already exists is
 //! never copied again"; with snapshots an object can exist half-way through its history,
 //! hence the markers.) A per-object store lock keeps the background copy
-//! and a client's copy-up from interleaving. [`run`] copies every object with several
+//! and a client's copy-up from interleaving. [`run`] copies every object the source may hold
+//! data in (asking it window by window, see `queue.rs`) with several
 //! threads, a bandwidth limit and progress.
 //! What it is not: it does not know migration states (that is `rbdm-migration`).
 //!
@@ -22,7 +23,6 @@
 //! scoped threads give the same overlap with less machinery).
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -33,6 +33,9 @@ use rbdm_image::migration::MigrationRecord;
 use rbdm_image::Image;
 use rbdm_registry::{ExtentState, Point, SourceImage};
 use rbdm_store::{Error as StoreError, SnapContext, SnapId, WriteOp, HEAD};
+
+mod queue;
+use queue::Queue;
 
 /// The xattr recording how far an object's copy got: a point index, or [`DONE`].
 pub const MARKER: &str = "rbdm.migrated";
@@ -163,6 +166,8 @@ fn source_view(source: &dyn SourceImage, extents: &[(u64, u64)]) -> Result<Sourc
 pub struct Stats {
     pub bytes_read: AtomicU64,
     pub objects_written: AtomicU64,
+    /// Objects [`run`] asked to copy (the rest the source said hold nothing).
+    pub objects_visited: AtomicU64,
     /// Bytes per second; 0 = unlimited.
     limit: AtomicU64,
     started: OnceInstant,
@@ -553,7 +558,8 @@ pub struct RunOptions {
     pub resumed: bool,
 }
 
-/// Copies every destination object from `first` on. `progress(done, total)` is called as
+/// Copies every destination object from `opts.start` on that the source may hold data in
+/// (every object when the source cannot tell). `progress(done, total)` is called as
 /// objects finish; `checkpoint(watermark)` now and then with the number below which every
 /// object is done, for the caller to persist.
 pub fn run(
@@ -570,11 +576,17 @@ pub fn run(
         h.size
             .max(h.snaps.values().map(|s| s.size).max().unwrap_or(0)),
     );
-    let next = AtomicU64::new(opts.start);
-    let finished = Mutex::new((opts.start, BTreeSet::new()));
+    // A parent of the destination may hold data where the source holds none (its copy
+    // hides or keeps the parent's data), so then every object is visited.
+    let sparse = h.parent.is_none() && h.snaps.values().all(|s| s.parent.is_none());
+    let queue = Queue::new(source, h.layout, opts.start, total, sparse);
     let failed: Mutex<Option<CopyError>> = Mutex::new(None);
     let stats = Stats::with_limit(opts.bandwidth_limit);
     let last_checkpoint = Mutex::new(Instant::now());
+    let fail = |e: CopyError| {
+        let mut f = failed.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert(e);
+    };
     std::thread::scope(|scope| {
         for _ in 0..opts.concurrency.max(1) {
             scope.spawn(|| loop {
@@ -583,10 +595,12 @@ pub fn run(
                 {
                     return;
                 }
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
-                    return;
-                }
+                let n = match queue.next() {
+                    Ok(Some(n)) => n,
+                    Ok(None) => return,
+                    Err(e) => return fail(e),
+                };
+                stats.objects_visited.fetch_add(1, Ordering::Relaxed);
                 let copied = match opts.resumed {
                     true => already_done(image, &h, n).and_then(|done| match done {
                         true => Ok(()),
@@ -595,19 +609,9 @@ pub fn run(
                     false => copy_object(image, source, rec, n, false, &stats),
                 };
                 if let Err(e) = copied {
-                    let mut f = failed.lock().unwrap_or_else(|e| e.into_inner());
-                    f.get_or_insert(e);
-                    return;
+                    return fail(e);
                 }
-                let watermark = {
-                    let mut fin = finished.lock().unwrap_or_else(|e| e.into_inner());
-                    let (mark, done) = &mut *fin;
-                    done.insert(n);
-                    while done.remove(mark) {
-                        *mark += 1;
-                    }
-                    *mark
-                };
+                let watermark = queue.finish(n);
                 progress(
                     watermark.max(n.min(watermark + opts.concurrency as u64)),
                     total,
@@ -621,8 +625,7 @@ pub fn run(
         }
     });
     if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        let wm = finished.lock().unwrap_or_else(|e| e.into_inner()).0;
-        checkpoint(wm);
+        checkpoint(queue.done_below());
         return Err(e);
     }
     if stop.load(Ordering::Relaxed) {

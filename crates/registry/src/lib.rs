@@ -185,6 +185,14 @@ pub trait SourceImage: Send + Sync {
     fn owns(&self, _offset: u64, _len: u64) -> Result<Option<Vec<bool>>> {
         Ok(None)
     }
+    /// Where any point (a snapshot or the head) may hold data in `[offset, offset+len)`:
+    /// `(offset, len)` ranges, possibly overlapping and in any order (a union over points),
+    /// from metadata alone (no data reads). Outside them every point reads as zeros, so a copy
+    /// need not look there. `None` (the default):
+    /// not known cheaply, every part must be asked through `list_snaps`.
+    fn allocated(&self, _offset: u64, _len: u64) -> Option<Result<Vec<(u64, u64)>>> {
+        None
+    }
     /// Bytes `list_snaps` over `[offset, offset+len)` reads from the source to tell data from
     /// zeros (a stream that cannot report holes). 0, the default, when metadata tells.
     fn scan_cost(&self, _offset: u64, _len: u64) -> u64 {

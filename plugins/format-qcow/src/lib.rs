@@ -468,6 +468,62 @@ impl QcowImage {
     }
 }
 
+impl QcowImage {
+    /// Appends to `out`, in order, the parts of `[offset, offset+len)` where point `p` may
+    /// hold data: its own data and compressed clusters, and the backing chain's data where
+    /// it has none. Metadata only: unallocated L1 spans cost nothing.
+    fn allocated_at(
+        &self,
+        p: usize,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
+        let end = offset.saturating_add(len).min(self.point_size(p));
+        let window = self.list_window();
+        let mut pos = offset;
+        while pos < end {
+            let window_end = pos.saturating_add(window - pos % window).min(end);
+            for run in self.tables.map(&*self.stream, p, pos, window_end - pos)? {
+                match run.kind {
+                    Kind::Data { .. } | Kind::Compressed { .. } => {
+                        push_range(out, run.offset, run.len)
+                    }
+                    Kind::Zero => {}
+                    Kind::Unalloc => self.backing_allocated(run.offset, run.len, out)?,
+                }
+            }
+            pos = window_end;
+        }
+        Ok(())
+    }
+
+    fn backing_allocated(&self, offset: u64, len: u64, out: &mut Vec<(u64, u64)>) -> Result<()> {
+        match &self.backing {
+            None => {}
+            Some(Backing::Qcow(b)) => b.allocated_at(b.head(), offset, len, out)?,
+            Some(Backing::Raw(s)) => {
+                let valid = s.size().saturating_sub(offset).min(len);
+                let mut states = Vec::new();
+                raw_states(&**s, offset, valid, &mut states)?;
+                for e in states.iter().filter(|e| e.state == ExtentState::Data) {
+                    push_range(out, e.offset, e.len);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends a range to ranges built in order, merged into the last one when it touches it.
+fn push_range(out: &mut Vec<(u64, u64)>, offset: u64, len: u64) {
+    match out.last_mut() {
+        Some(last) if last.0 + last.1 == offset => last.1 += len,
+        _ if len > 0 => out.push((offset, len)),
+        _ => {}
+    }
+}
+
 /// A raw backing file is data throughout, except where its stream knows of holes.
 fn raw_states(s: &dyn Stream, offset: u64, len: u64, out: &mut Vec<SnapExtent>) -> Result<()> {
     if len == 0 {
@@ -529,6 +585,13 @@ impl SourceImage for QcowImage {
 
     fn list_snaps(&self, offset: u64, len: u64) -> rbdm_registry::Result<Vec<Vec<SnapExtent>>> {
         Ok(self.list_snaps_inner(offset, len)?)
+    }
+
+    fn allocated(&self, offset: u64, len: u64) -> Option<rbdm_registry::Result<Vec<(u64, u64)>>> {
+        let mut out = Vec::new();
+        let found =
+            (0..self.points()).try_for_each(|p| self.allocated_at(p, offset, len, &mut out));
+        Some(found.map(|()| out).map_err(Into::into))
     }
 
     fn describe(&self) -> String {

@@ -84,6 +84,23 @@ fn one_tib_sparse_walk() -> Result<()> {
         data_ranges(&resolved[1]) == qemu_data_ranges(d, "big.qcow2", "qcow2")?,
         "head data ranges vs qemu-img map"
     );
+    // `allocated`: the union over both points, also from metadata alone.
+    let start = Instant::now();
+    let mut allocated = img.allocated(0, T).expect("qcow knows its allocation")?;
+    ensure!(
+        start.elapsed() < Duration::from_secs(20),
+        "allocated over 1 TiB took {:?}",
+        start.elapsed()
+    );
+    allocated.sort();
+    allocated.dedup();
+    let mut union = expect_snap.clone();
+    union.push((3 * G, 64 * K));
+    union.sort();
+    ensure!(
+        merge_adjacent(&allocated) == merge_adjacent(&union),
+        "allocated is the union of both points' data"
+    );
     let zero = |o: u64| {
         resolved[1]
             .iter()

@@ -195,6 +195,28 @@ impl SourceImage for RawImage {
             .collect()
     }
 
+    /// Known only when every point's stream reports its holes: then whatever is not a hole
+    /// at some point may hold data.
+    fn allocated(&self, offset: u64, len: u64) -> Option<Result<Vec<(u64, u64)>>> {
+        if self.blind.iter().any(|&b| b) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for s in &self.points {
+            let end = offset.saturating_add(len).min(s.size());
+            match sides(&**s, offset, end) {
+                Ok(parts) => out.extend(
+                    parts
+                        .into_iter()
+                        .filter(|p| matches!(p.2, Side::Data))
+                        .map(|(from, to, _)| (from, to - from)),
+                ),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(out))
+    }
+
     fn scan_cost(&self, offset: u64, len: u64) -> u64 {
         let span = |s: &dyn Stream| {
             offset

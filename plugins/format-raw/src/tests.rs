@@ -188,6 +188,26 @@ proptest! {
     }
 
     #[test]
+    fn allocated_covers_every_nonzero_byte(gens in proptest::collection::vec(point_gen(), 1..4), q in (0u64..45_000, 0u64..50_000)) {
+        let (contents, img) = build(&gens);
+        let Some(ranges) = img.allocated(q.0, q.1) else {
+            prop_assert!(img.blind.iter().any(|&b| b), "streams that know their holes answer");
+            return Ok(());
+        };
+        prop_assert!(img.blind.iter().all(|&b| !b), "a blind stream cannot answer");
+        let ranges = ranges.unwrap();
+        for (i, c) in contents.iter().enumerate() {
+            let end = (q.0 + q.1).min(c.len() as u64);
+            for at in (q.0..end).filter(|&at| c[at as usize] != 0) {
+                prop_assert!(
+                    ranges.iter().any(|&(o, l)| o <= at && at < o + l),
+                    "point {} byte {} holds data outside {:?}", i, at, ranges
+                );
+            }
+        }
+    }
+
+    #[test]
     fn reads_match_contents_and_pad_with_zeros(gens in proptest::collection::vec(point_gen(), 1..3), off in 0u64..45_000, n in 0usize..9000) {
         let (contents, img) = build(&gens);
         for (i, c) in contents.iter().enumerate() {
