@@ -10,6 +10,8 @@
 //! a cluster, or the `cls_rbd` methods' argument encodings. Decoders never panic and bound
 //! every length by the bytes present before allocating.
 
+#![forbid(unsafe_code)]
+
 pub mod denc;
 mod error;
 pub mod golden;

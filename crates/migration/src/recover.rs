@@ -124,34 +124,68 @@ fn src_of(rbd: &Rbd, dst: &Side) -> Result<Option<Side>> {
 /// A source in some trash whose record names `spec` as its destination, or whose own name
 /// (in the trash of `spec`'s pool) is `spec`: how a migration is found when the name the
 /// user typed is not (or no longer) a migrating image in the directory.
-fn source_in_trash(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Side>> {
-    let dst_pool = rbd
-        .store()
-        .pool_id(&spec.pool)
-        .map_err(rbdm_image::Error::from)?;
-    for pool in rbd.pool_list()? {
-        let mut spaces = vec![String::new()];
-        spaces.extend(rbd.namespace_list(&pool).unwrap_or_default());
-        for ns in spaces {
-            let pspec = PoolSpec::new(&pool, &ns);
-            for t in rbd.trash_list(&pspec, true)? {
-                if t.source != "MIGRATION" {
-                    continue;
-                }
-                let Some(s) = side_by_id(rbd, &pspec, &t.id)? else {
-                    continue;
-                };
-                let named_dst = s.rec.peer.as_ref().is_some_and(|p| {
-                    p.pool_id == dst_pool && p.namespace == spec.namespace && p.name == spec.image
-                });
-                let named_src = pool == spec.pool && ns == spec.namespace && t.name == spec.image;
-                if s.rec.role == MigrationRole::Source && (named_dst || named_src) {
-                    return Ok(Some(s));
-                }
+fn source_in_trash(rbd: &Rbd, spec: &ImageSpec, dst_pool: i64) -> Result<Option<Side>> {
+    for pspec in every_namespace(rbd)? {
+        for t in rbd.trash_list(&pspec, true)? {
+            if t.source != "MIGRATION" {
+                continue;
+            }
+            let Some(s) = side_by_id(rbd, &pspec, &t.id)? else {
+                continue;
+            };
+            let named_src = pspec.pool == spec.pool
+                && pspec.namespace == spec.namespace
+                && t.name == spec.image;
+            if s.rec.role == MigrationRole::Source && (names_dst(&s, dst_pool, spec) || named_src) {
+                return Ok(Some(s));
             }
         }
     }
     Ok(None)
+}
+
+/// A source back in its directory whose record still says `aborting` and names `spec` as its
+/// destination: an abort killed after it restored the source from the trash and before it
+/// cleared the source's record (the last step). Only asked when `spec` names nothing else, so
+/// the walk over every image's header is paid on that path alone.
+fn restored_source(rbd: &Rbd, spec: &ImageSpec, dst_pool: i64) -> Result<Option<Side>> {
+    for pspec in every_namespace(rbd)? {
+        for name in rbd.list(&pspec)? {
+            let here = ImageSpec {
+                pool: pspec.pool.clone(),
+                namespace: pspec.namespace.clone(),
+                image: name,
+                snap: None,
+            };
+            let Some(s) = side_by_name(rbd, &here)? else {
+                continue;
+            };
+            let aborting = s.rec.state == MigrationState::Aborting;
+            if s.rec.role == MigrationRole::Source && aborting && names_dst(&s, dst_pool, spec) {
+                return Ok(Some(s));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Every namespace of every pool of the store, each pool's default namespace first.
+fn every_namespace(rbd: &Rbd) -> Result<Vec<PoolSpec>> {
+    let mut all = Vec::new();
+    for pool in rbd.pool_list()? {
+        all.push(PoolSpec::new(&pool, ""));
+        for ns in rbd.namespace_list(&pool).unwrap_or_default() {
+            all.push(PoolSpec::new(&pool, &ns));
+        }
+    }
+    Ok(all)
+}
+
+/// Whether a source's record names `spec` as its destination.
+fn names_dst(src: &Side, dst_pool: i64, spec: &ImageSpec) -> bool {
+    src.rec.peer.as_ref().is_some_and(|p| {
+        p.pool_id == dst_pool && p.namespace == spec.namespace && p.name == spec.image
+    })
 }
 
 /// The migration `spec` (a source or destination name) takes part in, if any.
@@ -168,7 +202,15 @@ pub(crate) fn find(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Pair>> {
             },
         }));
     }
-    Ok(match source_in_trash(rbd, spec)? {
+    let dst_pool = rbd
+        .store()
+        .pool_id(&spec.pool)
+        .map_err(rbdm_image::Error::from)?;
+    let src = match source_in_trash(rbd, spec, dst_pool)? {
+        Some(s) => Some(s),
+        None => restored_source(rbd, spec, dst_pool)?,
+    };
+    Ok(match src {
         Some(src) => Some(Pair {
             dst: dst_of(rbd, &src)?,
             src: Some(src),
