@@ -305,6 +305,22 @@ impl Rbd {
         id: &str,
         intent: Option<&str>,
     ) -> Result<()> {
+        // The id object goes first: the name (and with it the intent) goes last, in one
+        // atomic write, so a kill in between leaves the image named and the intent (if any)
+        // to finish the removal; the other order left an `rbd_id.<name>` no image owns.
+        if self.image_id(spec, name)? != id {
+            return Err(Error::NotFound(format!(
+                "image '{name}' does not exist in {spec}"
+            )));
+        }
+        let idloc = self.loc(spec, &header::id_object_name(name))?;
+        match self
+            .store
+            .operate(&idloc, &WriteOp::new().remove(), &no_snapc())
+        {
+            Err(StoreError::NotFound(_)) | Ok(()) => {}
+            Err(e) => return Err(e.into()),
+        }
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
         let op = WriteOp::new()
@@ -312,20 +328,10 @@ impl Rbd {
             .omap_rm([key.clone(), format!("id_{id}")])
             .omap_rm(intent);
         match self.store.operate(&loc, &op, &no_snapc()) {
-            Err(StoreError::Canceled(_)) => {
-                return Err(Error::NotFound(format!(
-                    "image '{name}' does not exist in {spec}"
-                )))
-            }
-            r => r?,
-        }
-        let idloc = self.loc(spec, &header::id_object_name(name))?;
-        match self
-            .store
-            .operate(&idloc, &WriteOp::new().remove(), &no_snapc())
-        {
-            Err(StoreError::NotFound(_)) | Ok(()) => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(StoreError::Canceled(_)) => Err(Error::NotFound(format!(
+                "image '{name}' does not exist in {spec}"
+            ))),
+            r => r.map_err(Into::into),
         }
     }
 
