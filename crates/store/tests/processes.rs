@@ -266,3 +266,22 @@ fn two_processes_never_lose_a_guarded_increment() {
         .expect("counter set");
     assert_eq!(n, (2 * per_child).to_string().into_bytes());
 }
+
+/// Processes that open one fresh store at the same moment all get it: none fails with
+/// "database is locked" (SQLite's WAL switch does not wait for another's lock by itself).
+#[test]
+fn processes_creating_one_store_at_once_all_open_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for round in 0..40 {
+        let root = dir.path().join(format!("fresh{round}"));
+        let children: Vec<Child> = (0..6).map(|_| spawn(&root, "count", "1")).collect();
+        for mut c in children {
+            assert!(
+                c.wait().expect("wait").success(),
+                "round {round}: a child failed"
+            );
+        }
+        let s = DirStore::open(&root).expect("open");
+        assert_eq!(s.list_pools().expect("pools"), vec![(1, "rbd".to_string())]);
+    }
+}

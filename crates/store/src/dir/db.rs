@@ -33,9 +33,9 @@ fn open_writable(root: &Path) -> std::result::Result<(Connection, bool), OpenErr
         root.join(layout::DB_FILE),
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.busy_timeout(BUSY_WAIT)?;
     conn.set_prepared_statement_cache_capacity(64);
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    let mode = switch_to_wal(&conn)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::Db(format!("cannot use WAL mode (got {mode})")).into());
     }
@@ -45,6 +45,34 @@ fn open_writable(root: &Path) -> std::result::Result<(Connection, bool), OpenErr
     conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=16384;")?;
     let fresh = init_schema(&mut conn, root)?;
     Ok((conn, fresh))
+}
+
+/// Puts the database in WAL mode (kept in the file, so a no-op after the first time).
+/// SQLite answers a journal-mode change that meets another connection's lock with
+/// SQLITE_BUSY at once, without calling the busy handler, so processes opening a fresh store
+/// together retry here for as long as the busy timeout would have waited.
+fn switch_to_wal(conn: &Connection) -> rusqlite::Result<String> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+            Err(e) if busy(&e) && started.elapsed() < BUSY_WAIT => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a statement waits for another process's lock before failing.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
+fn busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Why opening failed, keeping SQLite's code to tell a full disk from the rest.
