@@ -34,8 +34,10 @@ pub struct Image {
     snap_id: Option<SnapId>,
     read_only: bool,
     cache: RwLock<(u64, Arc<Header>)>,
-    /// The head object map, loaded once this handle holds the exclusive lock.
-    map: Mutex<Option<ObjectMap>>,
+    /// The head object map, loaded once this handle holds the exclusive lock, with the
+    /// header's `snap_seq` it was loaded under: a snapshot made by another process since
+    /// then rewrote the stored map (its objects become `ExistsClean`), so it is loaded again.
+    map: Mutex<Option<(SnapId, ObjectMap)>>,
     /// Writes hold it shared; snapshot creation and rollback hold it exclusively so no write
     /// carries a snap context older than a snapshot taken in this process.
     io_gate: RwLock<()>,
@@ -853,10 +855,10 @@ impl Image {
             return Ok(None);
         }
         let mut slot = lock(&self.map);
-        if slot.is_none() {
-            *slot = Some(self.load_map(h, None, h.size)?);
+        if slot.as_ref().is_none_or(|(seq, _)| *seq != h.snap_seq) {
+            *slot = Some((h.snap_seq, self.load_map(h, None, h.size)?));
         }
-        let map = slot.as_mut().expect("loaded above");
+        let (_, map) = slot.as_mut().expect("loaded above");
         let count = h.layout.object_count(h.size);
         if map.len() < count {
             map.resize(count);
@@ -1890,7 +1892,7 @@ impl Image {
         }
         let m = self.rebuild_map(&h, &objects, prev, HEAD, h.size)?;
         self.save_map(None, &m)?;
-        *slot = Some(m);
+        *slot = Some((h.snap_seq, m));
         Ok(())
     }
 
