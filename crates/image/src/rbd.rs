@@ -284,13 +284,20 @@ impl Rbd {
             ))),
             r => r.map_err(Into::into),
         }?;
-        let idloc = self.loc(spec, &header::id_object_name(name))?;
-        self.store.operate(
-            &idloc,
-            &WriteOp::new().write_full(id.as_bytes()),
-            &no_snapc(),
-        )?;
+        self.id_object_op(spec, name, &WriteOp::new().write_full(id.as_bytes()))??;
         Ok(())
+    }
+
+    /// Applies `op` to the `rbd_id.<name>` object; the store's own result comes back
+    /// unmapped so each caller decides which store errors it tolerates.
+    fn id_object_op(
+        &self,
+        spec: &PoolSpec,
+        name: &str,
+        op: &WriteOp,
+    ) -> Result<std::result::Result<(), StoreError>> {
+        let idloc = self.loc(spec, &header::id_object_name(name))?;
+        Ok(self.store.operate(&idloc, op, &no_snapc()))
     }
 
     pub(crate) fn dir_remove(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
@@ -313,11 +320,7 @@ impl Rbd {
                 "image '{name}' does not exist in {spec}"
             )));
         }
-        let idloc = self.loc(spec, &header::id_object_name(name))?;
-        match self
-            .store
-            .operate(&idloc, &WriteOp::new().remove(), &no_snapc())
-        {
+        match self.id_object_op(spec, name, &WriteOp::new().remove())? {
             Err(StoreError::NotFound(_)) | Ok(()) => {}
             Err(e) => return Err(e.into()),
         }
@@ -599,11 +602,7 @@ impl Rbd {
             .omap_rm([format!("name_{from}")])
             .omap_set([(format!("id_{id}"), to.as_bytes().to_vec())]);
         self.store.operate(&loc, &op, &no_snapc())?;
-        let _ = self.store.operate(
-            &self.loc(spec, &header::id_object_name(from))?,
-            &WriteOp::new().remove(),
-            &no_snapc(),
-        );
+        let _ = self.id_object_op(spec, from, &WriteOp::new().remove())?;
         Ok(())
     }
 
