@@ -39,18 +39,9 @@ pub use rbd::{layout_for, Rbd};
 pub use error::{Error, Result};
 pub use spec::{ImageSpec, PoolSpec};
 
-/// Feature bits, as Ceph numbers them.
+/// Feature bits, as Ceph numbers them (one list: `rbdm_cls`'s, the `features` key's bits).
 pub mod features {
-    pub const LAYERING: u64 = 1 << 0;
-    pub const STRIPINGV2: u64 = 1 << 1;
-    pub const EXCLUSIVE_LOCK: u64 = 1 << 2;
-    pub const OBJECT_MAP: u64 = 1 << 3;
-    pub const FAST_DIFF: u64 = 1 << 4;
-    pub const DEEP_FLATTEN: u64 = 1 << 5;
-    pub const JOURNALING: u64 = 1 << 6;
-    pub const DATA_POOL: u64 = 1 << 7;
-    pub const OPERATIONS: u64 = 1 << 8;
-    pub const MIGRATING: u64 = 1 << 9;
+    pub use rbdm_cls::header::features::*;
     /// What `rbd create` enables by default.
     pub const DEFAULT: u64 = LAYERING | EXCLUSIVE_LOCK | OBJECT_MAP | FAST_DIFF | DEEP_FLATTEN;
     /// Name ↔ bit, in Ceph's order, for parsing `--image-feature` and printing `info`.

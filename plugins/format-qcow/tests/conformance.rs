@@ -13,18 +13,7 @@ use rbdm_registry::Stream;
 fn a_qcow2_with_a_snapshot_keeps_the_contract_and_fails_on_a_broken_stream() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=65536",
-            "img.qcow2",
-            "8M",
-        ],
-    )?;
+    create_qcow2(d, "img.qcow2", "65536", "8M")?;
     qemu_io(
         d,
         "qcow2",

@@ -79,18 +79,7 @@ fn v2_compat_010() -> Result<()> {
 fn zero_flag_over_allocated_data() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=64k",
-            "z.qcow2",
-            "4M",
-        ],
-    )?;
+    create_qcow2(d, "z.qcow2", "64k", "4M")?;
     pattern_file(&d.join("pat"), 256 * K as usize, 5)?;
     qemu_io(
         d,

@@ -63,18 +63,7 @@ fn no_large_allocation() -> Result<()> {
 
 fn sample(dir: &Path) -> Result<Vec<u8>> {
     pattern_file(&dir.join("pat"), 256 * K as usize, 13)?;
-    qemu_img(
-        dir,
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=64k",
-            "s.qcow2",
-            "8M",
-        ],
-    )?;
+    create_qcow2(dir, "s.qcow2", "64k", "8M")?;
     qemu_io(
         dir,
         "qcow2",
@@ -367,18 +356,7 @@ fn tables_pointing_outside() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     pattern_file(&d.join("pat"), 64 * K as usize, 3)?;
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=64k",
-            "p.qcow2",
-            "8M",
-        ],
-    )?;
+    create_qcow2(d, "p.qcow2", "64k", "8M")?;
     qemu_io(
         d,
         "qcow2",

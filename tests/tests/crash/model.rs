@@ -76,6 +76,14 @@ impl Model {
         self.points.push((spec.into(), bytes));
     }
 
+    /// The bytes expected at `spec` (a test that asks for one it never set is wrong).
+    pub fn expected(&self, spec: &str) -> &[u8] {
+        let point = self.points.iter().find(|(s, _)| s == spec);
+        &point
+            .unwrap_or_else(|| panic!("no expected bytes for {spec}"))
+            .1
+    }
+
     pub fn forget(&mut self, image: &str) {
         self.points
             .retain(|(s, _)| s.split('@').next() != Some(image));

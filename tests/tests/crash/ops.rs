@@ -127,23 +127,16 @@ fn killed_resize_is_finished_by_resize() {
         // All or nothing: the size `info` shows is the old one with all its bytes, or the new.
         let now = m.size("img");
         if now == SIZE {
-            let head = m.points.iter().find(|(s, _)| s == "img").expect("head");
             m.same(
                 &m.read("img"),
-                &head.1,
+                m.expected("img"),
                 &format!("{trial}: old size, other bytes"),
             );
         } else {
             assert_eq!(now, size, "{trial}: a size nobody asked for");
         }
         m.recover(args, &[], &trial);
-        let mut head = m
-            .points
-            .iter()
-            .find(|(s, _)| s == "img")
-            .expect("head")
-            .1
-            .clone();
+        let mut head = m.expected("img").to_vec();
         head.resize(size as usize, 0);
         if shrinking {
             // Growing back must read zeros, not what the shrink cut off.
@@ -175,7 +168,7 @@ fn killed_rollback_is_finished_by_rollback() {
     kill_trials("rollback", 13, rollback_fixture, &args, |m, trial| {
         // All or nothing: the head reads as it was or as the snapshot, never a mix.
         let head = m.read("img");
-        let old = &m.points.iter().find(|(s, _)| s == "img").expect("head").1;
+        let old = m.expected("img");
         if head != *old {
             m.same(
                 &head,
@@ -334,13 +327,7 @@ fn killed_snap_create_is_finished_by_snap_create() {
         );
         m.recover(&args, &[EEXIST], trial);
         assert_eq!(m.snaps("img"), ["s1", "s2"], "{trial}: snapshots");
-        let head = m
-            .points
-            .iter()
-            .find(|(s, _)| s == "img")
-            .expect("head")
-            .1
-            .clone();
+        let head = m.expected("img").to_vec();
         m.expect("img@s2", head);
         m.settled(trial);
     });
@@ -355,13 +342,7 @@ fn killed_snap_purge_is_finished_by_snap_purge() {
         let img = rbd
             .open(&ImageSpec::parse("img", "rbd").expect("spec"), false)
             .expect("open");
-        let mut head = m
-            .points
-            .iter()
-            .find(|(s, _)| s == "img")
-            .expect("head")
-            .1
-            .clone();
+        let mut head = m.expected("img").to_vec();
         for s in ["s2", "s3"] {
             img.snap_create(s).expect("snap");
             scribble(&img, &mut head, rng, 4);
