@@ -66,8 +66,6 @@ use crate::{
     SnapContext, SnapId, SnapSet, Watcher, WriteOp,
 };
 
-pub(crate) use clients::{hostname, now_secs};
-
 const LOCK_STRIPES: u64 = 64;
 /// The cookie of a watch a full disk kept from being written down (real ones start at 1).
 const UNRECORDED_WATCH: u64 = 0;

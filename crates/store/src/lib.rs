@@ -21,6 +21,7 @@ use std::sync::Arc;
 mod admit;
 pub mod conformance;
 pub mod dir;
+mod host;
 pub mod mem;
 mod plan;
 pub mod snaps;

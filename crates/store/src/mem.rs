@@ -93,9 +93,9 @@ impl MemStore {
             st.next_client += 1;
             let client = ClientInfo {
                 id: st.next_client,
-                host: crate::dir::hostname(),
+                host: crate::host::hostname(),
                 pid: std::process::id(),
-                since: crate::dir::now_secs(),
+                since: crate::host::now_secs(),
             };
             st.clients.insert(client.id, client.clone());
             client
@@ -327,7 +327,7 @@ impl ObjectStore for MemStore {
                 stored: Stored {
                     data,
                     version,
-                    mtime: crate::dir::now_secs(),
+                    mtime: crate::host::now_secs(),
                 },
                 xattrs,
                 omap,

@@ -13,6 +13,7 @@ use std::sync::{Mutex, OnceLock};
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::{sql, uns};
+use crate::host::{hostname, now_secs};
 use crate::{ClientInfo, Result};
 
 /// A handle's client row, registered once, on first need.
@@ -95,28 +96,6 @@ impl Me {
             starttime: proc_starttime(pid).unwrap_or(0),
         }
     }
-}
-
-/// This machine's name (a client on another host cannot be checked).
-pub(crate) fn hostname() -> String {
-    static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| {
-        let mut buf = [0u8; 256];
-        // SAFETY: the buffer is valid for its length; we stop at the first NUL or its end.
-        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        if rc != 0 {
-            return String::from("localhost");
-        }
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    })
-    .clone()
-}
-
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot). The command name
