@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use crate::Rng;
@@ -136,19 +135,9 @@ pub fn file_matches(path: &Path, want: &Model) -> Result<(), String> {
 /// The next data segment `[data, hole)` at or after `pos` (`(len, len)` when none is left).
 /// Where the file system cannot tell, everything is data.
 pub fn next_data(file: &File, pos: u64, len: u64) -> (u64, u64) {
-    let fd = file.as_raw_fd();
-    // SAFETY: lseek on a descriptor we own; it only moves the file offset.
-    let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-    if data < 0 {
-        let nxio = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
-        return if nxio { (len, len) } else { (pos, len) };
+    match rbdm_sparse::next_data(file, pos, len) {
+        Ok(Some((data, n))) => (data, data + n),
+        Ok(None) => (len, len),
+        Err(_) => (pos, len),
     }
-    // SAFETY: as above.
-    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-    let hole = if hole < 0 {
-        len
-    } else {
-        (hole as u64).min(len)
-    };
-    (data as u64, hole)
 }

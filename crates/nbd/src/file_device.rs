@@ -57,24 +57,6 @@ impl FileDevice {
         }
     }
 
-    /// lseek with SEEK_DATA/SEEK_HOLE; `None` when there is no further data (ENXIO).
-    fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: lseek takes no memory; the shared file offset it moves is never used,
-        // since every read and write here is positional.
-        let rc = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
-        if rc >= 0 {
-            return Ok(Some(rc as u64));
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(err)
-        }
-    }
-
     fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
@@ -153,25 +135,7 @@ impl BlockDevice for FileDevice {
 
     fn allocated(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64)>> {
         let end = offset.saturating_add(len).min(self.size);
-        let mut out = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let Some(data) = self.seek(pos, libc::SEEK_DATA)? else {
-                break;
-            };
-            if data >= end {
-                break;
-            }
-            let hole = self.seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
-            if hole <= data {
-                // A file changing under us; report the rest as data rather than loop.
-                out.push((data, end - data));
-                break;
-            }
-            out.push((data, hole - data));
-            pos = hole;
-        }
-        Ok(out)
+        rbdm_sparse::data_extents(&self.file, offset, end)
     }
 }
 

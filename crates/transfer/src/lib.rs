@@ -18,8 +18,7 @@
 //! image semantics (`rbdm-image`'s). A tag the decoder does not know is refused rather than
 //! skipped, unlike Ceph's importer: a flipped byte must not silently drop data.
 
-// `unsafe` only in `sparse`, for lseek(SEEK_DATA/SEEK_HOLE).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod diff;
 mod error;

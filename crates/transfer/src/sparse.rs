@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use rbdm_image::{Image, Layout};
@@ -86,35 +85,11 @@ pub fn write_zeros(out: &mut dyn Write, mut n: u64) -> std::io::Result<()> {
 
 /// The next data extent `(start, end)` at or after `pos`, from SEEK_DATA/SEEK_HOLE; where
 /// the file system cannot tell, everything left is data.
-#[allow(unsafe_code)]
 pub fn next_data(file: &File, pos: u64, size: u64) -> Option<(u64, u64)> {
-    if pos >= size {
-        return None;
+    match rbdm_sparse::next_data(file, pos, size) {
+        Ok(next) => next.map(|(data, len)| (data, data + len)),
+        Err(_) => Some((pos, size)),
     }
-    let fd = file.as_raw_fd();
-    // SAFETY: lseek on a descriptor `file` keeps open; callers read with positional reads,
-    // which do not depend on the offset lseek moves.
-    let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-    if data < 0 {
-        let errno = std::io::Error::last_os_error().raw_os_error();
-        return if errno == Some(libc::ENXIO) {
-            None
-        } else {
-            Some((pos, size))
-        };
-    }
-    let data = data as u64;
-    if data >= size {
-        return None;
-    }
-    // SAFETY: as above.
-    let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-    let hole = if hole < 0 {
-        size
-    } else {
-        (hole as u64).min(size)
-    };
-    Some((data, hole.max(data)))
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 //! so sparse files stay sparse, and opening siblings for qcow backing files. A missing,
 //! unreadable or non-file path is refused at open, naming the path.
 //! What it is not: no caching (the page cache does that) and no writing, ever.
+#![forbid(unsafe_code)]
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -91,25 +91,6 @@ impl FileStream {
         self.identity.check(&self.file, &self.path, by_name)
     }
 
-    /// The next offset at or after `pos` that is data (`SEEK_DATA`) or a hole (`SEEK_HOLE`);
-    /// `Ok(None)` for no more data; `Err` when the file system cannot say.
-    fn seek(&self, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-        let Ok(off) = libc::off_t::try_from(pos) else {
-            return Err(io::Error::from(ErrorKind::InvalidInput));
-        };
-        // SAFETY: lseek on a descriptor we own; the shared offset it moves is never used
-        // for I/O (all reads are positional).
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
-        if r >= 0 {
-            return Ok(Some(r as u64));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENXIO) => Ok(None),
-            _ => Err(e),
-        }
-    }
-
     fn allocation(&self, offset: u64, end: u64) -> io::Result<Vec<StreamExtent>> {
         let mut out: Vec<StreamExtent> = Vec::new();
         let mut push = |offset: u64, stop: u64, zero: bool| {
@@ -122,18 +103,12 @@ impl FileStream {
             }
         };
         let mut pos = offset;
-        while pos < end {
-            let data = self.seek(pos, libc::SEEK_DATA)?.unwrap_or(end).min(end);
+        while let Some((data, len)) = rbdm_sparse::next_data(&self.file, pos, end)? {
             push(pos, data, true);
-            if data >= end {
-                break;
-            }
-            let hole = self.seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
-            // A hole at `data` means the file changed under us: call it data, never a hole.
-            let hole = hole.max(data + 1).min(end);
-            push(data, hole, false);
-            pos = hole;
+            push(data, data + len, false);
+            pos = data + len;
         }
+        push(pos, end, true);
         Ok(out)
     }
 }

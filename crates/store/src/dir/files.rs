@@ -12,38 +12,7 @@ use crate::{Error, Result};
 /// Allocated extents `(offset, len)` of `f` within `[start, end)`, via SEEK_DATA/SEEK_HOLE.
 /// File systems report them with block granularity.
 pub fn data_extents(f: &File, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
-    let mut out = Vec::new();
-    let mut pos = start;
-    while pos < end {
-        let Some(data) = seek(f, pos, libc::SEEK_DATA)? else {
-            break;
-        };
-        if data >= end {
-            break;
-        }
-        let hole = seek(f, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
-        out.push((data, hole - data));
-        pos = hole;
-    }
-    Ok(out)
-}
-
-/// `None` when there is no more data (ENXIO).
-fn seek(f: &File, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let Ok(off) = libc::off_t::try_from(pos) else {
-        return Ok(None);
-    };
-    // SAFETY: lseek on a descriptor we own; no memory is passed.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(e)
-        };
-    }
-    Ok(Some(r as u64))
+    rbdm_sparse::data_extents(f, start, end)
 }
 
 /// Deallocates a range, keeping the size. Falls back to writing zeros only on a file system
