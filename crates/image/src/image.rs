@@ -34,9 +34,7 @@ pub struct Image {
     snap_id: Option<SnapId>,
     read_only: bool,
     cache: RwLock<(u64, Arc<Header>)>,
-    /// The head object map, loaded once this handle holds the exclusive lock, with the
-    /// header's `snap_seq` it was loaded under: a snapshot made by another process since
-    /// then rewrote the stored map (its objects become `ExistsClean`), so it is loaded again.
+    /// The head object map and the `snap_seq` it was loaded under (reloaded after a snapshot).
     map: Mutex<Option<(SnapId, ObjectMap)>>,
     /// Writes hold it shared; snapshot creation and rollback hold it exclusively so no write
     /// carries a snap context older than a snapshot taken in this process.
