@@ -64,6 +64,12 @@ fn side_by_id(rbd: &Rbd, pool: &PoolSpec, id: &str) -> Result<Option<Side>> {
         Err(rbdm_image::Error::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    side_of(rbd, pool, &img)
+}
+
+/// The side an already open image is: its record, and its name (its trash name if trashed).
+fn side_of(rbd: &Rbd, pool: &PoolSpec, img: &Image) -> Result<Option<Side>> {
+    let id = img.id();
     let Some(rec) = img.migration_record()? else {
         return Ok(None);
     };
@@ -86,9 +92,7 @@ fn side_by_name(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Side>> {
         Err(rbdm_image::Error::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let id = img.id().to_string();
-    drop(img);
-    side_by_id(rbd, &spec.pool_spec(), &id)
+    side_of(rbd, &spec.pool_spec(), &img)
 }
 
 /// The destination a source's record names, if it is really that one: same id as recorded,
