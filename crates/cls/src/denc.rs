@@ -250,6 +250,30 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// Decodes a whole value that `f` must consume entirely (nothing may follow it).
+pub fn whole<'a, T>(
+    record: &'static str,
+    bytes: &'a [u8],
+    f: impl FnOnce(&mut Decoder<'a>) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    let mut d = Decoder::new(record, bytes);
+    let v = f(&mut d)?;
+    d.finish()?;
+    Ok(v)
+}
+
+/// Decodes a whole value that is one versioned struct (DECODE_START..DECODE_FINISH with
+/// nothing after it), so a record's `f` reads only its fields; see [`Decoder::versioned`].
+pub fn decode_versioned<'a, T>(
+    record: &'static str,
+    bytes: &'a [u8],
+    supported: u8,
+    min: u8,
+    f: impl FnOnce(&mut Decoder<'a>, StructVersion) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    whole(record, bytes, |d| d.versioned(supported, min, f))
+}
+
 /// Declares a Ceph enumeration stored as one byte, with a `decode` that names `field` when
 /// the byte is outside it.
 macro_rules! byte_enum {
@@ -359,6 +383,14 @@ impl Encoder {
         let len = len_u32(self.buf.len() - len_at - 4);
         self.buf[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
     }
+}
+
+/// Encodes a whole value that is one versioned struct (ENCODE_START(v, compat)..ENCODE_FINISH),
+/// so a record's `f` writes only its fields; see [`Encoder::versioned`].
+pub fn encode_versioned(v: u8, compat: u8, f: impl FnOnce(&mut Encoder)) -> Vec<u8> {
+    let mut e = Encoder::new();
+    e.versioned(v, compat, f);
+    e.into_bytes()
 }
 
 fn len_u32(len: usize) -> u32 {

@@ -1,7 +1,7 @@
 //! `cls_lock` xattrs (`lock.<name>`, `lock.rbd_lock` for RBD): `lock_info_t` with its
 //! lockers (`locker_id_t` → `locker_info_t`, which holds an `entity_addr_t`).
 
-use crate::denc::{byte_enum, Decoder, Encoder};
+use crate::denc::{byte_enum, decode_versioned, encode_versioned, Decoder, Encoder};
 use crate::error::DecodeError;
 use crate::UTime;
 
@@ -83,8 +83,7 @@ pub struct LockInfo {
 
 impl LockInfo {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new("lock_info_t", bytes);
-        let info = d.versioned(1, 1, |d, _| {
+        decode_versioned("lock_info_t", bytes, 1, 1, |d, _| {
             // smallest locker: two 6-byte struct headers and the fields they must hold
             let lockers = d.vec(12 + 13 + 8 + 1, decode_locker)?;
             let lock_type = LockType::decode(d)?;
@@ -94,19 +93,15 @@ impl LockInfo {
                 lock_type,
                 tag,
             })
-        })?;
-        d.finish()?;
-        Ok(info)
+        })
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
-        e.versioned(1, 1, |e| {
+        encode_versioned(1, 1, |e| {
             e.seq(&self.lockers, encode_locker);
             e.u8(self.lock_type as u8);
             e.string(&self.tag);
-        });
-        e.into_bytes()
+        })
     }
 }
 

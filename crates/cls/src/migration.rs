@@ -1,7 +1,7 @@
 //! The `migration` header key: `cls::rbd::MigrationSpec` (version 3; 1 and 2 decoded), on
 //! both the source and the destination image of a live migration.
 
-use crate::denc::{byte_enum, Decoder, Encoder};
+use crate::denc::{byte_enum, decode_versioned, encode_versioned};
 use crate::error::DecodeError;
 
 byte_enum! {
@@ -49,8 +49,7 @@ pub struct MigrationSpec {
 
 impl MigrationSpec {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new("MigrationSpec", bytes);
-        let spec = d.versioned(3, 1, |d, sv| {
+        decode_versioned("MigrationSpec", bytes, 3, 1, |d, sv| {
             let header_type = MigrationHeaderType::decode(d)?;
             let pool_id = d.i64()?;
             let pool_namespace = d.string()?;
@@ -83,17 +82,14 @@ impl MigrationSpec {
                 mirror_image_mode,
                 source_spec,
             })
-        })?;
-        d.finish()?;
-        Ok(spec)
+        })
     }
 
     /// Version 3; compat 3 when there is a source spec (older clients must not mistake an
     /// import for an image-to-image migration), else 1, as Ceph does.
     pub fn encode(&self) -> Vec<u8> {
         let compat = if self.source_spec.is_empty() { 1 } else { 3 };
-        let mut e = Encoder::new();
-        e.versioned(3, compat, |e| {
+        encode_versioned(3, compat, |e| {
             e.u8(self.header_type as u8);
             e.i64(self.pool_id);
             e.string(&self.pool_namespace);
@@ -110,14 +106,14 @@ impl MigrationSpec {
             e.string(&self.state_description);
             e.u8(self.mirror_image_mode);
             e.string(&self.source_spec);
-        });
-        e.into_bytes()
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::denc::Encoder;
 
     fn spec(source_spec: &str) -> MigrationSpec {
         MigrationSpec {

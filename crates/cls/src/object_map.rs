@@ -1,7 +1,7 @@
 //! `rbd_object_map.<id>[.<snap id>]` objects: Ceph's `BitVector<2>` with its crc32c header and
 //! per-4-KiB data-block checksums. Object states are 2 bits, most significant pair first.
 
-use crate::denc::{Decoder, Encoder};
+use crate::denc::{encode_versioned, Decoder, Encoder};
 use crate::error::{DecodeError, DecodeErrorKind};
 
 const RECORD: &str = "BitVector";
@@ -119,9 +119,7 @@ fn shift(i: u64) -> u32 {
 }
 
 fn encode_header(len: u64) -> Vec<u8> {
-    let mut e = Encoder::new();
-    e.versioned(1, 1, |e| e.u64(len));
-    e.into_bytes()
+    encode_versioned(1, 1, |e| e.u64(len))
 }
 
 fn check_crcs(

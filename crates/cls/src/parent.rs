@@ -2,7 +2,7 @@
 //! `snap_children_<id>` sets of `cls::rbd::ChildImageSpec`, and clone v1's `rbd_children`
 //! object (key: parent pool, image id, snap id; value: child image ids).
 
-use crate::denc::{Decoder, Encoder};
+use crate::denc::{decode_versioned, encode_versioned, whole, Decoder, Encoder, StructVersion};
 use crate::error::DecodeError;
 
 /// A clone's link to its parent snapshot (`cls_rbd_parent`).
@@ -20,61 +20,56 @@ pub struct ClsRbdParent {
 impl ClsRbdParent {
     /// Decodes the whole `parent` value (version 1 or 2).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new("cls_rbd_parent", bytes);
-        let parent = Self::decode_in(&mut d)?;
-        d.finish()?;
-        Ok(parent)
+        decode_versioned("cls_rbd_parent", bytes, 2, 1, Self::decode_body)
     }
 
     /// Decodes a parent embedded in another record.
     pub fn decode_in(d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
-        d.versioned(2, 1, |d, sv| {
-            let pool_id = d.i64()?;
-            let pool_namespace = if sv.v >= 2 {
-                d.string()?
-            } else {
-                String::new()
-            };
-            let image_id = d.string()?;
-            let snap_id = d.u64()?;
-            let head_overlap = if sv.v >= 2 {
-                d.optional(|d| d.u64())?
-            } else {
-                Some(d.u64()?)
-            };
-            Ok(ClsRbdParent {
-                pool_id,
-                pool_namespace,
-                image_id,
-                snap_id,
-                head_overlap,
-            })
+        d.versioned(2, 1, Self::decode_body)
+    }
+
+    fn decode_body(d: &mut Decoder<'_>, sv: StructVersion) -> Result<Self, DecodeError> {
+        let pool_id = d.i64()?;
+        let pool_namespace = if sv.v >= 2 {
+            d.string()?
+        } else {
+            String::new()
+        };
+        let image_id = d.string()?;
+        let snap_id = d.u64()?;
+        let head_overlap = if sv.v >= 2 {
+            d.optional(|d| d.u64())?
+        } else {
+            Some(d.u64()?)
+        };
+        Ok(ClsRbdParent {
+            pool_id,
+            pool_namespace,
+            image_id,
+            snap_id,
+            head_overlap,
         })
     }
 
     /// Version 2, compat 2: what Nautilus and later OSDs write.
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
-        e.versioned(2, 2, |e| {
+        encode_versioned(2, 2, |e| {
             e.i64(self.pool_id);
             e.string(&self.pool_namespace);
             e.string(&self.image_id);
             e.u64(self.snap_id);
             e.optional(self.head_overlap.as_ref(), |e, v| e.u64(*v));
-        });
-        e.into_bytes()
+        })
     }
 
     /// Version 1 (pre-Nautilus, no namespace), as old snapshot records embed it.
     pub fn encode_v1(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
-        e.versioned(1, 1, |e| {
+        encode_versioned(1, 1, |e| {
             e.i64(self.pool_id);
             e.string(&self.image_id);
             e.u64(self.snap_id);
             e.u64(self.head_overlap.unwrap_or(0));
-        });
-        e.into_bytes()
+        })
     }
 }
 
@@ -115,11 +110,10 @@ impl ChildImageSpec {
 
 /// A `snap_children_<snap id>` value: the set of clones of that snapshot, in Ceph's set order.
 pub fn decode_snap_children(bytes: &[u8]) -> Result<Vec<ChildImageSpec>, DecodeError> {
-    let mut d = Decoder::new("snap_children", bytes);
     // smallest element: 6-byte struct header + pool + empty id
-    let children = d.vec(6 + 8 + 4, ChildImageSpec::decode_in)?;
-    d.finish()?;
-    Ok(children)
+    whole("snap_children", bytes, |d| {
+        d.vec(6 + 8 + 4, ChildImageSpec::decode_in)
+    })
 }
 
 pub fn encode_snap_children(children: &[ChildImageSpec]) -> Vec<u8> {
@@ -138,14 +132,13 @@ pub struct ChildrenV1Key {
 
 impl ChildrenV1Key {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new("rbd_children key", bytes);
-        let key = ChildrenV1Key {
-            pool_id: d.i64()?,
-            image_id: d.string()?,
-            snap_id: d.u64()?,
-        };
-        d.finish()?;
-        Ok(key)
+        whole("rbd_children key", bytes, |d| {
+            Ok(ChildrenV1Key {
+                pool_id: d.i64()?,
+                image_id: d.string()?,
+                snap_id: d.u64()?,
+            })
+        })
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -159,10 +152,7 @@ impl ChildrenV1Key {
 
 /// A clone v1 `rbd_children` value: the child image ids (a `std::set<std::string>`).
 pub fn decode_children_v1(bytes: &[u8]) -> Result<Vec<String>, DecodeError> {
-    let mut d = Decoder::new("rbd_children value", bytes);
-    let ids = d.vec(4, |d| d.string())?;
-    d.finish()?;
-    Ok(ids)
+    whole("rbd_children value", bytes, |d| d.vec(4, |d| d.string()))
 }
 
 pub fn encode_children_v1(ids: &[String]) -> Vec<u8> {

@@ -1,7 +1,7 @@
 //! Which record an (object, xattr/omap key) holds, and decoding/encoding any of them by kind:
 //! the one dispatch golden tests, fuzzing and dump comparisons share.
 
-use crate::denc::{Decoder, Encoder};
+use crate::denc::{whole, Encoder};
 use crate::error::DecodeError;
 use crate::header::{METADATA_PREFIX, SNAPSHOT_PREFIX, SNAP_CHILDREN_PREFIX, TIME_KEYS, U64_KEYS};
 use crate::lock::LockInfo;
@@ -180,18 +180,6 @@ impl Record {
         }
         e.into_bytes()
     }
-}
-
-/// Decodes a value that `f` must consume entirely.
-fn whole<'a, T>(
-    record: &'static str,
-    bytes: &'a [u8],
-    f: impl FnOnce(&mut Decoder<'a>) -> Result<T, DecodeError>,
-) -> Result<T, DecodeError> {
-    let mut d = Decoder::new(record, bytes);
-    let v = f(&mut d)?;
-    d.finish()?;
-    Ok(v)
 }
 
 #[cfg(test)]

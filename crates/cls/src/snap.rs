@@ -1,7 +1,7 @@
 //! `snapshot_<id>` header values: `cls_rbd_snap` (version 8, older versions decoded) and its
 //! `cls::rbd::SnapshotNamespace`.
 
-use crate::denc::{byte_enum, Decoder, Encoder, StructVersion};
+use crate::denc::{byte_enum, decode_versioned, encode_versioned, Decoder, Encoder, StructVersion};
 use crate::error::DecodeError;
 use crate::parent::ClsRbdParent;
 use crate::UTime;
@@ -156,10 +156,7 @@ pub struct ClsRbdSnap {
 impl ClsRbdSnap {
     /// Decodes versions 1 to 8; fields an old version lacks take Ceph's defaults.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new(RECORD, bytes);
-        let snap = d.versioned(8, 1, Self::decode_body)?;
-        d.finish()?;
-        Ok(snap)
+        decode_versioned(RECORD, bytes, 8, 1, Self::decode_body)
     }
 
     fn decode_body(d: &mut Decoder<'_>, sv: StructVersion) -> Result<Self, DecodeError> {
@@ -219,8 +216,7 @@ impl ClsRbdSnap {
     /// so its namespace survives).
     pub fn encode(&self) -> Vec<u8> {
         let compat = if self.legacy_parent.is_some() { 1 } else { 8 };
-        let mut e = Encoder::new();
-        e.versioned(8, compat, |e| {
+        encode_versioned(8, compat, |e| {
             e.u64(self.id);
             e.string(&self.name);
             e.u64(self.image_size);
@@ -234,8 +230,7 @@ impl ClsRbdSnap {
             self.timestamp.encode(e);
             e.u32(self.child_count);
             e.optional(self.parent_overlap.as_ref(), |e, v| e.u64(*v));
-        });
-        e.into_bytes()
+        })
     }
 }
 

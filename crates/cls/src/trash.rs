@@ -1,6 +1,6 @@
 //! `rbd_trash` values: `cls::rbd::TrashImageSpec` (version 2; version 1 decoded).
 
-use crate::denc::{byte_enum, Decoder, Encoder};
+use crate::denc::{byte_enum, decode_versioned, encode_versioned};
 use crate::error::DecodeError;
 use crate::UTime;
 
@@ -37,8 +37,7 @@ pub struct TrashImageSpec {
 
 impl TrashImageSpec {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new("TrashImageSpec", bytes);
-        let spec = d.versioned(2, 1, |d, sv| {
+        decode_versioned("TrashImageSpec", bytes, 2, 1, |d, sv| {
             let source = TrashSource::decode(d)?;
             let name = d.string()?;
             let deletion_time = UTime::decode(d)?;
@@ -55,27 +54,24 @@ impl TrashImageSpec {
                 deferment_end_time,
                 state,
             })
-        })?;
-        d.finish()?;
-        Ok(spec)
+        })
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new();
-        e.versioned(2, 1, |e| {
+        encode_versioned(2, 1, |e| {
             e.u8(self.source as u8);
             e.string(&self.name);
             self.deletion_time.encode(e);
             self.deferment_end_time.encode(e);
             e.u8(self.state as u8);
-        });
-        e.into_bytes()
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::denc::Encoder;
 
     #[test]
     fn v1_decodes_as_normal_state() {
