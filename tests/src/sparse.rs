@@ -135,9 +135,5 @@ pub fn file_matches(path: &Path, want: &Model) -> Result<(), String> {
 /// The next data segment `[data, hole)` at or after `pos` (`(len, len)` when none is left).
 /// Where the file system cannot tell, everything is data.
 pub fn next_data(file: &File, pos: u64, len: u64) -> (u64, u64) {
-    match rbdm_sparse::next_data(file, pos, len) {
-        Ok(Some((data, n))) => (data, data + n),
-        Ok(None) => (len, len),
-        Err(_) => (pos, len),
-    }
+    rbdm_sparse::next_data_or_rest(file, pos, len).map_or((len, len), |(data, n)| (data, data + n))
 }

@@ -284,20 +284,17 @@ impl Rbd {
             ))),
             r => r.map_err(Into::into),
         }?;
-        self.id_object_op(spec, name, &WriteOp::new().write_full(id.as_bytes()))??;
+        let (idloc, op) = (
+            self.id_loc(spec, name)?,
+            WriteOp::new().write_full(id.as_bytes()),
+        );
+        self.store.operate(&idloc, &op, &no_snapc())?;
         Ok(())
     }
 
-    /// Applies `op` to the `rbd_id.<name>` object; the store's own result comes back
-    /// unmapped so each caller decides which store errors it tolerates.
-    fn id_object_op(
-        &self,
-        spec: &PoolSpec,
-        name: &str,
-        op: &WriteOp,
-    ) -> Result<std::result::Result<(), StoreError>> {
-        let idloc = self.loc(spec, &header::id_object_name(name))?;
-        Ok(self.store.operate(&idloc, op, &no_snapc()))
+    /// Where the `rbd_id.<name>` object of an image name lives.
+    fn id_loc(&self, spec: &PoolSpec, name: &str) -> Result<Locator> {
+        self.loc(spec, &header::id_object_name(name))
     }
 
     pub(crate) fn dir_remove(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
@@ -320,7 +317,8 @@ impl Rbd {
                 "image '{name}' does not exist in {spec}"
             )));
         }
-        match self.id_object_op(spec, name, &WriteOp::new().remove())? {
+        let (idloc, op) = (self.id_loc(spec, name)?, WriteOp::new().remove());
+        match self.store.operate(&idloc, &op, &no_snapc()) {
             Err(StoreError::NotFound(_)) | Ok(()) => {}
             Err(e) => return Err(e.into()),
         }
@@ -602,7 +600,8 @@ impl Rbd {
             .omap_rm([format!("name_{from}")])
             .omap_set([(format!("id_{id}"), to.as_bytes().to_vec())]);
         self.store.operate(&loc, &op, &no_snapc())?;
-        let _ = self.id_object_op(spec, from, &WriteOp::new().remove())?;
+        let (from_id, remove) = (self.id_loc(spec, from)?, WriteOp::new().remove());
+        let _ = self.store.operate(&from_id, &remove, &no_snapc());
         Ok(())
     }
 

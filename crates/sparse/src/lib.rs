@@ -4,8 +4,8 @@
 //! What it is for: finding where a file holds data, one extent at a time (memory does not
 //! grow with the file), with positional I/O left to the caller (the shared offset `lseek`
 //! moves is never used for reads). What it is not: a reader, or a policy for file systems
-//! without SEEK_DATA — their error is returned, and each caller decides (most treat
-//! everything as data).
+//! without SEEK_DATA — `next_data` returns their error and `next_data_or_rest` counts the
+//! rest as data.
 
 use std::fs::File;
 use std::io;
@@ -27,6 +27,12 @@ pub fn next_data(file: &File, pos: u64, end: u64) -> io::Result<Option<(u64, u64
     let hole = seek(file, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
     let hole = if hole <= data { end } else { hole };
     Ok(Some((data, hole - data)))
+}
+
+/// As [`next_data`], for callers that must not skip data: where the file system cannot tell
+/// (no SEEK_DATA), everything left, `[pos, end)`, is data.
+pub fn next_data_or_rest(file: &File, pos: u64, end: u64) -> Option<(u64, u64)> {
+    next_data(file, pos, end).unwrap_or_else(|_| (pos < end).then(|| (pos, end - pos)))
 }
 
 /// Every data extent of `file` in `[start, end)`, in order.

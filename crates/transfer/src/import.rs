@@ -9,7 +9,7 @@ use rbdm_image::{CreateOptions, Image, ImageSpec, Rbd};
 
 use crate::diff::{DiffFormat, DiffReader, DiffRecord};
 use crate::header::{read_diff_count, ImageHeader};
-use crate::sparse::{chunk_size, next_data, write_image_sparse};
+use crate::sparse::{chunk_size, write_image_sparse};
 use crate::wire::{read_full, Input};
 use crate::{Error, Problem, Result, Tag};
 
@@ -87,7 +87,8 @@ pub fn import_raw_file(
     let chunk = chunk_size(&image.layout());
     let mut buf = vec![0u8; chunk as usize];
     let mut pos = 0;
-    while let Some((start, end)) = next_data(file, pos, size) {
+    while let Some((start, len)) = rbdm_sparse::next_data_or_rest(file, pos, size) {
+        let end = start + len;
         let mut off = start;
         while off < end {
             let piece = ((off / chunk + 1) * chunk).min(end);

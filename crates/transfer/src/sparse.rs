@@ -83,15 +83,6 @@ pub fn write_zeros(out: &mut dyn Write, mut n: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The next data extent `(start, end)` at or after `pos`, from SEEK_DATA/SEEK_HOLE; where
-/// the file system cannot tell, everything left is data.
-pub fn next_data(file: &File, pos: u64, size: u64) -> Option<(u64, u64)> {
-    match rbdm_sparse::next_data(file, pos, size) {
-        Ok(next) => next.map(|(data, len)| (data, data + len)),
-        Err(_) => Some((pos, size)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

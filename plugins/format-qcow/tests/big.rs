@@ -23,7 +23,7 @@ const T: u64 = 1024 * G;
 fn one_tib_sparse_walk() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    create_qcow2(d, "big.qcow2", "64k", "1T")?;
+    create_qcow2(d, "big.qcow2", "cluster_size=64k", "1T")?;
     // One small write every 1 GiB: 1024 L2 tables of 64 KiB (64 MiB of L2, twice the cache).
     let writes: Vec<String> = (0..1024u64)
         .map(|i| format!("write -P {} {} 4k", i % 250 + 1, i * G + (i % 7) * 64 * K))

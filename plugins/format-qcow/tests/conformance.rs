@@ -13,7 +13,7 @@ use rbdm_registry::Stream;
 fn a_qcow2_with_a_snapshot_keeps_the_contract_and_fails_on_a_broken_stream() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    create_qcow2(d, "img.qcow2", "65536", "8M")?;
+    create_qcow2(d, "img.qcow2", "cluster_size=65536", "8M")?;
     qemu_io(
         d,
         "qcow2",

@@ -79,7 +79,7 @@ fn v2_compat_010() -> Result<()> {
 fn zero_flag_over_allocated_data() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    create_qcow2(d, "z.qcow2", "64k", "4M")?;
+    create_qcow2(d, "z.qcow2", "cluster_size=64k", "4M")?;
     pattern_file(&d.join("pat"), 256 * K as usize, 5)?;
     qemu_io(
         d,
@@ -209,18 +209,7 @@ fn extended_l2_subclusters() -> Result<()> {
     let d = dir.path();
     pattern_file(&d.join("pat"), 256 * K as usize, 3)?;
     // Plain image: 64 KiB clusters of 32 × 2 KiB subclusters.
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on,cluster_size=64k",
-            "x.qcow2",
-            "8M",
-        ],
-    )?;
+    create_qcow2(d, "x.qcow2", "extended_l2=on,cluster_size=64k", "8M")?;
     qemu_io(
         d,
         "qcow2",

@@ -63,7 +63,7 @@ fn no_large_allocation() -> Result<()> {
 
 fn sample(dir: &Path) -> Result<Vec<u8>> {
     pattern_file(&dir.join("pat"), 256 * K as usize, 13)?;
-    create_qcow2(dir, "s.qcow2", "64k", "8M")?;
+    create_qcow2(dir, "s.qcow2", "cluster_size=64k", "8M")?;
     qemu_io(
         dir,
         "qcow2",
@@ -356,7 +356,7 @@ fn tables_pointing_outside() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     pattern_file(&d.join("pat"), 64 * K as usize, 3)?;
-    create_qcow2(d, "p.qcow2", "64k", "8M")?;
+    create_qcow2(d, "p.qcow2", "cluster_size=64k", "8M")?;
     qemu_io(
         d,
         "qcow2",
@@ -446,18 +446,7 @@ fn random_metadata_damage() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let mut images = vec![sample(d)?];
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on,cluster_size=16k",
-            "x.qcow2",
-            "2M",
-        ],
-    )?;
+    create_qcow2(d, "x.qcow2", "extended_l2=on,cluster_size=16k", "2M")?;
     qemu_io(
         d,
         "qcow2",
@@ -658,18 +647,7 @@ fn refused_features() -> Result<()> {
         "4M",
     ]);
     qemu_img(d, &args)?;
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "data_file=ext.raw",
-            "ext.qcow2",
-            "4M",
-        ],
-    )?;
+    create_qcow2(d, "ext.qcow2", "data_file=ext.raw", "4M")?;
     for (name, words) in [
         ("luks.qcow2", &["encrypted", "LUKS", "offset 32"][..]),
         ("aes.qcow", &["encrypted", "AES", "offset 36"][..]),

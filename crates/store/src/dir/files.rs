@@ -9,12 +9,6 @@ use std::os::unix::io::AsRawFd;
 use crate::plan::DataStep;
 use crate::{Error, Result};
 
-/// Allocated extents `(offset, len)` of `f` within `[start, end)`, via SEEK_DATA/SEEK_HOLE.
-/// File systems report them with block granularity.
-pub fn data_extents(f: &File, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
-    rbdm_sparse::data_extents(f, start, end)
-}
-
 /// Deallocates a range, keeping the size. Falls back to writing zeros only on a file system
 /// that cannot punch holes.
 pub fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
@@ -54,7 +48,7 @@ pub fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
 /// its size: holes stay holes.
 pub fn copy_sparse(src: &File, dst: &File, size: u64) -> io::Result<()> {
     let mut buf = Vec::new();
-    for (off, len) in data_extents(src, 0, size)? {
+    for (off, len) in rbdm_sparse::data_extents(src, 0, size)? {
         if copy_range(src, dst, off, len)? {
             continue;
         }
@@ -275,18 +269,21 @@ mod tests {
         src.write_all_at(&[1; 4096], 0).expect("write");
         src.write_all_at(&[2; 4096], 1 << 20).expect("write");
         src.set_len(2 << 20).expect("len");
-        let ext = data_extents(&src, 0, 2 << 20).expect("extents");
+        let ext = rbdm_sparse::data_extents(&src, 0, 2 << 20).expect("extents");
         assert_eq!(ext, vec![(0, 4096), (1 << 20, 4096)]);
         let dst = scratch_file(&dir, "b");
         copy_sparse(&src, &dst, 2 << 20).expect("copy");
-        assert_eq!(data_extents(&dst, 0, 2 << 20).expect("extents"), ext);
+        assert_eq!(
+            rbdm_sparse::data_extents(&dst, 0, 2 << 20).expect("extents"),
+            ext
+        );
         assert_eq!(
             read_at(Some(&dst), (1 << 20) - 2, 4, 2 << 20).expect("read"),
             vec![0, 0, 2, 2]
         );
         punch_hole(&dst, 0, 4096).expect("punch");
         assert_eq!(
-            data_extents(&dst, 0, 2 << 20).expect("extents"),
+            rbdm_sparse::data_extents(&dst, 0, 2 << 20).expect("extents"),
             vec![(1 << 20, 4096)]
         );
         assert_eq!(dst.metadata().expect("meta").len(), 2 << 20);

@@ -173,7 +173,7 @@ impl DirStore {
         let end = offset.saturating_add(len).min(stored.size);
         match file {
             Some(f) if offset < end => {
-                files::data_extents(f, offset, end).map_err(io_err("seek data"))
+                rbdm_sparse::data_extents(f, offset, end).map_err(io_err("seek data"))
             }
             _ => Ok(Vec::new()),
         }

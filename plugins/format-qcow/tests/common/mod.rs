@@ -123,10 +123,9 @@ pub fn qemu_img(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     run("qemu-img", args, dir)
 }
 
-/// `qemu-img create -f qcow2 -o cluster_size=CLUSTER NAME SIZE` in `dir`.
-pub fn create_qcow2(dir: &Path, name: &str, cluster: &str, size: &str) -> anyhow::Result<()> {
-    let opt = format!("cluster_size={cluster}");
-    qemu_img(dir, &["create", "-f", "qcow2", "-o", &opt, name, size])?;
+/// `qemu-img create -f qcow2 -o OPTS NAME SIZE` in `dir`.
+pub fn create_qcow2(dir: &Path, name: &str, opts: &str, size: &str) -> anyhow::Result<()> {
+    qemu_img(dir, &["create", "-f", "qcow2", "-o", opts, name, size])?;
     Ok(())
 }
 
