@@ -74,9 +74,12 @@ impl DirStore {
             )?
             .execute(params![loc.pool, loc.namespace, loc.name, name, sql(client_id), cookie])?;
         if n == 0 {
-            return Err(Error::NotFound(format!(
-                "{loc} lock {name:?} held by client {client_id} cookie {cookie:?}"
-            )));
+            return Err(Error::NoLocker {
+                loc: loc.clone(),
+                lock: name.to_string(),
+                client: client_id,
+                cookie: cookie.to_string(),
+            });
         }
         Ok(())
     }
@@ -119,7 +122,10 @@ impl DirStore {
             )?
             .execute(params![sql(cookie), loc.pool, loc.namespace, loc.name])?;
         if n == 0 {
-            return Err(Error::NotFound(format!("{loc} watch {cookie}")));
+            return Err(Error::NoWatch {
+                loc: loc.clone(),
+                cookie,
+            });
         }
         Ok(())
     }
@@ -150,7 +156,7 @@ impl DirStore {
             .query_row(params![loc.pool, loc.namespace, loc.name], |_| Ok(()))
             .optional()?;
         if exists.is_none() {
-            return Err(Error::NotFound(loc.to_string()));
+            return Err(Error::no_object(loc, crate::HEAD));
         }
         let cookie: i64 = tx
             .prepare_cached("INSERT INTO watchers(pool, ns, name, client) VALUES (?1, ?2, ?3, ?4) RETURNING cookie")?
