@@ -53,7 +53,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub(crate) fn ignore_not_found(r: std::result::Result<(), StoreError>) -> Result<()> {
     match r {
-        Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+        Ok(()) | Err(StoreError::NoObject { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -203,7 +203,7 @@ impl Image {
     pub fn header(&self) -> Result<Arc<Header>> {
         let version = match self.store().stat(&self.header_loc(), HEAD) {
             Ok(st) => st.version,
-            Err(StoreError::NotFound(_)) => {
+            Err(StoreError::NoObject { .. }) => {
                 return Err(Error::NotFound(format!(
                     "image '{}' was removed",
                     self.name
@@ -421,7 +421,7 @@ impl Image {
                 .stat(&self.data_loc(&h, object_no), self.read_snap())
             {
                 Ok(_) => return Ok(Some(true)),
-                Err(StoreError::NotFound(_)) => {}
+                Err(StoreError::NoObject { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -483,7 +483,7 @@ impl Image {
                 .read_into(&self.data_loc(&h, ext.object_no), snap, ext.offset, dst)
             {
                 Ok(n) => dst[n..].fill(0),
-                Err(StoreError::NotFound(_)) => match &source {
+                Err(StoreError::NoObject { .. }) => match &source {
                     Some((rec, src)) => {
                         src.read(self.migration_point(rec), offset + ext.buf_offset, dst)?
                     }
@@ -639,7 +639,7 @@ impl Image {
         let loc = self.data_loc(h, object_no);
         match self.store().stat(&loc, HEAD) {
             Ok(_) => return Ok(()),
-            Err(StoreError::NotFound(_)) => {}
+            Err(StoreError::NoObject { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         let parent = self.parent_image(link)?;
@@ -762,7 +762,7 @@ impl Image {
             .read(&self.map_loc(snap), HEAD, 0, u64::MAX >> 1)
         {
             Ok(buf) => ObjectMap::decode(&buf).ok(),
-            Err(StoreError::NotFound(_)) => None,
+            Err(StoreError::NoObject { .. }) => None,
             Err(e) => return Err(e.into()),
         };
         let mut map = match stored {
@@ -817,7 +817,7 @@ impl Image {
         for (no, loc) in objects.iter().filter(|(no, _)| *no < count) {
             match self.store().stat(loc, snap) {
                 Ok(_) => {}
-                Err(StoreError::NotFound(_)) => continue,
+                Err(StoreError::NoObject { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
             let changed = match prev {
@@ -916,7 +916,7 @@ impl Image {
             match self.store().operate(&loc, &op, &snapc) {
                 // Changed since the last snapshot, as far as fast-diff is concerned.
                 Ok(()) => self.set_object_state(h, ext.object_no, ObjectState::Exists)?,
-                Err(StoreError::NotFound(_)) => {}
+                Err(StoreError::NoObject { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -996,7 +996,7 @@ impl Image {
                         }
                     }
                 }
-                Err(StoreError::NotFound(_)) if source.is_some() => {
+                Err(StoreError::NoObject { .. }) if source.is_some() => {
                     let (rec, src) = source.as_ref().expect("checked");
                     for (img, n) in h.layout.object_extents_in_image(object_no, size) {
                         for (o, l) in
@@ -1008,7 +1008,7 @@ impl Image {
                         }
                     }
                 }
-                Err(StoreError::NotFound(_)) => {
+                Err(StoreError::NoObject { .. }) => {
                     if let Some(link) = in_parent {
                         let p = self.parent_image(link)?;
                         for (img, n) in self.parent_ranges_at(&h, link, size, object_no) {
@@ -1435,7 +1435,7 @@ impl Image {
                 self.store().operate(&loc, &op.truncate(size), snapc)?;
                 self.set_object_state(h, object_no, ObjectState::Exists)
             }
-            Err(StoreError::NotFound(_)) => {
+            Err(StoreError::NoObject { .. }) => {
                 ignore_not_found(self.store().operate(&loc, &WriteOp::new().remove(), snapc))?;
                 self.set_object_state(h, object_no, ObjectState::Nonexistent)
             }
@@ -1704,7 +1704,7 @@ impl Image {
             let loc = self.data_loc(h, object_no);
             let at_to = match self.store().map_extents(&loc, to, 0, os) {
                 Ok(e) => Some(IntervalSet::from_ranges(e)),
-                Err(StoreError::NotFound(_)) => None,
+                Err(StoreError::NoObject { .. }) => None,
                 Err(e) => return Err(e.into()),
             };
             let (changed, from_size) = match from {
@@ -1801,7 +1801,7 @@ impl Image {
     ) -> Result<Option<(IntervalSet, u64)>> {
         let ss = match self.store().list_snaps(loc) {
             Ok(ss) => ss,
-            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(StoreError::NoObject { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let serving = |s: SnapId| ss.clones.iter().position(|c| c.id >= s);
@@ -1845,7 +1845,7 @@ impl Image {
     /// Clients holding the image's exclusive lock (writers).
     pub fn lockers(&self) -> Result<Vec<rbdm_store::LockInfo>> {
         match self.store().list_lockers(&self.header_loc(), LOCK_NAME) {
-            Err(StoreError::NotFound(_)) => Ok(Vec::new()),
+            Err(StoreError::NoObject { .. }) => Ok(Vec::new()),
             r => Ok(r?),
         }
     }
@@ -1864,7 +1864,7 @@ impl Image {
                 .store()
                 .operate(&self.map_loc(snap), &op, &SnapContext::default())
             {
-                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Ok(()) | Err(StoreError::NoObject { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }

@@ -217,7 +217,7 @@ impl Rbd {
         let mut after = String::new();
         loop {
             let page = match self.store.omap_get(loc, &after, prefix, 1024) {
-                Err(StoreError::NotFound(_)) => break,
+                Err(StoreError::NoObject { .. }) => break,
                 r => r?,
             };
             let Some((last, _)) = page.last() else { break };
@@ -233,7 +233,7 @@ impl Rbd {
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
         let mut found = match self.store.omap_get_keys(&loc, &[&key]) {
-            Err(StoreError::NotFound(_)) => Default::default(),
+            Err(StoreError::NoObject { .. }) => Default::default(),
             r => r?,
         };
         let id = found
@@ -248,7 +248,7 @@ impl Rbd {
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("id_{id}");
         let found = match self.store.omap_get_keys(&loc, &[&key]) {
-            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(StoreError::NoObject { .. }) => return Ok(None),
             r => r?,
         };
         Ok(found
@@ -319,7 +319,7 @@ impl Rbd {
         }
         let (idloc, op) = (self.id_loc(spec, name)?, WriteOp::new().remove());
         match self.store.operate(&idloc, &op, &no_snapc()) {
-            Err(StoreError::NotFound(_)) | Ok(()) => {}
+            Err(StoreError::NoObject { .. }) | Ok(()) => {}
             Err(e) => return Err(e.into()),
         }
         let loc = self.loc(spec, DIRECTORY)?;
@@ -879,7 +879,7 @@ impl Rbd {
         let loc = self.loc(spec, TRASH)?;
         let key = format!("id_{id}");
         let found = match self.store.omap_get_keys(&loc, &[&key]) {
-            Err(StoreError::NotFound(_)) => Default::default(),
+            Err(StoreError::NoObject { .. }) => Default::default(),
             r => r?,
         };
         let v = found.get(&key).ok_or_else(|| {
@@ -905,7 +905,7 @@ impl Rbd {
             &WriteOp::new().omap_rm([format!("id_{id}")]),
             &no_snapc(),
         ) {
-            Err(StoreError::NotFound(_)) => Ok(()),
+            Err(StoreError::NoObject { .. }) => Ok(()),
             r => Ok(r?),
         }
     }
@@ -1048,7 +1048,7 @@ impl Rbd {
 
     pub fn config_key_get(&self, key: &str) -> Result<Vec<u8>> {
         let found = match self.store.omap_get_keys(&self.config_loc()?, &[key]) {
-            Err(StoreError::NotFound(_)) => Default::default(),
+            Err(StoreError::NoObject { .. }) => Default::default(),
             r => r?,
         };
         found

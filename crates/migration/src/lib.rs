@@ -159,12 +159,10 @@ fn open_for_image(
 /// midway (a killed copy leaves an older point's bytes at head, marked with that point; a
 /// client's write always finishes the copy first).
 pub(crate) fn holds_head_data(dst: &Image, loc: &rbdm_store::Locator) -> rbdm_image::Result<bool> {
-    if dst.store().stat(loc, rbdm_store::HEAD).is_err() {
-        return Ok(false);
-    }
     match dst.store().get_xattr(loc, rbdm_copy::MARKER) {
         Ok(v) => Ok(v == rbdm_copy::DONE),
-        Err(rbdm_store::Error::NotFound(_)) => Ok(true),
+        Err(rbdm_store::Error::NoObject { .. }) => Ok(false),
+        Err(rbdm_store::Error::NoKey { .. }) => Ok(true),
         Err(e) => Err(e.into()),
     }
 }

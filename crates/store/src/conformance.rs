@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 mod missing;
 pub use missing::missing_things_say_what;
+use missing::{no_key, no_locker, no_object, no_watch};
 
 use crate::{
     Error, Locator, ObjectStore, PoolId, SnapContext, SnapId, StoreRef, WriteOp, HEAD,
@@ -120,10 +121,6 @@ fn assert_err<T: std::fmt::Debug>(r: crate::Result<T>, want: fn(&Error) -> bool,
         Err(e) if want(&e) => {}
         other => panic!("{what}: expected a specific error, got {other:?}"),
     }
-}
-
-fn no_object(e: &Error) -> bool {
-    matches!(e, Error::NoObject { .. })
 }
 
 pub fn pools(open: Open) {
@@ -693,7 +690,7 @@ pub fn xattrs(open: Open) {
     assert_eq!(s.stat(&o, HEAD).expect("setxattr creates").size, 0);
     assert_eq!(s.get_xattr(&o, "c").expect("get"), vec![0, 255]);
     assert_eq!(s.get_xattr(&o, "b").expect("empty value"), b"");
-    assert_err(s.get_xattr(&o, "zz"), missing::no_key, "missing xattr");
+    assert_err(s.get_xattr(&o, "zz"), no_key, "missing xattr");
     put(
         &s,
         &o,
@@ -1140,18 +1137,18 @@ pub fn locks(open: Open) {
     );
     assert_err(
         b.unlock(&o, name, "c1"),
-        missing::no_locker,
+        no_locker,
         "unlock of another client's lock",
     );
     a.unlock(&o, name, "c1").expect("unlock");
     assert!(b.list_lockers(&o, name).expect("lockers").is_empty());
-    assert_err(a.unlock(&o, name, "c1"), missing::no_locker, "unlock twice");
+    assert_err(a.unlock(&o, name, "c1"), no_locker, "unlock twice");
     b.lock(&o, name, "c2", "", true).expect("lock after unlock");
     a.break_lock(&o, name, b.client().id, "c2").expect("break");
     assert!(a.list_lockers(&o, name).expect("lockers").is_empty());
     assert_err(
         a.break_lock(&o, name, b.client().id, "c2"),
-        missing::no_locker,
+        no_locker,
         "break twice",
     );
     // Shared locks stack; exclusive waits for all of them.
@@ -1203,7 +1200,7 @@ pub fn watchers(open: Open) {
     );
     assert!(ws.iter().all(|w| w.client.pid == std::process::id()));
     a.unwatch(&o, c1).expect("unwatch");
-    assert_err(a.unwatch(&o, c1), missing::no_watch, "unwatch twice");
+    assert_err(a.unwatch(&o, c1), no_watch, "unwatch twice");
     assert_eq!(
         b.list_watchers(&o)
             .expect("watchers")

@@ -4,6 +4,10 @@
 use super::{rbd, Open};
 use crate::{Error, Locator, WriteOp, HEAD};
 
+pub(super) fn no_object(e: &Error) -> bool {
+    matches!(e, Error::NoObject { .. })
+}
+
 pub(super) fn no_key(e: &Error) -> bool {
     matches!(e, Error::NoKey { .. })
 }
