@@ -47,11 +47,11 @@ const EMPTY_SET: &str = "rbdm_migration_empty";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    #[error("reading the source: {0}")]
+    #[error("reading the source")]
     Source(#[from] rbdm_registry::SourceError),
-    #[error("{0}")]
+    #[error(transparent)]
     Image(#[from] rbdm_image::Error),
-    #[error("destination object {object}: {source}")]
+    #[error("destination object {object}")]
     Store { object: u64, source: StoreError },
     #[error("destination object {0}: another copy held it for too long")]
     LockTimeout(u64),

@@ -129,7 +129,10 @@ impl Rbd {
                     if !listed.contains(id) => {}
                 Err(e) => out.push(Finding {
                     object: label(pool, ns, &header::header_name(id)),
-                    problem: format!("image id '{id}' is listed but its header is unreadable: {e}"),
+                    problem: format!(
+                        "image id '{id}' is listed but its header is unreadable: {}",
+                        rbdm_store::report(&e)
+                    ),
                 }),
             }
         }

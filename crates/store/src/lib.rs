@@ -363,6 +363,20 @@ impl Error {
     }
 }
 
+/// An error's message followed by its causes', outermost first, joined by ": " as anyhow's
+/// `{:#}` joins them. rbdm's errors keep a cause as their `source` rather than in their own
+/// message, so this is how a message that names everything is made (the CLI's error lines).
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The object store. All methods are safe to call from many threads and many processes.
