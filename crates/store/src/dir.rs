@@ -591,10 +591,7 @@ impl ObjectStore for DirStore {
         let value = self.with_head(loc, |db, oid| {
             values::fetch(db, loc, Kind::Xattr, oid, name)
         })?;
-        value.ok_or_else(|| Error::NoKey {
-            loc: loc.clone(),
-            name: name.to_string(),
-        })
+        value.ok_or_else(|| Error::no_key(loc, name))
     }
 
     fn get_xattrs(&self, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>>> {

@@ -277,27 +277,31 @@ pub struct Watcher {
 }
 
 /// Errors name what failed and carry what was missing; `errno()` gives the Ceph/POSIX code,
-/// one to one with what RADOS returns for the same failure.
+/// one to one with what RADOS returns for the same failure. Locators are boxed to keep the
+/// error (and every error that wraps it) small.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No such object (at `snap`, when a snapshot was read): ENOENT.
     #[error("{loc}{}: no such object", at_snap(.snap))]
-    NoObject { loc: Locator, snap: Option<SnapId> },
+    NoObject {
+        loc: Box<Locator>,
+        snap: Option<SnapId>,
+    },
     /// The object exists but has no xattr `name` (RADOS getxattr's ENODATA). Omap reads leave
     /// absent keys out instead, as RADOS's do.
     #[error("{loc}: no such xattr {name:?}")]
-    NoKey { loc: Locator, name: String },
+    NoKey { loc: Box<Locator>, name: String },
     /// Lock `lock` is not held by `client` with `cookie`: ENOENT, as RADOS's `cls_lock` says.
     #[error("{loc}: lock {lock:?} is not held by client {client} with cookie {cookie:?}")]
     NoLocker {
-        loc: Locator,
+        loc: Box<Locator>,
         lock: String,
         client: u64,
         cookie: String,
     },
     /// No watch with this cookie on the object: ENOENT.
     #[error("{loc}: no watch {cookie}")]
-    NoWatch { loc: Locator, cookie: u64 },
+    NoWatch { loc: Box<Locator>, cookie: u64 },
     #[error("pool {0}: no such pool")]
     NoPool(String),
     #[error("{0}: already exists")]
@@ -333,8 +337,28 @@ impl Error {
     /// `NoObject` for `loc` at `snap`, naming the snapshot unless it is `HEAD`.
     pub fn no_object(loc: &Locator, snap: SnapId) -> Self {
         Error::NoObject {
-            loc: loc.clone(),
+            loc: Box::new(loc.clone()),
             snap: (snap != HEAD).then_some(snap),
+        }
+    }
+    pub fn no_key(loc: &Locator, name: &str) -> Self {
+        Error::NoKey {
+            loc: Box::new(loc.clone()),
+            name: name.to_string(),
+        }
+    }
+    pub fn no_locker(loc: &Locator, lock: &str, client: u64, cookie: &str) -> Self {
+        Error::NoLocker {
+            loc: Box::new(loc.clone()),
+            lock: lock.to_string(),
+            client,
+            cookie: cookie.to_string(),
+        }
+    }
+    pub fn no_watch(loc: &Locator, cookie: u64) -> Self {
+        Error::NoWatch {
+            loc: Box::new(loc.clone()),
+            cookie,
         }
     }
     pub fn errno(&self) -> i32 {

@@ -412,10 +412,7 @@ impl ObjectStore for MemStore {
     fn get_xattr(&self, loc: &Locator, name: &str) -> Result<Vec<u8>> {
         let st = self.state();
         let value = st.head(loc)?.xattrs.get(name).cloned();
-        value.ok_or_else(|| Error::NoKey {
-            loc: loc.clone(),
-            name: name.to_string(),
-        })
+        value.ok_or_else(|| Error::no_key(loc, name))
     }
 
     fn get_xattrs(&self, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>>> {
@@ -494,12 +491,7 @@ impl ObjectStore for MemStore {
     fn break_lock(&self, loc: &Locator, name: &str, client_id: u64, cookie: &str) -> Result<()> {
         let mut st = self.state();
         let holders = st.locks.get_mut(&(loc.clone(), name.to_string()));
-        let no_locker = || Error::NoLocker {
-            loc: loc.clone(),
-            lock: name.to_string(),
-            client: client_id,
-            cookie: cookie.to_string(),
-        };
+        let no_locker = || Error::no_locker(loc, name, client_id, cookie);
         let holders = holders.ok_or_else(no_locker)?;
         let before = holders.len();
         holders.retain(|h| !(h.client == client_id && h.cookie == cookie));
@@ -548,10 +540,7 @@ impl ObjectStore for MemStore {
                 st.watchers.remove(&cookie);
                 Ok(())
             }
-            _ => Err(Error::NoWatch {
-                loc: loc.clone(),
-                cookie,
-            }),
+            _ => Err(Error::no_watch(loc, cookie)),
         }
     }
 

@@ -34,7 +34,7 @@ pub fn missing_things_say_what(open: Open) {
     let (s, other) = (open(), open());
     let o = Locator::new(rbd(&s), "ns", "o");
     match expect_err(s.read(&o, HEAD, 0, 1), "read of an absent object") {
-        Error::NoObject { loc, snap: None } if loc == o => {}
+        Error::NoObject { loc, snap: None } if *loc == o => {}
         e => panic!("read of an absent object: {e:?}"),
     }
     let e = expect_err(s.get_xattr(&o, "a"), "xattr of an absent object");
@@ -53,13 +53,13 @@ pub fn missing_things_say_what(open: Open) {
         Error::NoObject {
             loc,
             snap: Some(at),
-        } if loc == o && at == snap => {}
+        } if *loc == o && at == snap => {}
         e => panic!("stat at a snap before creation: {e:?}"),
     }
 
     let e = expect_err(s.get_xattr(&o, "zz"), "missing xattr");
     match &e {
-        Error::NoKey { loc, name } if *loc == o && name == "zz" => {}
+        Error::NoKey { loc, name } if **loc == o && name == "zz" => {}
         e => panic!("missing xattr: {e:?}"),
     }
     assert_eq!(e.errno(), libc::ENODATA);
@@ -75,14 +75,14 @@ pub fn missing_things_say_what(open: Open) {
             lock,
             client,
             cookie,
-        } if *loc == o && lock == "L" && *client == other_id && cookie == "c" => {}
+        } if **loc == o && lock == "L" && *client == other_id && cookie == "c" => {}
         e => panic!("unlock by another client: {e:?}"),
     }
     assert_eq!(e.errno(), libc::ENOENT);
 
     let e = expect_err(s.unwatch(&o, 777), "unwatch of an unknown cookie");
     match &e {
-        Error::NoWatch { loc, cookie: 777 } if *loc == o => {}
+        Error::NoWatch { loc, cookie: 777 } if **loc == o => {}
         e => panic!("unwatch of an unknown cookie: {e:?}"),
     }
     assert_eq!(e.errno(), libc::ENOENT);

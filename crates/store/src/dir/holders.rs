@@ -74,12 +74,7 @@ impl DirStore {
             )?
             .execute(params![loc.pool, loc.namespace, loc.name, name, sql(client_id), cookie])?;
         if n == 0 {
-            return Err(Error::NoLocker {
-                loc: loc.clone(),
-                lock: name.to_string(),
-                client: client_id,
-                cookie: cookie.to_string(),
-            });
+            return Err(Error::no_locker(loc, name, client_id, cookie));
         }
         Ok(())
     }
@@ -122,10 +117,7 @@ impl DirStore {
             )?
             .execute(params![sql(cookie), loc.pool, loc.namespace, loc.name])?;
         if n == 0 {
-            return Err(Error::NoWatch {
-                loc: loc.clone(),
-                cookie,
-            });
+            return Err(Error::no_watch(loc, cookie));
         }
         Ok(())
     }
