@@ -65,7 +65,7 @@ pub fn status(ctx: &Ctx, a: &SpecArg) -> CmdResult {
     let watchers: Vec<_> = watchers.into_iter().filter(|w| w.client.id != me).collect();
     let addr = |w: &rbdm_image::Watcher| format!("{}:0/{}", w.client.host, w.client.pid);
     let migration = rbdm_migration::status(ctx.rbd()?, &spec)
-        .map_err(|e| Fail::errno(e.errno(), "show status failed", &e.to_string()))?;
+        .map_err(|e| Fail::errno(e.errno(), "show status failed", &rbdm_store::report(&e)))?;
     if ctx.formatted() {
         let v = watchers
             .iter()

@@ -10,7 +10,7 @@ use crate::layout::create_options;
 use crate::output::{CmdResult, Fail, Progress};
 
 fn fail(e: rbdm_migration::Error, context: &str) -> Fail {
-    Fail::errno(e.errno(), context, &e.to_string())
+    Fail::errno(e.errno(), context, &rbdm_store::report(&e))
 }
 
 pub fn run(ctx: &Ctx, cmd: &MigrationCmd) -> CmdResult {
@@ -157,7 +157,7 @@ fn prepare(ctx: &Ctx, a: &MigrationPrepareArgs) -> CmdResult {
                     Fail::errno(
                         e.errno(),
                         "preparing import migration failed",
-                        &e.to_string(),
+                        &rbdm_store::report(&e),
                     )
                 })?;
                 c.size = src.size();

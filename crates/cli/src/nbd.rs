@@ -114,7 +114,7 @@ pub fn export(ctx: &Ctx, a: &NbdExportArgs) -> CmdResult {
     if let Some(path) = &a.socket {
         let _ = std::fs::remove_file(path);
     }
-    served.map_err(|e| Fail::errno(libc::EIO, "nbd export failed", &e.to_string()))?;
+    served.map_err(|e| Fail::errno(libc::EIO, "nbd export failed", &rbdm_store::report(&e)))?;
     let image = Arc::try_unwrap(device)
         .map_err(|_| Fail::errno(libc::EBUSY, "nbd export", "connections still open"))?;
     image
@@ -144,7 +144,13 @@ fn tls_config(a: &NbdExportArgs) -> Result<Option<TlsConfig>, Fail> {
     };
     TlsConfig::from_pem_files(cert, key, a.tls_ca.as_deref())
         .map(Some)
-        .map_err(|e| Fail::errno(e.errno(), "cannot load TLS credentials", &e.to_string()))
+        .map_err(|e| {
+            Fail::errno(
+                e.errno(),
+                "cannot load TLS credentials",
+                &rbdm_store::report(&e),
+            )
+        })
 }
 
 /// One line for stderr when clients other than this host's can reach the export without

@@ -36,10 +36,10 @@ impl Fail {
         Fail::new(code, msg)
     }
     pub fn image(e: &rbdm_image::Error, context: impl Display) -> Self {
-        Fail::errno(e.errno(), context, &e.to_string())
+        Fail::errno(e.errno(), context, &rbdm_store::report(e))
     }
     pub fn store(e: &rbdm_store::Error, context: impl Display) -> Self {
-        Fail::errno(e.errno(), context, &e.to_string())
+        Fail::errno(e.errno(), context, &rbdm_store::report(e))
     }
     pub fn io(e: &std::io::Error, context: impl Display) -> Self {
         let code = e.raw_os_error().unwrap_or(libc::EIO);

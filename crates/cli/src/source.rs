@@ -35,7 +35,7 @@ pub fn run(ctx: &Ctx, cmd: &SourceCmd) -> CmdResult {
 }
 
 fn source_fail(e: &SourceError, context: &str) -> Fail {
-    Fail::errno(e.errno(), context, &e.to_string())
+    Fail::errno(e.errno(), context, &rbdm_store::report(e))
 }
 
 /// The spec's JSON, checked: text that is not JSON is EBADMSG, an invalid spec EINVAL, as in librbd.
@@ -63,7 +63,7 @@ fn open(ctx: &Ctx, a: &SourceSpecArgs) -> CmdResult<Box<dyn SourceImage>> {
         let rbd = ctx.rbd().map_err(|f| SourceError::Invalid(f.msg))?;
         let bytes = rbd.config_key_get(key).map_err(|e| match e.errno() {
             libc::ENOENT => SourceError::NotFound(format!("config-key {key:?} does not exist")),
-            _ => SourceError::Invalid(format!("config-key {key:?}: {e}")),
+            _ => SourceError::Invalid(format!("config-key {key:?}: {}", rbdm_store::report(&e))),
         })?;
         String::from_utf8(bytes)
             .map_err(|_| SourceError::Invalid(format!("config-key {key:?} is not UTF-8")))

@@ -28,6 +28,7 @@ fn fail(e: &Error, op: &str) -> Fail {
             source,
         } => {
             let mut f = fail(source, op);
+            let cleanup = rbdm_store::report(cleanup);
             let note = format!("; the partial image {image} could not be removed: {cleanup}");
             f.msg.push_str(&note);
             f

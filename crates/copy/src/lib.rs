@@ -32,7 +32,7 @@ use rbdm_image::header::Header;
 use rbdm_image::migration::MigrationRecord;
 use rbdm_image::Image;
 use rbdm_registry::{ExtentState, Point, SourceImage};
-use rbdm_store::{Error as StoreError, SnapContext, SnapId, WriteOp, HEAD};
+use rbdm_store::{Error as StoreError, SnapContext, SnapId, WriteOp};
 
 mod queue;
 use queue::Queue;
@@ -47,11 +47,11 @@ const EMPTY_SET: &str = "rbdm_migration_empty";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    #[error("reading the source: {0}")]
+    #[error("reading the source")]
     Source(#[from] rbdm_registry::SourceError),
-    #[error("{0}")]
+    #[error(transparent)]
     Image(#[from] rbdm_image::Error),
-    #[error("destination object {object}: {source}")]
+    #[error("destination object {object}")]
     Store { object: u64, source: StoreError },
     #[error("destination object {0}: another copy held it for too long")]
     LockTimeout(u64),
@@ -349,7 +349,7 @@ fn known_empty(image: &Image, object_no: u64) -> Result<bool> {
         .omap_get_keys(&image.side_loc(EMPTY_SET), &[key.as_str()])
     {
         Ok(found) => Ok(!found.is_empty()),
-        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(StoreError::NoObject { .. }) => Ok(false),
         Err(e) => Err(CopyError::Store {
             object: object_no,
             source: e,
@@ -364,7 +364,7 @@ pub fn forget_progress(image: &Image) -> Result<()> {
         .store()
         .operate(&image.side_loc(EMPTY_SET), &op, &SnapContext::default())
     {
-        Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+        Ok(()) | Err(StoreError::NoObject { .. }) => Ok(()),
         Err(e) => Err(CopyError::Store {
             object: 0,
             source: e,
@@ -378,7 +378,9 @@ fn already_done(image: &Image, h: &Header, object_no: u64) -> Result<bool> {
     let loc = image.data_loc(h, object_no);
     match image.store().get_xattr(&loc, MARKER) {
         Ok(v) => Ok(v == DONE),
-        Err(StoreError::NotFound(_)) => known_empty(image, object_no),
+        Err(StoreError::NoObject { .. } | StoreError::NoKey { .. }) => {
+            known_empty(image, object_no)
+        }
         Err(e) => Err(CopyError::Store {
             object: object_no,
             source: e,
@@ -393,12 +395,8 @@ fn resume_point(image: &Image, h: &Header, object_no: u64) -> Result<Option<usiz
         object: object_no,
         source: e,
     };
-    match image.store().stat(&loc, HEAD) {
-        Err(StoreError::NotFound(_)) => return Ok(Some(0)),
-        Err(e) => return Err(err(e)),
-        Ok(_) => {}
-    }
     match image.store().get_xattr(&loc, MARKER) {
+        Err(StoreError::NoObject { .. }) => Ok(Some(0)),
         Ok(v) if v == DONE => Ok(None),
         Ok(v) => {
             let t: [u8; 8] = v
@@ -407,7 +405,7 @@ fn resume_point(image: &Image, h: &Header, object_no: u64) -> Result<Option<usiz
             Ok(Some(u64::from_le_bytes(t) as usize + 1))
         }
         // An object without a marker was written by a client after a copy that found nothing.
-        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(StoreError::NoKey { .. }) => Ok(None),
         Err(e) => Err(err(e)),
     }
 }

@@ -228,7 +228,7 @@ impl Image {
             .store()
             .break_lock(&self.header_loc(), "rbd_lock", client_id, id)
         {
-            Err(StoreError::NotFound(_)) => Err(Error::NotFound(format!(
+            Err(StoreError::NoLocker { .. }) => Err(Error::NotFound(format!(
                 "no lock '{id}' held by client.{client_id}"
             ))),
             r => Ok(r?),

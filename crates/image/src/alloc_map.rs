@@ -36,7 +36,7 @@ impl Image {
         for object_no in first..first + layout.stripe_count {
             let version = match self.store().stat(&self.data_loc(&h, object_no), snap) {
                 Ok(st) => st.version,
-                Err(StoreError::NotFound(_)) => ABSENT,
+                Err(StoreError::NoObject { .. }) => ABSENT,
                 Err(e) => return Err(e.into()),
             };
             token = mix(token ^ version);

@@ -176,7 +176,7 @@ impl Image {
             .store()
             .operate(&self.data_loc(&h, object_no), &op, &h.snap_context())
         {
-            Err(rbdm_store::Error::NotFound(_)) => Ok(()),
+            Err(rbdm_store::Error::NoObject { .. }) => Ok(()),
             r => Ok(r?),
         }
     }

@@ -61,7 +61,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub(crate) fn ignore_not_found(r: std::result::Result<(), StoreError>) -> Result<()> {
     match r {
-        Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+        Ok(()) | Err(StoreError::NoObject { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -123,7 +123,7 @@ impl Anchor<'_> {
     pub fn end(&self, op: &str, arg: &str) -> Result<()> {
         let w = WriteOp::new().omap_rm([key(op, arg)]);
         match self.store.operate(&self.loc, &w, &SnapContext::default()) {
-            Err(StoreError::NotFound(_)) => Ok(()),
+            Err(StoreError::NoObject { .. }) => Ok(()),
             r => Ok(r?),
         }
     }
@@ -134,7 +134,7 @@ impl Anchor<'_> {
         let mut after = String::new();
         loop {
             let page = match self.store.omap_get(&self.loc, &after, PREFIX, 256) {
-                Err(StoreError::NotFound(_)) => break,
+                Err(StoreError::NoObject { .. }) => break,
                 r => r?,
             };
             let Some((last, _)) = page.last() else { break };
@@ -157,7 +157,7 @@ impl Anchor<'_> {
         };
         // Listed before the owner ended it and let go: then there is nothing to finish.
         let still = match self.store.omap_get_keys(&self.loc, &[&k]) {
-            Err(StoreError::NotFound(_)) => false,
+            Err(StoreError::NoObject { .. }) => false,
             r => r?.contains_key(&k),
         };
         Ok(still.then_some(held))
@@ -167,7 +167,7 @@ impl Anchor<'_> {
     pub fn is_live(&self, i: &Intent) -> Result<bool> {
         match self.store.list_lockers(&self.loc, &key(&i.op, &i.arg)) {
             Ok(l) => Ok(!l.is_empty()),
-            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(StoreError::NoObject { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -294,7 +294,7 @@ impl Image {
     pub fn op_running(&self, op: &str) -> Result<bool> {
         match self.store().list_lockers(&self.header_loc(), op) {
             Ok(l) => Ok(!l.is_empty()),
-            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(StoreError::NoObject { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub use rbdm_extent::Layout;
-pub use rbdm_store::{SnapId, StoreRef, Watcher};
+pub use rbdm_store::{report, SnapId, StoreRef, Watcher};
 
 pub mod advisory;
 mod alloc_map;

@@ -81,7 +81,7 @@ impl Rbd {
         let mut after = String::new();
         loop {
             let page = match self.store.omap_get(loc, &after, prefix, 1024) {
-                Err(StoreError::NotFound(_)) => break,
+                Err(StoreError::NoObject { .. }) => break,
                 r => r?,
             };
             let Some((last, _)) = page.last() else { break };

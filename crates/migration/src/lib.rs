@@ -29,11 +29,11 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
+    #[error(transparent)]
     Image(#[from] rbdm_image::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("{0}")]
+    #[error(transparent)]
     Copy(#[from] rbdm_copy::CopyError),
     #[error("{0}")]
     Invalid(String),
@@ -42,7 +42,7 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
     /// A destination's source cannot be opened (as librbd, which opens it with the image).
-    #[error("cannot open the migration source of image '{image}': {source}")]
+    #[error("cannot open the migration source of image '{image}'")]
     SourceUnavailable { image: String, source: SourceError },
 }
 
@@ -85,7 +85,8 @@ fn point(p: Option<usize>) -> Point {
     p.map(Point::Snap).unwrap_or(Point::Head)
 }
 
-fn to_image_error(e: impl std::fmt::Display, errno: i32) -> rbdm_image::Error {
+fn to_image_error(e: &dyn std::error::Error, errno: i32) -> rbdm_image::Error {
+    let e = rbdm_store::report(e);
     match errno {
         libc::ENOENT => rbdm_image::Error::NotFound(format!("migration source: {e}")),
         libc::EINVAL | libc::EBADMSG => {
@@ -159,12 +160,10 @@ fn open_for_image(
 /// midway (a killed copy leaves an older point's bytes at head, marked with that point; a
 /// client's write always finishes the copy first).
 pub(crate) fn holds_head_data(dst: &Image, loc: &rbdm_store::Locator) -> rbdm_image::Result<bool> {
-    if dst.store().stat(loc, rbdm_store::HEAD).is_err() {
-        return Ok(false);
-    }
     match dst.store().get_xattr(loc, rbdm_copy::MARKER) {
         Ok(v) => Ok(v == rbdm_copy::DONE),
-        Err(rbdm_store::Error::NotFound(_)) => Ok(true),
+        Err(rbdm_store::Error::NoObject { .. }) => Ok(false),
+        Err(rbdm_store::Error::NoKey { .. }) => Ok(true),
         Err(e) => Err(e.into()),
     }
 }

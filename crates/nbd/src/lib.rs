@@ -84,15 +84,15 @@ pub enum NbdError {
     DuplicateExport(String),
     #[error("export name {0:?} is longer than 4096 bytes")]
     NameTooLong(String),
-    #[error("listener: {0}")]
+    #[error("listener")]
     Listener(#[source] io::Error),
-    #[error("flushing export {export:?}: {source}")]
+    #[error("flushing export {export:?}")]
     Flush {
         export: String,
         #[source]
         source: io::Error,
     },
-    #[error("connection: {0}")]
+    #[error("connection")]
     Io(#[from] io::Error),
     #[error("protocol violation: {0}")]
     Protocol(&'static str),

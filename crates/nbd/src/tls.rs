@@ -29,7 +29,7 @@ pub struct TlsConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -39,26 +39,26 @@ pub enum TlsError {
     TooLarge { path: PathBuf },
     #[error("{}: no PEM {what} found", path.display())]
     Missing { path: PathBuf, what: &'static str },
-    #[error("{}: malformed PEM: {source}", path.display())]
+    #[error("{}: malformed PEM", path.display())]
     Pem {
         path: PathBuf,
         #[source]
         source: pem::Error,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Rejected {
         path: PathBuf,
         #[source]
         source: rustls::Error,
     },
-    #[error("certificate {} with key {}: {source}", cert.display(), key.display())]
+    #[error("certificate {} with key {}", cert.display(), key.display())]
     Pair {
         cert: PathBuf,
         key: PathBuf,
         #[source]
         source: rustls::Error,
     },
-    #[error("client CA {}: {source}", path.display())]
+    #[error("client CA {}", path.display())]
     ClientCa {
         path: PathBuf,
         #[source]

@@ -39,7 +39,8 @@ pub enum SourceError {
     /// The remote object changed while we read it (ETag/Last-Modified/size).
     #[error("{0}")]
     Changed(String),
-    #[error("{context}: {source}")]
+    /// The cause is the `source`, not part of the message (see `rbdm_store::report`).
+    #[error("{context}")]
     Io {
         context: String,
         source: std::io::Error,

@@ -21,7 +21,7 @@ pub enum InputError {
     TooLong,
     #[error("the source-spec is not UTF-8 text")]
     NotUtf8,
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

@@ -77,7 +77,7 @@ fn writer(store: &DirStore, seed: u64) -> Result<(), Box<dyn std::error::Error>>
             .iter()
             .filter_map(|(k, _)| u64::from_str_radix(k, 16).ok())
             .collect(),
-        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) if e.is_no_object() => Vec::new(),
         Err(e) => return Err(e.into()),
     };
     snaps.sort_unstable_by(|a, b| b.cmp(a));

@@ -20,6 +20,10 @@
 
 use std::collections::BTreeMap;
 
+mod missing;
+pub use missing::missing_things_say_what;
+use missing::{no_key, no_locker, no_object, no_watch};
+
 use crate::{
     Error, Locator, ObjectStore, PoolId, SnapContext, SnapId, StoreRef, WriteOp, HEAD,
     MAX_OBJECT_SIZE,
@@ -40,7 +44,7 @@ macro_rules! conformance_tests {
             create_exclusive, compound_op_is_atomic, xattrs, omap, snapshots_read_back,
             snapshots_and_existence, list_snaps_overlap, snap_remove_frees_clones,
             metadata_ops_do_not_clone, locks, watchers, flush_and_handles_share_data, handles_see_each_others_changes,
-            bad_input_is_invalid, threads_guarded_counter);
+            bad_input_is_invalid, threads_guarded_counter, missing_things_say_what);
     };
     (@each $setup:expr; $($check:ident),* $(,)?) => {
         $(
@@ -117,10 +121,6 @@ fn assert_err<T: std::fmt::Debug>(r: crate::Result<T>, want: fn(&Error) -> bool,
         Err(e) if want(&e) => {}
         other => panic!("{what}: expected a specific error, got {other:?}"),
     }
-}
-
-fn is_not_found(e: &Error) -> bool {
-    matches!(e, Error::NotFound(_))
 }
 
 pub fn pools(open: Open) {
@@ -201,7 +201,7 @@ pub fn namespaces_isolate(open: Open) {
     );
     assert_err(
         s.read(&y, HEAD, 0, 10),
-        is_not_found,
+        no_object,
         "same name in another namespace",
     );
     put(&s, &y, WriteOp::new().write_full(b"in y!"));
@@ -263,7 +263,7 @@ pub fn list_objects_sorted_and_filtered(open: Open) {
 pub fn write_and_read(open: Open) {
     let s = open();
     let o = loc(rbd(&s), "o");
-    assert_err(s.read(&o, HEAD, 0, 1), is_not_found, "read before create");
+    assert_err(s.read(&o, HEAD, 0, 1), no_object, "read before create");
     put(&s, &o, WriteOp::new().write(0, b"hello world"));
     assert_eq!(s.read(&o, HEAD, 6, 5).expect("read"), b"world");
     assert_eq!(s.read(&o, HEAD, 6, 100).expect("short read"), b"world");
@@ -316,15 +316,15 @@ pub fn write_full_zero_truncate_remove(open: Open) {
         "truncate extends with zeros"
     );
     put(&s, &o, WriteOp::new().remove());
-    assert_err(s.read(&o, HEAD, 0, 1), is_not_found, "read after remove");
-    assert_err(s.stat(&o, HEAD), is_not_found, "stat after remove");
+    assert_err(s.read(&o, HEAD, 0, 1), no_object, "read after remove");
+    assert_err(s.stat(&o, HEAD), no_object, "stat after remove");
     assert_err(
         s.operate(&o, &WriteOp::new().remove(), &NOSNAP),
-        is_not_found,
+        no_object,
         "remove twice",
     );
     put(&s, &o, WriteOp::new().zero(0, 10));
-    assert_err(s.stat(&o, HEAD), is_not_found, "zero does not create");
+    assert_err(s.stat(&o, HEAD), no_object, "zero does not create");
     put(&s, &o, WriteOp::new().truncate(8));
     assert_eq!(read_all(&s, &o, HEAD), fill(0, 8), "truncate creates");
     put(&s, &o, WriteOp::new().write_full(b""));
@@ -383,7 +383,7 @@ pub fn read_into_matches_read(open: Open) {
     let mut small = [0xee_u8; 16];
     assert_err(
         s.read_into(&o, HEAD, 0, &mut small),
-        is_not_found,
+        no_object,
         "read_into before create",
     );
     put(
@@ -438,7 +438,7 @@ pub fn read_into_matches_read(open: Open) {
     assert_eq!(hole, [0; 8], "a hole overwrites the buffer with zeros");
     assert_err(
         s.read_into(&late, s1, 0, &mut small),
-        is_not_found,
+        no_object,
         "read_into at a snap before creation",
     );
     assert_eq!(
@@ -448,7 +448,7 @@ pub fn read_into_matches_read(open: Open) {
     );
     assert_err(
         s.read_into(&loc(p, "never"), HEAD, 0, &mut small),
-        is_not_found,
+        no_object,
         "read_into of unknown object",
     );
 }
@@ -639,17 +639,17 @@ pub fn compound_op_is_atomic(open: Open) {
             .assert_exists(),
         &NOSNAP,
     );
-    assert_err(r, is_not_found, "AssertExists on absent object");
+    assert_err(r, no_object, "AssertExists on absent object");
     assert_err(
         s.stat(&absent, HEAD),
-        is_not_found,
+        no_object,
         "a failed op creates nothing",
     );
     let r = s.operate(&absent, &WriteOp::new().create().remove().remove(), &NOSNAP);
-    assert_err(r, is_not_found, "second remove in one op");
+    assert_err(r, no_object, "second remove in one op");
     assert_err(
         s.stat(&absent, HEAD),
-        is_not_found,
+        no_object,
         "a failed op creates nothing",
     );
     // All guards pass: everything applies, in order.
@@ -690,7 +690,7 @@ pub fn xattrs(open: Open) {
     assert_eq!(s.stat(&o, HEAD).expect("setxattr creates").size, 0);
     assert_eq!(s.get_xattr(&o, "c").expect("get"), vec![0, 255]);
     assert_eq!(s.get_xattr(&o, "b").expect("empty value"), b"");
-    assert_err(s.get_xattr(&o, "zz"), is_not_found, "missing xattr");
+    assert_err(s.get_xattr(&o, "zz"), no_key, "missing xattr");
     put(
         &s,
         &o,
@@ -710,7 +710,7 @@ pub fn xattrs(open: Open) {
         "data writes keep xattrs"
     );
     put(&s, &o, WriteOp::new().remove());
-    assert_err(s.get_xattrs(&o), is_not_found, "xattrs of a removed object");
+    assert_err(s.get_xattrs(&o), no_object, "xattrs of a removed object");
     put(&s, &o, WriteOp::new().create());
     assert!(
         s.get_xattrs(&o).expect("all").is_empty(),
@@ -723,7 +723,7 @@ pub fn omap(open: Open) {
     let o = loc(rbd(&s), "o");
     assert_err(
         s.omap_get(&o, "", "", 10),
-        is_not_found,
+        no_object,
         "omap of absent object",
     );
     let kv = |k: &str| (k.to_string(), format!("v{k}").into_bytes());
@@ -852,17 +852,17 @@ pub fn snapshots_and_existence(open: Open) {
     put_at(&s, &late, WriteOp::new().write_full(b"new"), &ctx(&[s1]));
     assert_err(
         s.read(&late, s1, 0, 10),
-        is_not_found,
+        no_object,
         "object created after the snap, read at it",
     );
     assert_err(
         s.stat(&late, s1),
-        is_not_found,
+        no_object,
         "stat at a snap before creation",
     );
     assert_eq!(read_all(&s, &late, HEAD), b"new");
     put_at(&s, &gone, WriteOp::new().remove(), &ctx(&[s1]));
-    assert_err(s.read(&gone, HEAD, 0, 10), is_not_found, "removed at head");
+    assert_err(s.read(&gone, HEAD, 0, 10), no_object, "removed at head");
     assert_eq!(
         read_all(&s, &gone, s1),
         b"old data",
@@ -899,7 +899,7 @@ pub fn snapshots_and_existence(open: Open) {
     assert!(s.list_snaps(&keep).expect("snaps").clones.is_empty());
     assert_err(
         s.list_snaps(&loc(p, "never")),
-        is_not_found,
+        no_object,
         "list_snaps of unknown object",
     );
 }
@@ -1042,7 +1042,7 @@ pub fn snap_remove_frees_clones(open: Open) {
     );
     assert_err(
         s.list_snaps(&gone),
-        is_not_found,
+        no_object,
         "a removed object whose clones are freed is gone",
     );
     s.snap_remove(p, s1)
@@ -1137,18 +1137,18 @@ pub fn locks(open: Open) {
     );
     assert_err(
         b.unlock(&o, name, "c1"),
-        is_not_found,
+        no_locker,
         "unlock of another client's lock",
     );
     a.unlock(&o, name, "c1").expect("unlock");
     assert!(b.list_lockers(&o, name).expect("lockers").is_empty());
-    assert_err(a.unlock(&o, name, "c1"), is_not_found, "unlock twice");
+    assert_err(a.unlock(&o, name, "c1"), no_locker, "unlock twice");
     b.lock(&o, name, "c2", "", true).expect("lock after unlock");
     a.break_lock(&o, name, b.client().id, "c2").expect("break");
     assert!(a.list_lockers(&o, name).expect("lockers").is_empty());
     assert_err(
         a.break_lock(&o, name, b.client().id, "c2"),
-        is_not_found,
+        no_locker,
         "break twice",
     );
     // Shared locks stack; exclusive waits for all of them.
@@ -1183,7 +1183,7 @@ pub fn locks(open: Open) {
 pub fn watchers(open: Open) {
     let (a, b) = (open(), open());
     let o = loc(rbd(&a), "o");
-    assert_err(a.watch(&o), is_not_found, "watch of absent object");
+    assert_err(a.watch(&o), no_object, "watch of absent object");
     put(&a, &o, WriteOp::new().create());
     let c1 = a.watch(&o).expect("watch");
     let c2 = b.watch(&o).expect("watch");
@@ -1200,7 +1200,7 @@ pub fn watchers(open: Open) {
     );
     assert!(ws.iter().all(|w| w.client.pid == std::process::id()));
     a.unwatch(&o, c1).expect("unwatch");
-    assert_err(a.unwatch(&o, c1), is_not_found, "unwatch twice");
+    assert_err(a.unwatch(&o, c1), no_watch, "unwatch twice");
     assert_eq!(
         b.list_watchers(&o)
             .expect("watchers")
@@ -1216,7 +1216,7 @@ pub fn watchers(open: Open) {
     );
     assert_err(
         a.list_watchers(&loc(o.pool, "absent")),
-        is_not_found,
+        no_object,
         "watchers of absent object",
     );
 }
@@ -1265,7 +1265,7 @@ pub fn handles_see_each_others_changes(open: Open) {
     );
     let mut buf = [0u8; 64];
     assert_eq!(a.read_into(&o, HEAD, 0, &mut buf).expect("read_into"), 10);
-    assert_err(a.read(&x, HEAD, 0, 4), is_not_found, "x is absent");
+    assert_err(a.read(&x, HEAD, 0, 4), no_object, "x is absent");
     put(&b, &x, WriteOp::new().write_full(b"born"));
     assert_eq!(
         read_all(&a, &x, HEAD),
@@ -1281,8 +1281,8 @@ pub fn handles_see_each_others_changes(open: Open) {
         "a sees the clone made by b's write"
     );
     put_at(&b, &x, WriteOp::new().remove(), &ctx(&[s1]));
-    assert_err(a.read(&x, HEAD, 0, 4), is_not_found, "a sees the removal");
-    assert_err(a.stat(&x, HEAD), is_not_found, "a sees the removal in stat");
+    assert_err(a.read(&x, HEAD, 0, 4), no_object, "a sees the removal");
+    assert_err(a.stat(&x, HEAD), no_object, "a sees the removal in stat");
     let q = b.create_pool("gone").expect("pool");
     let y = loc(q, "y");
     put(&b, &y, WriteOp::new().write_full(b"doomed"));
@@ -1332,7 +1332,7 @@ pub fn bad_input_is_invalid(open: Open) {
         invalid,
         "snap newer than seq",
     );
-    assert_err(s.stat(&o, HEAD), is_not_found, "nothing was created");
+    assert_err(s.stat(&o, HEAD), no_object, "nothing was created");
     assert_err(
         s.snap_create(9999),
         |e| matches!(e, Error::NoPool(_)),
@@ -1376,7 +1376,7 @@ pub fn increment(s: &dyn ObjectStore, o: &Locator) {
     loop {
         let cur = match s.omap_get_keys(o, &["n"]) {
             Ok(mut kv) => kv.remove("n"),
-            Err(e) if e.is_not_found() => None,
+            Err(e) if e.is_no_object() => None,
             Err(e) => panic!("read counter: {e}"),
         };
         let n: u64 = cur

@@ -63,7 +63,7 @@ use crate::plan::{self, View};
 use crate::snaps;
 use crate::{
     ClientInfo, Error, Locator, LockInfo, ObjectStat, ObjectStore, PoolId, Result, ScrubReport,
-    SnapContext, SnapId, SnapSet, Watcher, WriteOp,
+    SnapContext, SnapId, SnapSet, Watcher, WriteOp, HEAD,
 };
 
 const LOCK_STRIPES: u64 = 64;
@@ -581,7 +581,7 @@ impl ObjectStore for DirStore {
     fn list_snaps(&self, loc: &Locator) -> Result<SnapSet> {
         let (_lock, row) = self.lock_and_load(loc, false)?;
         let Some(row) = row else {
-            return Err(self.not_found(loc));
+            return Err(self.not_found(loc, HEAD));
         };
         let clones = load_clones(&self.db(), loc, row.id)?;
         Ok(snapset(&row, &clones))
@@ -591,7 +591,7 @@ impl ObjectStore for DirStore {
         let value = self.with_head(loc, |db, oid| {
             values::fetch(db, loc, Kind::Xattr, oid, name)
         })?;
-        value.ok_or_else(|| Error::NotFound(format!("{loc} xattr {name:?}")))
+        value.ok_or_else(|| Error::no_key(loc, name))
     }
 
     fn get_xattrs(&self, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>>> {

@@ -77,7 +77,7 @@ pub struct SnapContext {
 /// `OmapCmp`) are checked first, in order; if any fails nothing is applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Fail with `NotFound` unless the object exists at head.
+    /// Fail with `NoObject` unless the object exists at head.
     AssertExists,
     /// Create the object; fail with `Exists` if it already exists at head.
     CreateExclusive,
@@ -276,11 +276,32 @@ pub struct Watcher {
     pub cookie: u64,
 }
 
-/// Errors name what failed; `errno()` gives the Ceph/POSIX code the CLI reports.
+/// Errors name what failed and carry what was missing; `errno()` gives the Ceph/POSIX code,
+/// one to one with what RADOS returns for the same failure. Locators are boxed to keep the
+/// error (and every error that wraps it) small.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}: no such object")]
-    NotFound(String),
+    /// No such object (at `snap`, when a snapshot was read): ENOENT.
+    #[error("{loc}{}: no such object", at_snap(.snap))]
+    NoObject {
+        loc: Box<Locator>,
+        snap: Option<SnapId>,
+    },
+    /// The object exists but has no xattr `name` (RADOS getxattr's ENODATA). Omap reads leave
+    /// absent keys out instead, as RADOS's do.
+    #[error("{loc}: no such xattr {name:?}")]
+    NoKey { loc: Box<Locator>, name: String },
+    /// Lock `lock` is not held by `client` with `cookie`: ENOENT, as RADOS's `cls_lock` says.
+    #[error("{loc}: lock {lock:?} is not held by client {client} with cookie {cookie:?}")]
+    NoLocker {
+        loc: Box<Locator>,
+        lock: String,
+        client: u64,
+        cookie: String,
+    },
+    /// No watch with this cookie on the object: ENOENT.
+    #[error("{loc}: no watch {cookie}")]
+    NoWatch { loc: Box<Locator>, cookie: u64 },
     #[error("pool {0}: no such pool")]
     NoPool(String),
     #[error("{0}: already exists")]
@@ -293,19 +314,60 @@ pub enum Error {
     Invalid(String),
     #[error("store is corrupt: {0}")]
     Corrupt(String),
-    #[error("{context}: {source}")]
+    /// The cause is the `source`, not part of the message, so a reporter that walks the
+    /// chain prints it once.
+    #[error("{context}")]
     Io {
         context: String,
         source: std::io::Error,
     },
-    #[error("metadata database: {0}")]
-    Db(String),
+    /// The metadata database failed; its own error (SQLite's) is the `source`.
+    #[error("{context}")]
+    Db {
+        context: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn at_snap(snap: &Option<SnapId>) -> String {
+    snap.map(|s| format!("@{s}")).unwrap_or_default()
 }
 
 impl Error {
+    /// `NoObject` for `loc` at `snap`, naming the snapshot unless it is `HEAD`.
+    pub fn no_object(loc: &Locator, snap: SnapId) -> Self {
+        Error::NoObject {
+            loc: Box::new(loc.clone()),
+            snap: (snap != HEAD).then_some(snap),
+        }
+    }
+    pub fn no_key(loc: &Locator, name: &str) -> Self {
+        Error::NoKey {
+            loc: Box::new(loc.clone()),
+            name: name.to_string(),
+        }
+    }
+    pub fn no_locker(loc: &Locator, lock: &str, client: u64, cookie: &str) -> Self {
+        Error::NoLocker {
+            loc: Box::new(loc.clone()),
+            lock: lock.to_string(),
+            client,
+            cookie: cookie.to_string(),
+        }
+    }
+    pub fn no_watch(loc: &Locator, cookie: u64) -> Self {
+        Error::NoWatch {
+            loc: Box::new(loc.clone()),
+            cookie,
+        }
+    }
     pub fn errno(&self) -> i32 {
         match self {
-            Error::NotFound(_) | Error::NoPool(_) => libc::ENOENT,
+            Error::NoObject { .. }
+            | Error::NoLocker { .. }
+            | Error::NoWatch { .. }
+            | Error::NoPool(_) => libc::ENOENT,
+            Error::NoKey { .. } => libc::ENODATA,
             Error::Exists(_) => libc::EEXIST,
             Error::Busy(_) => libc::EBUSY,
             Error::Canceled(_) => libc::ECANCELED,
@@ -316,12 +378,27 @@ impl Error {
             {
                 libc::ENOSPC
             }
-            Error::Corrupt(_) | Error::Io { .. } | Error::Db(_) => libc::EIO,
+            Error::Corrupt(_) | Error::Io { .. } | Error::Db { .. } => libc::EIO,
         }
     }
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::NotFound(_))
+    /// The object itself is missing (not one of its keys, locks or watches).
+    pub fn is_no_object(&self) -> bool {
+        matches!(self, Error::NoObject { .. })
     }
+}
+
+/// An error's message followed by its causes', outermost first, joined by ": " as anyhow's
+/// `{:#}` joins them. rbdm's errors keep a cause as their `source` rather than in their own
+/// message, so this is how a message that names everything is made (the CLI's error lines).
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -358,7 +435,7 @@ pub trait ObjectStore: Send + Sync {
     /// omap) do not clone: RBD keeps those at head only.
     fn operate(&self, loc: &Locator, op: &WriteOp, snapc: &SnapContext) -> Result<()>;
     /// Reads up to `len` bytes at `offset` of the object at `snap` (`HEAD` for the live object);
-    /// short at the end of the object, holes read as zeros. `NotFound` if it did not exist then.
+    /// short at the end of the object, holes read as zeros. `NoObject` if it did not exist then.
     fn read(&self, loc: &Locator, snap: SnapId, offset: u64, len: u64) -> Result<Vec<u8>>;
     /// `read` of `buf.len()` bytes straight into `buf`, for callers that read big blocks into
     /// a buffer they own (no allocation, no second copy). Returns how many bytes the object
@@ -393,10 +470,11 @@ pub trait ObjectStore: Send + Sync {
             .map(|(o, d)| (o, d.len() as u64))
             .collect())
     }
-    /// `NotFound` if the object did not exist at `snap`.
+    /// `NoObject` if the object did not exist at `snap`.
     fn stat(&self, loc: &Locator, snap: SnapId) -> Result<ObjectStat>;
-    /// Every version of the object; `NotFound` if neither head nor any clone exists.
+    /// Every version of the object; `NoObject` if neither head nor any clone exists.
     fn list_snaps(&self, loc: &Locator) -> Result<SnapSet>;
+    /// `NoKey` if the object has no such xattr, `NoObject` if there is no object.
     fn get_xattr(&self, loc: &Locator, name: &str) -> Result<Vec<u8>>;
     fn get_xattrs(&self, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>>>;
     /// Up to `max` omap entries with keys `> start_after` that begin with `prefix`, sorted.
@@ -423,7 +501,7 @@ pub trait ObjectStore: Send + Sync {
         description: &str,
         exclusive: bool,
     ) -> Result<()>;
-    /// `NotFound` if this client does not hold it with this cookie.
+    /// `NoLocker` if this client does not hold it with this cookie.
     fn unlock(&self, loc: &Locator, name: &str, cookie: &str) -> Result<()>;
     fn break_lock(&self, loc: &Locator, name: &str, client_id: u64, cookie: &str) -> Result<()>;
     /// Live holders only.

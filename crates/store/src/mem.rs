@@ -13,7 +13,7 @@ use crate::plan::{self, DataStep, MetaStep, View};
 use crate::snaps::{self, Version};
 use crate::{
     ClientInfo, Error, Locator, LockInfo, ObjectStat, ObjectStore, PoolId, Result, SnapContext,
-    SnapId, SnapSet, Watcher, WriteOp,
+    SnapId, SnapSet, Watcher, WriteOp, HEAD,
 };
 
 pub struct MemStore {
@@ -156,24 +156,27 @@ impl State {
         self.pool(loc.pool)?
             .objects
             .get(&key(loc))
-            .ok_or_else(|| Error::NotFound(loc.to_string()))
+            .ok_or_else(|| Error::no_object(loc, HEAD))
     }
 
     fn head(&self, loc: &Locator) -> Result<&Head> {
         self.obj(loc)?
             .head
             .as_ref()
-            .ok_or_else(|| Error::NotFound(loc.to_string()))
+            .ok_or_else(|| Error::no_object(loc, HEAD))
     }
 
     fn stored_at(&self, loc: &Locator, snap: SnapId) -> Result<&Stored> {
-        let obj = self.obj(loc)?;
+        let obj = self.obj(loc).map_err(|e| match e {
+            Error::NoObject { .. } => Error::no_object(loc, snap),
+            e => e,
+        })?;
         let found = match snaps::version_at(&obj.ss, snap) {
             Version::Head => obj.head.as_ref().map(|h| &h.stored),
             Version::Clone(id) => obj.clones.get(&id),
             Version::Absent => None,
         };
-        found.ok_or_else(|| Error::NotFound(format!("{loc}@{snap}")))
+        found.ok_or_else(|| Error::no_object(loc, snap))
     }
 
     fn alive(&self, client: u64) -> bool {
@@ -409,7 +412,7 @@ impl ObjectStore for MemStore {
     fn get_xattr(&self, loc: &Locator, name: &str) -> Result<Vec<u8>> {
         let st = self.state();
         let value = st.head(loc)?.xattrs.get(name).cloned();
-        value.ok_or_else(|| Error::NotFound(format!("{loc} xattr {name:?}")))
+        value.ok_or_else(|| Error::no_key(loc, name))
     }
 
     fn get_xattrs(&self, loc: &Locator) -> Result<BTreeMap<String, Vec<u8>>> {
@@ -488,13 +491,12 @@ impl ObjectStore for MemStore {
     fn break_lock(&self, loc: &Locator, name: &str, client_id: u64, cookie: &str) -> Result<()> {
         let mut st = self.state();
         let holders = st.locks.get_mut(&(loc.clone(), name.to_string()));
-        let holders = holders.ok_or_else(|| Error::NotFound(format!("{loc} lock {name:?}")))?;
+        let no_locker = || Error::no_locker(loc, name, client_id, cookie);
+        let holders = holders.ok_or_else(no_locker)?;
         let before = holders.len();
         holders.retain(|h| !(h.client == client_id && h.cookie == cookie));
         if holders.len() == before {
-            return Err(Error::NotFound(format!(
-                "{loc} lock {name:?} held by client {client_id} cookie {cookie:?}"
-            )));
+            return Err(no_locker());
         }
         Ok(())
     }
@@ -538,7 +540,7 @@ impl ObjectStore for MemStore {
                 st.watchers.remove(&cookie);
                 Ok(())
             }
-            _ => Err(Error::NotFound(format!("{loc} watch {cookie}"))),
+            _ => Err(Error::no_watch(loc, cookie)),
         }
     }
 

@@ -2,7 +2,7 @@
 //! checks guards and limits the same way and can then apply the result all at once (which is
 //! what makes a compound op atomic).
 
-use crate::{Error, Locator, Op, Result, MAX_OBJECT_SIZE};
+use crate::{Error, Locator, Op, Result, HEAD, MAX_OBJECT_SIZE};
 
 /// A change to the object's data, applied in order to the base (the current data, or empty
 /// after a reset).
@@ -83,7 +83,7 @@ pub fn plan<'a>(loc: &Locator, ops: &'a [Op], view: &View) -> Result<Plan<'a>> {
 fn check_guards(loc: &Locator, ops: &[Op], view: &View) -> Result<()> {
     for op in ops {
         match op {
-            Op::AssertExists if !view.exists => return Err(Error::NotFound(loc.to_string())),
+            Op::AssertExists if !view.exists => return Err(Error::no_object(loc, HEAD)),
             Op::CreateExclusive if view.exists => return Err(Error::Exists(loc.to_string())),
             Op::CmpXattr { name, value } if (view.xattr)(name)? != *value => {
                 return Err(Error::Canceled(format!("{loc} xattr {name:?}")));
@@ -159,7 +159,7 @@ fn apply<'a>(loc: &Locator, op: &'a Op, p: &mut Plan<'a>) -> Result<()> {
         }
         Op::Remove => {
             if !p.exists_after {
-                return Err(Error::NotFound(loc.to_string()));
+                return Err(Error::no_object(loc, HEAD));
             }
             p.data_touch = true;
             reset(p);
@@ -247,7 +247,7 @@ mod tests {
         let op = WriteOp::new().write(0, b"x").assert_exists();
         assert!(matches!(
             plan(&loc(), &op.ops, &view(false, 0)),
-            Err(Error::NotFound(_))
+            Err(Error::NoObject { snap: None, .. })
         ));
         let op = WriteOp::new().create_exclusive();
         assert!(matches!(
@@ -285,7 +285,7 @@ mod tests {
         let op = WriteOp::new().remove();
         assert!(matches!(
             plan(&loc(), &op.ops, &view(false, 0)),
-            Err(Error::NotFound(_))
+            Err(Error::NoObject { snap: None, .. })
         ));
         let op = WriteOp::new().truncate(u64::MAX);
         assert!(matches!(

@@ -136,7 +136,7 @@ fn run(store: &StoreRef, steps: &[Step]) -> Result<(), TestCaseError> {
                 }
                 None => {
                     prop_assert!(
-                        got.as_ref().is_err_and(|e| e.is_not_found()),
+                        got.as_ref().is_err_and(|e| e.is_no_object()),
                         "{} at snap {}: {:?}",
                         i,
                         snap,

@@ -160,7 +160,7 @@ fn sigkill_during_writes_leaves_whole_objects() {
             let loc = Locator::new(pool, "", &format!("obj{i}"));
             match s.stat(&loc, HEAD) {
                 Ok(_) => newest = newest.max(check_object(&s, &loc)),
-                Err(e) => assert!(e.is_not_found(), "{loc}: {e}"),
+                Err(e) => assert!(e.is_no_object(), "{loc}: {e}"),
             }
             clones += s.list_snaps(&loc).map_or(0, |ss| ss.clones.len());
         }

@@ -79,8 +79,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A failed import whose partial image could not be removed either.
-    #[error("{source}; the partial image {image} could not be removed: {cleanup}")]
+    /// A failed import whose partial image could not be removed either. The import's own
+    /// failure is the `source`, so a reporter walking the chain prints it after this, once.
+    #[error("the partial image {image} is left behind (removing it failed: {cleanup})")]
     Leftover {
         image: String,
         cleanup: rbdm_image::Error,

@@ -79,7 +79,7 @@ pub fn open(rbd: &Rbd, src: &NativeSource) -> Result<NativeImage> {
         PoolRef::Id(id) => rbd
             .store()
             .pool_name(*id)
-            .map_err(|e| not_found(format!("pool id {id}: {e}")))?,
+            .map_err(|e| not_found(format!("pool id {id}: {}", rbdm_image::report(&e))))?,
     };
     let pool_spec = PoolSpec::new(&pool, &src.namespace);
     let head = open_point(rbd, &pool_spec, src, None)?;
@@ -289,8 +289,8 @@ const ENOENT: i32 = 2;
 
 fn image_err(e: rbdm_image::Error) -> SourceError {
     match e.errno() {
-        ENOENT => SourceError::NotFound(e.to_string()),
-        _ => SourceError::Invalid(e.to_string()),
+        ENOENT => SourceError::NotFound(rbdm_image::report(&e)),
+        _ => SourceError::Invalid(rbdm_image::report(&e)),
     }
 }
 

@@ -27,7 +27,7 @@ const MAX_ERRORS: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
     /// The connection failed; a new one may work.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The server broke the protocol; the connection is unusable.
     #[error("protocol error: {0}")]

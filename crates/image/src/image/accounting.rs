@@ -65,7 +65,7 @@ impl Image {
                         }
                     }
                 }
-                Err(StoreError::NotFound(_)) if source.is_some() => {
+                Err(StoreError::NoObject { .. }) if source.is_some() => {
                     let (rec, src) = source.as_ref().expect("checked");
                     for (img, n) in h.layout.object_extents_in_image(object_no, size) {
                         for (o, l) in
@@ -77,7 +77,7 @@ impl Image {
                         }
                     }
                 }
-                Err(StoreError::NotFound(_)) => {
+                Err(StoreError::NoObject { .. }) => {
                     if let Some(link) = in_parent {
                         let p = self.parent_image(link)?;
                         for (img, n) in self.parent_ranges_at(&h, link, size, object_no) {
@@ -202,7 +202,7 @@ impl Image {
             let loc = self.data_loc(h, object_no);
             let at_to = match self.store().map_extents(&loc, to, 0, os) {
                 Ok(e) => Some(IntervalSet::from_ranges(e)),
-                Err(StoreError::NotFound(_)) => None,
+                Err(StoreError::NoObject { .. }) => None,
                 Err(e) => return Err(e.into()),
             };
             let (changed, from_size) = match from {
@@ -299,7 +299,7 @@ impl Image {
     ) -> Result<Option<(IntervalSet, u64)>> {
         let ss = match self.store().list_snaps(loc) {
             Ok(ss) => ss,
-            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(StoreError::NoObject { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let serving = |s: SnapId| ss.clones.iter().position(|c| c.id >= s);

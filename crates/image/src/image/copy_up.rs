@@ -16,7 +16,7 @@ impl Image {
         let loc = self.data_loc(h, object_no);
         match self.store().stat(&loc, HEAD) {
             Ok(_) => return Ok(()),
-            Err(StoreError::NotFound(_)) => {}
+            Err(StoreError::NoObject { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         let parent = self.parent_image(link)?;

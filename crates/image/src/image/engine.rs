@@ -74,7 +74,7 @@ impl Image {
     pub fn header(&self) -> Result<Arc<Header>> {
         let version = match self.store().stat(&self.header_loc(), HEAD) {
             Ok(st) => st.version,
-            Err(StoreError::NotFound(_)) => {
+            Err(StoreError::NoObject { .. }) => {
                 return Err(Error::NotFound(format!(
                     "image '{}' was removed",
                     self.name
@@ -152,7 +152,7 @@ impl Image {
                 .stat(&self.data_loc(&h, object_no), self.read_snap())
             {
                 Ok(_) => return Ok(Some(true)),
-                Err(StoreError::NotFound(_)) => {}
+                Err(StoreError::NoObject { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -185,7 +185,7 @@ impl Image {
                 .store()
                 .operate(&self.map_loc(snap), &op, &SnapContext::default())
             {
-                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Ok(()) | Err(StoreError::NoObject { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }

@@ -27,7 +27,7 @@ impl Image {
                 .read_into(&self.data_loc(&h, ext.object_no), snap, ext.offset, dst)
             {
                 Ok(n) => dst[n..].fill(0),
-                Err(StoreError::NotFound(_)) => match &source {
+                Err(StoreError::NoObject { .. }) => match &source {
                     Some((rec, src)) => {
                         src.read(self.migration_point(rec), offset + ext.buf_offset, dst)?
                     }
@@ -170,7 +170,7 @@ impl Image {
             match self.store().operate(&loc, &op, &snapc) {
                 // Changed since the last snapshot, as far as fast-diff is concerned.
                 Ok(()) => self.set_object_state(h, ext.object_no, ObjectState::Exists)?,
-                Err(StoreError::NotFound(_)) => {}
+                Err(StoreError::NoObject { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }

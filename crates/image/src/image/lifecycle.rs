@@ -46,7 +46,7 @@ impl Image {
     /// Clients holding the image's exclusive lock (writers).
     pub fn lockers(&self) -> Result<Vec<rbdm_store::LockInfo>> {
         match self.store().list_lockers(&self.header_loc(), LOCK_NAME) {
-            Err(StoreError::NotFound(_)) => Ok(Vec::new()),
+            Err(StoreError::NoObject { .. }) => Ok(Vec::new()),
             r => Ok(r?),
         }
     }

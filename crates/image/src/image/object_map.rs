@@ -41,7 +41,7 @@ impl Image {
             .read(&self.map_loc(snap), HEAD, 0, u64::MAX >> 1)
         {
             Ok(buf) => ObjectMap::decode(&buf).ok(),
-            Err(StoreError::NotFound(_)) => None,
+            Err(StoreError::NoObject { .. }) => None,
             Err(e) => return Err(e.into()),
         };
         let mut map = match stored {
@@ -96,7 +96,7 @@ impl Image {
         for (no, loc) in objects.iter().filter(|(no, _)| *no < count) {
             match self.store().stat(loc, snap) {
                 Ok(_) => {}
-                Err(StoreError::NotFound(_)) => continue,
+                Err(StoreError::NoObject { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
             let changed = match prev {

@@ -92,7 +92,7 @@ impl Image {
                 self.store().operate(&loc, &op.truncate(size), snapc)?;
                 self.set_object_state(h, object_no, ObjectState::Exists)
             }
-            Err(StoreError::NotFound(_)) => {
+            Err(StoreError::NoObject { .. }) => {
                 ignore_not_found(self.store().operate(&loc, &WriteOp::new().remove(), snapc))?;
                 self.set_object_state(h, object_no, ObjectState::Nonexistent)
             }

@@ -39,7 +39,7 @@ impl Rbd {
     /// The value of `key`; `NotFound` if it is not set.
     pub fn config_key_get(&self, key: &str) -> Result<Vec<u8>> {
         let found = match self.store.omap_get_keys(&self.config_loc()?, &[key]) {
-            Err(StoreError::NotFound(_)) => Default::default(),
+            Err(StoreError::NoObject { .. }) => Default::default(),
             r => r?,
         };
         found

@@ -13,7 +13,7 @@ impl Rbd {
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
         let mut found = match self.store.omap_get_keys(&loc, &[&key]) {
-            Err(StoreError::NotFound(_)) => Default::default(),
+            Err(StoreError::NoObject { .. }) => Default::default(),
             r => r?,
         };
         let id = found
@@ -28,7 +28,7 @@ impl Rbd {
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("id_{id}");
         let found = match self.store.omap_get_keys(&loc, &[&key]) {
-            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(StoreError::NoObject { .. }) => return Ok(None),
             r => r?,
         };
         Ok(found
@@ -99,7 +99,7 @@ impl Rbd {
         }
         let (idloc, op) = (self.id_loc(spec, name)?, WriteOp::new().remove());
         match self.store.operate(&idloc, &op, &no_snapc()) {
-            Err(StoreError::NotFound(_)) | Ok(()) => {}
+            Err(StoreError::NoObject { .. }) | Ok(()) => {}
             Err(e) => return Err(e.into()),
         }
         let loc = self.loc(spec, DIRECTORY)?;

@@ -89,7 +89,7 @@ impl Rbd {
         let loc = self.loc(spec, TRASH)?;
         let key = format!("id_{id}");
         let found = match self.store.omap_get_keys(&loc, &[&key]) {
-            Err(StoreError::NotFound(_)) => Default::default(),
+            Err(StoreError::NoObject { .. }) => Default::default(),
             r => r?,
         };
         let v = found.get(&key).ok_or_else(|| {
@@ -115,7 +115,7 @@ impl Rbd {
             &WriteOp::new().omap_rm([format!("id_{id}")]),
             &no_snapc(),
         ) {
-            Err(StoreError::NotFound(_)) => Ok(()),
+            Err(StoreError::NoObject { .. }) => Ok(()),
             r => Ok(r?),
         }
     }

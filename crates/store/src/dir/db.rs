@@ -37,7 +37,12 @@ fn open_writable(root: &Path) -> std::result::Result<(Connection, bool), OpenErr
     conn.set_prepared_statement_cache_capacity(64);
     let mode = switch_to_wal(&conn)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Db(format!("cannot use WAL mode (got {mode})")).into());
+        let why = format!("cannot use WAL mode (got {mode})");
+        return Err(Error::Db {
+            context: DB.into(),
+            source: why.into(),
+        }
+        .into());
     }
     // Every checkpoint fsyncs the WAL and the database. At the default 1000 pages, a
     // stream of 1 MiB journaled writes checkpointed every fourth write; at 64 MiB the
@@ -212,13 +217,19 @@ impl From<rusqlite::Error> for Error {
         match e.sqlite_error_code() {
             // A full disk is the user's to fix, so it keeps its errno (ENOSPC, as rbd).
             Some(rusqlite::ErrorCode::DiskFull) => Error::Io {
-                context: format!("metadata database: {e}"),
+                context: format!("{DB}: {e}"),
                 source: std::io::Error::from_raw_os_error(libc::ENOSPC),
             },
-            _ => Error::Db(e.to_string()),
+            _ => Error::Db {
+                context: DB.into(),
+                source: Box::new(e),
+            },
         }
     }
 }
+
+/// What a database error's message says failed; SQLite's own words are its `source`.
+const DB: &str = "metadata database";
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;

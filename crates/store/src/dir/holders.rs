@@ -74,9 +74,7 @@ impl DirStore {
             )?
             .execute(params![loc.pool, loc.namespace, loc.name, name, sql(client_id), cookie])?;
         if n == 0 {
-            return Err(Error::NotFound(format!(
-                "{loc} lock {name:?} held by client {client_id} cookie {cookie:?}"
-            )));
+            return Err(Error::no_locker(loc, name, client_id, cookie));
         }
         Ok(())
     }
@@ -119,7 +117,7 @@ impl DirStore {
             )?
             .execute(params![sql(cookie), loc.pool, loc.namespace, loc.name])?;
         if n == 0 {
-            return Err(Error::NotFound(format!("{loc} watch {cookie}")));
+            return Err(Error::no_watch(loc, cookie));
         }
         Ok(())
     }
@@ -150,7 +148,7 @@ impl DirStore {
             .query_row(params![loc.pool, loc.namespace, loc.name], |_| Ok(()))
             .optional()?;
         if exists.is_none() {
-            return Err(Error::NotFound(loc.to_string()));
+            return Err(Error::no_object(loc, crate::HEAD));
         }
         let cookie: i64 = tx
             .prepare_cached("INSERT INTO watchers(pool, ns, name, client) VALUES (?1, ?2, ?3, ?4) RETURNING cookie")?

@@ -95,10 +95,11 @@ impl DirStore {
         Ok(())
     }
 
-    pub(super) fn not_found(&self, loc: &Locator) -> Error {
+    /// `NoObject` for `loc` at `snap`, or `NoPool` when the pool is gone too.
+    pub(super) fn not_found(&self, loc: &Locator, snap: SnapId) -> Error {
         match pool_exists(&self.db(), loc.pool) {
             Ok(false) => Error::NoPool(loc.pool.to_string()),
-            Ok(true) => Error::NotFound(loc.to_string()),
+            Ok(true) => Error::no_object(loc, snap),
             Err(e) => e,
         }
     }
@@ -111,7 +112,7 @@ impl DirStore {
         snap: SnapId,
     ) -> Result<Stored> {
         let Some(row) = row else {
-            return Err(self.not_found(loc));
+            return Err(self.not_found(loc, snap));
         };
         if snap == HEAD || snap > row.seq {
             return match row.exists {
@@ -121,7 +122,7 @@ impl DirStore {
                     version: row.version,
                     mtime: row.mtime,
                 }),
-                false => Err(Error::NotFound(loc.to_string())),
+                false => Err(Error::no_object(loc, snap)),
             };
         }
         let clones = load_clones(&self.db(), loc, row.id)?;
@@ -144,7 +145,7 @@ impl DirStore {
                 }),
             Version::Absent => None,
         };
-        found.ok_or_else(|| Error::NotFound(format!("{loc}@{snap}")))
+        found.ok_or_else(|| Error::no_object(loc, snap))
     }
 
     /// Opens the data of what `snap` sees, holding the stripe lock shared meanwhile.
@@ -196,7 +197,7 @@ impl DirStore {
         let out = match oid {
             Some(oid) => f(&tx, oid),
             None if !pool_exists(&tx, loc.pool)? => Err(Error::NoPool(loc.pool.to_string())),
-            None => Err(Error::NotFound(loc.to_string())),
+            None => Err(Error::no_object(loc, HEAD)),
         };
         tx.commit()?;
         out

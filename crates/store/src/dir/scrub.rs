@@ -72,20 +72,20 @@ impl DirStore {
                 let head = ss.head_size.map(|_| (loc.to_string(), HEAD));
                 clones.chain(head).collect()
             }
-            Err(e) => return fail(format!("{loc}: {e}")),
+            Err(e) => return fail(format!("{loc}: {}", crate::report(&e))),
         };
         for (name, snap) in versions {
             match self.check_version(loc, snap) {
                 Ok(n) => report.bytes += n,
-                Err(e) => fail(format!("{name}: {e}")),
+                Err(e) => fail(format!("{name}: {}", crate::report(&e))),
             }
         }
         if self.stat(loc, HEAD).is_ok() {
             if let Err(e) = self.get_xattrs(loc) {
-                fail(format!("{loc}: {e}"));
+                fail(format!("{loc}: {}", crate::report(&e)));
             }
             if let Err(e) = self.omap_get(loc, "", "", usize::MAX) {
-                fail(format!("{loc}: {e}"));
+                fail(format!("{loc}: {}", crate::report(&e)));
             }
         }
     }

@@ -88,16 +88,16 @@ impl DirStore {
             clone.is_some(),
         );
         let committed = sums.and_then(|sums| {
-            self.commit_op(
+            self.commit_op(Commit {
                 loc,
-                row.as_ref(),
-                &clones,
-                &ss,
-                clone.as_ref(),
-                p,
-                &data,
-                sums.as_ref(),
-            )
+                row: row.as_ref(),
+                old_clones: &clones,
+                ss: &ss,
+                clone: clone.as_ref(),
+                plan: p,
+                data: &data,
+                sums: sums.as_ref(),
+            })
         });
         let new_token = match (&committed, &data) {
             (Err(_), DataPlan::NewFile(t)) => {
@@ -249,18 +249,17 @@ impl DirStore {
     }
 
     /// The metadata transaction of an op; returns the journal row id if one was written.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn commit_op(
-        &self,
-        loc: &Locator,
-        row: Option<&ObjRow>,
-        old_clones: &[CloneRow],
-        ss: &SnapSet,
-        clone: Option<&CloneInfo>,
-        p: &Plan,
-        data: &DataPlan,
-        sums: Option<&SumsChange>,
-    ) -> Result<Option<i64>> {
+    fn commit_op(&self, c: Commit<'_>) -> Result<Option<i64>> {
+        let Commit {
+            loc,
+            row,
+            old_clones,
+            ss,
+            clone,
+            plan: p,
+            data,
+            sums,
+        } = c;
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: Option<i64> = tx
@@ -387,6 +386,20 @@ impl DirStore {
         tx.commit()?;
         Ok(journal)
     }
+}
+
+/// What one op's metadata transaction writes: the object as it was loaded (its row and
+/// clones), its new snap set and the clone the op makes, the plan, where the data went and
+/// the checksum change.
+struct Commit<'a> {
+    loc: &'a Locator,
+    row: Option<&'a ObjRow>,
+    old_clones: &'a [CloneRow],
+    ss: &'a SnapSet,
+    clone: Option<&'a CloneInfo>,
+    plan: &'a Plan<'a>,
+    data: &'a DataPlan,
+    sums: Option<&'a SumsChange>,
 }
 
 pub(super) enum DataPlan {
