@@ -167,10 +167,8 @@ impl State {
     }
 
     fn stored_at(&self, loc: &Locator, snap: SnapId) -> Result<&Stored> {
-        let obj = self.obj(loc).map_err(|e| match e {
-            Error::NoObject { .. } => Error::no_object(loc, snap),
-            e => e,
-        })?;
+        let obj = self.pool(loc.pool)?.objects.get(&key(loc));
+        let obj = obj.ok_or_else(|| Error::no_object(loc, snap))?;
         let found = match snaps::version_at(&obj.ss, snap) {
             Version::Head => obj.head.as_ref().map(|h| &h.stored),
             Version::Clone(id) => obj.clones.get(&id),
