@@ -191,4 +191,3 @@ fn from_decode(e: rbdm_cls::DecodeError) -> ObjectMapError {
         _ => ObjectMapError::Malformed(e.to_string()),
     }
 }
-

@@ -8,8 +8,8 @@ use rbdm_extent::{ObjectMap, ObjectState};
 
 /// (object name, data) of every `rbd_object_map.*` object of the golden dump.
 fn golden_maps() -> Vec<(String, Vec<u8>)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../cls/tests/golden/pacific-16.2.15/rbd.txt");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cls/tests/golden/pacific-16.2.15/rbd.txt");
     let text = std::fs::read_to_string(path).unwrap();
     golden::parse(&text)
         .unwrap()
@@ -69,7 +69,10 @@ fn rbdm_v1_maps_are_read_only_by_the_upgrade_decoder() {
     let crc = crc32(&old);
     old.extend_from_slice(&crc.to_le_bytes());
     assert!(ObjectMap::is_rbdm_v1(&old));
-    assert!(ObjectMap::decode(&old).is_err(), "never misread as Ceph's form");
+    assert!(
+        ObjectMap::decode(&old).is_err(),
+        "never misread as Ceph's form"
+    );
     assert_eq!(ObjectMap::decode_rbdm_v1(&old).unwrap(), m);
     let mut bad = old.clone();
     bad[16] ^= 1;
@@ -83,7 +86,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
