@@ -194,6 +194,8 @@ fn decode_snaps(keys: &Keys, parent: Option<ClsRbdParent>, h: &mut Header) -> Re
         }
         records.push(s);
     }
+    // Only the `parent` key speaks for the head; an inline parent's overlap is its snapshot's.
+    let head_overlap = parent.as_ref().and_then(|p| p.head_overlap);
     let spec = parent.or_else(|| records.iter().find_map(|s| s.legacy_parent.clone()));
     let link = |overlap: u64| {
         spec.as_ref().map(|p| ParentLink {
@@ -204,7 +206,7 @@ fn decode_snaps(keys: &Keys, parent: Option<ClsRbdParent>, h: &mut Header) -> Re
             overlap,
         })
     };
-    h.parent = spec.as_ref().and_then(|p| p.head_overlap).and_then(link);
+    h.parent = head_overlap.and_then(link);
     for s in records {
         let overlap = s.parent_overlap.or_else(|| {
             s.legacy_parent
@@ -255,4 +257,78 @@ fn time_value(sec: u64) -> Vec<u8> {
 /// `utime_t` seconds are 32 bits (until 2106); later times saturate.
 fn utime_sec(sec: u64) -> u32 {
     u32::try_from(sec).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_with(snap: ClsRbdSnap) -> Keys {
+        let h = Header::new(
+            1 << 20,
+            Layout::new(1 << 22, 1 << 22, 1).unwrap(),
+            "p".into(),
+            1,
+            5,
+        );
+        let mut keys = h.to_keys();
+        keys.insert(snapshot_key(snap.id), snap.encode());
+        keys
+    }
+
+    fn snap(id: u64) -> ClsRbdSnap {
+        ClsRbdSnap {
+            id,
+            name: "s".into(),
+            image_size: 4096,
+            protection_status: ProtectionStatus::Unprotecting,
+            legacy_parent: None,
+            flags: 0,
+            timestamp: UTime { sec: 7, nsec: 8 },
+            namespace: SnapshotNamespace::User,
+            child_count: 0,
+            parent_overlap: None,
+        }
+    }
+
+    #[test]
+    fn an_inline_parent_is_the_snapshots_not_the_heads() {
+        let inline = ClsRbdParent {
+            pool_id: 1,
+            pool_namespace: String::new(),
+            image_id: "par".into(),
+            snap_id: 2,
+            head_overlap: Some(512),
+        };
+        let keys = keys_with(ClsRbdSnap {
+            legacy_parent: Some(inline),
+            ..snap(3)
+        });
+        let h = decode(&keys).unwrap();
+        assert_eq!(h.parent, None);
+        let link = h.snaps[&3].parent.as_ref().unwrap();
+        assert_eq!((link.image_id.as_str(), link.overlap), ("par", 512));
+        assert_eq!(decode(&h.to_keys()).unwrap(), h);
+    }
+
+    #[test]
+    fn unprotecting_is_protected_and_a_rewrite_keeps_it() {
+        let keys = keys_with(snap(3));
+        let h = decode(&keys).unwrap();
+        assert!(h.snaps[&3].protected);
+        let again = ClsRbdSnap::decode(&encode(&h, &keys)[&snapshot_key(3)]).unwrap();
+        assert_eq!(again, snap(3));
+        // without the record as read, rbdm writes its own defaults
+        let fresh = ClsRbdSnap::decode(&h.to_keys()[&snapshot_key(3)]).unwrap();
+        assert_eq!(fresh.protection_status, ProtectionStatus::Protected);
+        assert_eq!(fresh.timestamp, UTime { sec: 7, nsec: 0 });
+    }
+
+    #[test]
+    fn a_snapshot_under_another_key_is_corrupt() {
+        let mut keys = keys_with(snap(3));
+        let v = keys.remove(&snapshot_key(3)).unwrap();
+        keys.insert(snapshot_key(4), v);
+        assert!(matches!(decode(&keys), Err(Error::Corrupt(_))));
+    }
 }
