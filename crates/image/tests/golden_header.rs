@@ -254,3 +254,10 @@ fn golden_headers_reencode_as_ceph_wrote_them() {
         }
     }
 }
+
+#[test]
+fn golden_headers_round_trip_through_rbdms_encoding() {
+    for (_, id, h) in headers() {
+        assert_eq!(Header::from_keys(&h.to_keys()).unwrap(), h, "{id}");
+    }
+}
