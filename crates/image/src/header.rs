@@ -1,11 +1,11 @@
 //! The image header: what `rbd_header.<id>` holds, as omap keys named and encoded as Ceph's
 //! `cls_rbd` names and encodes them (`size`, `order`, `features`, `snap_seq`,
-//! `snapshot_<id>`, `parent`, ...; encodings in [`keys`]), plus rbdm's own `generation` key
-//! every update compares and bumps, so that several processes changing one header never
-//! lose each other's changes (the update is retried on a lost race). An update writes only
-//! the keys its change touched and removes only keys rbdm owns and no longer wants; keys
-//! Ceph writes that rbdm does not model are kept. Headers and object maps in rbdm's earlier
-//! encodings are upgraded the first time they are read ([`upgrade`]).
+//! `snapshot_<id>`, `parent`, ...; the encodings are in `header/keys.rs`), plus rbdm's own
+//! `generation` key every update compares and bumps, so that several processes changing one
+//! header never lose each other's changes (the update is retried on a lost race). An update
+//! writes only the keys its change touched and removes only keys rbdm owns and no longer
+//! wants; keys Ceph writes that rbdm does not model are kept. Headers and object maps in
+//! rbdm's earlier encodings are upgraded the first time they are read (`header/upgrade.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 

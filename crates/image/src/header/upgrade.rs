@@ -7,7 +7,9 @@
 //! rewritten first (each map on its own, recognised by its `RBDMOMAP` magic, so a map
 //! already rewritten is left alone), then the header in one write guarded by the old
 //! `order` and `generation` values. A crash before that write leaves an old header, which
-//! the next read upgrades again; a lost race leaves whatever the winner wrote.
+//! the next read upgrades again; a lost race leaves whatever the winner wrote. A store that
+//! cannot be written (opened read-only on a full disk) fails the read with the store's error
+//! rather than reading the old form in memory: there is one reader, of Ceph's form.
 
 use rbdm_extent::ObjectMap;
 use rbdm_store::{Error as StoreError, Locator, SnapContext, StoreRef, WriteOp, HEAD};
@@ -46,9 +48,7 @@ pub(super) fn upgrade(store: &StoreRef, loc: &Locator, keys: &Keys) -> Result<()
         .omap_rm(stale);
     match store.operate(loc, &op, &SnapContext::default()) {
         Ok(()) | Err(StoreError::Canceled(_)) => Ok(()),
-        Err(e) => Err(Error::Corrupt(format!(
-            "{loc}: header in rbdm's earlier encoding could not be upgraded: {e}"
-        ))),
+        Err(e) => Err(e.into()),
     }
 }
 
