@@ -125,7 +125,15 @@ impl ObjectMap {
         if !map.crc_enabled() {
             return Err(ObjectMapError::Malformed("no checksums".into()));
         }
-        Self::checked(map.len(), map.packed())
+        let out = Self::checked(map.len(), map.packed())?;
+        // A newer BitVector version (or fields it adds) would be rewritten as version 1:
+        // refused, so the map is rebuilt rather than silently re-versioned.
+        if out.encode() != buf {
+            return Err(ObjectMapError::Malformed(
+                "not the BitVector version 1 form".into(),
+            ));
+        }
+        Ok(out)
     }
 
     /// Decodes rbdm's earlier `RBDMOMAP` form (see the module doc); only the upgrade uses it.
