@@ -103,7 +103,10 @@ fn a_newer_bitvector_version_is_refused_not_re_versioned() {
     bytes[4] = 0x41;
     let header_crc = !crc32c_append(!0, &bytes[4..18]);
     bytes[23..27].copy_from_slice(&header_crc.to_le_bytes());
-    assert!(rbdm_cls::object_map::ObjectMap::decode(&bytes).is_ok(), "Ceph's rules accept it");
+    assert!(
+        rbdm_cls::object_map::ObjectMap::decode(&bytes).is_ok(),
+        "Ceph's rules accept it"
+    );
     assert!(ObjectMap::decode(&bytes).is_err());
 }
 
@@ -113,7 +116,11 @@ fn crc32c_append(mut crc: u32, bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
