@@ -41,6 +41,26 @@ impl ObjectMap {
         }
     }
 
+    /// A map of `len` objects over already packed states (`ceil(len / 4)` bytes, most
+    /// significant pair first), with crcs; `None` when `data` has another length.
+    pub fn from_packed(len: u64, data: Vec<u8>) -> Option<Self> {
+        (usize::try_from(len.div_ceil(4)).ok() == Some(data.len())).then_some(ObjectMap {
+            len,
+            data,
+            crc_enabled: true,
+        })
+    }
+
+    /// The packed states, pad bits of the last byte included.
+    pub fn packed(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Whether the record carries crcs (every map Pacific writes does).
+    pub fn crc_enabled(&self) -> bool {
+        self.crc_enabled
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -206,6 +226,16 @@ mod tests {
         e.u32(0);
         let err = ObjectMap::decode(&e.into_bytes()).unwrap_err();
         assert!(matches!(err.kind, DecodeErrorKind::Truncated { .. }));
+    }
+
+    #[test]
+    fn packed_states_make_the_same_map() {
+        let mut m = ObjectMap::new(6);
+        m.set(5, EXISTS);
+        let again = ObjectMap::from_packed(6, m.packed().to_vec()).unwrap();
+        assert_eq!(again.encode(), m.encode());
+        assert!(again.crc_enabled());
+        assert_eq!(ObjectMap::from_packed(6, vec![0; 3]), None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The object map: two bits per object, persisted with a crc32 so a torn write is detected.
+//! The object map: two bits per object, stored as Ceph stores `rbd_object_map.<id>[.<snap>]`
+//! (a `BitVector<2>` with crc32c over its header and each 4 KiB data block, encoded by
+//! `rbdm_cls::object_map`), so a torn write is detected and librbd reads rbdm's maps.
 //!
-//! Encoded form: magic `RBDMOMAP`, u64 LE object count, the packed bits (four objects per
-//! byte, object 0 in the two most significant bits as Ceph's `BitVector<2>` does), then a
-//! u32 LE crc32 of everything before it.
+//! Packing: four objects per byte, object 0 in the two most significant bits. rbdm's own
+//! earlier form (magic `RBDMOMAP`, u64 object count, the same packed bits, crc32) is only
+//! read, by [`ObjectMap::decode_rbdm_v1`], for the one-time upgrade of existing stores.
 
 /// The state of one object, in Ceph's numbering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,7 +48,7 @@ pub enum ObjectMapError {
     Malformed(String),
 }
 
-const MAGIC: &[u8; 8] = b"RBDMOMAP";
+const RBDM_V1_MAGIC: &[u8; 8] = b"RBDMOMAP";
 /// The most objects a map describes: librbd's `MAX_OBJECT_MAP_OBJECT_COUNT`, so a map in
 /// memory never passes 61 MiB (2 bits each). An image with an object map is never larger
 /// (its size is checked against this); a larger count in a stored map is corruption, not a
@@ -111,55 +113,89 @@ impl ObjectMap {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 8 + self.bits.len() + 4);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&self.bits);
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        rbdm_cls::object_map::ObjectMap::from_packed(self.len, self.bits.clone())
+            .expect("bits hold ceil(len / 4) bytes")
+            .encode()
     }
 
+    /// Decodes Ceph's form. Only canonical maps are accepted (crcs present, pad bits clear),
+    /// so whatever decodes re-encodes to the same bytes.
     pub fn decode(buf: &[u8]) -> Result<Self, ObjectMapError> {
+        let map = rbdm_cls::object_map::ObjectMap::decode(buf).map_err(from_decode)?;
+        if !map.crc_enabled() {
+            return Err(ObjectMapError::Malformed("no checksums".into()));
+        }
+        let out = Self::checked(map.len(), map.packed())?;
+        // A newer BitVector version (or fields it adds) would be rewritten as version 1:
+        // refused, so the map is rebuilt rather than silently re-versioned.
+        if out.encode() != buf {
+            return Err(ObjectMapError::Malformed(
+                "not the BitVector version 1 form".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Decodes rbdm's earlier `RBDMOMAP` form (see the module doc); only the upgrade uses it.
+    pub fn decode_rbdm_v1(buf: &[u8]) -> Result<Self, ObjectMapError> {
         if buf.len() < 20 {
             return Err(ObjectMapError::Truncated(format!(
                 "{} bytes, need at least 20",
                 buf.len()
             )));
         }
-        if &buf[..8] != MAGIC {
+        if !Self::is_rbdm_v1(buf) {
             return Err(ObjectMapError::Malformed("bad magic".into()));
         }
         let len = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+        let nbytes = usize::try_from(len.div_ceil(4)).unwrap_or(usize::MAX);
+        if Some(buf.len()) != nbytes.checked_add(20) {
+            return Err(ObjectMapError::Truncated(format!(
+                "{} bytes for {len} objects",
+                buf.len()
+            )));
+        }
+        let (body, crc) = buf.split_at(16 + nbytes);
+        let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+        let computed = crc32fast::hash(body);
+        if stored != computed {
+            return Err(ObjectMapError::Checksum { stored, computed });
+        }
+        Self::checked(len, &body[16..])
+    }
+
+    /// Whether `buf` starts as rbdm's earlier form does.
+    pub fn is_rbdm_v1(buf: &[u8]) -> bool {
+        buf.starts_with(RBDM_V1_MAGIC)
+    }
+
+    /// A map of `len` objects over `bits`, refusing implausible counts and set pad bits.
+    fn checked(len: u64, bits: &[u8]) -> Result<Self, ObjectMapError> {
         if len > MAX_MAP_OBJECTS {
             return Err(ObjectMapError::Malformed(format!(
                 "object count {len} is implausible"
             )));
         }
-        let nbytes = len.div_ceil(4) as usize;
-        let want = 16 + nbytes + 4;
-        if buf.len() != want {
-            return Err(ObjectMapError::Truncated(format!(
-                "{} bytes for {len} objects, expected {want}",
-                buf.len()
-            )));
-        }
-        let body = &buf[..16 + nbytes];
-        let stored = u32::from_le_bytes(buf[16 + nbytes..].try_into().expect("4 bytes"));
-        let computed = crc32fast::hash(body);
-        if stored != computed {
-            return Err(ObjectMapError::Checksum { stored, computed });
-        }
-        let map = ObjectMap {
-            len,
-            bits: body[16..].to_vec(),
-        };
         let tail_bits = (len % 4) as u32;
-        if tail_bits != 0 && map.bits[nbytes - 1] & (0xffu8 >> (2 * tail_bits)) != 0 {
+        if tail_bits != 0 && bits[bits.len() - 1] & (0xffu8 >> (2 * tail_bits)) != 0 {
             return Err(ObjectMapError::Malformed(
                 "bits set past the last object".into(),
             ));
         }
-        Ok(map)
+        Ok(ObjectMap {
+            len,
+            bits: bits.to_vec(),
+        })
+    }
+}
+
+fn from_decode(e: rbdm_cls::DecodeError) -> ObjectMapError {
+    use rbdm_cls::DecodeErrorKind as K;
+    match e.kind {
+        K::Truncated { .. } => ObjectMapError::Truncated(e.to_string()),
+        K::Checksum {
+            stored, computed, ..
+        } => ObjectMapError::Checksum { stored, computed },
+        _ => ObjectMapError::Malformed(e.to_string()),
     }
 }

@@ -1,14 +1,23 @@
-//! The image header: what `rbd_header.<id>` holds, as omap keys named as Ceph names them
-//! (`size`, `order`, `features`, `snap_seq`, `snapshot_<id>`, `parent`, ...), plus a
+//! The image header: what `rbd_header.<id>` holds, as omap keys named and encoded as Ceph's
+//! `cls_rbd` names and encodes them (`size`, `order`, `features`, `snap_seq`,
+//! `snapshot_<id>`, `parent`, ...; the encodings are in `header/keys.rs`), plus rbdm's own
 //! `generation` key every update compares and bumps, so that several processes changing one
-//! header never lose each other's changes (the update is retried on a lost race).
+//! header never lose each other's changes (the update is retried on a lost race). An update
+//! writes only the keys its change touched and removes only keys rbdm owns and no longer
+//! wants; keys Ceph writes that rbdm does not model are kept. Headers and object maps in
+//! rbdm's earlier encodings are upgraded the first time they are read (`header/upgrade.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, SnapId, StoreRef, WriteOp};
 
-use crate::encoding::{decode_u64, u64_value, Dec, Enc};
+use crate::encoding::{Dec, Enc};
 use crate::{features, Error, Layout, Result};
+
+mod keys;
+mod upgrade;
+
+use keys::{Keys, GENERATION};
 
 /// The largest image: every reader addresses bytes with a signed 64-bit offset (`off_t`,
 /// QEMU's `int64_t`, the kernel's block layer), so a byte past 2^63 - 1 is unreachable.
@@ -30,7 +39,9 @@ pub struct SnapMeta {
     pub id: SnapId,
     pub name: String,
     pub size: u64,
+    /// Protected, or (Ceph's) being unprotected: either way not removable.
     pub protected: bool,
+    /// Seconds; the record's nanoseconds are kept when the seconds do not change, else 0.
     pub timestamp: u64,
     /// The parent link as it was when the snapshot was taken.
     pub parent: Option<ParentLink>,
@@ -43,16 +54,22 @@ pub struct Header {
     pub object_prefix: String,
     pub features: u64,
     pub flags: u64,
+    /// `RBD_OPERATION_FEATURE_*` bits (`op_features` key, absent reads 0).
+    pub op_features: u64,
     pub snap_seq: SnapId,
+    /// `snap_limit`, when one was set.
+    pub snap_limit: Option<u64>,
     /// By snap id (so oldest first).
     pub snaps: BTreeMap<SnapId, SnapMeta>,
     pub parent: Option<ParentLink>,
     pub data_pool_id: Option<PoolId>,
     /// The migration record (owned by the migration crate; opaque here).
     pub migration: Option<Vec<u8>>,
+    /// Seconds (`utime_t` on disk; nanoseconds kept only while unchanged, written as 0).
     pub create_timestamp: u64,
     pub access_timestamp: u64,
     pub modify_timestamp: u64,
+    /// rbdm's update guard (an rbdm-only key; absent reads 0).
     pub generation: u64,
     /// Whether the header object holds `rbdm_intent.*` keys (unfinished operations, see
     /// [`crate::intent`]); kept here so an open finds out without reading them a second time.
@@ -60,7 +77,6 @@ pub struct Header {
 }
 
 pub const METADATA_PREFIX: &str = "metadata_";
-const SNAP_PREFIX: &str = "snapshot_";
 
 pub fn header_name(id: &str) -> String {
     format!("rbd_header.{id}")
@@ -81,6 +97,7 @@ pub fn object_map_name(id: &str, snap: Option<SnapId>) -> String {
     }
 }
 
+/// rbdm's own encoding of a parent link, for intent data (and the pre-Ceph header).
 pub(crate) fn encode_parent(p: &ParentLink) -> Vec<u8> {
     Enc::new()
         .versioned(1, 1, |e| {
@@ -104,40 +121,6 @@ pub(crate) fn decode_parent(d: &mut Dec) -> Result<ParentLink> {
     })
 }
 
-fn encode_snap(s: &SnapMeta) -> Vec<u8> {
-    Enc::new()
-        .versioned(1, 1, |e| {
-            e.u64(s.id)
-                .str(&s.name)
-                .u64(s.size)
-                .bool(s.protected)
-                .u64(s.timestamp);
-            match &s.parent {
-                Some(p) => e.bool(true).bytes(&encode_parent(p)),
-                None => e.bool(false),
-            };
-        })
-        .finish()
-}
-
-fn decode_snap(buf: &[u8], what: &str) -> Result<SnapMeta> {
-    let mut d = Dec::new(buf, what);
-    let (_, mut b) = d.versioned(1)?;
-    let mut s = SnapMeta {
-        id: b.u64()?,
-        name: b.str()?,
-        size: b.u64()?,
-        protected: b.bool()?,
-        timestamp: b.u64()?,
-        parent: None,
-    };
-    if b.bool()? {
-        let raw = b.bytes()?;
-        s.parent = Some(decode_parent(&mut Dec::new(raw, what))?);
-    }
-    Ok(s)
-}
-
 impl Header {
     pub fn new(size: u64, layout: Layout, object_prefix: String, features: u64, now: u64) -> Self {
         Header {
@@ -146,7 +129,9 @@ impl Header {
             object_prefix,
             features,
             flags: 0,
+            op_features: 0,
             snap_seq: 0,
+            snap_limit: None,
             snaps: BTreeMap::new(),
             parent: None,
             data_pool_id: None,
@@ -194,84 +179,52 @@ impl Header {
         self.snaps.values().find(|s| s.name == name)
     }
 
+    /// Every key of this header in Ceph's encodings (the whole record, as `create` writes it).
     pub fn to_keys(&self) -> BTreeMap<String, Vec<u8>> {
-        let mut m = BTreeMap::new();
-        let mut put = |k: &str, v: Vec<u8>| {
-            m.insert(k.to_string(), v);
-        };
-        put("size", u64_value(self.size));
-        put("order", u64_value(self.layout.order() as u64));
-        put("stripe_unit", u64_value(self.layout.stripe_unit));
-        put("stripe_count", u64_value(self.layout.stripe_count));
-        put("object_prefix", self.object_prefix.as_bytes().to_vec());
-        put("features", u64_value(self.features));
-        put("flags", u64_value(self.flags));
-        put("snap_seq", u64_value(self.snap_seq));
-        put("create_timestamp", u64_value(self.create_timestamp));
-        put("access_timestamp", u64_value(self.access_timestamp));
-        put("modify_timestamp", u64_value(self.modify_timestamp));
-        put("generation", u64_value(self.generation));
-        if let Some(p) = &self.parent {
-            put("parent", encode_parent(p));
-        }
-        if let Some(id) = self.data_pool_id {
-            put("data_pool_id", u64_value(id as u64));
-        }
-        if let Some(mig) = &self.migration {
-            put("migration", mig.clone());
-        }
-        for s in self.snaps.values() {
-            put(&format!("{SNAP_PREFIX}{:016x}", s.id), encode_snap(s));
-        }
-        m
+        keys::encode(self, &Keys::new())
     }
 
     pub fn from_keys(keys: &BTreeMap<String, Vec<u8>>) -> Result<Self> {
-        let get = |k: &str| -> Result<&Vec<u8>> {
-            keys.get(k)
-                .ok_or_else(|| Error::Corrupt(format!("image header has no '{k}' key")))
+        if upgrade::is_rbdm_v1(keys) {
+            return Err(Error::Corrupt(
+                "image header is in rbdm's earlier encoding (an 8-byte 'order'); \
+                 Header::load upgrades it"
+                    .into(),
+            ));
+        }
+        keys::decode(keys)
+    }
+
+    /// Refuses links that name different parents: Ceph keeps one `parent` record per image
+    /// (the snapshots hold only their overlap), so such a header has no encoding.
+    pub fn check_links(&self) -> Result<()> {
+        let spec = |l: &ParentLink| {
+            (
+                l.pool_id,
+                l.namespace.clone(),
+                l.image_id.clone(),
+                l.snap_id,
+            )
         };
-        let num = |k: &str| -> Result<u64> { decode_u64(get(k)?, k) };
-        let order = num("order")?;
-        let object_size = 1u64
-            .checked_shl(order as u32)
-            .filter(|_| order < 64)
-            .unwrap_or(0);
-        let layout = Layout::new(object_size, num("stripe_unit")?, num("stripe_count")?)
-            .map_err(|e| Error::Corrupt(format!("image header layout: {e}")))?;
-        let mut h = Header::new(
-            num("size")?,
-            layout,
-            String::from_utf8(get("object_prefix")?.clone())
-                .map_err(|_| Error::Corrupt("image header object_prefix is not UTF-8".into()))?,
-            num("features")?,
-            num("create_timestamp")?,
-        );
-        h.flags = num("flags")?;
-        h.snap_seq = num("snap_seq")?;
-        h.access_timestamp = num("access_timestamp")?;
-        h.modify_timestamp = num("modify_timestamp")?;
-        h.generation = num("generation")?;
-        if let Some(p) = keys.get("parent") {
-            h.parent = Some(decode_parent(&mut Dec::new(p, "parent"))?);
+        let mut links = self
+            .parent
+            .iter()
+            .chain(self.snaps.values().filter_map(|s| s.parent.as_ref()));
+        let Some(first) = links.next().map(spec) else {
+            return Ok(());
+        };
+        match links.find(|l| spec(l) != first) {
+            None => Ok(()),
+            Some(other) => Err(Error::Invalid(format!(
+                "image links to two parents ({}/{}@{} and {}/{}@{}); a header holds one",
+                first.0, first.2, first.3, other.pool_id, other.image_id, other.snap_id
+            ))),
         }
-        if keys.contains_key("data_pool_id") {
-            h.data_pool_id = Some(num("data_pool_id")? as i64);
-        }
-        h.migration = keys.get("migration").cloned();
-        for (k, v) in keys.range(SNAP_PREFIX.to_string()..) {
-            if !k.starts_with(SNAP_PREFIX) {
-                break;
-            }
-            let s = decode_snap(v, k)?;
-            h.snaps.insert(s.id, s);
-        }
-        Ok(h)
     }
 
     /// Reads the header at `loc`; `NotFound` if there is none.
     pub fn load(store: &StoreRef, loc: &Locator) -> Result<Header> {
-        let (keys, has_intents) = load_keys(store, loc)?;
+        let (keys, has_intents) = current_keys(store, loc)?;
         let mut h = Header::from_keys(&keys)?;
         h.has_intents = has_intents;
         Ok(h)
@@ -280,31 +233,43 @@ impl Header {
     /// Writes a new header; `Exists` if one is there.
     pub fn create(&self, store: &StoreRef, loc: &Locator) -> Result<()> {
         self.check_size(self.size)?;
+        self.check_links()?;
         let op = WriteOp::new().create_exclusive().omap_set(self.to_keys());
         store.operate(loc, &op, &SnapContext::default())?;
         Ok(())
     }
 
-    /// Read-modify-write with the generation guard; `change` may run several times.
+    /// Read-modify-write with the generation guard; `change` may run several times. Writes
+    /// only the keys whose encoding changed, so what Ceph wrote and rbdm did not change stays
+    /// byte for byte (the guard is rbdm's: a librbd writer does not bump it, see
+    /// `crates/cls/DESIGN.md`).
     pub fn update<T>(
         store: &StoreRef,
         loc: &Locator,
         mut change: impl FnMut(&mut Header) -> Result<T>,
     ) -> Result<(Header, T)> {
         loop {
-            let old = Header::load(store, loc)?;
+            let (raw, has_intents) = current_keys(store, loc)?;
+            let mut old = Header::from_keys(&raw)?;
+            old.has_intents = has_intents;
             let mut new = old.clone();
             let out = change(&mut new)?;
             if (new.size, new.features) != (old.size, old.features) {
                 new.check_size(new.size)?;
             }
-            new.generation = old.generation + 1;
-            let new_keys = new.to_keys();
+            new.check_links()?;
+            new.generation = old.generation.wrapping_add(1);
+            let before = keys::encode(&old, &raw);
+            let after = keys::encode(&new, &raw);
             let stale = stale_keys(&old, &new);
+            let changed: Keys = after
+                .into_iter()
+                .filter(|(k, v)| before.get(k) != Some(v))
+                .collect();
             let op = WriteOp::new()
                 .assert_exists()
-                .omap_cmp("generation", Some(&u64_value(old.generation)))
-                .omap_set(new_keys)
+                .omap_cmp(GENERATION, raw.get(GENERATION).map(Vec::as_slice))
+                .omap_set(changed)
                 .omap_rm(stale);
             match store.operate(loc, &op, &SnapContext::default()) {
                 Ok(()) => return Ok((new, out)),
@@ -313,6 +278,21 @@ impl Header {
             }
         }
     }
+}
+
+/// The header keys in Ceph's encodings: a header in rbdm's earlier encoding is upgraded
+/// first (each attempt is one guarded write, so a race or a crash only repeats it).
+fn current_keys(store: &StoreRef, loc: &Locator) -> Result<(Keys, bool)> {
+    for _ in 0..8 {
+        let (keys, has_intents) = load_keys(store, loc)?;
+        if !upgrade::is_rbdm_v1(&keys) {
+            return Ok((keys, has_intents));
+        }
+        upgrade::upgrade(store, loc, &keys)?;
+    }
+    Err(Error::Busy(format!(
+        "{loc}: header keeps being rewritten in rbdm's earlier encoding; is an older rbdm running?"
+    )))
 }
 
 /// Every omap key of the header object except image metadata, advisory locks and intents,
@@ -344,7 +324,8 @@ fn load_keys(store: &StoreRef, loc: &Locator) -> Result<(BTreeMap<String, Vec<u8
     Ok((keys, has_intents))
 }
 
-/// Keys an update removes are those the old header had and the new one lacks.
+/// Keys an update removes: those rbdm's encoding of the old header had and the new one's
+/// lacks (a removed snapshot, parent, flags, ...). Keys rbdm does not model never qualify.
 pub fn stale_keys(old: &Header, new: &Header) -> BTreeSet<String> {
     let n = new.to_keys();
     old.to_keys()
@@ -386,11 +367,74 @@ mod tests {
         );
         h.data_pool_id = Some(2);
         h.migration = Some(vec![1, 2, 3]);
+        h.op_features = 1;
+        h.snap_limit = Some(10);
+        h.flags = 1;
         assert_eq!(Header::from_keys(&h.to_keys()).unwrap(), h);
         let mut keys = h.to_keys();
-        keys.insert("order".into(), u64_value(99));
+        assert_eq!(keys["order"], [20]);
+        keys.insert("order".into(), vec![99]);
         assert!(matches!(Header::from_keys(&keys), Err(Error::Corrupt(_))));
         keys.remove("size");
         assert!(matches!(Header::from_keys(&keys), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn keys_ceph_leaves_out_are_not_written() {
+        let h = Header::new(
+            1 << 20,
+            Layout::new(1 << 22, 1 << 22, 1).unwrap(),
+            "p".into(),
+            1,
+            5,
+        );
+        let keys = h.to_keys();
+        for absent in [
+            "flags",
+            "stripe_unit",
+            "stripe_count",
+            "op_features",
+            "parent",
+        ] {
+            assert!(!keys.contains_key(absent), "{absent} written");
+        }
+        assert_eq!(keys["create_timestamp"], [5, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(keys["object_prefix"], [1, 0, 0, 0, b'p']);
+        assert_eq!(Header::from_keys(&keys).unwrap(), h);
+    }
+
+    #[test]
+    fn a_flattened_head_keeps_the_parent_record_for_its_snapshots() {
+        let link = ParentLink {
+            pool_id: 1,
+            namespace: String::new(),
+            image_id: "p".into(),
+            snap_id: 3,
+            overlap: 4096,
+        };
+        let mut h = Header::new(
+            1 << 20,
+            Layout::new(1 << 22, 1 << 22, 1).unwrap(),
+            "p".into(),
+            1,
+            5,
+        );
+        h.snaps.insert(
+            2,
+            SnapMeta {
+                id: 2,
+                name: "s".into(),
+                size: 1 << 20,
+                protected: false,
+                timestamp: 6,
+                parent: Some(link.clone()),
+            },
+        );
+        let keys = h.to_keys();
+        let p = rbdm_cls::parent::ClsRbdParent::decode(&keys["parent"]).unwrap();
+        assert_eq!((p.image_id.as_str(), p.head_overlap), ("p", None));
+        assert_eq!(Header::from_keys(&keys).unwrap(), h);
+        h.parent = Some(ParentLink { snap_id: 9, ..link });
+        assert!(matches!(h.check_links(), Err(Error::Invalid(_))));
     }
 }
