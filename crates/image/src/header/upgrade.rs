@@ -63,7 +63,7 @@ fn upgrade_maps(store: &StoreRef, loc: &Locator, h: &Header) -> Result<()> {
         let mloc = Locator::new(loc.pool, &loc.namespace, &object_map_name(id, snap));
         let buf = match store.read(&mloc, HEAD, 0, u64::MAX >> 1) {
             Ok(buf) => buf,
-            Err(StoreError::NotFound(_)) => continue,
+            Err(StoreError::NoObject { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
         if !ObjectMap::is_rbdm_v1(&buf) {
