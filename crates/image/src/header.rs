@@ -87,8 +87,10 @@ pub fn id_object_name(name: &str) -> String {
 pub fn data_prefix(id: &str) -> String {
     format!("rbd_data.{id}")
 }
-pub fn data_name(id: &str, object_no: u64) -> String {
-    format!("rbd_data.{id}.{object_no:016x}")
+/// A data object's name: the header's `object_prefix` (`rbd_data.<id>`, or
+/// `rbd_data.<pool id>.<id>` for an image librbd made with a data pool) and the object number.
+pub fn data_name(object_prefix: &str, object_no: u64) -> String {
+    format!("{object_prefix}.{object_no:016x}")
 }
 pub fn object_map_name(id: &str, snap: Option<SnapId>) -> String {
     match snap {

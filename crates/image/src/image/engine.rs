@@ -17,7 +17,9 @@
 //!   error from `change` writes nothing. A size or feature change is checked first.
 //! - [`Image::swap_migration_record`] (intent.rs), [`Image::migration_record`],
 //!   [`Image::set_migration_record`]: the migration record, through `update_header`.
-//! - [`Image::data_loc`]: where a data object lives: `rbd_data.<id>.<objno:016x>` in the
+//! - [`Image::data_loc`]: where a data object lives: `<object_prefix>.<objno:016x>` (the
+//!   header's prefix: `rbd_data.<id>` for rbdm's images, `rbd_data.<pool id>.<id>` for an image
+//!   librbd made with a data pool) in the
 //!   image's data pool when the header names one (`--data-pool`), else in the image's own
 //!   pool, and the image's namespace.
 //! - [`Image::side_loc`]: a per-image object of the engines' own beside the header (the image's
@@ -56,7 +58,7 @@ impl Image {
         Locator::new(
             self.data_pool(h),
             &self.spec.namespace,
-            &header::data_name(&self.id, object_no),
+            &header::data_name(&h.object_prefix, object_no),
         )
     }
 
