@@ -44,6 +44,10 @@ pub enum Error {
     /// A destination's source cannot be opened (as librbd, which opens it with the image).
     #[error("cannot open the migration source of image '{image}': {source}")]
     SourceUnavailable { image: String, source: SourceError },
+    /// A command failed and undoing what it had made failed too: the records still say what
+    /// is left, and the next command on either image finishes the undo.
+    #[error("{error}; undoing it failed too (the next command on either image retries): {undo}")]
+    NotUndone { error: Box<Error>, undo: Box<Error> },
 }
 
 impl Error {
@@ -56,6 +60,7 @@ impl Error {
             Error::Busy(_) => libc::EBUSY,
             Error::NotFound(_) => libc::ENOENT,
             Error::SourceUnavailable { source, .. } => source.errno(),
+            Error::NotUndone { error, .. } => error.errno(),
         }
     }
 }
