@@ -354,6 +354,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_keys_resolve_by_one_policy() {
+        let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
+        rbd.config_key_set("s3/ak", b"AKIA").unwrap();
+        rbd.config_key_set("s3/bin", &[0x41, 0xff]).unwrap();
+        let ctx = OpenContext::new(|| Ok(rbd.clone()));
+        assert_eq!(ctx.config_key("s3/ak").unwrap(), "AKIA");
+        match ctx.config_key("s3/none") {
+            Err(SourceError::NotFound(m)) => assert!(m.contains("s3/none"), "{m}"),
+            r => panic!("a missing key: {r:?}"),
+        }
+        match ctx.config_key("s3/bin") {
+            Err(SourceError::Invalid(m)) => assert!(m.contains("not UTF-8"), "{m}"),
+            r => panic!("a key that is not UTF-8: {r:?}"),
+        }
+        assert!(OpenContext::without_store().config_key("s3/ak").is_err());
+    }
+
+    #[test]
+    fn the_store_is_opened_once_and_only_when_asked() {
+        let opened = std::cell::Cell::new(0);
+        let ctx = OpenContext::new(|| {
+            opened.set(opened.get() + 1);
+            Ok(Rbd::new(rbdm_store::open("mem://").unwrap()))
+        });
+        assert_eq!(opened.get(), 0);
+        ctx.rbd().unwrap();
+        ctx.config_key("x").unwrap_err();
+        assert_eq!(opened.get(), 1);
+    }
+
+    #[test]
     fn push_extent_merges_touching_runs_of_one_state() {
         let mut out = Vec::new();
         push_extent(&mut out, 0, 10, ExtentState::Data);
