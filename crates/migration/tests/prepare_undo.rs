@@ -293,3 +293,43 @@ fn a_failed_undo_says_so_and_the_next_command_settles_it() {
         check_source_back(&rbd, &head, writes);
     }
 }
+
+#[test]
+fn an_import_failing_at_any_write_is_undone() {
+    rbdm_plugins::link();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("src.raw");
+    std::fs::write(&file, vec![7u8; 2 * OBJ as usize]).unwrap();
+    let text = format!(
+        r#"{{"type":"raw","stream":{{"type":"file","file_path":"{}"}}}}"#,
+        file.display()
+    );
+    for writes in 0.. {
+        let (faulty, rbd, healthy, _) = setup(false);
+        faulty.fail_after(writes);
+        let r = rbdm_migration::prepare_import(&rbd, &text, &spec("dst"), None);
+        faulty.heal();
+        let Err(e) = r else {
+            assert!(writes > 2, "an import makes more than {writes} writes");
+            return;
+        };
+        assert!(e.to_string().contains("injected"), "write {writes}: {e}");
+        assert!(
+            !matches!(e, rbdm_migration::Error::NotUndone { .. }),
+            "write {writes}: the undo failed: {e}"
+        );
+        assert!(
+            healthy.open(&spec("dst"), true).is_err(),
+            "write {writes}: dst is left"
+        );
+        // Not even a header without a name: only the source's is there.
+        let store = healthy.store();
+        let headers = store
+            .list_objects(store.pool_id("rbd").unwrap(), None)
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.name.starts_with("rbd_header."))
+            .count();
+        assert_eq!(headers, 1, "write {writes}: a destination's header is left");
+    }
+}
