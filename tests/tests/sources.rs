@@ -87,20 +87,12 @@ fn read_all(img: &dyn SourceImage, p: Point, size: u64) -> Vec<u8> {
 
 fn open_spec(spec: &str, store: Option<rbdm_store::StoreRef>) -> Box<dyn SourceImage> {
     rbdm_plugins::link();
-    let lookup = |k: &str| {
-        Err(rbdm_registry::SourceError::NotFound(format!(
-            "no config-key {k}"
-        )))
-    };
     let v: Value = serde_json::from_str(spec).unwrap();
-    rbdm_registry::open_source(
-        &v,
-        &OpenContext {
-            config_key: &lookup,
-            store,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{spec}: {e}"))
+    let ctx = match store {
+        Some(store) => OpenContext::new(move || Ok(Rbd::new(store.clone()))),
+        None => OpenContext::without_store(),
+    };
+    rbdm_registry::open_source(&v, &ctx).unwrap_or_else(|e| panic!("{spec}: {e}"))
 }
 
 /// The registry's `SourceImage` contract checks (`list_snaps` against the image's reads at

@@ -57,7 +57,7 @@ impl Ctx {
         }
         let store = rbdm_store::open(&self.store_uri)
             .map_err(|e| Fail::store(&e, format!("error opening store {}", self.store_uri)))?;
-        Ok(self.rbd.get_or_init(|| Rbd::new(store)))
+        Ok(self.rbd.get_or_init(|| rbdm_migration::rbd(store)))
     }
 
     pub fn default_pool(&self) -> &str {

@@ -94,7 +94,6 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     rbdm_plugins::link();
-    rbdm_migration::link();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -6,6 +6,7 @@
 //! shape of `qemu-img map --output=json`; the raw bytes at the head or a snapshot. What it is
 //! not: no format logic; everything goes through `rbdm-registry`'s `SourceImage`.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::Write;
 
@@ -48,31 +49,26 @@ fn load_spec(a: &SourceSpecArgs) -> CmdResult<Value> {
     crate::migration::parse_spec(&text, "invalid source-spec").map(|(v, _)| v)
 }
 
-/// Opens the source. The store is opened only when the spec needs it: always for `native`,
-/// for a `config://` reference when one is resolved, and (if it opens) for formats this
-/// binary's built-in crates do not name.
+/// Opens the source. The store is opened only when a plugin asks for it (`native`, a
+/// `config://` reference); a store that does not open fails the command as any other
+/// command's store would, not as a source error.
 fn open(ctx: &Ctx, a: &SourceSpecArgs) -> CmdResult<Box<dyn SourceImage>> {
     let v = load_spec(a)?;
-    let kind = v["type"].as_str().unwrap_or_default();
-    let store = match kind {
-        "raw" | "qcow" => None,
-        "native" => Some(ctx.rbd()?.store().clone()),
-        _ => ctx.rbd().ok().map(|r| r.store().clone()),
-    };
-    let lookup = |key: &str| -> rbdm_registry::Result<String> {
-        let rbd = ctx.rbd().map_err(|f| SourceError::Invalid(f.msg))?;
-        let bytes = rbd.config_key_get(key).map_err(|e| match e.errno() {
-            libc::ENOENT => SourceError::NotFound(format!("config-key {key:?} does not exist")),
-            _ => SourceError::Invalid(format!("config-key {key:?}: {}", rbdm_store::report(&e))),
-        })?;
-        String::from_utf8(bytes)
-            .map_err(|_| SourceError::Invalid(format!("config-key {key:?} is not UTF-8")))
-    };
-    let oc = OpenContext {
-        config_key: &lookup,
-        store,
-    };
-    rbdm_registry::open_source(&v, &oc).map_err(|e| source_fail(&e, "error opening source"))
+    let store_fail = Cell::new(None);
+    let oc = OpenContext::new(|| {
+        ctx.rbd().cloned().map_err(|f| {
+            let e = SourceError::Invalid(f.msg.clone());
+            store_fail.set(Some(f));
+            e
+        })
+    });
+    let opened = rbdm_registry::open_source(&v, &oc);
+    drop(oc);
+    match (opened, store_fail.into_inner()) {
+        (Ok(img), _) => Ok(img),
+        (Err(_), Some(f)) => Err(f),
+        (Err(e), None) => Err(source_fail(&e, "error opening source")),
+    }
 }
 
 fn info(ctx: &Ctx, a: &SourceSpecArgs) -> CmdResult {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use rbdm_image::{Image, ImageSpec, Rbd};
+use rbdm_image::{Image, ImageSpec};
 
 const TIB: u64 = 1 << 40;
 const GIB: u64 = 1 << 30;
@@ -76,11 +76,10 @@ fn assert_bytes(img: &Image, offset: u64, len: u64, byte: u8) {
 #[test]
 fn sparse_tib_qcow2_visits_only_allocated_objects() {
     rbdm_plugins::link();
-    rbdm_migration::link();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tib.qcow2");
     make_source(&file);
-    let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
+    let rbd = rbdm_migration::rbd(rbdm_store::open("mem://").unwrap());
     let source_spec = format!(
         r#"{{"type":"qcow","stream":{{"type":"file","file_path":"{}"}}}}"#,
         file.display()

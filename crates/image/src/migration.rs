@@ -3,10 +3,12 @@
 //! destination reads and copies up from its source.
 //!
 //! The image crate does not know how to open a source (that needs the plugin registry, which
-//! sits above it): the migration crate registers a [`MigrationOpener`] at start-up, and a
-//! destination image opens its source through it on first need.
+//! sits above it): an [`Rbd`] carries a [`MigrationOpener`] (`Rbd::with_opener`; the
+//! migration crate builds such an `Rbd`), and a destination image opens its source through
+//! its `Rbd`'s opener on first need. Nothing is process-wide: two `Rbd`s in one process
+//! (two stores, or one store opened with and without an opener) each keep their own.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rbdm_store::SnapId;
 
@@ -205,17 +207,11 @@ pub trait MigrationSource: Send + Sync {
     fn copy_object(&self, image: &Image, object_no: u64, for_write: bool) -> Result<()>;
 }
 
+/// Opens a destination's source from its record, in the store of the `Rbd` given.
 pub type MigrationOpener = fn(&Rbd, &MigrationRecord) -> Result<Arc<dyn MigrationSource>>;
 
-static OPENER: OnceLock<MigrationOpener> = OnceLock::new();
-
-/// Installs how destinations open their sources (the migration crate does this once).
-pub fn set_migration_opener(opener: MigrationOpener) {
-    let _ = OPENER.set(opener);
-}
-
 pub(crate) fn open_source(rbd: &Rbd, rec: &MigrationRecord) -> Result<Arc<dyn MigrationSource>> {
-    let opener = OPENER.get().ok_or_else(|| {
+    let opener = rbd.opener().ok_or_else(|| {
         Error::Unsupported(
             "image is the destination of a migration and this program cannot read its source"
                 .into(),

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, StoreRef};
 
+use crate::migration::MigrationOpener;
 use crate::{Error, PoolSpec, Result};
 
 mod children;
@@ -23,6 +24,9 @@ pub use create::layout_for;
 #[derive(Clone)]
 pub struct Rbd {
     store: StoreRef,
+    /// How migration destinations opened through this `Rbd` read their sources; `None`: they
+    /// cannot (the image crate alone does not know how, see [`crate::migration`]).
+    opener: Option<MigrationOpener>,
 }
 
 pub(crate) const DIRECTORY: &str = "rbd_directory";
@@ -53,7 +57,21 @@ fn check_name(kind: &str, name: &str) -> Result<()> {
 impl Rbd {
     /// RBD on `store`; nothing is read or written until the first call.
     pub fn new(store: StoreRef) -> Self {
-        Rbd { store }
+        Rbd {
+            store,
+            opener: None,
+        }
+    }
+    /// The same, with destinations opened through it (and through every image it opens)
+    /// reading their sources by `opener`.
+    pub fn with_opener(self, opener: MigrationOpener) -> Self {
+        Rbd {
+            opener: Some(opener),
+            ..self
+        }
+    }
+    pub(crate) fn opener(&self) -> Option<MigrationOpener> {
+        self.opener
     }
     /// The store this `Rbd` works on.
     pub fn store(&self) -> &StoreRef {

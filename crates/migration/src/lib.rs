@@ -3,7 +3,7 @@
 //!
 //! What it is for: the state machine (prepared → executing → executed → committed, or aborted
 //! from any state before commit), linking source and destination, and opening a
-//! destination's source for the image crate ([`link`] installs the opener). A same-store
+//! destination's source for the image crate ([`rbd`] gives an `Rbd` carrying that opener). A same-store
 //! migration reads its source as a `native` source-spec, so both kinds share one copy path.
 //! What it is not: the copy itself (`rbdm-copy`), formats and streams (`plugins/`), printing.
 #![forbid(unsafe_code)]
@@ -44,6 +44,10 @@ pub enum Error {
     /// A destination's source cannot be opened (as librbd, which opens it with the image).
     #[error("cannot open the migration source of image '{image}'")]
     SourceUnavailable { image: String, source: SourceError },
+    /// A command failed and undoing what it had made failed too: the records still say what
+    /// is left, and the next command on either image finishes the undo.
+    #[error("{error}; undoing it failed too (the next command on either image retries): {undo}")]
+    NotUndone { error: Box<Error>, undo: Box<Error> },
 }
 
 impl Error {
@@ -56,16 +60,18 @@ impl Error {
             Error::Busy(_) => libc::EBUSY,
             Error::NotFound(_) => libc::ENOENT,
             Error::SourceUnavailable { source, .. } => source.errno(),
+            Error::NotUndone { error, .. } => error.errno(),
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Installs the opener through which destination images read their sources. Call once at
-/// start (the CLI does), next to `rbdm_plugins::link()`.
-pub fn link() {
-    rbdm_image::migration::set_migration_opener(open_for_image);
+/// RBD on `store` whose migration destinations read through to their sources (the images it
+/// opens, and those they open, keep its opener). The plugins that read sources must be
+/// linked into the program (`rbdm_plugins::link()`).
+pub fn rbd(store: rbdm_store::StoreRef) -> Rbd {
+    Rbd::new(store).with_opener(open_for_image)
 }
 
 /// A destination's source, opened from the spec in its migration record.
@@ -182,16 +188,7 @@ fn open_recorded(rbd: &Rbd, rec: &MigrationRecord) -> Result<Box<dyn SourceImage
 pub fn open_source_spec(rbd: &Rbd, text: &str) -> Result<Box<dyn SourceImage>, SourceError> {
     let json: Value = serde_json::from_str(text)
         .map_err(|e| SourceError::Malformed(format!("invalid JSON: {e}")))?;
-    let lookup = |key: &str| -> Result<String, SourceError> {
-        rbd.config_key_get(key)
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .map_err(|e| SourceError::NotFound(format!("config://{key}: {e}")))
-    };
-    let ctx = OpenContext {
-        config_key: &lookup,
-        store: Some(rbd.store().clone()),
-    };
-    rbdm_registry::open_source(&json, &ctx)
+    rbdm_registry::open_source(&json, &OpenContext::new(|| Ok(rbd.clone())))
 }
 
 /// Layout, features and data pool for the destination; anything unset follows the source.

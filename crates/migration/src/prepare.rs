@@ -67,11 +67,24 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
     settle_names(rbd, &[src, dst])?;
     let source = rbd.open(src, true)?;
     let _running = source.op_lock(PREPARE_OP, true)?;
+    check_preparable(rbd, &source, src, dst)?;
+    let plan = Plan::of(rbd, &source, src, dst, opts)?;
+    // The intent first: from here every command on either name finds this migration.
+    source.swap_migration_record(|r| match r {
+        None => Ok(Some(plan.rec.clone())),
+        Some(_) => Err(rbdm_image::Error::Busy(migrating(src))),
+    })?;
+    let made = link(rbd, &source, src, dst, &plan, opts.flatten);
+    // A handle of ours on the source must not be in the way of putting it back.
+    drop(source);
+    made.map_err(|e| undo_prepare(rbd, &[src, dst], e))
+}
+
+/// Refuses a source that is migrating or open read-write elsewhere, or a destination name
+/// that is taken (unless it is the source's own, in place).
+fn check_preparable(rbd: &Rbd, source: &Image, src: &ImageSpec, dst: &ImageSpec) -> Result<()> {
     if source.migration_record()?.is_some() {
-        return Err(Error::Busy(format!(
-            "image '{}' is already being migrated",
-            src.image
-        )));
+        return Err(Error::Busy(migrating(src)));
     }
     if !source.lockers()?.is_empty() {
         return Err(Error::Busy(format!(
@@ -81,29 +94,80 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
     }
     let in_place = src.pool == dst.pool && src.namespace == dst.namespace && src.image == dst.image;
     if !in_place && rbd.open(dst, true).is_ok() {
-        return Err(Error::Image(rbdm_image::Error::Exists(format!(
-            "image '{}' already exists",
-            dst.image
-        ))));
+        return Err(exists(dst));
     }
-    rbd.check_namespace(&dst.pool_spec())?;
-    let info = source.info()?;
-    let src_header = source.header()?;
-    let snaps: Vec<(String, u64, bool)> = source
-        .snap_list()?
-        .into_iter()
-        .map(|s| (s.name, s.size, s.protected))
-        .collect();
-    let create = opts.create.clone().unwrap_or_else(|| CreateOptions {
-        size: info.size,
-        layout: Some(info.layout),
-        features: Some(info.features),
-        data_pool: info.data_pool.clone(),
-    });
+    Ok(rbd.check_namespace(&dst.pool_spec())?)
+}
+
+fn migrating(src: &ImageSpec) -> String {
+    format!("image '{}' is already being migrated", src.image)
+}
+
+fn exists(dst: &ImageSpec) -> Error {
+    Error::Image(rbdm_image::Error::Exists(format!(
+        "image '{}' already exists",
+        dst.image
+    )))
+}
+
+/// What a same-store prepare makes, worked out from the source before anything is written.
+struct Plan {
+    src_header: std::sync::Arc<rbdm_image::header::Header>,
+    /// Name, size and protection of each source snapshot, oldest first.
+    snaps: Vec<(String, u64, bool)>,
+    head_size: u64,
+    create: CreateOptions,
+    /// The source's record (`preparing`, naming the destination without its id yet).
+    rec: MigrationRecord,
+    /// The destination's: the same, naming the source by id.
+    drec: MigrationRecord,
+}
+
+impl Plan {
+    fn of(
+        rbd: &Rbd,
+        source: &Image,
+        src: &ImageSpec,
+        dst: &ImageSpec,
+        opts: &PrepareOptions,
+    ) -> Result<Plan> {
+        let info = source.info()?;
+        let snaps = source
+            .snap_list()?
+            .into_iter()
+            .map(|s| (s.name, s.size, s.protected))
+            .collect();
+        let create = opts.create.clone().unwrap_or_else(|| CreateOptions {
+            size: info.size,
+            layout: Some(info.layout),
+            features: Some(info.features),
+            data_pool: info.data_pool.clone(),
+        });
+        let (rec, drec) = records(rbd, &info.id, src, dst, opts.flatten)?;
+        Ok(Plan {
+            src_header: source.header()?,
+            snaps,
+            head_size: info.size,
+            create,
+            rec,
+            drec,
+        })
+    }
+}
+
+/// The source's record and the destination's, both `preparing`; the source is read as a
+/// `native` spec naming it by pool id and image id.
+fn records(
+    rbd: &Rbd,
+    src_id: &str,
+    src: &ImageSpec,
+    dst: &ImageSpec,
+    flatten: bool,
+) -> Result<(MigrationRecord, MigrationRecord)> {
     let pool_of = |p: &str| rbd.store().pool_id(p).map_err(rbdm_image::Error::from);
     let (pool_id, dst_pool) = (pool_of(&src.pool)?, pool_of(&dst.pool)?);
     let spec = json!({"type": "native", "pool_id": pool_id, "pool_namespace": src.namespace,
-                      "image_name": src.image, "image_id": info.id});
+                      "image_name": src.image, "image_id": src_id});
     let rec = MigrationRecord {
         role: MigrationRole::Source,
         state: MigrationState::Preparing,
@@ -116,75 +180,106 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
         }),
         source_spec: spec.to_string(),
         import_only: false,
-        flatten: opts.flatten,
+        flatten,
         snap_points: Vec::new(),
         copied_upto: 0,
         // A same-store source is an image: its snapshots cannot change under the copy.
         source_identity: String::new(),
     };
-    // The intent first: from here every command on either name finds this migration.
-    source.swap_migration_record(|r| match r {
-        None => Ok(Some(rec.clone())),
-        Some(_) => Err(rbdm_image::Error::Busy(format!(
-            "image '{}' is already being migrated",
-            src.image
-        ))),
-    })?;
     let drec = MigrationRecord {
         role: MigrationRole::Destination,
         peer: Some(PeerImage {
             pool_id,
             namespace: src.namespace.clone(),
             name: src.image.clone(),
-            id: info.id.clone(),
+            id: src_id.to_string(),
         }),
         ..rec.clone()
     };
-    let made = (|| -> Result<()> {
-        rbd.trash_move_as(src, 0, "MIGRATION")?;
-        let (dst_id, points) = create_destination(rbd, dst, &create, &snaps, info.size, &drec)?;
-        let mut srec = rec.clone();
-        if let Some(p) = srec.peer.as_mut() {
-            p.id = dst_id.clone();
-        }
-        source.set_migration_record(Some(&srec))?;
-        let dimg = rbd.open_by_id(&dst.pool_spec(), &dst_id, None, false)?;
-        if !opts.flatten {
-            keep_parent(rbd, &src_header, &dimg, dst)?;
-        }
-        for (name, _, protected) in &snaps {
-            if *protected {
-                dimg.snap_protect(name)?;
-            }
-        }
-        let prepared = |s: MigrationState| {
-            (s != MigrationState::Preparing)
-                .then(|| format!("prepare of '{}' was undone", dst.image))
-        };
-        dimg.swap_migration_record(|r| {
-            let r = r.filter(|r| prepared(r.state).is_none()).ok_or_else(|| {
-                rbdm_image::Error::Invalid(format!("prepare of '{}' was undone", dst.image))
-            })?;
-            Ok(Some(MigrationRecord {
-                state: MigrationState::Prepared,
-                snap_points: points.clone(),
-                ..r
-            }))
-        })?;
-        swap_state(&source, MigrationState::Prepared, prepared)?;
-        Ok(())
-    })();
-    if let Err(e) = made {
-        // Undo what was done, found as a later command would find it.
-        drop(source);
-        if let Some(mut pair) = recover::find(rbd, src)?.or(recover::find(rbd, dst)?) {
-            if pair.any(MigrationState::Preparing) {
-                let _ = finish::undo(rbd, &mut pair, false, &mut |_, _| {});
-            }
-        }
-        return Err(e);
+    Ok((rec, drec))
+}
+
+/// The steps after the source's intent: the source into the trash, the destination made
+/// (record, snapshots, parent links, protection), then both records `prepared`.
+fn link(
+    rbd: &Rbd,
+    source: &Image,
+    src: &ImageSpec,
+    dst: &ImageSpec,
+    plan: &Plan,
+    flatten: bool,
+) -> Result<()> {
+    rbd.trash_move_as(src, 0, "MIGRATION")?;
+    let (dst_id, points) = create_destination(
+        rbd,
+        dst,
+        &plan.create,
+        &plan.snaps,
+        plan.head_size,
+        &plan.drec,
+    )?;
+    let mut srec = plan.rec.clone();
+    if let Some(p) = srec.peer.as_mut() {
+        p.id = dst_id.clone();
     }
+    source.set_migration_record(Some(&srec))?;
+    let dimg = rbd.open_by_id(&dst.pool_spec(), &dst_id, None, false)?;
+    if !flatten {
+        keep_parent(rbd, &plan.src_header, &dimg, dst)?;
+    }
+    for (name, _, protected) in &plan.snaps {
+        if *protected {
+            dimg.snap_protect(name)?;
+        }
+    }
+    mark_prepared(&dimg, dst, points)?;
+    let undone = |s: MigrationState| {
+        (s != MigrationState::Preparing).then(|| format!("prepare of '{}' was undone", dst.image))
+    };
+    swap_state(source, MigrationState::Prepared, undone)?;
     Ok(())
+}
+
+/// The destination's record `prepared`, with its snapshot map; refused if a rollback by
+/// another command got there first.
+fn mark_prepared(dimg: &Image, dst: &ImageSpec, points: Vec<(u64, u32)>) -> Result<()> {
+    dimg.swap_migration_record(|r| match r {
+        Some(r) if r.state == MigrationState::Preparing => Ok(Some(MigrationRecord {
+            state: MigrationState::Prepared,
+            snap_points: points.clone(),
+            ..r
+        })),
+        _ => Err(rbdm_image::Error::Invalid(format!(
+            "prepare of '{}' was undone",
+            dst.image
+        ))),
+    })?;
+    Ok(())
+}
+
+/// Undoes what a failed prepare made, found as a later command would find it under either
+/// name: `finish::undo` removes it in reverse order (the destination, then the source back
+/// from the trash, then the source's record, last so a kill midway is finished by the next
+/// command). Returns the prepare's error, with the undo's when that failed too.
+fn undo_prepare(rbd: &Rbd, names: &[&ImageSpec], error: Error) -> Error {
+    let undo = || -> Result<()> {
+        for spec in names {
+            if let Some(mut pair) = recover::find(rbd, spec)? {
+                if pair.any(MigrationState::Preparing) {
+                    finish::undo(rbd, &mut pair, false, &mut |_, _| {})?;
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    };
+    match undo() {
+        Ok(()) => error,
+        Err(undo) => Error::NotUndone {
+            error: Box::new(error),
+            undo: Box::new(undo),
+        },
+    }
 }
 /// Gives the destination the source's parent links (head and each snapshot, by name), so a
 /// migrated clone stays a clone; the copy then only materialises what the source changed.
@@ -227,10 +322,7 @@ pub fn prepare_import(
     crate::identity::check(spec_text, &source_identity)?;
     settle_names(rbd, &[dst])?;
     if rbd.open(dst, true).is_ok() {
-        return Err(Error::Image(rbdm_image::Error::Exists(format!(
-            "image '{}' already exists",
-            dst.image
-        ))));
+        return Err(exists(dst));
     }
     let snaps: Vec<(String, u64, bool)> = source
         .snapshots()
@@ -252,32 +344,14 @@ pub fn prepare_import(
         copied_upto: 0,
         source_identity,
     };
-    let made = (|| -> Result<()> {
-        let (id, points) = create_destination(rbd, dst, &opts, &snaps, source.size(), &rec)?;
-        let img = rbd.open_by_id(&dst.pool_spec(), &id, None, false)?;
-        let _running = img.op_lock(PREPARE_OP, true)?;
-        img.swap_migration_record(|r| match r {
-            Some(r) if r.state == MigrationState::Preparing => Ok(Some(MigrationRecord {
-                state: MigrationState::Prepared,
-                snap_points: points.clone(),
-                ..r
-            })),
-            _ => Err(rbdm_image::Error::Invalid(format!(
-                "prepare of '{}' was undone",
-                dst.image
-            ))),
-        })?;
-        Ok(())
-    })();
-    if let Err(e) = made {
-        if let Some(mut pair) = recover::find(rbd, dst)? {
-            if pair.any(MigrationState::Preparing) {
-                let _ = finish::undo(rbd, &mut pair, false, &mut |_, _| {});
-            }
-        }
-        return Err(e);
-    }
-    Ok(())
+    let made = create_destination(rbd, dst, &opts, &snaps, source.size(), &rec).and_then(
+        |(id, points)| {
+            let img = rbd.open_by_id(&dst.pool_spec(), &id, None, false)?;
+            let _running = img.op_lock(PREPARE_OP, true)?;
+            mark_prepared(&img, dst, points)
+        },
+    );
+    made.map_err(|e| undo_prepare(rbd, &[dst], e))
 }
 
 /// An import's source must not change under it: a `native` spec must name a snapshot

@@ -11,8 +11,7 @@ fn spec(s: &str) -> ImageSpec {
 /// `kid`, a clone of `gold@v1`.
 fn gold_and_kid() -> Rbd {
     rbdm_plugins::link();
-    rbdm_migration::link();
-    let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
+    let rbd = rbdm_migration::rbd(rbdm_store::open("mem://").unwrap());
     let layout = Layout::from_order(16).unwrap();
     rbd.create(
         &PoolSpec::new("rbd", ""),

@@ -1,7 +1,7 @@
 //! After a same-store migration the destination's object maps are rebuilt from its objects;
 //! `du` per snapshot must still count only what changed at each snapshot (fast-diff), as it
 //! did on the source, not every object that exists.
-use rbdm_image::{CreateOptions, ImageSpec, Layout, PoolSpec, Rbd};
+use rbdm_image::{CreateOptions, ImageSpec, Layout, PoolSpec};
 
 fn spec(s: &str) -> ImageSpec {
     ImageSpec::parse(s, "rbd").unwrap()
@@ -10,8 +10,7 @@ fn spec(s: &str) -> ImageSpec {
 #[test]
 fn du_per_snapshot_survives_migration() {
     rbdm_plugins::link();
-    rbdm_migration::link();
-    let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
+    let rbd = rbdm_migration::rbd(rbdm_store::open("mem://").unwrap());
     let layout = Layout::from_order(16).unwrap();
     let opts = CreateOptions {
         layout: Some(layout),

@@ -3,7 +3,7 @@
 //! objects, then either execute + commit or abort. Every read must return what a plain byte
 //! model says, and after an abort the source holds its history plus the clients' writes.
 use proptest::prelude::*;
-use rbdm_image::{CreateOptions, Image, ImageSpec, Layout, PoolSpec, Rbd};
+use rbdm_image::{CreateOptions, Image, ImageSpec, Layout, PoolSpec};
 
 const SIZE: u64 = 96 * 1024;
 
@@ -56,8 +56,7 @@ fn run(
     abort: bool,
 ) -> Result<(), TestCaseError> {
     rbdm_plugins::link();
-    rbdm_migration::link();
-    let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
+    let rbd = rbdm_migration::rbd(rbdm_store::open("mem://").unwrap());
     let pool = PoolSpec::new("rbd", "");
     rbd.create(
         &pool,

@@ -39,7 +39,7 @@ fn ensure(ok: bool, what: impl FnOnce() -> String) -> Outcome {
 }
 
 fn read_failed(what: &str, e: SourceError) -> Failure {
-    Failure(format!("{what}: {}", rbdm_store::report(&e)))
+    Failure(format!("{what}: {}", rbdm_image::report(&e)))
 }
 
 /// Bytes compared at once: the checks never hold a whole image.

@@ -3,8 +3,9 @@
 //!
 //! What it is for: `Stream` (bytes with a size, optionally knowing its holes), `SourceImage`
 //! (a snapshot-aware, sparse-aware image: `list_snaps` tells what changed where), and the
-//! plugin descriptors. What it is not: no format or stream code lives here (see `plugins/`),
-//! and no spec parsing beyond handing each plugin its JSON.
+//! plugin descriptors, and the [`OpenContext`] every open gets (the one way a plugin reaches
+//! the store and its `config://` values). What it is not: no format or stream code lives here
+//! (see `plugins/`), and no spec parsing beyond handing each plugin its JSON.
 //!
 //! [`conformance`] holds the contract checks every plugin crate's tests run.
 //!
@@ -12,7 +13,10 @@
 //! the copy engine gets parallelism from threads, so no async runtime is pulled in.
 #![forbid(unsafe_code)]
 
+use std::cell::OnceCell;
 use std::fmt;
+
+use rbdm_image::Rbd;
 
 pub mod conformance;
 
@@ -211,12 +215,53 @@ impl fmt::Debug for dyn Stream {
     }
 }
 
-/// What a plugin may need besides its own JSON when it opens.
+/// What a plugin may need besides its own JSON when it opens: the store's [`Rbd`] (for
+/// `native`, which reads images in it) and its config-key values (`config://KEY`). The store
+/// is opened on the first ask, so a spec that needs neither opens without one.
 pub struct OpenContext<'a> {
-    /// Resolves a `config://KEY` reference from the store's config-key store.
-    pub config_key: &'a dyn Fn(&str) -> Result<String>,
-    /// The store, for formats that read images in it (`native`); `None` when opened without one.
-    pub store: Option<rbdm_store::StoreRef>,
+    open_rbd: Box<dyn Fn() -> Result<Rbd> + 'a>,
+    rbd: OnceCell<Rbd>,
+}
+
+impl<'a> OpenContext<'a> {
+    /// A context whose store is what `open_rbd` returns, called on the first ask (again after
+    /// a failure). The `Rbd` given is the one plugins use, opener included, so a `native`
+    /// source that is itself a migration destination reads through to its own source.
+    pub fn new(open_rbd: impl Fn() -> Result<Rbd> + 'a) -> Self {
+        OpenContext {
+            open_rbd: Box::new(open_rbd),
+            rbd: OnceCell::new(),
+        }
+    }
+
+    /// A context without a store: `native` and `config://` references are refused.
+    pub fn without_store() -> OpenContext<'static> {
+        OpenContext::new(|| Err(SourceError::Invalid("no store is open".into())))
+    }
+
+    /// The store's `Rbd`, opened now if it was not yet.
+    pub fn rbd(&self) -> Result<&Rbd> {
+        if let Some(rbd) = self.rbd.get() {
+            return Ok(rbd);
+        }
+        let rbd = (self.open_rbd)()?;
+        Ok(self.rbd.get_or_init(|| rbd))
+    }
+
+    /// The value of config-key `key`, for a `config://KEY` reference: `NotFound` naming the
+    /// key when it is not set; `Invalid` when it is not UTF-8 (never altered to fit) or
+    /// cannot be read.
+    pub fn config_key(&self, key: &str) -> Result<String> {
+        let bytes = self
+            .rbd()?
+            .config_key_get(key)
+            .map_err(|e| match e.errno() {
+                libc::ENOENT => SourceError::NotFound(format!("config-key {key:?} does not exist")),
+                _ => SourceError::Invalid(format!("config-key {key:?}: {}", rbdm_image::report(&e))),
+            })?;
+        String::from_utf8(bytes)
+            .map_err(|_| SourceError::Invalid(format!("config-key {key:?} is not UTF-8")))
+    }
 }
 
 /// A stream type: `{"type": NAME, ...}` inside a format's `"stream"` object.
@@ -308,6 +353,37 @@ pub fn open_source(spec: &serde_json::Value, ctx: &OpenContext) -> Result<Box<dy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_keys_resolve_by_one_policy() {
+        let rbd = Rbd::new(rbdm_store::open("mem://").unwrap());
+        rbd.config_key_set("s3/ak", b"AKIA").unwrap();
+        rbd.config_key_set("s3/bin", &[0x41, 0xff]).unwrap();
+        let ctx = OpenContext::new(|| Ok(rbd.clone()));
+        assert_eq!(ctx.config_key("s3/ak").unwrap(), "AKIA");
+        match ctx.config_key("s3/none") {
+            Err(SourceError::NotFound(m)) => assert!(m.contains("s3/none"), "{m}"),
+            r => panic!("a missing key: {r:?}"),
+        }
+        match ctx.config_key("s3/bin") {
+            Err(SourceError::Invalid(m)) => assert!(m.contains("not UTF-8"), "{m}"),
+            r => panic!("a key that is not UTF-8: {r:?}"),
+        }
+        assert!(OpenContext::without_store().config_key("s3/ak").is_err());
+    }
+
+    #[test]
+    fn the_store_is_opened_once_and_only_when_asked() {
+        let opened = std::cell::Cell::new(0);
+        let ctx = OpenContext::new(|| {
+            opened.set(opened.get() + 1);
+            Ok(Rbd::new(rbdm_store::open("mem://").unwrap()))
+        });
+        assert_eq!(opened.get(), 0);
+        ctx.rbd().unwrap();
+        ctx.config_key("x").unwrap_err();
+        assert_eq!(opened.get(), 1);
+    }
 
     #[test]
     fn push_extent_merges_touching_runs_of_one_state() {

@@ -52,10 +52,10 @@ pub fn link() {}
 fn open_spec(spec: &serde_json::Value, ctx: &OpenContext) -> Result<Box<dyn SourceImage>> {
     let parsed =
         NativeSpec::from_json(spec, "").map_err(|e| SourceError::BadSpec(e.to_string()))?;
-    let store = ctx.store.clone().ok_or_else(|| {
-        SourceError::Invalid("the native format reads an image in a store, and none is open".into())
+    let rbd = ctx.rbd().map_err(|e| {
+        SourceError::Invalid(format!("the native format reads an image in a store: {e}"))
     })?;
-    Ok(Box::new(open(&Rbd::new(store), &parsed.into())?))
+    Ok(Box::new(open(rbd, &parsed.into())?))
 }
 
 /// An open native source: one read-only handle per point, and per point the extents that

@@ -30,10 +30,7 @@ fn open_testfile(
 }
 
 fn ctx() -> OpenContext<'static> {
-    OpenContext {
-        config_key: &|k| Err(SourceError::NotFound(format!("no config key {k}"))),
-        store: None,
-    }
+    OpenContext::without_store()
 }
 
 fn bad_spec(spec: serde_json::Value, words: &[&str]) -> Result<()> {

@@ -25,12 +25,7 @@ fn free_port() -> u16 {
 
 fn ctx_open(spec: serde_json::Value) -> Result<Box<dyn Stream>, SourceError> {
     rbdm_stream_http::link();
-    let lookup = |k: &str| Err(SourceError::NotFound(format!("no config key {k}")));
-    let ctx = OpenContext {
-        config_key: &lookup,
-        store: None,
-    };
-    rbdm_registry::open_stream(&spec, "stream", &ctx)
+    rbdm_registry::open_stream(&spec, "stream", &OpenContext::without_store())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -46,15 +46,10 @@ fn serve(format: &str, file: &Path, listen: &[&str], ready: impl Fn() -> bool) -
 
 fn open(uri: &str) -> Result<Box<dyn Stream>, SourceError> {
     rbdm_stream_nbd::link();
-    let lookup = |k: &str| Err(SourceError::NotFound(k.to_string()));
-    let ctx = OpenContext {
-        config_key: &lookup,
-        store: None,
-    };
     rbdm_registry::open_stream(
         &serde_json::json!({"type": "nbd", "uri": uri}),
         "stream",
-        &ctx,
+        &OpenContext::without_store(),
     )
 }
 

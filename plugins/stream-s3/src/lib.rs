@@ -40,7 +40,7 @@ fn open_spec(spec: &serde_json::Value, path: &str, ctx: &OpenContext) -> Result<
     let bad_url = |m: String| SourceError::BadSpec(format!("{}: {m}", join(path, "url")));
     let url = Url::parse(&s.url).map_err(bad_url)?;
     bucket_of(&url).map_err(bad_url)?;
-    let lookup = ctx.config_key;
+    let lookup = &|key: &str| ctx.config_key(key);
     let signer = SigV4 {
         access_key: resolve_config(&s.access_key, lookup)?,
         secret_key: resolve_config(&s.secret_key, lookup)?,

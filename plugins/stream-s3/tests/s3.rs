@@ -36,17 +36,12 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"],
 
 fn open(spec: Value, config: &[(&str, &str)]) -> Result<Box<dyn Stream>, SourceError> {
     rbdm_stream_s3::link();
-    let lookup = |k: &str| {
-        config
-            .iter()
-            .find(|(name, _)| *name == k)
-            .map(|(_, v)| v.to_string())
-            .ok_or_else(|| SourceError::NotFound(format!("config key {k} is not set")))
-    };
-    let ctx = OpenContext {
-        config_key: &lookup,
-        store: None,
-    };
+    // The values in a store's config-key store, resolved as the CLI and migration do.
+    let rbd = rbdm_image::Rbd::new(rbdm_store::open("mem://").unwrap());
+    for (k, v) in config {
+        rbd.config_key_set(k, v.as_bytes()).unwrap();
+    }
+    let ctx = OpenContext::new(move || Ok(rbd.clone()));
     rbdm_registry::open_stream(&spec, "stream", &ctx)
 }
 
