@@ -96,8 +96,9 @@ impl Rbd {
         let mut h = self.new_header(spec, &id, opts)?;
         adjust(&mut h);
         h.check_size(h.size)?;
-        // Header, child link, then the name, which also ends the intent: until then no one
-        // sees the image, and a kill is undone by the next command that settles the pool.
+        // Header, child link, `rbd_id.<name>`, then the name, which also ends the intent:
+        // until then no one sees the image, and a kill is undone by the next command that
+        // settles the pool.
         let dir = self.dir_anchor(spec)?;
         let data = finishers::create_data(name, h.parent.as_ref());
         let _live = dir.begin(finishers::CREATE, &id, &data)?;
@@ -114,6 +115,7 @@ impl Rbd {
             if let Some(link) = &h.parent {
                 let _ = self.child_unregister(link, spec, &id);
             }
+            let _ = self.drop_id_object_of(spec, name, &id);
             let _ = self
                 .store
                 .operate(&hloc, &WriteOp::new().remove(), &no_snapc());
