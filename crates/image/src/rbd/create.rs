@@ -194,3 +194,36 @@ pub fn layout_for(
         .map(Some)
         .map_err(|e| Error::Invalid(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbdm_store::{StoreRef, HEAD};
+
+    /// A create killed after its `rbd_id.<name>` but before its name: settling takes the id
+    /// object back, and only when it holds that create's id.
+    #[test]
+    fn a_create_killed_before_its_name_takes_its_id_object_back() {
+        let store: StoreRef = std::sync::Arc::new(rbdm_store::mem::MemStore::new());
+        let rbd = Rbd::new(store.clone());
+        let spec = PoolSpec::new("rbd", "");
+        let idobj = rbd.loc(&spec, "rbd_id.x").unwrap();
+        let killed = |id: &str| {
+            let dir = rbd.dir_anchor(&spec).unwrap();
+            let data = finishers::create_data("x", None);
+            drop(dir.begin(finishers::CREATE, id, &data).unwrap());
+        };
+        killed("0123456789ab");
+        rbd.write_id_object(&spec, "x", "0123456789ab").unwrap();
+        rbd.settle_names(&spec).unwrap();
+        assert!(store.stat(&idobj, HEAD).is_err(), "the id object went");
+        // Another image's id object under that name stays.
+        rbd.write_id_object(&spec, "x", "ba9876543210").unwrap();
+        killed("0123456789ab");
+        rbd.settle_names(&spec).unwrap();
+        assert!(store.stat(&idobj, HEAD).is_ok(), "not that create's");
+        rbd.create(&spec, "x", &CreateOptions::with_size(1 << 20))
+            .unwrap();
+        assert_eq!(rbd.list(&spec).unwrap(), ["x"]);
+    }
+}

@@ -79,7 +79,7 @@ impl Rbd {
     /// Writes `rbd_id.<name>` holding `id`. One that exists is taken over only when no
     /// directory entry and no other create or restore under way names `name` (a rename or a
     /// restore cut short left it); otherwise `Exists`.
-    fn write_id_object(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
+    pub(super) fn write_id_object(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
         let loc = self.id_loc(spec, name)?;
         let data = encode_string(id);
         let fresh = WriteOp::new().create_exclusive().write_full(&data);
