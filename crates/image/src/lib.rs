@@ -36,7 +36,7 @@ pub mod spec;
 
 pub use image::Image;
 pub use rbd::{layout_for, Rbd};
-pub use rbdm_cls::trash::TrashSource;
+pub use rbdm_cls::trash::{TrashSource, TrashState};
 
 pub use error::{Error, Result};
 pub use spec::{ImageSpec, PoolSpec};
@@ -138,6 +138,8 @@ pub struct TrashEntry {
     /// `User` (moved by `trash mv`), `Migration` or `Removing` (an `rm` in progress, or
     /// cut short: `rm` of the name finishes it); the last two are hidden unless `--all`.
     pub source: TrashSource,
+    /// `Removing` once a removal from the trash began (as librbd's): restore refuses it.
+    pub state: TrashState,
     pub deleted_at: u64,
     pub deferment_end: u64,
 }

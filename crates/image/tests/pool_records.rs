@@ -285,3 +285,46 @@ fn namespace_remove_takes_its_directory() {
     assert!(p.store.stat(&p.loc("ns", "rbd_directory"), HEAD).is_err());
     assert!(p.rbd.namespace_list("rbd").unwrap().is_empty());
 }
+
+#[test]
+fn a_trash_removal_marks_the_entry_removing_first() {
+    let p = Pool::new();
+    let spec = PoolSpec::new("rbd", "");
+    let id = p.create("", "t");
+    let img = p
+        .rbd
+        .open(&ImageSpec::parse("t", "rbd").unwrap(), false)
+        .unwrap();
+    img.snap_create("s").unwrap();
+    drop(img);
+    p.rbd
+        .trash_move(&ImageSpec::parse("t", "rbd").unwrap(), 0)
+        .unwrap();
+    let state = || {
+        let entry = p.omap("", "rbd_trash");
+        TrashImageSpec::decode(&entry[0].1).unwrap().state
+    };
+    // Refused (a snapshot): the entry stays as it was, and may be restored.
+    let refused = p
+        .rbd
+        .trash_remove(&spec, &id, true, &mut |_, _| {})
+        .unwrap_err();
+    assert!(matches!(refused, Error::NotEmpty(_)), "{refused}");
+    assert_eq!(state(), TrashState::Normal);
+    // A removal cut short after marking the entry: restore refuses it, `trash rm` finishes.
+    let entry = p.omap("", "rbd_trash").remove(0);
+    let mut marked = TrashImageSpec::decode(&entry.1).unwrap();
+    marked.state = TrashState::Removing;
+    p.set("", "rbd_trash", &entry.0, &marked.encode());
+    let busy = p.rbd.trash_restore(&spec, &id, None).unwrap_err();
+    assert!(matches!(busy, Error::Busy(_)), "{busy}");
+    let listed = p.rbd.trash_list(&spec, false).unwrap();
+    assert_eq!(listed[0].state, TrashState::Removing);
+    let img = p.rbd.open_by_id(&spec, &id, None, false).unwrap();
+    img.snap_remove("s").unwrap();
+    drop(img);
+    p.rbd
+        .trash_remove(&spec, &id, false, &mut |_, _| {})
+        .unwrap();
+    assert!(p.omap("", "rbd_trash").is_empty());
+}

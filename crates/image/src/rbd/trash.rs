@@ -30,6 +30,7 @@ fn decode_trash(id: &str, buf: &[u8]) -> Result<TrashEntry> {
         id: id.into(),
         name: spec.name,
         source: spec.source,
+        state: spec.state,
         deleted_at: spec.deletion_time.sec.into(),
         deferment_end: spec.deferment_end_time.sec.into(),
     })
@@ -102,16 +103,45 @@ impl Rbd {
     }
 
     pub(crate) fn trash_get(&self, spec: &PoolSpec, id: &str) -> Result<TrashEntry> {
+        decode_trash(id, &self.trash_raw(spec, id)?)
+    }
+
+    /// The stored bytes of image `id`'s trash entry; `NotFound` if there is none.
+    fn trash_raw(&self, spec: &PoolSpec, id: &str) -> Result<Vec<u8>> {
         let loc = self.loc(spec, TRASH)?;
         let key = format!("id_{id}");
-        let found = match self.store.omap_get_keys(&loc, &[&key]) {
+        let mut found = match self.store.omap_get_keys(&loc, &[&key]) {
             Err(StoreError::NotFound(_)) => Default::default(),
             r => r?,
         };
-        let v = found.get(&key).ok_or_else(|| {
+        found.remove(&key).ok_or_else(|| {
             Error::NotFound(format!("image id '{id}' is not in the trash of {spec}"))
-        })?;
-        decode_trash(id, v)
+        })
+    }
+
+    /// Sets the state of image `id`'s trash entry, guarded on the entry read (librbd's
+    /// `trash_state_set`); `Busy` if it changed meanwhile.
+    fn trash_set_state(&self, spec: &PoolSpec, id: &str, state: TrashState) -> Result<()> {
+        let old = self.trash_raw(spec, id)?;
+        let mut entry = TrashImageSpec::decode(&old)
+            .map_err(|e| undecodable(&format!("trash entry {id}"), &old, e, is_old_trash))?;
+        if entry.state == state {
+            return Ok(());
+        }
+        entry.state = state;
+        let key = format!("id_{id}");
+        let op = WriteOp::new()
+            .omap_cmp(&key, Some(&old))
+            .omap_set([(key.clone(), entry.encode())]);
+        match self
+            .store
+            .operate(&self.loc(spec, TRASH)?, &op, &no_snapc())
+        {
+            Err(StoreError::Canceled(_)) => Err(Error::Busy(format!(
+                "trash entry of image id '{id}' changed meanwhile"
+            ))),
+            r => Ok(r?),
+        }
     }
 
     /// The trash entry of image `id`, if it is in the trash.
@@ -160,6 +190,12 @@ impl Rbd {
             return Err(Error::Busy(format!(
                 "image '{}' is being removed; run 'rbdm rm {}' to finish",
                 t.name, t.name
+            )));
+        }
+        if t.state == TrashState::Removing {
+            return Err(Error::Busy(format!(
+                "image '{}' is being removed from the trash; run 'rbdm trash rm {id}' to finish",
+                t.name
             )));
         }
         // A migration source whose migration is gone (an abort cut short) may come back.
@@ -229,9 +265,19 @@ impl Rbd {
         t: &TrashEntry,
         progress: Progress,
     ) -> Result<()> {
-        // Each step may run again: a header already gone means only the entry is left.
+        // The entry says `Removing` first, so a removal cut short is not restored half
+        // gone. Each step may run again: a header already gone means only the entry is left.
+        match self.trash_set_state(spec, &t.id, TrashState::Removing) {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
         match self.remove_by_id(spec, &t.id, None, progress) {
             Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e @ (Error::Busy(_) | Error::NotEmpty(_))) => {
+                // Refused (snapshots, watchers) before anything went: the entry is as it was.
+                let _ = self.trash_set_state(spec, &t.id, t.state);
+                return Err(e);
+            }
             Err(e) => return Err(e),
         }
         self.trash_forget(spec, &t.id)
