@@ -191,13 +191,23 @@ impl Rbd {
     }
 
     /// Renames image `from`; `Invalid`: a bad `to`; `NotFound`: no `from`; `Exists`: `to` is
-    /// taken. As librbd's: `rbd_id.<to>`, then both directory entries in one write, then
-    /// `rbd_id.<from>` goes; a kill leaves at most an id object no name owns, which the next
-    /// create of that name takes over.
+    /// taken. `rbd_id.<to>`, then `rbd_id.<from>` goes, then both directory entries change in
+    /// one write: an id object is written before its name and removed before it, so a kill
+    /// leaves at most an id object no name owns (which running the rename again, or the next
+    /// create of that name, takes over) and a name whose id object is gone (as a cut-short
+    /// `rm` does).
     pub fn rename(&self, spec: &PoolSpec, from: &str, to: &str) -> Result<()> {
         check_name("image", to)?;
         let id = self.image_id(spec, from)?;
         self.write_id_object(spec, to, &id)?;
+        let from_idobj = self.id_loc(spec, from)?;
+        match self
+            .store
+            .operate(&from_idobj, &WriteOp::new().remove(), &no_snapc())
+        {
+            Err(StoreError::NotFound(_)) | Ok(()) => {}
+            Err(e) => return Err(e.into()),
+        }
         let (from_key, to_key) = (format!("name_{from}"), format!("name_{to}"));
         let op = WriteOp::new()
             .omap_cmp(&from_key, Some(&encode_string(&id)))
@@ -209,6 +219,9 @@ impl Rbd {
             ]);
         let loc = self.loc(spec, DIRECTORY)?;
         if let Err(e) = self.store.operate(&loc, &op, &no_snapc()) {
+            // Back as it was: `from` keeps its id object, `to` loses ours.
+            let back = WriteOp::new().write_full(&encode_string(&id));
+            self.store.operate(&from_idobj, &back, &no_snapc())?;
             self.drop_id_object_of(spec, to, &id)?;
             return Err(match e {
                 StoreError::Canceled(_) => {
@@ -217,8 +230,6 @@ impl Rbd {
                 e => e.into(),
             });
         }
-        let (from_id, remove) = (self.id_loc(spec, from)?, WriteOp::new().remove());
-        let _ = self.store.operate(&from_id, &remove, &no_snapc());
         Ok(())
     }
 }
