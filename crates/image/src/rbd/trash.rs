@@ -23,9 +23,14 @@ fn utime_now() -> UTime {
     }
 }
 
+/// Image `id`'s trash entry as stored; an older rbdm's entry is refused by name.
+fn decode_spec(id: &str, buf: &[u8]) -> Result<TrashImageSpec> {
+    TrashImageSpec::decode(buf)
+        .map_err(|e| undecodable(&format!("trash entry {id}"), buf, e, is_old_trash))
+}
+
 fn decode_trash(id: &str, buf: &[u8]) -> Result<TrashEntry> {
-    let what = format!("trash entry {id}");
-    let spec = TrashImageSpec::decode(buf).map_err(|e| undecodable(&what, buf, e, is_old_trash))?;
+    let spec = decode_spec(id, buf)?;
     Ok(TrashEntry {
         id: id.into(),
         name: spec.name,
@@ -36,7 +41,7 @@ fn decode_trash(id: &str, buf: &[u8]) -> Result<TrashEntry> {
     })
 }
 
-/// Hidden from `trash ls` without `--all`, and not removable or restorable by hand.
+/// Hidden from `trash ls` without `--all`: migration sources and removals under way.
 fn hidden(source: TrashSource) -> bool {
     matches!(source, TrashSource::Migration | TrashSource::Removing)
 }
@@ -123,8 +128,7 @@ impl Rbd {
     /// `trash_state_set`); `Busy` if it changed meanwhile.
     fn trash_set_state(&self, spec: &PoolSpec, id: &str, state: TrashState) -> Result<()> {
         let old = self.trash_raw(spec, id)?;
-        let mut entry = TrashImageSpec::decode(&old)
-            .map_err(|e| undecodable(&format!("trash entry {id}"), &old, e, is_old_trash))?;
+        let mut entry = decode_spec(id, &old)?;
         if entry.state == state {
             return Ok(());
         }
