@@ -359,6 +359,8 @@ pub struct MetaKeyArgs {
 pub enum PoolCmd {
     /// Create a pool.
     Create(NameArg),
+    /// Initialise a pool for RBD (writes `rbd_info`, as `rbd pool init`).
+    Init(NameArg),
     /// List pools.
     #[command(visible_alias = "list")]
     Ls,

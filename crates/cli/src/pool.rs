@@ -1,4 +1,4 @@
-//! `pool create|ls|rm` and `namespace create|rm|ls` (rbd's Pool.cc and Namespace.cc).
+//! `pool create|init|ls|rm` and `namespace create|rm|ls` (rbd's Pool.cc and Namespace.cc).
 
 use rbdm_image::PoolSpec;
 
@@ -22,6 +22,13 @@ pub fn pool(ctx: &Ctx, cmd: &PoolCmd) -> CmdResult {
             ctx.rbd()?
                 .pool_create(&a.name)
                 .map_err(err(format!("error creating pool '{}'", a.name)))
+        }
+        PoolCmd::Init(a) => {
+            check_pool_name(&a.name)?;
+            check_pool(ctx, &a.name)?;
+            ctx.rbd()?
+                .pool_init(&a.name)
+                .map_err(err(format!("error initializing pool '{}'", a.name)))
         }
         PoolCmd::Ls => {
             let pools = ctx.rbd()?.pool_list().map_err(err("error listing pools"))?;

@@ -76,7 +76,7 @@ pub fn trash_ls(ctx: &Ctx, a: &TrashLsArgs) -> CmdResult {
             })
             .map(|p| parent_string(&p))
             .unwrap_or_default();
-        let mut o = obj! {"id" => &e.id, "name" => &e.name, "source" => &e.source,
+        let mut o = obj! {"id" => &e.id, "name" => &e.name, "source" => e.source.name(),
         "deleted_at" => ctime(e.deleted_at), "status" => status(e)};
         // rbd leaves the key out for an image with no parent.
         if !parent.is_empty() {
@@ -86,7 +86,7 @@ pub fn trash_ls(ctx: &Ctx, a: &TrashLsArgs) -> CmdResult {
         t.row(vec![
             e.id.clone(),
             e.name.clone(),
-            e.source.clone(),
+            e.source.to_string(),
             ctime(e.deleted_at),
             status(e),
             parent,

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod denc;
+pub mod directory;
 mod error;
 pub mod golden;
 pub mod header;

@@ -235,6 +235,7 @@ impl Rbd {
         if self.image_id(spec, &name).ok().as_deref() == Some(id.as_str()) {
             return Ok(());
         }
+        self.drop_id_object_of(spec, &name, id)?;
         for l in &parent {
             self.child_unregister(l, spec, id)?;
         }
@@ -261,6 +262,8 @@ impl Rbd {
         let name = String::from_utf8_lossy(&i.data).into_owned();
         if self.image_id(spec, &name).ok().as_deref() == Some(i.arg.as_str()) {
             self.trash_forget(spec, &i.arg)?;
+        } else {
+            self.drop_id_object_of(spec, &name, &i.arg)?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rbdm_store::{Locator, PoolId};
 
 use crate::header::{self, Header};
-use crate::rbd::{CHILDREN, DIRECTORY, NAMESPACES, TRASH};
+use crate::rbd::{decode_name, CHILDREN, DIRECTORY, NAMESPACES, RBD_INFO, TRASH};
 use crate::{Error, PoolSpec, Rbd, Result};
 
 /// One problem found: the object (or image) and what is wrong with it.
@@ -98,7 +98,8 @@ impl Rbd {
                 k.ids.insert(id.to_string());
             } else if let Some(name) = key.strip_prefix("name_") {
                 k.names.insert(name.to_string());
-                k.ids.insert(String::from_utf8_lossy(v).into_owned());
+                k.ids
+                    .insert(decode_name(&format!("directory entry {key}"), v)?);
             }
         }
         for (key, _) in self.omap_all(&self.loc(&spec, TRASH)?, "id_")? {
@@ -143,7 +144,7 @@ impl Rbd {
     fn owner_problem(&self, loc: &Locator, k: &Known, data: &DataOwners) -> Result<Option<String>> {
         let name = loc.name.as_str();
         if [DIRECTORY, TRASH, CHILDREN].contains(&name)
-            || (name == NAMESPACES && loc.namespace.is_empty())
+            || ([NAMESPACES, RBD_INFO].contains(&name) && loc.namespace.is_empty())
         {
             return Ok(None);
         }

@@ -25,6 +25,7 @@ mod alloc_map;
 pub mod encoding;
 mod error;
 mod finishers;
+mod format_version;
 pub mod fsck;
 pub mod header;
 mod image;
@@ -35,6 +36,7 @@ pub mod spec;
 
 pub use image::Image;
 pub use rbd::{layout_for, Rbd};
+pub use rbdm_cls::trash::{TrashSource, TrashState};
 
 pub use error::{Error, Result};
 pub use spec::{ImageSpec, PoolSpec};
@@ -133,9 +135,11 @@ pub struct SnapInfo {
 pub struct TrashEntry {
     pub id: String,
     pub name: String,
-    /// "USER" (moved by `trash mv`), "MIGRATION" or "REMOVING" (an `rm` in progress, or
+    /// `User` (moved by `trash mv`), `Migration` or `Removing` (an `rm` in progress, or
     /// cut short: `rm` of the name finishes it); the last two are hidden unless `--all`.
-    pub source: String,
+    pub source: TrashSource,
+    /// `Removing` once a removal from the trash began (as librbd's): restore refuses it.
+    pub state: TrashState,
     pub deleted_at: u64,
     pub deferment_end: u64,
 }

@@ -19,6 +19,7 @@ mod remove;
 mod trash;
 
 pub use create::layout_for;
+pub(crate) use directory::decode_name;
 
 /// The entry point: images, pools' RBD state, namespaces, trash, config-key, on one store.
 #[derive(Clone)]
@@ -33,8 +34,8 @@ pub(crate) const DIRECTORY: &str = "rbd_directory";
 pub(crate) const TRASH: &str = "rbd_trash";
 pub(crate) const CHILDREN: &str = "rbd_children";
 pub(crate) const NAMESPACES: &str = "rbd_namespace";
-/// The trash source of an image `rm` is removing (librbd's `RBD_TRASH_IMAGE_SOURCE_REMOVING`).
-pub(crate) const REMOVING: &str = "REMOVING";
+/// What `pool init` writes (`RBD_INFO`).
+pub(crate) const RBD_INFO: &str = "rbd_info";
 
 pub(crate) fn now() -> u64 {
     SystemTime::now()

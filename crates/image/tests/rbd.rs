@@ -1,6 +1,6 @@
 //! Directory, trash, namespaces, pools, config-key, metadata, children and the refusals
 //! `rbd` makes, on the in-memory store.
-use rbdm_image::{features, CreateOptions, Error, ImageSpec, PoolSpec, Rbd};
+use rbdm_image::{features, CreateOptions, Error, ImageSpec, PoolSpec, Rbd, TrashSource};
 
 fn rbd() -> Rbd {
     Rbd::new(rbdm_store::open("mem://").unwrap())
@@ -120,7 +120,9 @@ fn trash_round_trip() {
         .unwrap()
         .set_migration_record(Some(&rec))
         .unwrap();
-    let id = r.trash_move_as(&spec("m"), 0, "MIGRATION").unwrap();
+    let id = r
+        .trash_move_as(&spec("m"), 0, TrashSource::Migration)
+        .unwrap();
     assert!(r.trash_list(&pool, false).unwrap().is_empty());
     assert_eq!(r.trash_list(&pool, true).unwrap().len(), 1);
     assert!(r

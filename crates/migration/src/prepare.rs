@@ -8,7 +8,7 @@
 //! `prepared`, forward) by the next command on either name.
 
 use rbdm_image::migration::{MigrationRecord, MigrationRole, MigrationState, PeerImage};
-use rbdm_image::{CreateOptions, Image, ImageSpec, Rbd};
+use rbdm_image::{CreateOptions, Image, ImageSpec, Rbd, TrashSource};
 use serde_json::json;
 
 use crate::finish::{self, swap_state};
@@ -209,7 +209,7 @@ fn link(
     plan: &Plan,
     flatten: bool,
 ) -> Result<()> {
-    rbd.trash_move_as(src, 0, "MIGRATION")?;
+    rbd.trash_move_as(src, 0, TrashSource::Migration)?;
     let (dst_id, points) = create_destination(
         rbd,
         dst,

@@ -7,7 +7,7 @@
 //! rolled forward (the destination was complete) or back (anything less).
 
 use rbdm_image::migration::{MigrationRecord, MigrationRole, MigrationState, PeerImage};
-use rbdm_image::{Image, ImageSpec, PoolSpec, Rbd};
+use rbdm_image::{Image, ImageSpec, PoolSpec, Rbd, TrashSource};
 
 use crate::{Error, Result};
 
@@ -131,7 +131,7 @@ fn src_of(rbd: &Rbd, dst: &Side) -> Result<Option<Side>> {
 fn source_in_trash(rbd: &Rbd, spec: &ImageSpec, dst_pool: i64) -> Result<Option<Side>> {
     for pspec in every_namespace(rbd)? {
         for t in rbd.trash_list(&pspec, true)? {
-            if t.source != "MIGRATION" {
+            if t.source != TrashSource::Migration {
                 continue;
             }
             let Some(s) = side_by_id(rbd, &pspec, &t.id)? else {

@@ -1,5 +1,5 @@
 //! Kill trials of the image operations that take several steps: flatten, resize, snap
-//! rollback / create / purge, clone, rm, and the trash moves. Each trial builds a small store,
+//! rollback / create / purge, clone, rm, rename, and the trash moves. Each trial builds a small store,
 //! SIGKILLs the command at a seeded moment, checks what the listings say right after the kill
 //! (all or nothing), runs the recovery a user would (the same command again), and ends with
 //! [`Model::settled`].
@@ -231,6 +231,27 @@ fn killed_rm_is_finished_by_rm() {
         m.recover(&args, &[ENOENT], trial);
         m.forget("img");
         assert_eq!(m.trash(), vec![], "{trial}: trash");
+        m.settled(trial);
+    });
+}
+
+#[test]
+fn killed_rename_is_finished_by_rename() {
+    let args = ["rename", "img", "img2"];
+    let make = |rng: &mut Rng| {
+        let mut m = Model::new();
+        let (_, model) = m.image("img", SIZE, rng);
+        m.expect("img", model);
+        m
+    };
+    kill_trials("rename", 19, make, &args, |m, trial| {
+        // The names change in one directory write: exactly one is listed.
+        let ls = m.ls();
+        assert!(ls == ["img"] || ls == ["img2"], "{trial}: ls {ls:?}");
+        m.recover(&args, &[ENOENT], trial);
+        let bytes = m.expected("img").to_vec();
+        m.forget("img");
+        m.expect("img2", bytes);
         m.settled(trial);
     });
 }

@@ -96,8 +96,9 @@ impl Rbd {
         let mut h = self.new_header(spec, &id, opts)?;
         adjust(&mut h);
         h.check_size(h.size)?;
-        // Header, child link, then the name, which also ends the intent: until then no one
-        // sees the image, and a kill is undone by the next command that settles the pool.
+        // Header, child link, `rbd_id.<name>`, then the name, which also ends the intent:
+        // until then no one sees the image, and a kill is undone by the next command that
+        // settles the pool.
         let dir = self.dir_anchor(spec)?;
         let data = finishers::create_data(name, h.parent.as_ref());
         let _live = dir.begin(finishers::CREATE, &id, &data)?;
@@ -114,6 +115,7 @@ impl Rbd {
             if let Some(link) = &h.parent {
                 let _ = self.child_unregister(link, spec, &id);
             }
+            let _ = self.drop_id_object_of(spec, name, &id);
             let _ = self
                 .store
                 .operate(&hloc, &WriteOp::new().remove(), &no_snapc());
@@ -191,4 +193,37 @@ pub fn layout_for(
     Layout::new(os, su, sc)
         .map(Some)
         .map_err(|e| Error::Invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbdm_store::{StoreRef, HEAD};
+
+    /// A create killed after its `rbd_id.<name>` but before its name: settling takes the id
+    /// object back, and only when it holds that create's id.
+    #[test]
+    fn a_create_killed_before_its_name_takes_its_id_object_back() {
+        let store: StoreRef = std::sync::Arc::new(rbdm_store::mem::MemStore::new());
+        let rbd = Rbd::new(store.clone());
+        let spec = PoolSpec::new("rbd", "");
+        let idobj = rbd.loc(&spec, "rbd_id.x").unwrap();
+        let killed = |id: &str| {
+            let dir = rbd.dir_anchor(&spec).unwrap();
+            let data = finishers::create_data("x", None);
+            drop(dir.begin(finishers::CREATE, id, &data).unwrap());
+        };
+        killed("0123456789ab");
+        rbd.write_id_object(&spec, "x", "0123456789ab").unwrap();
+        rbd.settle_names(&spec).unwrap();
+        assert!(store.stat(&idobj, HEAD).is_err(), "the id object went");
+        // Another image's id object under that name stays.
+        rbd.write_id_object(&spec, "x", "ba9876543210").unwrap();
+        killed("0123456789ab");
+        rbd.settle_names(&spec).unwrap();
+        assert!(store.stat(&idobj, HEAD).is_ok(), "not that create's");
+        rbd.create(&spec, "x", &CreateOptions::with_size(1 << 20))
+            .unwrap();
+        assert_eq!(rbd.list(&spec).unwrap(), ["x"]);
+    }
 }

@@ -1,47 +1,56 @@
 //! The image directory: name <-> id in `rbd_directory`, the `rbd_id.<name>` objects,
 //! listing and rename.
 
-use rbdm_store::{Error as StoreError, Locator, WriteOp};
+use rbdm_cls::directory::{decode_string, encode_string};
+use rbdm_store::{Error as StoreError, Locator, WriteOp, HEAD};
 
 use super::{check_name, no_snapc, Rbd, DIRECTORY};
-use crate::header;
+use crate::encoding::Dec;
+use crate::format_version::{is_old_string, undecodable};
+use crate::{finishers, header};
 use crate::{Error, PoolSpec, Result};
+
+/// A directory value or `rbd_id.<name>` data: Ceph's u32-length string. A raw value an older
+/// rbdm wrote is refused by name (see [`crate::format_version`]).
+pub(crate) fn decode_name(what: &str, bytes: &[u8]) -> Result<String> {
+    decode_string("directory string", bytes).map_err(|e| undecodable(what, bytes, e, is_old_string))
+}
 
 impl Rbd {
     /// The id of image `name`; `NotFound` if there is none (images in the trash have none).
     pub(crate) fn image_id(&self, spec: &PoolSpec, name: &str) -> Result<String> {
-        let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
-        let mut found = match self.store.omap_get_keys(&loc, &[&key]) {
-            Err(StoreError::NoObject { .. }) => Default::default(),
-            r => r?,
-        };
-        let id = found
-            .remove(&key)
+        let id = self
+            .dir_value(spec, &key)?
             .ok_or_else(|| Error::NotFound(format!("image '{name}' does not exist in {spec}")))?;
-        String::from_utf8(id)
-            .map_err(|_| Error::Corrupt(format!("directory entry of '{name}' is not UTF-8")))
+        decode_name(&format!("directory entry {key} of {spec}"), &id)
     }
 
     /// The directory name of image `id`, `None` if the directory does not list it.
     pub fn image_name(&self, spec: &PoolSpec, id: &str) -> Result<Option<String>> {
-        let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("id_{id}");
-        let found = match self.store.omap_get_keys(&loc, &[&key]) {
-            Err(StoreError::NoObject { .. }) => return Ok(None),
-            r => r?,
-        };
-        Ok(found
-            .get(&key)
-            .map(|v| String::from_utf8_lossy(v).into_owned()))
+        match self.dir_value(spec, &key)? {
+            Some(v) => decode_name(&format!("directory entry {key} of {spec}"), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One `rbd_directory` value; an absent directory has none.
+    fn dir_value(&self, spec: &PoolSpec, key: &str) -> Result<Option<Vec<u8>>> {
+        let loc = self.loc(spec, DIRECTORY)?;
+        match self.store.omap_get_keys(&loc, &[key]) {
+            Err(StoreError::NoObject { .. }) => Ok(None),
+            r => Ok(r?.remove(key)),
+        }
     }
 
     pub(super) fn dir_add(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
         self.dir_add_ending(spec, name, id, None)
     }
 
-    /// Names image `id`; with `intent`, removes that intent key in the same atomic write
-    /// (the last step of a create).
+    /// Names image `id`: its `rbd_id.<name>` object, then the directory entries, as librbd
+    /// orders them (a kill in between leaves an id object its intent, or the next create of
+    /// the name, takes back); with `intent`, the entries' write also removes that intent key.
     pub(super) fn dir_add_ending(
         &self,
         spec: &PoolSpec,
@@ -49,13 +58,14 @@ impl Rbd {
         id: &str,
         intent: Option<&str>,
     ) -> Result<()> {
+        self.write_id_object(spec, name, id)?;
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
         let op = WriteOp::new()
             .omap_cmp(&key, None)
             .omap_set([
-                (key.clone(), id.as_bytes().to_vec()),
-                (format!("id_{id}"), name.as_bytes().to_vec()),
+                (key.clone(), encode_string(id)),
+                (format!("id_{id}"), encode_string(name)),
             ])
             .omap_rm(intent);
         match self.store.operate(&loc, &op, &no_snapc()) {
@@ -63,13 +73,65 @@ impl Rbd {
                 "image '{name}' already exists in {spec}"
             ))),
             r => r.map_err(Into::into),
-        }?;
-        let (idloc, op) = (
-            self.id_loc(spec, name)?,
-            WriteOp::new().write_full(id.as_bytes()),
-        );
-        self.store.operate(&idloc, &op, &no_snapc())?;
+        }
+    }
+
+    /// Writes `rbd_id.<name>` holding `id`. One that exists is taken over only when no
+    /// directory entry and no other create or restore under way names `name` (a rename or a
+    /// restore cut short left it); otherwise `Exists`.
+    pub(super) fn write_id_object(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
+        let loc = self.id_loc(spec, name)?;
+        let data = encode_string(id);
+        let fresh = WriteOp::new().create_exclusive().write_full(&data);
+        match self.store.operate(&loc, &fresh, &no_snapc()) {
+            Err(StoreError::Exists(_)) => {}
+            r => return Ok(r?),
+        }
+        if self.dir_value(spec, &format!("name_{name}"))?.is_some()
+            || self.naming_under_way(spec, name, id)?
+        {
+            return Err(Error::Exists(format!(
+                "image '{name}' already exists in {spec}"
+            )));
+        }
+        let op = WriteOp::new().write_full(&data);
+        self.store.operate(&loc, &op, &no_snapc())?;
         Ok(())
+    }
+
+    /// Whether a create or trash restore of an image other than `id` is naming `name`.
+    fn naming_under_way(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<bool> {
+        for i in self.pending(spec)? {
+            let named = match i.op.as_str() {
+                _ if i.arg == id => continue,
+                finishers::CREATE => Dec::new(&i.data, "create intent").str()?,
+                finishers::TRASH_RESTORE => String::from_utf8_lossy(&i.data).into_owned(),
+                _ => continue,
+            };
+            if named == name {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Removes `rbd_id.<name>` if it holds `id` (a create or restore undone after a kill).
+    pub(crate) fn drop_id_object_of(&self, spec: &PoolSpec, name: &str, id: &str) -> Result<()> {
+        let loc = self.id_loc(spec, name)?;
+        let held = match self.store.read(&loc, HEAD, 0, u64::from(u32::MAX)) {
+            Err(StoreError::NoObject { .. }) => return Ok(()),
+            r => r?,
+        };
+        if decode_string("rbd_id", &held).ok().as_deref() != Some(id) {
+            return Ok(());
+        }
+        match self
+            .store
+            .operate(&loc, &WriteOp::new().remove(), &no_snapc())
+        {
+            Err(StoreError::NoObject { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Where the `rbd_id.<name>` object of an image name lives.
@@ -105,7 +167,7 @@ impl Rbd {
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
         let op = WriteOp::new()
-            .omap_cmp(&key, Some(id.as_bytes()))
+            .omap_cmp(&key, Some(&encode_string(id)))
             .omap_rm([key.clone(), format!("id_{id}")])
             .omap_rm(intent);
         match self.store.operate(&loc, &op, &no_snapc()) {
@@ -128,18 +190,46 @@ impl Rbd {
             .collect())
     }
 
-    /// Renames image `from`; `Invalid`: a bad `to`; `NotFound`: no `from`; `Exists`: `to` is taken.
+    /// Renames image `from`; `Invalid`: a bad `to`; `NotFound`: no `from`; `Exists`: `to` is
+    /// taken. `rbd_id.<to>`, then `rbd_id.<from>` goes, then both directory entries change in
+    /// one write: an id object is written before its name and removed before it, so a kill
+    /// leaves at most an id object no name owns (which running the rename again, or the next
+    /// create of that name, takes over) and a name whose id object is gone (as a cut-short
+    /// `rm` does).
     pub fn rename(&self, spec: &PoolSpec, from: &str, to: &str) -> Result<()> {
         check_name("image", to)?;
         let id = self.image_id(spec, from)?;
-        self.dir_add(spec, to, &id)?;
-        let loc = self.loc(spec, DIRECTORY)?;
+        self.write_id_object(spec, to, &id)?;
+        let from_idobj = self.id_loc(spec, from)?;
+        match self
+            .store
+            .operate(&from_idobj, &WriteOp::new().remove(), &no_snapc())
+        {
+            Err(StoreError::NoObject { .. }) | Ok(()) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (from_key, to_key) = (format!("name_{from}"), format!("name_{to}"));
         let op = WriteOp::new()
-            .omap_rm([format!("name_{from}")])
-            .omap_set([(format!("id_{id}"), to.as_bytes().to_vec())]);
-        self.store.operate(&loc, &op, &no_snapc())?;
-        let (from_id, remove) = (self.id_loc(spec, from)?, WriteOp::new().remove());
-        let _ = self.store.operate(&from_id, &remove, &no_snapc());
+            .omap_cmp(&from_key, Some(&encode_string(&id)))
+            .omap_cmp(&to_key, None)
+            .omap_rm([from_key])
+            .omap_set([
+                (to_key, encode_string(&id)),
+                (format!("id_{id}"), encode_string(to)),
+            ]);
+        let loc = self.loc(spec, DIRECTORY)?;
+        if let Err(e) = self.store.operate(&loc, &op, &no_snapc()) {
+            // Back as it was: `from` keeps its id object, `to` loses ours.
+            let back = WriteOp::new().write_full(&encode_string(&id));
+            self.store.operate(&from_idobj, &back, &no_snapc())?;
+            self.drop_id_object_of(spec, to, &id)?;
+            return Err(match e {
+                StoreError::Canceled(_) => {
+                    Error::Exists(format!("image '{to}' already exists in {spec}"))
+                }
+                e => e.into(),
+            });
+        }
         Ok(())
     }
 }

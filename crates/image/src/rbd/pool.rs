@@ -1,8 +1,10 @@
 //! Pools and namespaces: create, remove, list, and the check that a namespace exists.
 
+use rbdm_cls::directory::{DirectoryState, STATE_KEY};
+use rbdm_cls::header::RBD_INFO_OVERWRITE_VALIDATED;
 use rbdm_store::{Error as StoreError, WriteOp};
 
-use super::{check_name, no_snapc, Rbd, NAMESPACES};
+use super::{check_name, no_snapc, Rbd, DIRECTORY, NAMESPACES, RBD_INFO, TRASH};
 use crate::{Error, PoolSpec, Result};
 
 impl Rbd {
@@ -21,6 +23,15 @@ impl Rbd {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Marks the pool as RBD's, as `rbd pool init` does: `rbd_info` says overwrites work
+    /// (they always do here). `NotFound` without the pool.
+    pub fn pool_init(&self, pool: &str) -> Result<()> {
+        let loc = self.loc(&PoolSpec::new(pool, ""), RBD_INFO)?;
+        let op = WriteOp::new().write_full(RBD_INFO_OVERWRITE_VALIDATED);
+        self.store.operate(&loc, &op, &no_snapc())?;
+        Ok(())
     }
 
     /// Refused (`Busy`) while the pool holds images, unless `force`.
@@ -65,11 +76,19 @@ impl Rbd {
             .omap_cmp(&key, None)
             .omap_set([(key.clone(), Vec::new())]);
         match self.store.operate(&loc, &op, &no_snapc()) {
-            Err(StoreError::Canceled(_)) => Err(Error::Exists(format!(
-                "namespace '{pool}/{ns}' already exists"
-            ))),
-            r => Ok(r?),
+            Err(StoreError::Canceled(_)) => {
+                return Err(Error::Exists(format!(
+                    "namespace '{pool}/{ns}' already exists"
+                )))
+            }
+            r => r?,
         }
+        // Then its directory, ready for images (librbd's `dir_state_set`).
+        let dir = self.loc(&PoolSpec::new(pool, ns), DIRECTORY)?;
+        let state = [(STATE_KEY.to_string(), DirectoryState::Ready.encode())];
+        self.store
+            .operate(&dir, &WriteOp::new().omap_set(state), &no_snapc())?;
+        Ok(())
     }
 
     /// Refused (`Busy`) while the namespace holds images.
@@ -78,6 +97,17 @@ impl Rbd {
         let spec = PoolSpec::new(pool, ns);
         if !self.list(&spec)?.is_empty() || !self.trash_list(&spec, true)?.is_empty() {
             return Err(Error::Busy(format!("namespace '{pool}/{ns}' is not empty")));
+        }
+        // Its own objects first, then its name, as librbd's.
+        for object in [DIRECTORY, TRASH] {
+            match self.store.operate(
+                &self.loc(&spec, object)?,
+                &WriteOp::new().remove(),
+                &no_snapc(),
+            ) {
+                Err(StoreError::NoObject { .. }) | Ok(()) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let loc = self.loc(&PoolSpec::new(pool, ""), NAMESPACES)?;
         self.store.operate(

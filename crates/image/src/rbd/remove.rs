@@ -1,11 +1,11 @@
 //! Removing images: `rm` (through the trash, as librbd's) and its recovery by id.
 
-use super::{Rbd, REMOVING};
-use crate::{Error, Image, ImageSpec, PoolSpec, Progress, Result};
+use super::Rbd;
+use crate::{Error, Image, ImageSpec, PoolSpec, Progress, Result, TrashSource};
 
 impl Rbd {
     /// Refused (`Busy`) with snapshots, with watchers, or with children. As librbd's, a
-    /// removal first moves the image to the trash (source `REMOVING`, hidden), then removes
+    /// removal first moves the image to the trash (source `Removing`, hidden), then removes
     /// it from there: a kill leaves no half-removed image under its name, and `rm` of the
     /// same name finishes what is in the trash.
     pub fn remove(&self, spec: &ImageSpec, progress: Progress) -> Result<()> {
@@ -16,7 +16,7 @@ impl Rbd {
                 let cut = self
                     .trash_list(&pspec, true)?
                     .into_iter()
-                    .find(|t| t.name == spec.image && t.source == REMOVING);
+                    .find(|t| t.name == spec.image && t.source == TrashSource::Removing);
                 return match cut {
                     Some(t) => self.trash_purge_entry(&pspec, &t, progress),
                     None => Err(Error::NotFound(m)),
@@ -35,7 +35,7 @@ impl Rbd {
         )?;
         self.check_removable(&image, &spec.image)?;
         drop(image);
-        self.trash_move_as(spec, 0, REMOVING)?;
+        self.trash_move_as(spec, 0, TrashSource::Removing)?;
         let t = self.trash_get(&pspec, &id)?;
         self.trash_purge_entry(&pspec, &t, progress)
     }

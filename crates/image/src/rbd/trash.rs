@@ -1,51 +1,68 @@
 //! The trash: records in `rbd_trash`, move, list, restore, remove and purge.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rbdm_cls::trash::{TrashImageSpec, TrashSource, TrashState};
+use rbdm_cls::UTime;
 use rbdm_store::{Error as StoreError, WriteOp};
 
-use super::{check_name, no_snapc, now, Rbd, REMOVING, TRASH};
-use crate::encoding::{Dec, Enc};
+use super::{check_name, no_snapc, now, Rbd, TRASH};
 use crate::finishers;
+use crate::format_version::{is_old_trash, undecodable};
 use crate::intent;
 use crate::{Error, Image, ImageSpec, PoolSpec, Progress, Result, TrashEntry};
 
-/// One trash record, as stored under `id_<id>` in `rbd_trash`.
-fn encode_trash(t: &TrashEntry) -> Vec<u8> {
-    Enc::new()
-        .versioned(1, 1, |e| {
-            e.str(&t.name)
-                .str(&t.source)
-                .u64(t.deleted_at)
-                .u64(t.deferment_end);
-        })
-        .finish()
+/// Now as Ceph stamps a trash entry (`ceph_clock_now`).
+fn utime_now() -> UTime {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    UTime {
+        sec: d.as_secs() as u32,
+        nsec: d.subsec_nanos(),
+    }
+}
+
+/// Image `id`'s trash entry as stored; an older rbdm's entry is refused by name.
+fn decode_spec(id: &str, buf: &[u8]) -> Result<TrashImageSpec> {
+    TrashImageSpec::decode(buf)
+        .map_err(|e| undecodable(&format!("trash entry {id}"), buf, e, is_old_trash))
 }
 
 fn decode_trash(id: &str, buf: &[u8]) -> Result<TrashEntry> {
-    let what = format!("trash entry {id}");
-    let mut d = Dec::new(buf, &what);
-    let (_, mut b) = d.versioned(1)?;
+    let spec = decode_spec(id, buf)?;
     Ok(TrashEntry {
         id: id.into(),
-        name: b.str()?,
-        source: b.str()?,
-        deleted_at: b.u64()?,
-        deferment_end: b.u64()?,
+        name: spec.name,
+        source: spec.source,
+        state: spec.state,
+        deleted_at: spec.deletion_time.sec.into(),
+        deferment_end: spec.deferment_end_time.sec.into(),
     })
+}
+
+/// Hidden from `trash ls` without `--all`: migration sources and removals under way.
+fn hidden(source: TrashSource) -> bool {
+    matches!(source, TrashSource::Migration | TrashSource::Removing)
 }
 
 impl Rbd {
     /// Moves an image to the trash; returns its id.
     pub fn trash_move(&self, spec: &ImageSpec, delay_secs: u64) -> Result<String> {
-        self.trash_move_as(spec, delay_secs, "USER")
+        self.trash_move_as(spec, delay_secs, TrashSource::User)
     }
 
-    /// `source` is "USER" or "MIGRATION" (hidden from `trash ls` without `--all`, and not
-    /// removable or restorable by hand).
-    pub fn trash_move_as(&self, spec: &ImageSpec, delay_secs: u64, source: &str) -> Result<String> {
+    /// Moves an image to the trash as `source` (see [`TrashEntry::source`]).
+    pub fn trash_move_as(
+        &self,
+        spec: &ImageSpec,
+        delay_secs: u64,
+        source: TrashSource,
+    ) -> Result<String> {
         let pspec = spec.pool_spec();
         self.settle_names(&pspec)?;
         let id = self.image_id(&pspec, &spec.image)?;
-        if source == "USER" {
+        if source == TrashSource::User {
             let image = Image::open(
                 self.clone(),
                 pspec.clone(),
@@ -62,13 +79,18 @@ impl Rbd {
                 )));
             }
         }
-        let t = now();
-        let entry = TrashEntry {
-            id: id.clone(),
+        let t = utime_now();
+        let entry = TrashImageSpec {
+            source,
             name: spec.image.clone(),
-            source: source.into(),
-            deleted_at: t,
-            deferment_end: t + delay_secs,
+            deletion_time: t,
+            deferment_end_time: UTime {
+                sec: t
+                    .sec
+                    .saturating_add(delay_secs.try_into().unwrap_or(u32::MAX)),
+                ..t
+            },
+            state: TrashState::Normal,
         };
         // The trash entry, then the name, which also ends the intent: a kill in between is
         // finished forward (the name goes) by the next command that settles the pool.
@@ -77,7 +99,7 @@ impl Rbd {
         let loc = self.loc(&pspec, TRASH)?;
         self.store.operate(
             &loc,
-            &WriteOp::new().omap_set([(format!("id_{id}"), encode_trash(&entry))]),
+            &WriteOp::new().omap_set([(format!("id_{id}"), entry.encode())]),
             &no_snapc(),
         )?;
         let ikey = intent::key(finishers::TRASH_MOVE, &id);
@@ -86,16 +108,44 @@ impl Rbd {
     }
 
     pub(crate) fn trash_get(&self, spec: &PoolSpec, id: &str) -> Result<TrashEntry> {
+        decode_trash(id, &self.trash_raw(spec, id)?)
+    }
+
+    /// The stored bytes of image `id`'s trash entry; `NotFound` if there is none.
+    fn trash_raw(&self, spec: &PoolSpec, id: &str) -> Result<Vec<u8>> {
         let loc = self.loc(spec, TRASH)?;
         let key = format!("id_{id}");
-        let found = match self.store.omap_get_keys(&loc, &[&key]) {
+        let mut found = match self.store.omap_get_keys(&loc, &[&key]) {
             Err(StoreError::NoObject { .. }) => Default::default(),
             r => r?,
         };
-        let v = found.get(&key).ok_or_else(|| {
+        found.remove(&key).ok_or_else(|| {
             Error::NotFound(format!("image id '{id}' is not in the trash of {spec}"))
-        })?;
-        decode_trash(id, v)
+        })
+    }
+
+    /// Sets the state of image `id`'s trash entry, guarded on the entry read (librbd's
+    /// `trash_state_set`); `Busy` if it changed meanwhile.
+    fn trash_set_state(&self, spec: &PoolSpec, id: &str, state: TrashState) -> Result<()> {
+        let old = self.trash_raw(spec, id)?;
+        let mut entry = decode_spec(id, &old)?;
+        if entry.state == state {
+            return Ok(());
+        }
+        entry.state = state;
+        let key = format!("id_{id}");
+        let op = WriteOp::new()
+            .omap_cmp(&key, Some(&old))
+            .omap_set([(key.clone(), entry.encode())]);
+        match self
+            .store
+            .operate(&self.loc(spec, TRASH)?, &op, &no_snapc())
+        {
+            Err(StoreError::Canceled(_)) => Err(Error::Busy(format!(
+                "trash entry of image id '{id}' changed meanwhile"
+            ))),
+            r => Ok(r?),
+        }
     }
 
     /// The trash entry of image `id`, if it is in the trash.
@@ -120,7 +170,7 @@ impl Rbd {
         }
     }
 
-    /// `all`: include entries of source "MIGRATION".
+    /// `all`: include the hidden entries (migration sources, removals under way).
     pub fn trash_list(&self, spec: &PoolSpec, all: bool) -> Result<Vec<TrashEntry>> {
         self.check_namespace(spec)?;
         self.settle_names_quietly(spec);
@@ -128,7 +178,7 @@ impl Rbd {
         let mut out = Vec::new();
         for (k, v) in self.omap_all(&loc, "id_")? {
             let t = decode_trash(&k[3..], &v)?;
-            if all || (t.source != "MIGRATION" && t.source != REMOVING) {
+            if all || !hidden(t.source) {
                 out.push(t);
             }
         }
@@ -140,14 +190,20 @@ impl Rbd {
     pub fn trash_restore(&self, spec: &PoolSpec, id: &str, new_name: Option<&str>) -> Result<()> {
         self.settle_names(spec)?;
         let t = self.trash_get(spec, id)?;
-        if t.source == REMOVING {
+        if t.source == TrashSource::Removing {
             return Err(Error::Busy(format!(
                 "image '{}' is being removed; run 'rbdm rm {}' to finish",
                 t.name, t.name
             )));
         }
+        if t.state == TrashState::Removing {
+            return Err(Error::Busy(format!(
+                "image '{}' is being removed from the trash; run 'rbdm trash rm {id}' to finish",
+                t.name
+            )));
+        }
         // A migration source whose migration is gone (an abort cut short) may come back.
-        if t.source == "MIGRATION"
+        if t.source == TrashSource::Migration
             && self
                 .open_by_id(spec, id, None, true)?
                 .migration_record()?
@@ -191,13 +247,13 @@ impl Rbd {
     ) -> Result<()> {
         self.settle_names(spec)?;
         let t = self.trash_get(spec, id)?;
-        if t.source == "MIGRATION" {
+        if t.source == TrashSource::Migration {
             return Err(Error::Busy(format!(
                 "image '{}' is the source of a migration; use 'rbdm migration commit'",
                 t.name
             )));
         }
-        if !force && now() < t.deferment_end && t.source != REMOVING {
+        if !force && now() < t.deferment_end && t.source != TrashSource::Removing {
             return Err(Error::Busy(format!(
                 "image '{}' is not yet expired from the trash (use --force)",
                 t.name
@@ -213,9 +269,19 @@ impl Rbd {
         t: &TrashEntry,
         progress: Progress,
     ) -> Result<()> {
-        // Each step may run again: a header already gone means only the entry is left.
+        // The entry says `Removing` first, so a removal cut short is not restored half
+        // gone. Each step may run again: a header already gone means only the entry is left.
+        match self.trash_set_state(spec, &t.id, TrashState::Removing) {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
         match self.remove_by_id(spec, &t.id, None, progress) {
             Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e @ (Error::Busy(_) | Error::NotEmpty(_))) => {
+                // Refused (snapshots, watchers) before anything went: the entry is as it was.
+                let _ = self.trash_set_state(spec, &t.id, t.state);
+                return Err(e);
+            }
             Err(e) => return Err(e),
         }
         self.trash_forget(spec, &t.id)
