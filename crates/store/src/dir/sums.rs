@@ -225,7 +225,6 @@ pub(super) fn verify_read(
     if edges[0] == edges[1] {
         edges = &mut edges[..1];
     }
-    let mut buf = [0u8; BLOCK as usize];
     for &mut b in edges {
         let (bs, be) = (b * BLOCK, ((b + 1) * BLOCK).min(size));
         if (full_from..full_to).contains(&b) || bs >= end {
@@ -234,6 +233,8 @@ pub(super) fn verify_read(
         let crc = if bs >= offset && be <= end {
             block_crc(&data[(bs - offset) as usize..(be - offset) as usize])
         } else {
+            // Zeroed only here: a read of whole blocks (the usual) needs no buffer.
+            let mut buf = [0u8; BLOCK as usize];
             files::read_into(Some(f), bs, &mut buf, size)
                 .map_err(super::io_err(format!("read {what}")))?;
             block_crc(&buf[..(be - bs) as usize])
