@@ -333,3 +333,32 @@ fn a_sparse_read_checks_every_extent() {
     assert!(e.to_string().contains("offset 1052672"), "{e}");
     assert_eq!(s.read(&o, 1, 0, 8192).expect("first extent"), [1; 8192]);
 }
+
+#[test]
+fn a_flipped_byte_in_the_last_block_or_a_partial_one_fails_the_read() {
+    // 4 MiB and 4 KiB and 100 bytes: 1025 whole blocks and a partial one; the whole ones
+    // are checked many at once (see dir/crc.rs), the partial one on its own.
+    let size = (4 << 20) + 4096 + 100;
+    let data: Vec<u8> = (0..size as u32).map(|i| (i % 253) as u8).collect();
+    for (at, block) in [
+        ((4 << 20) + 4095, "the last whole block"),
+        ((4 << 20) + 4096 + 99, "the partial block"),
+        ((4 << 20) - 1, "a whole block"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = DirStore::open(dir.path()).expect("open");
+        let o = Locator::new(1, "", "obj");
+        s.operate(&o, &WriteOp::new().write(0, &data), &SnapContext::default())
+            .expect("write");
+        assert_eq!(s.read(&o, HEAD, 0, size).expect("read"), data);
+        flip(&data_files(dir.path())[0], at);
+        let block_at = format!("offset {}", at / 4096 * 4096);
+        for (off, len) in [(0, size), (at / 4096 * 4096, 4096), (at, 1)] {
+            let Err(e) = s.read(&o, HEAD, off, len) else {
+                panic!("byte {at} ({block}) damaged, yet the read at {off} returned data");
+            };
+            assert_eq!(e.errno(), libc::EIO, "byte {at} ({block}), read at {off}");
+            assert!(e.to_string().contains(&block_at), "{e}");
+        }
+    }
+}
