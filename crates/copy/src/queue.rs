@@ -4,13 +4,15 @@
 //! Why windows: asking the source about the whole image at once could return millions of
 //! ranges; a window of [`WINDOW_OBJECTS`] objects bounds what is held, and metadata-backed
 //! sources answer a window without reading data, so a 1 TiB image with a few MiB of data
-//! costs a few hundred metadata walks instead of one copy attempt per object number.
+//! costs a few hundred metadata walks instead of one copy attempt per object number. A
+//! source that cannot say what it allocates but lists from metadata (`native`) is asked
+//! through one `list_snaps` per window instead.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
 
 use rbdm_image::Layout;
-use rbdm_registry::SourceImage;
+use rbdm_registry::{ExtentState, SourceImage};
 
 use crate::Result;
 
@@ -121,11 +123,15 @@ impl<'a> Queue<'a> {
         let last_set = (to - 1) / self.layout.stripe_count;
         let image_from = first_set * period;
         let image_len = (last_set - first_set + 1) * period;
-        let Some(ranges) = self.source.allocated(image_from, image_len) else {
-            return Ok(all());
+        let ranges = match self.source.allocated(image_from, image_len) {
+            Some(ranges) => ranges?,
+            None if self.source.scan_cost(image_from, image_len) == 0 => {
+                listed_data(self.source, image_from, image_len)?
+            }
+            None => return Ok(all()),
         };
         let mut objects = BTreeSet::new();
-        for (off, len) in ranges? {
+        for (off, len) in ranges {
             let end = off.saturating_add(len).min(image_from + image_len);
             let off = off.max(image_from);
             if off < end {
@@ -158,15 +164,43 @@ impl<'a> Queue<'a> {
     }
 }
 
+/// Where any point holds data in `[off, off+len)`, from `list_snaps`: for a source that
+/// cannot say what it allocates but whose listing is metadata only (`scan_cost` 0), one
+/// listing of a window costs far less than asking object by object. A byte holding data at
+/// some point was listed as data at that point or an earlier one, so the union of every
+/// point's data extents covers it.
+fn listed_data(source: &dyn SourceImage, off: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+    let per_point = source.list_snaps(off, len)?;
+    Ok(per_point
+        .iter()
+        .flatten()
+        .filter(|e| e.state == ExtentState::Data)
+        .map(|e| (e.offset, e.len))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rbdm_registry::{Point, SnapExtent, SourceSnapshot};
 
-    /// A source that only answers `allocated`.
-    struct Ranges(Vec<(u64, u64)>);
+    /// A source the queue may ask what it allocates (`ranges`; `None`: it cannot tell) or
+    /// list: `points` answer every listing, clipped to it; `scan` is what a listing reads.
+    struct Fake {
+        ranges: Option<Vec<(u64, u64)>>,
+        points: Vec<Vec<SnapExtent>>,
+        scan: u64,
+    }
 
-    impl SourceImage for Ranges {
+    fn allocating(ranges: Vec<(u64, u64)>) -> Fake {
+        Fake {
+            ranges: Some(ranges),
+            points: Vec::new(),
+            scan: 0,
+        }
+    }
+
+    impl SourceImage for Fake {
         fn format(&self) -> &str {
             "test"
         }
@@ -179,18 +213,64 @@ mod tests {
         fn read(&self, _: Point, _: u64, _: &mut [u8]) -> rbdm_registry::Result<()> {
             unreachable!("the queue never reads")
         }
-        fn list_snaps(&self, _: u64, _: u64) -> rbdm_registry::Result<Vec<Vec<SnapExtent>>> {
-            unreachable!("the queue never lists")
+        fn list_snaps(&self, off: u64, len: u64) -> rbdm_registry::Result<Vec<Vec<SnapExtent>>> {
+            assert!(
+                self.ranges.is_none(),
+                "asked what it allocates, never listed"
+            );
+            let clip = |e: &SnapExtent| {
+                let (from, to) = (e.offset.max(off), (e.offset + e.len).min(off + len));
+                (from < to).then(|| SnapExtent {
+                    offset: from,
+                    len: to - from,
+                    state: e.state,
+                })
+            };
+            Ok(self
+                .points
+                .iter()
+                .map(|p| p.iter().filter_map(clip).collect())
+                .collect())
         }
         fn allocated(&self, off: u64, len: u64) -> Option<rbdm_registry::Result<Vec<(u64, u64)>>> {
             let end = off + len;
-            let inside = self.0.iter().filter(|&&(o, l)| o < end && o + l > off);
+            let ranges = self.ranges.as_ref()?;
+            let inside = ranges.iter().filter(|&&(o, l)| o < end && o + l > off);
             Some(Ok(inside.copied().collect()))
+        }
+        fn scan_cost(&self, _: u64, len: u64) -> u64 {
+            self.scan.min(len)
         }
     }
 
     fn drain(q: &Queue) -> Vec<u64> {
         std::iter::from_fn(|| q.next().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_source_that_only_lists_is_asked_by_window_for_its_data() {
+        let layout = Layout::default();
+        let ext = |object: u64, state| SnapExtent {
+            offset: object << 22,
+            len: 4096,
+            state,
+        };
+        // Data in object 3 at the first point, in 9000 at the second; zeros elsewhere.
+        let points = vec![
+            vec![ext(1, ExtentState::Zero), ext(3, ExtentState::Data)],
+            vec![ext(3, ExtentState::Zero), ext(9000, ExtentState::Data)],
+        ];
+        let source = Fake {
+            ranges: None,
+            points,
+            scan: 0,
+        };
+        let q = Queue::new(&source, layout, 0, 10_000, true);
+        assert_eq!(drain(&q), vec![3, 9000]);
+        // Listing reads data: every object is visited instead, each listed on its own.
+        let blind = Fake { scan: 1, ..source };
+        let q = Queue::new(&blind, layout, 0, 10_000, true);
+        assert_eq!(drain(&q).len(), 10_000);
     }
 
     #[test]
@@ -215,7 +295,7 @@ mod tests {
                 .collect();
             want.sort();
             want.dedup();
-            let source = Ranges(ranges.clone());
+            let source = allocating(ranges.clone());
             let q = Queue::new(&source, layout, 3, total, true);
             assert_eq!(drain(&q), want, "{layout:?}");
             let q = Queue::new(&source, layout, 3, total, false);
@@ -226,7 +306,7 @@ mod tests {
     #[test]
     fn watermark_waits_for_objects_in_flight_and_skips_empty_ones() {
         let layout = Layout::default();
-        let source = Ranges(vec![(4 << 22, 1), (9 << 22, 1)]);
+        let source = allocating(vec![(4 << 22, 1), (9 << 22, 1)]);
         let q = Queue::new(&source, layout, 0, 20, true);
         assert_eq!(q.done_below(), 0);
         let (a, b) = (q.next().unwrap().unwrap(), q.next().unwrap().unwrap());

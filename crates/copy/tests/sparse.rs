@@ -1,13 +1,16 @@
 //! A 1 TiB sparse qcow2 with a few MiB of data (one snapshot) copies by visiting only the
 //! objects it allocates, reads back exactly at every point, keeps a client's write where the
-//! source has nothing, and a resumed run finds everything done.
+//! source has nothing, and a resumed run finds everything done. A sparse native image (which
+//! only lists, never says what it allocates) is visited by its data alone too.
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use rbdm_image::{Image, ImageSpec};
+use rbdm_image::migration::MigrationRecord;
+use rbdm_image::{CreateOptions, Image, ImageSpec, PoolSpec};
+use rbdm_registry::SourceImage;
 
 const TIB: u64 = 1 << 40;
 const GIB: u64 = 1 << 30;
@@ -73,6 +76,25 @@ fn assert_bytes(img: &Image, offset: u64, len: u64, byte: u8) {
     );
 }
 
+/// One run of the whole copy; `last` gets the last progress report.
+fn copy_all(
+    dst: &Image,
+    source: &dyn SourceImage,
+    rec: &MigrationRecord,
+    resumed: bool,
+    last: &Mutex<(u64, u64)>,
+) -> rbdm_copy::Stats {
+    let opts = rbdm_copy::RunOptions {
+        concurrency: 2,
+        bandwidth_limit: None,
+        start: 0,
+        resumed,
+    };
+    let progress = |done, total| *last.lock().unwrap() = (done, total);
+    let stop = AtomicBool::new(false);
+    rbdm_copy::run(dst, source, rec, &opts, &progress, &|_| {}, &stop).unwrap()
+}
+
 #[test]
 fn sparse_tib_qcow2_visits_only_allocated_objects() {
     rbdm_plugins::link();
@@ -91,17 +113,7 @@ fn sparse_tib_qcow2_visits_only_allocated_objects() {
     let rec = dst.migration_record().unwrap().unwrap();
     let source = rbdm_migration::open_source_spec(&rbd, &rec.source_spec).unwrap();
     let last = Mutex::new((0, 0));
-    let copy = |resumed| {
-        let opts = rbdm_copy::RunOptions {
-            concurrency: 2,
-            bandwidth_limit: None,
-            start: 0,
-            resumed,
-        };
-        let progress = |done, total| *last.lock().unwrap() = (done, total);
-        let stop = AtomicBool::new(false);
-        rbdm_copy::run(&dst, &*source, &rec, &opts, &progress, &|_| {}, &stop).unwrap()
-    };
+    let copy = |resumed| copy_all(&dst, &*source, &rec, resumed, &last);
     let stats = copy(false);
     let objects = TIB / (4 * MIB);
     // Objects 0, 25600 (snapshot data), 128000 (head data) and the last.
@@ -131,4 +143,48 @@ fn sparse_tib_qcow2_visits_only_allocated_objects() {
     assert_eq!(again.objects_visited.load(Ordering::Relaxed), 4);
     assert_eq!(again.objects_written.load(Ordering::Relaxed), 0);
     assert_bytes(&dst, 500 * GIB + 64 * 1024, MIB, 0x62);
+}
+
+#[test]
+fn sparse_native_image_visits_only_allocated_objects() {
+    rbdm_plugins::link();
+    let rbd = rbdm_migration::rbd(rbdm_store::open("mem://").unwrap());
+    // 16384 objects, four windows of the queue.
+    let size = 64 * GIB;
+    rbd.create(
+        &PoolSpec::new("rbd", ""),
+        "src",
+        &CreateOptions::with_size(size),
+    )
+    .unwrap();
+    let src = rbd.open(&spec("src"), false).unwrap();
+    src.write(0, &[0x61; 4096]).unwrap();
+    src.write(20 * GIB, &[0x61; 4096]).unwrap();
+    src.snap_create("s1").unwrap();
+    src.discard(20 * GIB, 4096).unwrap();
+    src.write(size - 4096, &[0x62; 4096]).unwrap();
+    drop(src);
+    let opts = rbdm_migration::PrepareOptions {
+        create: None,
+        flatten: false,
+    };
+    rbdm_migration::prepare(&rbd, &spec("src"), &spec("dst"), &opts).unwrap();
+    let dst = rbd.open(&spec("dst"), false).unwrap();
+    let rec = dst.migration_record().unwrap().unwrap();
+    let source = rbdm_migration::open_source_spec(&rbd, &rec.source_spec).unwrap();
+    let last = Mutex::new((0, 0));
+    let stats = copy_all(&dst, &*source, &rec, false, &last);
+    // Objects 0, 5120 (data in the snapshot only) and the last.
+    assert_eq!(stats.objects_visited.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        *last.lock().unwrap(),
+        (16384, 16384),
+        "progress reaches 100%"
+    );
+    assert_bytes(&dst, 0, 4096, 0x61);
+    assert_bytes(&dst, 20 * GIB, 4096, 0);
+    assert_bytes(&dst, size - 4096, 4096, 0x62);
+    let snap = rbd.open(&spec("dst@s1"), true).unwrap();
+    assert_bytes(&snap, 20 * GIB, 4096, 0x61);
+    assert_bytes(&snap, size - 4096, 4096, 0);
 }
