@@ -164,7 +164,9 @@ fn open_for_image(
 
 /// Whether a destination object holds the image's head: it exists and its copy is not
 /// midway (a killed copy leaves an older point's bytes at head, marked with that point; a
-/// client's write always finishes the copy first).
+/// client's write always finishes the copy first). Only a missing object means "no data";
+/// any other failure to read the marker (I/O, database, pool) is returned, not taken as an
+/// empty object, so a client's copy-up never decides from an error that nothing is there.
 pub(crate) fn holds_head_data(dst: &Image, loc: &rbdm_store::Locator) -> rbdm_image::Result<bool> {
     match dst.store().get_xattr(loc, rbdm_copy::MARKER) {
         Ok(v) => Ok(v == rbdm_copy::DONE),

@@ -38,8 +38,13 @@ fn a_database_error_is_the_source() {
     };
     assert!(matches!(e, Error::Db { .. }), "{e:?}");
     assert_eq!(e.errno(), libc::EIO);
-    let sqlite = e.source().and_then(|s| s.downcast_ref::<rusqlite::Error>());
-    assert!(sqlite.is_some(), "SQLite's error is the source: {e:?}");
+    let sqlite = e.source().map(|s| s.to_string()).unwrap_or_default();
+    assert!(sqlite.contains("not a database"), "SQLite's words are the source: {e:?}");
+    assert_eq!(
+        rbdm_store::report(&e),
+        format!("metadata database: {sqlite}"),
+        "SQLite's own words once, not its code's generic text as well"
+    );
     each_cause_once(&e);
 }
 

@@ -81,7 +81,7 @@ pub enum Error {
     },
     /// A failed import whose partial image could not be removed either. The import's own
     /// failure is the `source`, so a reporter walking the chain prints it after this, once.
-    #[error("the partial image {image} is left behind (removing it failed: {cleanup})")]
+    #[error("the partial image {image} is left behind (removing it failed: {})", rbdm_image::report(.cleanup))]
     Leftover {
         image: String,
         cleanup: rbdm_image::Error,

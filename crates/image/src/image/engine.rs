@@ -30,7 +30,7 @@
 //! - [`Image::drop_object_maps`], [`Image::rebuild_object_maps`]: an engine that wrote objects
 //!   without keeping the object map (as a migration's copies do) drops the maps, then
 //!   rebuilds them from the objects when it is done.
-//! - [`Image::store`], [`Image::flush_all`] (io.rs): the store the objects are in, and making
+//! - [`Image::store`] (image.rs), [`Image::flush_all`] (io.rs): the store the objects are in, and making
 //!   every process's writes to it durable.
 
 use std::sync::Arc;

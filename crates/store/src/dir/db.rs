@@ -222,11 +222,25 @@ impl From<rusqlite::Error> for Error {
             },
             _ => Error::Db {
                 context: DB.into(),
-                source: Box::new(e),
+                source: Box::new(Sqlite(e)),
             },
         }
     }
 }
+
+/// SQLite's error as a `Db` error's source: its own words only. `rusqlite::Error` reports
+/// SQLite's generic text for the code as a further source ("Error code 26: File opened that
+/// is not a database file"), which a reporter walking the chain would add to every line.
+#[derive(Debug)]
+struct Sqlite(rusqlite::Error);
+
+impl std::fmt::Display for Sqlite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Sqlite {}
 
 /// What a database error's message says failed; SQLite's own words are its `source`.
 const DB: &str = "metadata database";
