@@ -9,7 +9,8 @@
 //! What it is not: no CLI parsing or printing (that is `rbdm-cli`), no external formats.
 //!
 //! Contract: the public signatures of [`Rbd`] (rbd.rs and rbd/*.rs) and [`Image`] (image.rs
-//! and image/*.rs, one subject a file) are shared with the CLI and the NBD export. Add to them freely; change one only together with its callers.
+//! and image/*.rs, one subject a file) are shared with the CLI and the NBD export. Add to them
+//! freely; change one only together with its callers.
 //!
 //! Concurrency: any number of processes may open an image; header changes are guarded
 //! compare-and-swap updates (see [`header`]), and writers take the image's exclusive lock.
