@@ -7,8 +7,12 @@ use rbdm_store::{Locator, HEAD};
 #[test]
 fn data_objects_follow_the_headers_object_prefix() {
     let r = Rbd::new(rbdm_store::open("mem://").unwrap());
-    r.create(&PoolSpec::new("rbd", ""), "a", &CreateOptions::with_size(8 << 20))
-        .unwrap();
+    r.create(
+        &PoolSpec::new("rbd", ""),
+        "a",
+        &CreateOptions::with_size(8 << 20),
+    )
+    .unwrap();
     let spec = ImageSpec::parse("a", "rbd").unwrap();
     let img = r.open(&spec, false).unwrap();
     let prefix = format!("rbd_data.7.{}", img.id());
@@ -28,7 +32,10 @@ fn data_objects_follow_the_headers_object_prefix() {
         b"under ceph's prefix"
     );
     let old = Locator::new(pool, "", &format!("rbd_data.{}.0000000000000001", img.id()));
-    assert!(r.store().stat(&old, HEAD).is_err(), "nothing written under rbdm's own prefix");
+    assert!(
+        r.store().stat(&old, HEAD).is_err(),
+        "nothing written under rbdm's own prefix"
+    );
     let mut back = vec![0; 19];
     img.read(4 << 20, &mut back).unwrap();
     assert_eq!(back, b"under ceph's prefix");

@@ -257,7 +257,9 @@ impl<'a> OpenContext<'a> {
             .config_key_get(key)
             .map_err(|e| match e.errno() {
                 libc::ENOENT => SourceError::NotFound(format!("config-key {key:?} does not exist")),
-                _ => SourceError::Invalid(format!("config-key {key:?}: {}", rbdm_image::report(&e))),
+                _ => {
+                    SourceError::Invalid(format!("config-key {key:?}: {}", rbdm_image::report(&e)))
+                }
             })?;
         String::from_utf8(bytes)
             .map_err(|_| SourceError::Invalid(format!("config-key {key:?} is not UTF-8")))

@@ -39,7 +39,10 @@ fn a_database_error_is_the_source() {
     assert!(matches!(e, Error::Db { .. }), "{e:?}");
     assert_eq!(e.errno(), libc::EIO);
     let sqlite = e.source().map(|s| s.to_string()).unwrap_or_default();
-    assert!(sqlite.contains("not a database"), "SQLite's words are the source: {e:?}");
+    assert!(
+        sqlite.contains("not a database"),
+        "SQLite's words are the source: {e:?}"
+    );
     assert_eq!(
         rbdm_store::report(&e),
         format!("metadata database: {sqlite}"),
