@@ -17,7 +17,7 @@ use rules::{Length, Problem};
 /// grow past. A file that is split leaves this list (tidy fails until it does), so the list
 /// only shrinks.
 const LONG_FILES: &[(&str, usize)] = &[
-    ("crates/image/src/image.rs", 1960),
+    ("crates/image/src/image.rs", 1954),
     ("crates/store/src/conformance.rs", 1395),
     ("plugins/stream-nbd/src/client.rs", 900),
 ];

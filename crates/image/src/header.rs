@@ -50,6 +50,8 @@ pub struct Header {
     pub data_pool_id: Option<PoolId>,
     /// The migration record (owned by the migration crate; opaque here).
     pub migration: Option<Vec<u8>>,
+    /// rbdm's own part of the migration record (`rbdm_migration`; see `migration/record.rs`).
+    pub rbdm_migration: Option<Vec<u8>>,
     pub create_timestamp: u64,
     pub access_timestamp: u64,
     pub modify_timestamp: u64,
@@ -151,6 +153,7 @@ impl Header {
             parent: None,
             data_pool_id: None,
             migration: None,
+            rbdm_migration: None,
             create_timestamp: now,
             access_timestamp: now,
             modify_timestamp: now,
@@ -220,6 +223,9 @@ impl Header {
         if let Some(mig) = &self.migration {
             put("migration", mig.clone());
         }
+        if let Some(own) = &self.rbdm_migration {
+            put(crate::migration::RBDM_KEY, own.clone());
+        }
         for s in self.snaps.values() {
             put(&format!("{SNAP_PREFIX}{:016x}", s.id), encode_snap(s));
         }
@@ -259,6 +265,7 @@ impl Header {
             h.data_pool_id = Some(num("data_pool_id")? as i64);
         }
         h.migration = keys.get("migration").cloned();
+        h.rbdm_migration = keys.get(crate::migration::RBDM_KEY).cloned();
         for (k, v) in keys.range(SNAP_PREFIX.to_string()..) {
             if !k.starts_with(SNAP_PREFIX) {
                 break;

@@ -430,11 +430,7 @@ impl Image {
 
     /// The migration record in the header, if the image takes part in one.
     pub fn migration_record(&self) -> Result<Option<MigrationRecord>> {
-        let h = self.header()?;
-        h.migration
-            .as_deref()
-            .map(MigrationRecord::decode)
-            .transpose()
+        MigrationRecord::from_header(&*self.header()?)
     }
 
     /// Replaces (or with `None` clears) the migration record.
@@ -447,10 +443,9 @@ impl Image {
         &self,
         h: &Header,
     ) -> Result<Option<(MigrationRecord, Arc<dyn MigrationSource>)>> {
-        let Some(raw) = h.migration.as_deref() else {
+        let Some(rec) = MigrationRecord::from_header(h)? else {
             return Ok(None);
         };
-        let rec = MigrationRecord::decode(raw)?;
         if rec.role != MigrationRole::Destination {
             return Ok(None);
         }
@@ -562,8 +557,7 @@ impl Image {
     fn begin_change(&self) -> Result<Arc<Header>> {
         self.check_writable()?;
         let h = self.header()?;
-        if let Some(raw) = h.migration.as_deref() {
-            let rec = MigrationRecord::decode(raw)?;
+        if let Some(rec) = MigrationRecord::from_header(&h)? {
             // An abort writes clients' writes back into its source (invariant 1).
             let aborting = rec.state == migration::MigrationState::Aborting;
             if rec.role == MigrationRole::Source && !aborting {

@@ -232,13 +232,8 @@ impl Image {
         mut change: impl FnMut(Option<MigrationRecord>) -> Result<Option<MigrationRecord>>,
     ) -> Result<Option<MigrationRecord>> {
         self.update_header(|h| {
-            let now = h
-                .migration
-                .as_deref()
-                .map(MigrationRecord::decode)
-                .transpose()?;
-            let next = change(now)?;
-            h.migration = next.as_ref().map(MigrationRecord::encode);
+            let next = change(MigrationRecord::from_header(h)?)?;
+            MigrationRecord::to_header(next.as_ref(), h);
             Ok(next)
         })
     }

@@ -16,15 +16,16 @@ use crate::recover::{self, PREPARE_OP};
 use crate::{Error, PrepareOptions, Result};
 
 /// Creates `dst` with the record `rec` (so it is never there without one) and the source's
-/// snapshots (sizes and names), oldest first; returns its id and the snapshot map.
+/// snapshots (names, sizes, protection, source ids), oldest first; returns its id and the
+/// snapshot map (source id, destination id).
 fn create_destination(
     rbd: &Rbd,
     dst: &ImageSpec,
     opts: &CreateOptions,
-    snaps: &[(String, u64, bool)],
+    snaps: &[(String, u64, bool, u64)],
     head_size: u64,
     rec: &MigrationRecord,
-) -> Result<(String, Vec<(u64, u32)>)> {
+) -> Result<(String, Vec<(u64, u64)>)> {
     let first = snaps.first().map(|s| s.1).unwrap_or(head_size);
     let id = rbd.create_with(
         &dst.pool_spec(),
@@ -33,15 +34,15 @@ fn create_destination(
             size: first,
             ..opts.clone()
         },
-        |h| h.migration = Some(rec.encode()),
+        |h| MigrationRecord::to_header(Some(rec), h),
     )?;
     let img = rbd.open_by_id(&dst.pool_spec(), &id, None, false)?;
     let mut points = Vec::new();
-    for (i, (name, size, _)) in snaps.iter().enumerate() {
+    for (name, size, _, src_id) in snaps {
         if img.size() != *size {
             img.resize(*size, true, &mut |_, _| {})?;
         }
-        points.push((img.snap_create(name)?, i as u32));
+        points.push((*src_id, img.snap_create(name)?));
     }
     if img.size() != head_size {
         img.resize(head_size, true, &mut |_, _| {})?;
@@ -89,10 +90,10 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
     rbd.check_namespace(&dst.pool_spec())?;
     let info = source.info()?;
     let src_header = source.header()?;
-    let snaps: Vec<(String, u64, bool)> = source
+    let snaps: Vec<(String, u64, bool, u64)> = source
         .snap_list()?
         .into_iter()
-        .map(|s| (s.name, s.size, s.protected))
+        .map(|s| (s.name, s.size, s.protected, s.id))
         .collect();
     let create = opts.create.clone().unwrap_or_else(|| CreateOptions {
         size: info.size,
@@ -117,7 +118,8 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
         source_spec: spec.to_string(),
         import_only: false,
         flatten: opts.flatten,
-        snap_points: Vec::new(),
+        snap_seqs: Vec::new(),
+        overlap: 0,
         copied_upto: 0,
         // A same-store source is an image: its snapshots cannot change under the copy.
         source_identity: String::new(),
@@ -138,6 +140,7 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
             name: src.image.clone(),
             id: info.id.clone(),
         }),
+        overlap: info.size,
         ..rec.clone()
     };
     let made = (|| -> Result<()> {
@@ -152,7 +155,7 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
         if !opts.flatten {
             keep_parent(rbd, &src_header, &dimg, dst)?;
         }
-        for (name, _, protected) in &snaps {
+        for (name, _, protected, _) in &snaps {
             if *protected {
                 dimg.snap_protect(name)?;
             }
@@ -167,7 +170,7 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
             })?;
             Ok(Some(MigrationRecord {
                 state: MigrationState::Prepared,
-                snap_points: points.clone(),
+                snap_seqs: points.clone(),
                 ..r
             }))
         })?;
@@ -232,10 +235,12 @@ pub fn prepare_import(
             dst.image
         ))));
     }
-    let snaps: Vec<(String, u64, bool)> = source
+    let ids = crate::ceph_form::snap_ids(rbd, spec_text, source.snapshots().len())?;
+    let snaps: Vec<(String, u64, bool, u64)> = source
         .snapshots()
         .into_iter()
-        .map(|s| (s.name, s.size, false))
+        .zip(ids)
+        .map(|(s, id)| (s.name, s.size, false, id))
         .collect();
     let opts = create
         .cloned()
@@ -245,10 +250,11 @@ pub fn prepare_import(
         state: MigrationState::Preparing,
         state_description: String::new(),
         peer: None,
-        source_spec: spec_text.to_string(),
+        source_spec: crate::ceph_form::spec_text(spec_text),
         import_only: true,
         flatten: true,
-        snap_points: Vec::new(),
+        snap_seqs: Vec::new(),
+        overlap: source.size(),
         copied_upto: 0,
         source_identity,
     };
@@ -259,7 +265,7 @@ pub fn prepare_import(
         img.swap_migration_record(|r| match r {
             Some(r) if r.state == MigrationState::Preparing => Ok(Some(MigrationRecord {
                 state: MigrationState::Prepared,
-                snap_points: points.clone(),
+                snap_seqs: points.clone(),
                 ..r
             })),
             _ => Err(rbdm_image::Error::Invalid(format!(
