@@ -204,3 +204,28 @@ fn a_ceph_made_import_is_shown_by_status() {
         .unwrap();
     assert_eq!((rec.copied_upto, rec.source_identity.as_str()), (0, ""));
 }
+
+/// librbd keeps the state in both records, and a Ceph client reads an image-to-image
+/// migration's state from the source's: after `execute` it must say `executed` there too.
+#[test]
+fn execute_moves_the_sources_record_as_librbd_does() {
+    let rbd = store();
+    let src_id = create(&rbd, "msrc").id().to_string();
+    let opts = rbdm_migration::PrepareOptions::default();
+    rbdm_migration::prepare(&rbd, &spec("msrc"), &spec("mdst"), &opts).unwrap();
+    let exec = rbdm_migration::ExecuteOptions {
+        concurrency: 1,
+        bandwidth_limit: None,
+    };
+    rbdm_migration::execute(&rbd, &spec("mdst"), &exec, &|_, _| {}).unwrap();
+    let src = rbd
+        .open_quiet(&spec("msrc").pool_spec(), None, Some(&src_id), None)
+        .unwrap();
+    let raw = src.header().unwrap().migration.clone().unwrap();
+    let ceph = MigrationSpec::decode(&raw).unwrap();
+    assert_eq!(ceph.state, rbdm_cls::migration::MigrationState::Executed);
+    rbdm_migration::commit(&rbd, &spec("mdst"), false).unwrap();
+    let dst = rbd.open(&spec("mdst"), true).unwrap();
+    let h = dst.header().unwrap();
+    assert!(h.migration.is_none() && h.rbdm_migration.is_none());
+}
