@@ -13,11 +13,26 @@ const IMPORT_SPEC: &str =
 const SIZE: u64 = 512 << 10;
 
 fn golden_objects() -> Vec<GoldenObject> {
-    let path = concat!(
+    dump("rbd.txt")
+}
+
+fn dump(file: &str) -> Vec<GoldenObject> {
+    let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../cls/tests/golden/pacific-16.2.15/rbd.txt"
+        "/../cls/tests/golden/pacific-16.2.15"
     );
-    golden::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
+    golden::parse(&std::fs::read_to_string(format!("{dir}/{file}")).unwrap()).unwrap()
+}
+
+/// The records of `migration-states.txt`: (moment, header id, bytes).
+fn states() -> Vec<(String, String, Vec<u8>)> {
+    dump("migration-states.txt")
+        .into_iter()
+        .map(|o| {
+            let id = o.name.strip_prefix("rbd_header.").unwrap().to_string();
+            (o.namespace, id, o.omap[0].1.clone())
+        })
+        .collect()
 }
 
 /// The `migration` value of the header of image `name` in the golden dump.
@@ -205,12 +220,32 @@ fn a_ceph_made_import_is_shown_by_status() {
     assert_eq!((rec.copied_upto, rec.source_identity.as_str()), (0, ""));
 }
 
-/// librbd keeps the state in both records, and a Ceph client reads an image-to-image
-/// migration's state from the source's: after `execute` it must say `executed` there too.
 #[test]
-fn execute_moves_the_sources_record_as_librbd_does() {
+fn pacific_records_of_every_state_decode_and_encode_byte_for_byte() {
+    for (moment, id, raw) in states() {
+        let rec = MigrationRecord::decode(&raw, None).unwrap();
+        assert_eq!(rec.encode(), raw, "{moment} {id}");
+        assert_eq!(rec.state.name(), moment, "{id}");
+        match id.as_str() {
+            "10113c315f02" => assert_eq!(rec.role, MigrationRole::Source),
+            "10193bdca68e" => assert_eq!(rec.snap_seqs, vec![(4, 5)]),
+            _ => {
+                assert_eq!(rec.snap_seqs, vec![(7, 9), (8, 10)]);
+                assert_eq!(rec.point_of(Some(10)), Some(1));
+            }
+        }
+    }
+}
+
+/// The same steps as the dump's: both records at `executed` are Pacific's, ids put in (librbd
+/// keeps the state in both, and a Ceph client reads an image-to-image migration's from the
+/// source's); a commit then leaves neither key.
+#[test]
+fn a_same_store_execute_ends_where_librbd_ends() {
     let rbd = store();
-    let src_id = create(&rbd, "msrc").id().to_string();
+    let img = create(&rbd, "msrc");
+    let (src_id, snap) = (img.id().to_string(), img.snap_create("a").unwrap());
+    drop(img);
     let opts = rbdm_migration::PrepareOptions::default();
     rbdm_migration::prepare(&rbd, &spec("msrc"), &spec("mdst"), &opts).unwrap();
     let exec = rbdm_migration::ExecuteOptions {
@@ -218,14 +253,32 @@ fn execute_moves_the_sources_record_as_librbd_does() {
         bandwidth_limit: None,
     };
     rbdm_migration::execute(&rbd, &spec("mdst"), &exec, &|_, _| {}).unwrap();
+    let pool = rbd.store().pool_id("rbd").unwrap();
+    let dst = rbd.open(&spec("mdst"), true).unwrap();
+    let dst_snap = dst.snap_list().unwrap()[0].id;
     let src = rbd
         .open_quiet(&spec("msrc").pool_spec(), None, Some(&src_id), None)
         .unwrap();
-    let raw = src.header().unwrap().migration.clone().unwrap();
-    let ceph = MigrationSpec::decode(&raw).unwrap();
-    assert_eq!(ceph.state, rbdm_cls::migration::MigrationState::Executed);
+    let got = |img: &Image| img.header().unwrap().migration.clone().unwrap();
+    let mut compared = 0;
+    for (moment, id, raw) in states() {
+        let mut want = MigrationSpec::decode(&raw).unwrap();
+        want.pool_id = pool;
+        let (img, peer) = match (moment.as_str(), id.as_str()) {
+            ("executed", "10113c315f02") => (&src, dst.id()),
+            ("executed", "10193bdca68e") => (&dst, src_id.as_str()),
+            _ => continue,
+        };
+        want.image_id = peer.to_string();
+        if !want.snap_seqs.is_empty() {
+            want.snap_seqs = vec![(snap, dst_snap)];
+        }
+        assert_eq!(got(img), want.encode(), "{id}");
+        compared += 1;
+    }
+    assert_eq!(compared, 2);
+    drop((src, dst));
     rbdm_migration::commit(&rbd, &spec("mdst"), false).unwrap();
-    let dst = rbd.open(&spec("mdst"), true).unwrap();
-    let h = dst.header().unwrap();
+    let h = rbd.open(&spec("mdst"), true).unwrap().header().unwrap();
     assert!(h.migration.is_none() && h.rbdm_migration.is_none());
 }

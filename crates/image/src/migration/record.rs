@@ -5,8 +5,10 @@
 //!   rbdm reads one `rbd migration prepare` made;
 //! - `rbdm_migration`: what Ceph's record has no field for (how far the copy got, what the
 //!   source was at prepare, and that a commit started), versioned, absent when all of it is
-//!   at its default. No `cls_rbd` method reads that key, so Ceph ignores it; a Ceph-made
-//!   record without it reads as nothing copied yet, no identity, no commit started.
+//!   at its default, and tagged with the migration it belongs to. No `cls_rbd` method reads
+//!   that key, so Ceph ignores it (and leaves it behind when it commits or aborts: a tag that
+//!   is not the record's reads as absent). A Ceph-made record without it reads as nothing
+//!   copied yet, no identity, no commit started.
 //!
 //! Ceph's states are error/preparing/prepared/executing/executed/aborting; rbdm's
 //! `committing` is `executed` there plus the flag here. A record in rbdm's own encoding of
@@ -125,7 +127,8 @@ impl MigrationRecord {
         e.versioned(1, 1, |e| {
             e.u64(self.copied_upto)
                 .str(&self.source_identity)
-                .bool(committing);
+                .bool(committing)
+                .bytes(&owner(&self.spec()));
         });
         Some(e.finish())
     }
@@ -138,7 +141,7 @@ impl MigrationRecord {
         }
         let s = MigrationSpec::decode(spec)
             .map_err(|e| Error::Corrupt(format!("migration record: {e}")))?;
-        let extra = Extra::decode(rbdm)?;
+        let extra = Extra::decode(rbdm, &owner(&s))?;
         Ok(Self::from_spec(s, extra))
     }
 
@@ -269,6 +272,21 @@ fn json_str(s: &str) -> String {
     out
 }
 
+/// Which migration an `rbdm_migration` value belongs to: the fields of Ceph's record that
+/// stay the same for the whole migration (its end, its peer, its spec). A Ceph client that
+/// finishes a migration removes only `migration`; the value left beside it must not be
+/// read with the record of a later migration (a stale `copied_upto` would skip copies).
+fn owner(s: &MigrationSpec) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u8(s.header_type as u8)
+        .i64(s.pool_id)
+        .str(&s.pool_namespace)
+        .str(&s.image_name)
+        .str(&s.image_id)
+        .str(&s.source_spec);
+    e.finish()
+}
+
 /// The `rbdm_migration` key's fields.
 #[derive(Default)]
 struct Extra {
@@ -278,16 +296,22 @@ struct Extra {
 }
 
 impl Extra {
-    fn decode(raw: Option<&[u8]>) -> Result<Self> {
+    /// `raw` read for the record whose [`owner`] is `of`: another migration's is ignored.
+    fn decode(raw: Option<&[u8]>, of: &[u8]) -> Result<Self> {
         let Some(raw) = raw else {
             return Ok(Extra::default());
         };
         let mut d = Dec::new(raw, "rbdm_migration");
         let (_, mut b) = d.versioned(1)?;
-        Ok(Extra {
+        let extra = Extra {
             copied_upto: b.u64()?,
             source_identity: b.str()?,
             committing: b.bool()?,
+        };
+        Ok(if b.bytes()? == of {
+            extra
+        } else {
+            Extra::default()
         })
     }
 }
@@ -396,6 +420,31 @@ mod tests {
         assert!(h.rbdm_migration.is_none());
         MigrationRecord::to_header(None, &mut h);
         assert!(h.migration.is_none() && MigrationRecord::from_header(&h).unwrap().is_none());
+    }
+
+    /// Ceph's commit removed `migration` only; a later migration of the image must not read
+    /// the earlier one's progress.
+    #[test]
+    fn another_migrations_rbdm_key_is_ignored() {
+        let old = destination();
+        let new = MigrationRecord {
+            peer: Some(PeerImage {
+                id: "y".into(),
+                ..old.peer.clone().unwrap()
+            }),
+            copied_upto: 0,
+            ..old.clone()
+        };
+        let read = MigrationRecord::decode(&new.encode(), old.encode_rbdm().as_deref()).unwrap();
+        assert_eq!(read.copied_upto, 0);
+        // Its own key is read, also once a Ceph client moved the state on.
+        let executed = MigrationRecord {
+            state: MigrationState::Executed,
+            state_description: String::new(),
+            ..old.clone()
+        };
+        let read = MigrationRecord::decode(&executed.encode(), old.encode_rbdm().as_deref());
+        assert_eq!(read.unwrap().copied_upto, 99);
     }
 
     #[test]
