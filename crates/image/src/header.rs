@@ -65,6 +65,8 @@ pub struct Header {
     pub data_pool_id: Option<PoolId>,
     /// The migration record (owned by the migration crate; opaque here).
     pub migration: Option<Vec<u8>>,
+    /// rbdm's own part of the migration record (`rbdm_migration`; see `migration/record.rs`).
+    pub rbdm_migration: Option<Vec<u8>>,
     /// Seconds (`utime_t` on disk; nanoseconds kept only while unchanged, written as 0).
     pub create_timestamp: u64,
     pub access_timestamp: u64,
@@ -138,6 +140,7 @@ impl Header {
             parent: None,
             data_pool_id: None,
             migration: None,
+            rbdm_migration: None,
             create_timestamp: now,
             access_timestamp: now,
             modify_timestamp: now,

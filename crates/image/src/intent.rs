@@ -10,9 +10,11 @@
 //! Two kinds of intent share this idea:
 //! - A **migration** keeps its intent in the migration record of both headers (role, peer,
 //!   state). Its states are steps (`preparing`, `prepared`, `executing`, `executed`,
-//!   `committing`, `aborting`), changed only by [`Image::swap_migration_record`], a
-//!   compare-and-swap: a writer that finds a state it did not expect stops instead of
-//!   overwriting it. The migration crate rolls unfinished ones forward or back.
+//!   `committing`, `aborting`; kept as Ceph's `MigrationSpec`, `committing` as `executed`
+//!   plus a flag in rbdm's own key, see `migration/record.rs`), changed only by
+//!   [`Image::swap_migration_record`], a compare-and-swap: a writer that finds a state it did
+//!   not expect stops instead of overwriting it. The migration crate rolls unfinished ones
+//!   forward or back.
 //! - Any other operation keeps an **intent key** `rbdm_intent.<op>.<arg>` on an anchor
 //!   object, whose value is what the op needs to finish: the image header for operations on
 //!   one image (flatten, resize, snapshot create/remove/rollback, a copy-up that writes
@@ -232,13 +234,8 @@ impl Image {
         mut change: impl FnMut(Option<MigrationRecord>) -> Result<Option<MigrationRecord>>,
     ) -> Result<Option<MigrationRecord>> {
         self.update_header(|h| {
-            let now = h
-                .migration
-                .as_deref()
-                .map(MigrationRecord::decode)
-                .transpose()?;
-            let next = change(now)?;
-            h.migration = next.as_ref().map(MigrationRecord::encode);
+            let next = change(MigrationRecord::from_header(h)?)?;
+            MigrationRecord::to_header(next.as_ref(), h);
             Ok(next)
         })
     }

@@ -112,7 +112,8 @@ fn trash_round_trip() {
         source_spec: String::new(),
         import_only: false,
         flatten: false,
-        snap_points: vec![],
+        snap_seqs: vec![],
+        overlap: 0,
         copied_upto: 0,
         source_identity: String::new(),
     };

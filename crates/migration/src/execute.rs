@@ -4,7 +4,8 @@
 //! may resume one copy together), moves `prepared`/`executing` to `executing`, checkpoints
 //! only while the record still says `executing`, and writes `executed` only over its own
 //! `executing`: an `abort` (which sets `aborting`, then waits for the lock) stops it at its
-//! next checkpoint instead of being overwritten.
+//! next checkpoint instead of being overwritten. A same-store source's record follows the
+//! destination's `executing` and `executed`, as librbd's does.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -51,6 +52,7 @@ pub fn execute(
     let _running = img.op_lock(EXECUTE_OP, false)?;
     let before = d.rec.state;
     let rec = crate::finish::swap_state(&img, MigrationState::Executing, |s| refuse(&d.name, s))?;
+    tell_source(rbd, &pair, MigrationState::Executing)?;
     let source = open_recorded(rbd, &rec)?;
     let run_opts = rbdm_copy::RunOptions {
         concurrency: opts.concurrency,
@@ -101,6 +103,33 @@ pub fn execute(
                 s.name()
             )
         })
+    })?;
+    tell_source(rbd, &pair, MigrationState::Executed)?;
+    Ok(())
+}
+
+/// Moves a same-store source's record on with the destination's (after it, so the source
+/// never claims more than the destination holds), as librbd keeps both: a Ceph client reads
+/// an image-to-image migration's state from the source's record. Only from the states an
+/// execute passes through; an abort or commit that got there first is left alone.
+fn tell_source(rbd: &Rbd, pair: &recover::Pair, to: MigrationState) -> Result<()> {
+    let Some(s) = &pair.src else {
+        return Ok(());
+    };
+    s.open(rbd)?.swap_migration_record(|r| match r {
+        Some(r)
+            if matches!(
+                r.state,
+                MigrationState::Prepared | MigrationState::Executing
+            ) =>
+        {
+            Ok(Some(MigrationRecord {
+                state: to,
+                state_description: String::new(),
+                ..r
+            }))
+        }
+        other => Ok(other),
     })?;
     Ok(())
 }

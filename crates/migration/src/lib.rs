@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+mod ceph_form;
 mod execute;
 mod finish;
 mod identity;

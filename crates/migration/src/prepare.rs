@@ -16,15 +16,16 @@ use crate::recover::{self, PREPARE_OP};
 use crate::{Error, PrepareOptions, Result};
 
 /// Creates `dst` with the record `rec` (so it is never there without one) and the source's
-/// snapshots (sizes and names), oldest first; returns its id and the snapshot map.
+/// snapshots (names, sizes, protection, source ids), oldest first; returns its id and the
+/// snapshot map (source id, destination id).
 fn create_destination(
     rbd: &Rbd,
     dst: &ImageSpec,
     opts: &CreateOptions,
-    snaps: &[(String, u64, bool)],
+    snaps: &[(String, u64, bool, u64)],
     head_size: u64,
     rec: &MigrationRecord,
-) -> Result<(String, Vec<(u64, u32)>)> {
+) -> Result<(String, Vec<(u64, u64)>)> {
     let first = snaps.first().map(|s| s.1).unwrap_or(head_size);
     let id = rbd.create_with(
         &dst.pool_spec(),
@@ -33,15 +34,15 @@ fn create_destination(
             size: first,
             ..opts.clone()
         },
-        |h| h.migration = Some(rec.encode()),
+        |h| MigrationRecord::to_header(Some(rec), h),
     )?;
     let img = rbd.open_by_id(&dst.pool_spec(), &id, None, false)?;
     let mut points = Vec::new();
-    for (i, (name, size, _)) in snaps.iter().enumerate() {
+    for (name, size, _, src_id) in snaps {
         if img.size() != *size {
             img.resize(*size, true, &mut |_, _| {})?;
         }
-        points.push((img.snap_create(name)?, i as u32));
+        points.push((*src_id, img.snap_create(name)?));
     }
     if img.size() != head_size {
         img.resize(head_size, true, &mut |_, _| {})?;
@@ -113,8 +114,8 @@ fn exists(dst: &ImageSpec) -> Error {
 /// What a same-store prepare makes, worked out from the source before anything is written.
 struct Plan {
     src_header: std::sync::Arc<rbdm_image::header::Header>,
-    /// Name, size and protection of each source snapshot, oldest first.
-    snaps: Vec<(String, u64, bool)>,
+    /// Name, size, protection and id of each source snapshot, oldest first.
+    snaps: Vec<(String, u64, bool, u64)>,
     head_size: u64,
     create: CreateOptions,
     /// The source's record (`preparing`, naming the destination without its id yet).
@@ -135,7 +136,7 @@ impl Plan {
         let snaps = source
             .snap_list()?
             .into_iter()
-            .map(|s| (s.name, s.size, s.protected))
+            .map(|s| (s.name, s.size, s.protected, s.id))
             .collect();
         let create = opts.create.clone().unwrap_or_else(|| CreateOptions {
             size: info.size,
@@ -143,7 +144,7 @@ impl Plan {
             features: Some(info.features),
             data_pool: info.data_pool.clone(),
         });
-        let (rec, drec) = records(rbd, &info.id, src, dst, opts.flatten)?;
+        let (rec, drec) = records(rbd, &info.id, info.size, src, dst, opts.flatten)?;
         Ok(Plan {
             src_header: source.header()?,
             snaps,
@@ -156,10 +157,12 @@ impl Plan {
 }
 
 /// The source's record and the destination's, both `preparing`; the source is read as a
-/// `native` spec naming it by pool id and image id.
+/// `native` spec naming it by pool id and image id; the destination's overlap is the
+/// source's size at prepare, as librbd records it.
 fn records(
     rbd: &Rbd,
     src_id: &str,
+    src_size: u64,
     src: &ImageSpec,
     dst: &ImageSpec,
     flatten: bool,
@@ -181,7 +184,8 @@ fn records(
         source_spec: spec.to_string(),
         import_only: false,
         flatten,
-        snap_points: Vec::new(),
+        snap_seqs: Vec::new(),
+        overlap: 0,
         copied_upto: 0,
         // A same-store source is an image: its snapshots cannot change under the copy.
         source_identity: String::new(),
@@ -194,6 +198,7 @@ fn records(
             name: src.image.clone(),
             id: src_id.to_string(),
         }),
+        overlap: src_size,
         ..rec.clone()
     };
     Ok((rec, drec))
@@ -227,7 +232,7 @@ fn link(
     if !flatten {
         keep_parent(rbd, &plan.src_header, &dimg, dst)?;
     }
-    for (name, _, protected) in &plan.snaps {
+    for (name, _, protected, _) in &plan.snaps {
         if *protected {
             dimg.snap_protect(name)?;
         }
@@ -242,11 +247,11 @@ fn link(
 
 /// The destination's record `prepared`, with its snapshot map; refused if a rollback by
 /// another command got there first.
-fn mark_prepared(dimg: &Image, dst: &ImageSpec, points: Vec<(u64, u32)>) -> Result<()> {
+fn mark_prepared(dimg: &Image, dst: &ImageSpec, points: Vec<(u64, u64)>) -> Result<()> {
     dimg.swap_migration_record(|r| match r {
         Some(r) if r.state == MigrationState::Preparing => Ok(Some(MigrationRecord {
             state: MigrationState::Prepared,
-            snap_points: points.clone(),
+            snap_seqs: points.clone(),
             ..r
         })),
         _ => Err(rbdm_image::Error::Invalid(format!(
@@ -324,10 +329,12 @@ pub fn prepare_import(
     if rbd.open(dst, true).is_ok() {
         return Err(exists(dst));
     }
-    let snaps: Vec<(String, u64, bool)> = source
+    let ids = crate::ceph_form::snap_ids(rbd, spec_text, source.snapshots().len())?;
+    let snaps: Vec<(String, u64, bool, u64)> = source
         .snapshots()
         .into_iter()
-        .map(|s| (s.name, s.size, false))
+        .zip(ids)
+        .map(|(s, id)| (s.name, s.size, false, id))
         .collect();
     let opts = create
         .cloned()
@@ -337,10 +344,11 @@ pub fn prepare_import(
         state: MigrationState::Preparing,
         state_description: String::new(),
         peer: None,
-        source_spec: spec_text.to_string(),
+        source_spec: crate::ceph_form::spec_text(spec_text),
         import_only: true,
         flatten: true,
-        snap_points: Vec::new(),
+        snap_seqs: Vec::new(),
+        overlap: source.size(),
         copied_upto: 0,
         source_identity,
     };

@@ -63,6 +63,9 @@ pub(super) fn encode(h: &Header, base: &Keys) -> Keys {
     if let Some(mig) = &h.migration {
         put("migration", mig.clone());
     }
+    if let Some(own) = &h.rbdm_migration {
+        put(crate::migration::RBDM_KEY, own.clone());
+    }
     for s in h.snaps.values() {
         let key = snapshot_key(s.id);
         let old = base.get(&key).and_then(|b| ClsRbdSnap::decode(b).ok());
@@ -168,6 +171,7 @@ pub(super) fn decode(keys: &Keys) -> Result<Header> {
             Some(whole("data_pool_id", v, |d| d.i64()).map_err(|e| corrupt("data_pool_id", e))?);
     }
     h.migration = keys.get("migration").cloned();
+    h.rbdm_migration = keys.get(crate::migration::RBDM_KEY).cloned();
     let parent = keys
         .get("parent")
         .map(|v| ClsRbdParent::decode(v).map_err(|e| corrupt("parent", e)))

@@ -163,11 +163,7 @@ impl Image {
 
     /// The migration record in the header, if the image takes part in one.
     pub fn migration_record(&self) -> Result<Option<MigrationRecord>> {
-        let h = self.header()?;
-        h.migration
-            .as_deref()
-            .map(MigrationRecord::decode)
-            .transpose()
+        MigrationRecord::from_header(&*self.header()?)
     }
 
     /// Replaces (or with `None` clears) the migration record.

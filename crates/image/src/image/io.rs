@@ -70,8 +70,7 @@ impl Image {
     pub(super) fn begin_change(&self) -> Result<Arc<Header>> {
         self.check_writable()?;
         let h = self.header()?;
-        if let Some(raw) = h.migration.as_deref() {
-            let rec = MigrationRecord::decode(raw)?;
+        if let Some(rec) = MigrationRecord::from_header(&h)? {
             // An abort writes clients' writes back into its source (invariant 1).
             let aborting = rec.state == migration::MigrationState::Aborting;
             if rec.role == MigrationRole::Source && !aborting {

@@ -13,10 +13,9 @@ impl Image {
         &self,
         h: &Header,
     ) -> Result<Option<(MigrationRecord, Arc<dyn MigrationSource>)>> {
-        let Some(raw) = h.migration.as_deref() else {
+        let Some(rec) = MigrationRecord::from_header(h)? else {
             return Ok(None);
         };
-        let rec = MigrationRecord::decode(raw)?;
         if rec.role != MigrationRole::Destination {
             return Ok(None);
         }
