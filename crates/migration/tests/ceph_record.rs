@@ -71,8 +71,7 @@ fn spec(s: &str) -> ImageSpec {
 
 fn store() -> Rbd {
     rbdm_plugins::link();
-    rbdm_migration::link();
-    Rbd::new(rbdm_store::open("mem://").unwrap())
+    rbdm_migration::rbd(rbdm_store::open("mem://").unwrap())
 }
 
 fn create(rbd: &Rbd, name: &str) -> Image {
