@@ -32,7 +32,9 @@ struct Known {
     snaps: BTreeMap<String, BTreeSet<u64>>,
 }
 
-/// Where each image keeps its data: (data pool, namespace, id) → its snapshot ids.
+/// Where each image keeps its data: (data pool, namespace, object prefix) → its snapshot ids.
+/// By prefix, not id: librbd names an image's data objects `rbd_data.<pool id>.<id>.*` when
+/// it has a data pool.
 type DataOwners = BTreeMap<(PoolId, String, String), BTreeSet<u64>>;
 
 fn label(pool: &str, ns: &str, name: &str) -> String {
@@ -124,7 +126,7 @@ impl Rbd {
                     let dp = h.data_pool_id.unwrap_or(pid);
                     let snaps: BTreeSet<u64> = h.snaps.keys().copied().collect();
                     k.snaps.insert(id.clone(), snaps.clone());
-                    data.insert((dp, ns.to_string(), id.clone()), snaps);
+                    data.insert((dp, ns.to_string(), h.object_prefix.clone()), snaps);
                 }
                 Err(Error::NotFound(_) | Error::Store(rbdm_store::Error::NoObject { .. }))
                     if !listed.contains(id) => {}
@@ -173,7 +175,7 @@ impl Rbd {
         }
         if let Some(rest) = name.strip_prefix("rbd_data.") {
             let id = rest.rsplit_once('.').map(|(id, _)| id).unwrap_or(rest);
-            let key = (loc.pool, loc.namespace.clone(), id.to_string());
+            let key = (loc.pool, loc.namespace.clone(), format!("rbd_data.{id}"));
             let Some(snaps) = data.get(&key) else {
                 return Ok(Some(format!(
                     "data object of image id '{id}', which no directory or trash lists"

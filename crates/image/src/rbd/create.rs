@@ -61,9 +61,13 @@ impl Rbd {
         let mut h = Header::new(opts.size, layout, header::data_prefix(id), feats, now());
         if let Some(dp) = &opts.data_pool {
             let dp_id = self.pool_id(dp)?;
-            if dp_id != self.pool_id(&spec.pool)? {
+            let own = self.pool_id(&spec.pool)?;
+            if dp_id != own {
                 h.data_pool_id = Some(dp_id);
                 h.features |= features::DATA_POOL;
+                // As librbd: the image's own pool id in the prefix keeps the names of images
+                // of several pools that share one data pool apart.
+                h.object_prefix = format!("rbd_data.{own}.{id}");
             }
         }
         Ok(h)
