@@ -410,7 +410,8 @@ fn nginx_https_with_a_private_ca() {
     )
     .err()
     .unwrap();
-    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    let e = rbdm_registry::report(&e);
+    assert!(e.contains("UnknownIssuer"), "{e}");
 }
 
 fn libc_enoent() -> i32 {

@@ -317,8 +317,8 @@ fn reserved_names_are_not_looked_up() {
         "nbd://a.test:10809/",
     ] {
         let t = Instant::now();
-        let e = open_quick(uri).err().unwrap();
-        assert!(e.to_string().contains("not looked up"), "{e}");
+        let e = rbdm_registry::report(&open_quick(uri).err().unwrap());
+        assert!(e.contains("not looked up"), "{e}");
         assert!(
             t.elapsed() < Duration::from_millis(100),
             "{:?}",
