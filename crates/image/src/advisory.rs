@@ -199,7 +199,7 @@ impl Image {
     }
 
     /// `rbd lock rm IMAGE ID LOCKER`: removes an advisory lock, or breaks the managed lock
-    /// (`auto <n>`) of a client. `NotFound` when no such lock is held by that locker.
+    /// (`auto <n>`) of a client. `NoLock` when no such lock is held by that locker.
     pub fn lock_remove(&self, id: &str, locker: &str) -> Result<()> {
         let client_id = parse_locker(locker)?;
         loop {
@@ -220,17 +220,13 @@ impl Image {
             .iter()
             .any(|l| l.cookie == id && l.client.id == client_id);
         if !held {
-            return Err(Error::NotFound(format!(
-                "no lock '{id}' held by client.{client_id}"
-            )));
+            return Err(Error::no_lock(id, client_id));
         }
         match self
             .store()
             .break_lock(&self.header_loc(), "rbd_lock", client_id, id)
         {
-            Err(StoreError::NoLocker { .. }) => Err(Error::NotFound(format!(
-                "no lock '{id}' held by client.{client_id}"
-            ))),
+            Err(StoreError::NoLocker { .. }) => Err(Error::no_lock(id, client_id)),
             r => Ok(r?),
         }
     }

@@ -253,7 +253,7 @@ impl Rbd {
             return Ok(());
         }
         match self.dir_remove(spec, &name, &i.arg) {
-            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+            Ok(()) | Err(Error::NoImage { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }

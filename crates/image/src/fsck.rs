@@ -128,8 +128,7 @@ impl Rbd {
                     k.snaps.insert(id.clone(), snaps.clone());
                     data.insert((dp, ns.to_string(), h.object_prefix.clone()), snaps);
                 }
-                Err(Error::NotFound(_) | Error::Store(rbdm_store::Error::NoObject { .. }))
-                    if !listed.contains(id) => {}
+                Err(Error::Store(rbdm_store::Error::NoObject { .. })) if !listed.contains(id) => {}
                 Err(e) => out.push(Finding {
                     object: label(pool, ns, &header::header_name(id)),
                     problem: format!(

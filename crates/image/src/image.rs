@@ -78,15 +78,13 @@ impl Image {
     ) -> Result<Image> {
         let pool_id = rbd.pool_id(&spec.pool)?;
         let hloc = Locator::new(pool_id, &spec.namespace, &header::header_name(&id));
-        let not_found = |_| Error::NotFound(format!("image '{name}' does not exist"));
+        let not_found = |_| Error::no_image_here(&name);
         let version = rbd.store().stat(&hloc, HEAD).map_err(not_found)?.version;
         let h = Header::load(rbd.store(), &hloc)?;
         let snap_id = match snap {
             Some(s) => Some(
                 h.snap_by_name(s)
-                    .ok_or_else(|| {
-                        Error::NotFound(format!("snapshot '{name}@{s}' does not exist"))
-                    })?
+                    .ok_or_else(|| Error::no_snap(&name, s))?
                     .id,
             ),
             None => None,
@@ -188,8 +186,9 @@ impl Image {
         match self.snap_id {
             None => Ok((h.size, h.parent.clone())),
             Some(id) => {
-                let s = h.snaps.get(&id).ok_or_else(|| {
-                    Error::NotFound(format!("snapshot {id} of '{}' was removed", self.name))
+                let s = h.snaps.get(&id).ok_or_else(|| Error::SnapRemoved {
+                    image: self.name.clone(),
+                    id,
                 })?;
                 Ok((s.size, s.parent.clone()))
             }

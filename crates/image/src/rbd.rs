@@ -81,7 +81,7 @@ impl Rbd {
 
     pub(crate) fn pool_id(&self, pool: &str) -> Result<PoolId> {
         self.store.pool_id(pool).map_err(|e| match e {
-            StoreError::NoPool(_) => Error::NotFound(format!("pool '{pool}' does not exist")),
+            StoreError::NoPool(_) => Error::NoPool(pool.into()),
             e => e.into(),
         })
     }

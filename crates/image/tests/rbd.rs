@@ -30,7 +30,7 @@ fn create_list_rename_remove() {
             "a",
             &CreateOptions::with_size(1)
         ),
-        Err(Error::NotFound(_))
+        Err(Error::NoPool(p)) if p == "nope"
     ));
     let bad = CreateOptions {
         features: Some(features::OBJECT_MAP),
@@ -40,7 +40,7 @@ fn create_list_rename_remove() {
     assert_eq!(r.list(&pool).unwrap(), vec!["a"]);
     r.rename(&pool, "a", "b").unwrap();
     assert_eq!(r.list(&pool).unwrap(), vec!["b"]);
-    assert!(matches!(r.open(&spec("a"), true), Err(Error::NotFound(_))));
+    assert!(matches!(r.open(&spec("a"), true), Err(Error::NoImage { name, .. }) if name == "a"));
     let img = r.open(&spec("b"), false).unwrap();
     img.write(4096, b"hello").unwrap();
     img.snap_create("s").unwrap();
@@ -83,7 +83,7 @@ fn trash_round_trip() {
         .unwrap();
     let id = r.trash_move(&spec("t"), 3600).unwrap();
     assert!(
-        matches!(r.open(&spec("t"), true), Err(Error::NotFound(_))),
+        matches!(r.open(&spec("t"), true), Err(Error::NoImage { .. })),
         "trash hides the name"
     );
     assert!(r.open_by_id(&pool, &id, None, true).is_ok());
@@ -180,7 +180,7 @@ fn pools_namespaces_config_key_metadata() {
     assert_eq!(r.config_key_list().unwrap(), vec!["k"]);
     assert!(!r.pool_list().unwrap().iter().any(|p| p.starts_with('.')));
     r.config_key_remove("k").unwrap();
-    assert!(matches!(r.config_key_get("k"), Err(Error::NotFound(_))));
+    assert!(matches!(r.config_key_get("k"), Err(Error::NoConfigKey(k)) if k == "k"));
     let img = r
         .open(&ImageSpec::parse("p2/ns/x", "rbd").unwrap(), false)
         .unwrap();

@@ -95,7 +95,7 @@ fn point(p: Option<usize>) -> Point {
 fn to_image_error(e: &dyn std::error::Error, errno: i32) -> rbdm_image::Error {
     let e = rbdm_store::report(e);
     match errno {
-        libc::ENOENT => rbdm_image::Error::NotFound(format!("migration source: {e}")),
+        libc::ENOENT => rbdm_image::Error::NoSource(e),
         libc::EINVAL | libc::EBADMSG => {
             rbdm_image::Error::Invalid(format!("migration source: {e}"))
         }

@@ -61,7 +61,7 @@ fn pool_spec(rbd: &Rbd, pool_id: i64, ns: &str) -> Result<PoolSpec> {
 fn side_by_id(rbd: &Rbd, pool: &PoolSpec, id: &str) -> Result<Option<Side>> {
     let img = match rbd.open_quiet(pool, None, Some(id), None) {
         Ok(i) => i,
-        Err(rbdm_image::Error::NotFound(_)) => return Ok(None),
+        Err(rbdm_image::Error::NoImage { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     side_of(rbd, pool, &img)
@@ -89,7 +89,9 @@ fn side_of(rbd: &Rbd, pool: &PoolSpec, img: &Image) -> Result<Option<Side>> {
 fn side_by_name(rbd: &Rbd, spec: &ImageSpec) -> Result<Option<Side>> {
     let img = match rbd.open_quiet(&spec.pool_spec(), Some(&spec.image), None, None) {
         Ok(i) => i,
-        Err(rbdm_image::Error::NotFound(_)) => return Ok(None),
+        // A user's spec may name a pool that is not there: it holds no side, and `find`
+        // reports the missing pool in the store's words.
+        Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     side_of(rbd, &spec.pool_spec(), &img)

@@ -76,12 +76,7 @@ impl Image {
     pub fn header(&self) -> Result<Arc<Header>> {
         let version = match self.store().stat(&self.header_loc(), HEAD) {
             Ok(st) => st.version,
-            Err(StoreError::NoObject { .. }) => {
-                return Err(Error::NotFound(format!(
-                    "image '{}' was removed",
-                    self.name
-                )))
-            }
+            Err(StoreError::NoObject { .. }) => return Err(Error::ImageRemoved(self.name.clone())),
             Err(e) => return Err(e.into()),
         };
         {

@@ -25,8 +25,9 @@ impl Image {
     pub fn metadata_get(&self, key: &str) -> Result<String> {
         let k = format!("{METADATA_PREFIX}{key}");
         let found = self.store().omap_get_keys(&self.header_loc(), &[&k])?;
-        let v = found.get(&k).ok_or_else(|| {
-            Error::NotFound(format!("image '{}' has no metadata key '{key}'", self.name))
+        let v = found.get(&k).ok_or_else(|| Error::NoMetadata {
+            image: self.name.clone(),
+            key: key.into(),
         })?;
         Ok(String::from_utf8_lossy(v).into_owned())
     }

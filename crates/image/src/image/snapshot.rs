@@ -11,9 +11,10 @@ use crate::{features, Error, Result, SnapInfo};
 
 impl Image {
     pub(crate) fn snap_meta(&self, name: &str) -> Result<SnapMeta> {
-        self.header()?.snap_by_name(name).cloned().ok_or_else(|| {
-            Error::NotFound(format!("snapshot '{}@{name}' does not exist", self.name))
-        })
+        self.header()?
+            .snap_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::no_snap(&self.name, name))
     }
 
     pub(super) fn check_head(&self, what: &str) -> Result<()> {

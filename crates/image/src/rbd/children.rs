@@ -117,13 +117,9 @@ impl Rbd {
             if children.is_empty() {
                 continue;
             }
-            let target = th.snap_by_name(&s.name).ok_or_else(|| {
-                Error::NotFound(format!(
-                    "destination '{}' has no snapshot '{}' for the clones to follow",
-                    to.name(),
-                    s.name
-                ))
-            })?;
+            let target = th
+                .snap_by_name(&s.name)
+                .ok_or_else(|| Error::no_snap_to_follow(to.name(), &s.name))?;
             let old = |p: &ParentLink| {
                 p.pool_id == from.pool() && p.image_id == from.id() && p.snap_id == s.id
             };

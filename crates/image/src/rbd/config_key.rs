@@ -36,7 +36,7 @@ impl Rbd {
         Ok(())
     }
 
-    /// The value of `key`; `NotFound` if it is not set.
+    /// The value of `key`; `NoConfigKey` if it is not set.
     pub fn config_key_get(&self, key: &str) -> Result<Vec<u8>> {
         let found = match self.store.omap_get_keys(&self.config_loc()?, &[key]) {
             Err(StoreError::NoObject { .. }) => Default::default(),
@@ -45,10 +45,10 @@ impl Rbd {
         found
             .get(key)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("config-key '{key}' does not exist")))
+            .ok_or_else(|| Error::NoConfigKey(key.into()))
     }
 
-    /// Removes `key`; `NotFound` if it is not set.
+    /// Removes `key`; `NoConfigKey` if it is not set.
     pub fn config_key_remove(&self, key: &str) -> Result<()> {
         self.config_key_get(key)?;
         self.store.operate(

@@ -73,8 +73,8 @@ impl Rbd {
         Ok(h)
     }
 
-    /// Creates image `name`; `Invalid`: bad name or options; `NotFound`: no pool, namespace or
-    /// data pool; `Exists`: the name is taken; `Unsupported`: journaling.
+    /// Creates image `name`; `Invalid`: bad name or options; `NoPool`, `NoNamespace`: no
+    /// pool, namespace or data pool; `Exists`: the name is taken; `Unsupported`: journaling.
     pub fn create(&self, spec: &PoolSpec, name: &str, opts: &CreateOptions) -> Result<()> {
         self.create_with(spec, name, opts, |_| {}).map(|_| ())
     }

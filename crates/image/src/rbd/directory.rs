@@ -17,12 +17,12 @@ pub(crate) fn decode_name(what: &str, bytes: &[u8]) -> Result<String> {
 }
 
 impl Rbd {
-    /// The id of image `name`; `NotFound` if there is none (images in the trash have none).
+    /// The id of image `name`; `NoImage` if there is none (images in the trash have none).
     pub(crate) fn image_id(&self, spec: &PoolSpec, name: &str) -> Result<String> {
         let key = format!("name_{name}");
         let id = self
             .dir_value(spec, &key)?
-            .ok_or_else(|| Error::NotFound(format!("image '{name}' does not exist in {spec}")))?;
+            .ok_or_else(|| Error::no_image(spec, name))?;
         decode_name(&format!("directory entry {key} of {spec}"), &id)
     }
 
@@ -155,9 +155,7 @@ impl Rbd {
         // atomic write, so a kill in between leaves the image named and the intent (if any)
         // to finish the removal; the other order left an `rbd_id.<name>` no image owns.
         if self.image_id(spec, name)? != id {
-            return Err(Error::NotFound(format!(
-                "image '{name}' does not exist in {spec}"
-            )));
+            return Err(Error::no_image(spec, name));
         }
         let (idloc, op) = (self.id_loc(spec, name)?, WriteOp::new().remove());
         match self.store.operate(&idloc, &op, &no_snapc()) {
@@ -171,9 +169,7 @@ impl Rbd {
             .omap_rm([key.clone(), format!("id_{id}")])
             .omap_rm(intent);
         match self.store.operate(&loc, &op, &no_snapc()) {
-            Err(StoreError::Canceled(_)) => Err(Error::NotFound(format!(
-                "image '{name}' does not exist in {spec}"
-            ))),
+            Err(StoreError::Canceled(_)) => Err(Error::no_image(spec, name)),
             r => r.map_err(Into::into),
         }
     }
@@ -190,7 +186,7 @@ impl Rbd {
             .collect())
     }
 
-    /// Renames image `from`; `Invalid`: a bad `to`; `NotFound`: no `from`; `Exists`: `to` is
+    /// Renames image `from`; `Invalid`: a bad `to`; `NoImage`: no `from`; `Exists`: `to` is
     /// taken. `rbd_id.<to>`, then `rbd_id.<from>` goes, then both directory entries change in
     /// one write: an id object is written before its name and removed before it, so a kill
     /// leaves at most an id object no name owns (which running the rename again, or the next

@@ -4,10 +4,10 @@ use super::Rbd;
 use crate::{Error, Image, ImageSpec, PoolSpec, Result};
 
 impl Rbd {
-    /// Opens `spec` (its `snap`, if any, read-only). `NotFound` for an image in the trash.
+    /// Opens `spec` (its `snap`, if any, read-only). `NoImage` for an image in the trash.
     pub fn open(&self, spec: &ImageSpec, read_only: bool) -> Result<Image> {
         let id = match self.image_id(&spec.pool_spec(), &spec.image) {
-            Err(Error::NotFound(_)) => {
+            Err(Error::NoImage { .. }) => {
                 // A create or trash restore cut short may be what names it.
                 self.settle_names_quietly(&spec.pool_spec());
                 self.image_id(&spec.pool_spec(), &spec.image)?

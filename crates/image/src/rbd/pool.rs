@@ -26,7 +26,7 @@ impl Rbd {
     }
 
     /// Marks the pool as RBD's, as `rbd pool init` does: `rbd_info` says overwrites work
-    /// (they always do here). `NotFound` without the pool.
+    /// (they always do here). `NoPool` without the pool.
     pub fn pool_init(&self, pool: &str) -> Result<()> {
         let loc = self.loc(&PoolSpec::new(pool, ""), RBD_INFO)?;
         let op = WriteOp::new().write_full(RBD_INFO_OVERWRITE_VALIDATED);
@@ -67,7 +67,7 @@ impl Rbd {
         Ok(names)
     }
 
-    /// Creates namespace `ns`; `Invalid`: a bad name; `NotFound`: no pool; `Exists`: it exists.
+    /// Creates namespace `ns`; `Invalid`: a bad name; `NoPool`: no pool; `Exists`: it exists.
     pub fn namespace_create(&self, pool: &str, ns: &str) -> Result<()> {
         check_name("namespace", ns)?;
         let loc = self.loc(&PoolSpec::new(pool, ""), NAMESPACES)?;
@@ -118,7 +118,7 @@ impl Rbd {
         Ok(())
     }
 
-    /// The namespaces created in `pool` (not ""); `NotFound` without the pool.
+    /// The namespaces created in `pool` (not ""); `NoPool` without the pool.
     pub fn namespace_list(&self, pool: &str) -> Result<Vec<String>> {
         let loc = self.loc(&PoolSpec::new(pool, ""), NAMESPACES)?;
         Ok(self
@@ -128,16 +128,14 @@ impl Rbd {
             .collect())
     }
 
-    /// `NotFound` unless the pool exists and the namespace ("" always does) was created.
+    /// `NoPool`, `NoNamespace` unless the pool exists and the namespace ("" always does) was
+    /// created.
     pub fn check_namespace(&self, spec: &PoolSpec) -> Result<()> {
         self.pool_id(&spec.pool)?;
         if spec.namespace.is_empty() || self.namespace_list(&spec.pool)?.contains(&spec.namespace) {
             Ok(())
         } else {
-            Err(Error::NotFound(format!(
-                "namespace '{}' does not exist",
-                spec
-            )))
+            Err(Error::NoNamespace(spec.to_string()))
         }
     }
 }

@@ -12,14 +12,14 @@ impl Rbd {
         let pspec = spec.pool_spec();
         self.settle_names(&pspec)?;
         let id = match self.image_id(&pspec, &spec.image) {
-            Err(Error::NotFound(m)) => {
+            Err(e @ Error::NoImage { .. }) => {
                 let cut = self
                     .trash_list(&pspec, true)?
                     .into_iter()
                     .find(|t| t.name == spec.image && t.source == TrashSource::Removing);
                 return match cut {
                     Some(t) => self.trash_purge_entry(&pspec, &t, progress),
-                    None => Err(Error::NotFound(m)),
+                    None => Err(e),
                 };
             }
             r => r?,
@@ -87,7 +87,8 @@ impl Rbd {
     pub fn remove_id(&self, spec: &PoolSpec, id: &str, progress: Progress) -> Result<()> {
         let name = self.image_name(spec, id)?;
         match self.remove_by_id(spec, id, name.as_deref(), progress) {
-            Ok(()) | Err(Error::NotFound(_)) => {}
+            Ok(()) => {}
+            Err(e) if e.is_no_image() => {}
             Err(e) => return Err(e),
         }
         self.trash_forget(spec, id)

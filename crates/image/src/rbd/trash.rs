@@ -111,7 +111,7 @@ impl Rbd {
         decode_trash(id, &self.trash_raw(spec, id)?)
     }
 
-    /// The stored bytes of image `id`'s trash entry; `NotFound` if there is none.
+    /// The stored bytes of image `id`'s trash entry; `NoTrashEntry` if there is none.
     fn trash_raw(&self, spec: &PoolSpec, id: &str) -> Result<Vec<u8>> {
         let loc = self.loc(spec, TRASH)?;
         let key = format!("id_{id}");
@@ -119,9 +119,9 @@ impl Rbd {
             Err(StoreError::NoObject { .. }) => Default::default(),
             r => r?,
         };
-        found.remove(&key).ok_or_else(|| {
-            Error::NotFound(format!("image id '{id}' is not in the trash of {spec}"))
-        })
+        found
+            .remove(&key)
+            .ok_or_else(|| Error::no_trash_entry(spec, id))
     }
 
     /// Sets the state of image `id`'s trash entry, guarded on the entry read (librbd's
@@ -152,7 +152,7 @@ impl Rbd {
     pub fn trash_find(&self, spec: &PoolSpec, id: &str) -> Result<Option<TrashEntry>> {
         match self.trash_get(spec, id) {
             Ok(t) => Ok(Some(t)),
-            Err(Error::NotFound(_)) => Ok(None),
+            Err(Error::NoTrashEntry { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -185,8 +185,8 @@ impl Rbd {
         Ok(out)
     }
 
-    /// Restores image `id` (as `new_name`, if given); `NotFound`: not in the trash; `Busy`: being
-    /// removed, or a migration's source; `Invalid`/`Exists`: a bad or taken name.
+    /// Restores image `id` (as `new_name`, if given); `NoTrashEntry`: not in the trash;
+    /// `Busy`: being removed, or a migration's source; `Invalid`/`Exists`: a bad or taken name.
     pub fn trash_restore(&self, spec: &PoolSpec, id: &str, new_name: Option<&str>) -> Result<()> {
         self.settle_names(spec)?;
         let t = self.trash_get(spec, id)?;
@@ -272,11 +272,12 @@ impl Rbd {
         // The entry says `Removing` first, so a removal cut short is not restored half
         // gone. Each step may run again: a header already gone means only the entry is left.
         match self.trash_set_state(spec, &t.id, TrashState::Removing) {
-            Ok(()) | Err(Error::NotFound(_)) => {}
+            Ok(()) | Err(Error::NoTrashEntry { .. }) => {}
             Err(e) => return Err(e),
         }
         match self.remove_by_id(spec, &t.id, None, progress) {
-            Ok(()) | Err(Error::NotFound(_)) => {}
+            Ok(()) => {}
+            Err(e) if e.is_no_image() => {}
             Err(e @ (Error::Busy(_) | Error::NotEmpty(_))) => {
                 // Refused (snapshots, watchers) before anything went: the entry is as it was.
                 let _ = self.trash_set_state(spec, &t.id, t.state);
