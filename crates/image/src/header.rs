@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rbdm_cls::parent::ChildImageSpec;
 use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, SnapId, StoreRef, WriteOp};
 
 use crate::encoding::{Dec, Enc};
@@ -62,6 +63,9 @@ pub struct Header {
     /// By snap id (so oldest first).
     pub snaps: BTreeMap<SnapId, SnapMeta>,
     pub parent: Option<ParentLink>,
+    /// Clone v2's children of each snapshot (`snap_children_<id>`; a snapshot's
+    /// `child_count` is the size of its set). Only non-empty sets are kept.
+    pub snap_children: BTreeMap<SnapId, BTreeSet<ChildImageSpec>>,
     pub data_pool_id: Option<PoolId>,
     /// The migration record (owned by the migration crate; opaque here).
     pub migration: Option<Vec<u8>>,
@@ -138,6 +142,7 @@ impl Header {
             snap_limit: None,
             snaps: BTreeMap::new(),
             parent: None,
+            snap_children: BTreeMap::new(),
             data_pool_id: None,
             migration: None,
             rbdm_migration: None,

@@ -2,10 +2,10 @@
 //! a header (with its object maps) in rbdm's earlier encoding is upgraded on first read,
 //! never misread.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+mod pacific;
 
-use rbdm_cls::golden;
+use std::collections::BTreeMap;
+
 use rbdm_cls::snap::ClsRbdSnap;
 use rbdm_extent::{Layout, ObjectMap, ObjectState};
 use rbdm_image::header::{Header, ParentLink, SnapMeta};
@@ -34,14 +34,7 @@ fn put(s: &StoreRef, loc: &Locator, keys: Keys) {
 
 /// The golden `snapimg` header (snapshots s1, s2 protected with a clone, forimport).
 fn golden_snapimg() -> Keys {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cls/tests/golden/pacific-16.2.15/rbd.txt");
-    let objs = golden::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let o = objs
-        .iter()
-        .find(|o| o.name == "rbd_header.102547b0a039")
-        .unwrap();
-    o.omap.iter().cloned().collect()
+    pacific::omap_of("rbd_header.102547b0a039")
 }
 
 #[test]

@@ -10,8 +10,10 @@
 use std::collections::BTreeMap;
 
 use rbdm_cls::denc::{whole, Encoder};
-use rbdm_cls::header::{snap_id_of_key, snapshot_key, SNAPSHOT_PREFIX};
-use rbdm_cls::parent::ClsRbdParent;
+use rbdm_cls::header::{
+    snap_children_key, snap_id_of_key, snapshot_key, SNAPSHOT_PREFIX, SNAP_CHILDREN_PREFIX,
+};
+use rbdm_cls::parent::{decode_snap_children, encode_snap_children, ClsRbdParent};
 use rbdm_cls::snap::{ClsRbdSnap, ProtectionStatus, SnapshotNamespace};
 use rbdm_cls::{DecodeError, UTime};
 
@@ -24,8 +26,9 @@ pub(super) type Keys = BTreeMap<String, Vec<u8>>;
 pub(super) const GENERATION: &str = "generation";
 
 /// `h` as header keys. A snapshot whose record is in `base` (the keys as read) keeps the
-/// fields rbdm does not model (namespace, flags, child count, nanoseconds, an unprotecting
-/// state), so rewriting a snapshot Ceph made loses nothing of it.
+/// fields rbdm does not model (namespace, flags, nanoseconds, an unprotecting state), so
+/// rewriting a snapshot Ceph made loses nothing of it; its `child_count` is the size of its
+/// `snap_children` set, as `child_attach`/`child_detach` keep them together.
 pub(super) fn encode(h: &Header, base: &Keys) -> Keys {
     let mut m = Keys::new();
     let mut put = |k: &str, v: Vec<u8>| {
@@ -69,7 +72,15 @@ pub(super) fn encode(h: &Header, base: &Keys) -> Keys {
     for s in h.snaps.values() {
         let key = snapshot_key(s.id);
         let old = base.get(&key).and_then(|b| ClsRbdSnap::decode(b).ok());
-        put(&key, snap_record(s, old).encode());
+        let children = h
+            .snap_children
+            .get(&s.id)
+            .map_or(0, |c| u32::try_from(c.len()).unwrap_or(u32::MAX));
+        put(&key, snap_record(s, old, children).encode());
+    }
+    for (id, set) in h.snap_children.iter().filter(|(_, c)| !c.is_empty()) {
+        let set: Vec<_> = set.iter().cloned().collect();
+        put(&snap_children_key(*id), encode_snap_children(&set));
     }
     m
 }
@@ -91,7 +102,7 @@ fn parent_record(h: &Header) -> Option<ClsRbdParent> {
     })
 }
 
-fn snap_record(s: &SnapMeta, old: Option<ClsRbdSnap>) -> ClsRbdSnap {
+fn snap_record(s: &SnapMeta, old: Option<ClsRbdSnap>, child_count: u32) -> ClsRbdSnap {
     let keep = old.filter(|o| o.id == s.id);
     let status = match (&keep, s.protected) {
         (_, false) => ProtectionStatus::Unprotected,
@@ -118,7 +129,7 @@ fn snap_record(s: &SnapMeta, old: Option<ClsRbdSnap>) -> ClsRbdSnap {
         namespace: keep
             .as_ref()
             .map_or(SnapshotNamespace::User, |o| o.namespace.clone()),
-        child_count: keep.as_ref().map_or(0, |o| o.child_count),
+        child_count,
         parent_overlap: s.parent.as_ref().map(|p| p.overlap),
     }
 }
@@ -177,7 +188,24 @@ pub(super) fn decode(keys: &Keys) -> Result<Header> {
         .map(|v| ClsRbdParent::decode(v).map_err(|e| corrupt("parent", e)))
         .transpose()?;
     decode_snaps(keys, parent, &mut h)?;
+    decode_snap_children_keys(keys, &mut h)?;
     Ok(h)
+}
+
+/// The `snap_children_<id>` sets (clone v2's children of each snapshot).
+fn decode_snap_children_keys(keys: &Keys, h: &mut Header) -> Result<()> {
+    for (k, v) in keys.range(SNAP_CHILDREN_PREFIX.to_string()..) {
+        if !k.starts_with(SNAP_CHILDREN_PREFIX) {
+            break;
+        }
+        let id = snap_id_of_key(k)
+            .ok_or_else(|| Error::Corrupt(format!("image header key '{k}': no snapshot id")))?;
+        let set = decode_snap_children(v).map_err(|e| corrupt(k, e))?;
+        if !set.is_empty() {
+            h.snap_children.insert(id, set.into_iter().collect());
+        }
+    }
+    Ok(())
 }
 
 /// The snapshots, and the head's and each snapshot's parent link. A pre-Nautilus snapshot

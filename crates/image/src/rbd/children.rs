@@ -1,12 +1,19 @@
-//! The children registry (omap of `rbd_children` in the parent's pool) and reparenting.
+//! Clone v2's children bookkeeping, as librbd and `cls_rbd` keep it (the parent's
+//! `snap_children_<snap>` sets and `child_count`, the CLONE_PARENT/CLONE_CHILD op features
+//! and the OPERATIONS feature), and reparenting. rbdm's earlier `rbd_children` keys are still
+//! read and removed, never written.
 
+use rbdm_cls::header::op_features;
+use rbdm_cls::parent::ChildImageSpec;
 use rbdm_store::{Error as StoreError, Locator, PoolId, WriteOp};
 
 use super::{no_snapc, Rbd, CHILDREN};
-use crate::header::ParentLink;
-use crate::{ChildInfo, Error, Image, PoolSpec, Result};
+use crate::header::{header_name, Header, ParentLink};
+use crate::{features, ChildInfo, Error, Image, PoolSpec, Result};
 
 impl Rbd {
+    /// rbdm's clone v1-style registry key (`rbd_children`), read and removed only: stores
+    /// made before clone v2 bookkeeping still list their children through it.
     fn child_key(
         link: &ParentLink,
         child_pool: PoolId,
@@ -30,41 +37,110 @@ impl Rbd {
         Locator::new(parent_pool, "", CHILDREN)
     }
 
+    fn child_spec(&self, child: &PoolSpec, child_id: &str) -> Result<ChildImageSpec> {
+        Ok(ChildImageSpec {
+            pool_id: self.pool_id(&child.pool)?,
+            pool_namespace: child.namespace.clone(),
+            image_id: child_id.into(),
+        })
+    }
+
+    fn parent_header_loc(link: &ParentLink) -> Locator {
+        Locator::new(link.pool_id, &link.namespace, &header_name(&link.image_id))
+    }
+
     /// Records `child` as a clone of `link`'s snapshot (also a migration destination that
-    /// keeps its source's parent).
+    /// keeps its source's parent), as librbd's clone v2 does: CLONE_CHILD on the child, then
+    /// (Ceph's `child_attach`) the child in the snapshot's `snap_children` set, its
+    /// `child_count` and CLONE_PARENT in one update of the parent's header. Registering
+    /// again changes nothing.
     pub fn child_register(
         &self,
         link: &ParentLink,
         child: &PoolSpec,
         child_id: &str,
     ) -> Result<()> {
-        let key = Self::child_key(link, self.pool_id(&child.pool)?, child, child_id);
-        self.store.operate(
-            &self.children_loc(link.pool_id),
-            &WriteOp::new().omap_set([(key, Vec::new())]),
-            &no_snapc(),
-        )?;
+        let spec = self.child_spec(child, child_id)?;
+        let child_loc = self.loc(child, &header_name(child_id))?;
+        Header::update(&self.store, &child_loc, |h| {
+            set_op_feature(h, op_features::CLONE_CHILD, true);
+            Ok(())
+        })?;
+        Header::update(&self.store, &Self::parent_header_loc(link), |h| {
+            if !h.snaps.contains_key(&link.snap_id) {
+                return Err(Error::NotFound(format!(
+                    "parent image {} has no snapshot {} to attach a clone to",
+                    link.image_id, link.snap_id
+                )));
+            }
+            h.snap_children
+                .entry(link.snap_id)
+                .or_default()
+                .insert(spec.clone());
+            set_op_feature(h, op_features::CLONE_PARENT, true);
+            Ok(())
+        })?;
         Ok(())
     }
 
+    /// Undoes [`Rbd::child_register`] (Ceph's `child_detach`): the parent loses CLONE_PARENT
+    /// with its last child, the child CLONE_CHILD with its last parent link (as Ceph's
+    /// `remove_parent`). An absent parent or child header, or a child not listed, is done.
     pub(crate) fn child_unregister(
         &self,
         link: &ParentLink,
         child: &PoolSpec,
         child_id: &str,
     ) -> Result<()> {
-        let key = Self::child_key(link, self.pool_id(&child.pool)?, child, child_id);
-        match self.store.operate(
-            &self.children_loc(link.pool_id),
-            &WriteOp::new().omap_rm([key]),
-            &no_snapc(),
-        ) {
-            Err(StoreError::NoPool(_)) | Ok(()) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        let spec = self.child_spec(child, child_id)?;
+        gone_is_done(Header::update(
+            &self.store,
+            &Self::parent_header_loc(link),
+            |h| {
+                if let Some(set) = h.snap_children.get_mut(&link.snap_id) {
+                    set.remove(&spec);
+                    if set.is_empty() {
+                        h.snap_children.remove(&link.snap_id);
+                    }
+                }
+                if h.snap_children.is_empty() {
+                    set_op_feature(h, op_features::CLONE_PARENT, false);
+                }
+                Ok(())
+            },
+        ))?;
+        self.legacy_unregister(link, &spec, child)?;
+        let child_loc = self.loc(child, &header_name(child_id))?;
+        gone_is_done(Header::update(&self.store, &child_loc, |h| {
+            let linked = h.parent.is_some() || h.snaps.values().any(|s| s.parent.is_some());
+            if !linked {
+                set_op_feature(h, op_features::CLONE_CHILD, false);
+            }
+            Ok(())
+        }))
     }
 
-    /// Children of one snapshot of an image.
+    /// Removes the child's `rbd_children` key, if a store made before clone v2 has one.
+    fn legacy_unregister(
+        &self,
+        link: &ParentLink,
+        spec: &ChildImageSpec,
+        child: &PoolSpec,
+    ) -> Result<()> {
+        let key = Self::child_key(link, spec.pool_id, child, &spec.image_id);
+        gone_is_done(
+            self.store
+                .operate(
+                    &self.children_loc(link.pool_id),
+                    &WriteOp::new().assert_exists().omap_rm([key]),
+                    &no_snapc(),
+                )
+                .map_err(Error::from),
+        )
+    }
+
+    /// Children of one snapshot of an image: its `snap_children` set, and the
+    /// `rbd_children` keys a store made before clone v2 bookkeeping may still hold.
     pub(crate) fn children_of(
         &self,
         pool: PoolId,
@@ -72,6 +148,22 @@ impl Rbd {
         image_id: &str,
         snap_id: u64,
     ) -> Result<Vec<ChildInfo>> {
+        let hloc = Locator::new(pool, ns, &header_name(image_id));
+        let mut specs = Header::load(&self.store, &hloc)?
+            .snap_children
+            .remove(&snap_id)
+            .unwrap_or_default();
+        specs.extend(self.legacy_children(pool, ns, image_id, snap_id)?);
+        specs.into_iter().map(|c| self.child_info(&c)).collect()
+    }
+
+    fn legacy_children(
+        &self,
+        pool: PoolId,
+        ns: &str,
+        image_id: &str,
+        snap_id: u64,
+    ) -> Result<Vec<ChildImageSpec>> {
         let prefix = Self::children_prefix(ns, image_id, snap_id);
         let mut out = Vec::new();
         for (key, _) in self.omap_all(&self.children_loc(pool), &prefix)? {
@@ -80,29 +172,37 @@ impl Rbd {
             let [cpool, cns, cid] = parts[..] else {
                 return Err(Error::Corrupt(format!("children registry key {key:?}")));
             };
-            let cpool: PoolId = cpool
+            let pool_id: PoolId = cpool
                 .parse()
                 .map_err(|_| Error::Corrupt(format!("children registry key {key:?}")))?;
-            let pool_name = self.store.pool_name(cpool)?;
-            let cspec = PoolSpec::new(&pool_name, cns);
-            let (name, in_trash) = match self.image_name(&cspec, cid)? {
-                Some(n) => (n, false),
-                None => (
-                    self.trash_get(&cspec, cid)
-                        .map(|t| t.name)
-                        .unwrap_or_default(),
-                    true,
-                ),
-            };
-            out.push(ChildInfo {
-                pool: pool_name,
-                namespace: cns.into(),
-                image_name: name,
+            out.push(ChildImageSpec {
+                pool_id,
+                pool_namespace: cns.into(),
                 image_id: cid.into(),
-                in_trash,
             });
         }
         Ok(out)
+    }
+
+    fn child_info(&self, c: &ChildImageSpec) -> Result<ChildInfo> {
+        let pool_name = self.store.pool_name(c.pool_id)?;
+        let cspec = PoolSpec::new(&pool_name, &c.pool_namespace);
+        let (name, in_trash) = match self.image_name(&cspec, &c.image_id)? {
+            Some(n) => (n, false),
+            None => (
+                self.trash_get(&cspec, &c.image_id)
+                    .map(|t| t.name)
+                    .unwrap_or_default(),
+                true,
+            ),
+        };
+        Ok(ChildInfo {
+            pool: pool_name,
+            namespace: c.pool_namespace.clone(),
+            image_name: name,
+            image_id: c.image_id.clone(),
+            in_trash,
+        })
     }
 
     /// Moves every clone child of `from`'s snapshots to the snapshot of the same name in
@@ -166,5 +266,28 @@ impl Rbd {
             }
         }
         Ok(moved)
+    }
+}
+
+/// Sets or clears one `op_features` bit; OPERATIONS follows whether any is set (Ceph's
+/// `set_op_features`).
+fn set_op_feature(h: &mut Header, bit: u64, on: bool) {
+    if on {
+        h.op_features |= bit;
+    } else {
+        h.op_features &= !bit;
+    }
+    if h.op_features != 0 {
+        h.features |= features::OPERATIONS;
+    } else {
+        h.features &= !features::OPERATIONS;
+    }
+}
+
+/// A missing pool or object: nothing left to undo.
+fn gone_is_done<T>(r: Result<T>) -> Result<()> {
+    match r {
+        Ok(_) | Err(Error::Store(StoreError::NoPool(_) | StoreError::NoObject { .. })) => Ok(()),
+        Err(e) => Err(e),
     }
 }
