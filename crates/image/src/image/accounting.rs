@@ -1,11 +1,18 @@
 //! What holds data: allocated extents, `du` and `diff`.
 
+use std::sync::Arc;
+
+use rbdm_cls::header::flags;
 use rbdm_extent::{IntervalSet, ObjectState};
 use rbdm_store::{Error as StoreError, Locator, SnapId, HEAD};
 
 use super::Image;
-use crate::header::{Header, SnapMeta};
+use crate::header::{Header, ParentLink, SnapMeta};
+use crate::migration::{MigrationRecord, MigrationSource};
 use crate::{DiffExtent, DuEntry, Error, Layout, Result};
+
+/// Windows of at most this many objects ask each object rather than list the pool.
+const ASK_EACH_UP_TO: u64 = 64;
 
 impl Image {
     /// Objects that may hold bytes of `[offset, offset+len)`.
@@ -28,7 +35,7 @@ impl Image {
 
     /// Extents of `[offset, offset+len)` that hold data (at the open snapshot), for sparse
     /// export and NBD block status: from the object map and the objects' sparse maps, never
-    /// by reading data. Includes data read through from a parent.
+    /// by reading data. Includes data read through from a parent or a migration source.
     pub fn allocated_extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
         let h = self.header()?;
         let (size, parent) = self.view(&h)?;
@@ -37,64 +44,85 @@ impl Image {
             return Ok(Vec::new());
         }
         let source = self.migration_source(&h)?;
-        // While migrating, objects appear from other processes' copies: the map is not kept.
-        let map = if Self::has_object_map(&h) && source.is_none() {
-            Some(self.load_map(&h, self.snap_id, size)?)
-        } else {
-            None
-        };
+        let window = self.objects_in(&h.layout, size, offset, end - offset);
+        let candidates = self.candidate_objects(&h, size, source.is_none(), window)?;
+        let (snap, os) = (self.read_snap(), h.layout.object_size);
         let mut out = IntervalSet::new();
-        let snap = self.read_snap();
-        for object_no in self.objects_in(&h.layout, size, offset, end - offset) {
-            let in_parent = parent
-                .as_ref()
-                .filter(|l| !self.parent_ranges_at(&h, l, size, object_no).is_empty());
-            if in_parent.is_none() && map.as_ref().is_some_and(|m| !m.get(object_no).may_exist()) {
-                continue;
-            }
-            match self.store().map_extents(
-                &self.data_loc(&h, object_no),
-                snap,
-                0,
-                h.layout.object_size,
-            ) {
-                Ok(extents) => {
-                    for (o, l) in extents {
-                        for (img, n) in h.layout.object_image_extents(object_no, o, l) {
-                            out.insert(img, n);
-                        }
-                    }
-                }
-                Err(StoreError::NoObject { .. }) if source.is_some() => {
-                    let (rec, src) = source.as_ref().expect("checked");
-                    for (img, n) in h.layout.object_extents_in_image(object_no, size) {
-                        for (o, l) in
-                            IntervalSet::from_ranges([(img, n)]).intersection(offset, end - offset)
-                        {
-                            for e in src.allocated(self.migration_point(rec), o, l)? {
-                                out.insert(e.0, e.1);
-                            }
-                        }
-                    }
-                }
-                Err(StoreError::NoObject { .. }) => {
-                    if let Some(link) = in_parent {
-                        let p = self.parent_image(link)?;
-                        for (img, n) in self.parent_ranges_at(&h, link, size, object_no) {
-                            let clip = IntervalSet::from_ranges([(img, n)])
-                                .intersection(offset, end - offset);
-                            for (o, l) in clip {
-                                for e in p.allocated_extents(o, l)? {
-                                    out.insert(e.0, e.1);
-                                }
-                            }
-                        }
-                    }
-                }
+        // Image bytes of objects that exist: those never read through.
+        let mut own = IntervalSet::new();
+        for (object_no, loc) in candidates {
+            let extents = match self.store().map_extents(&loc, snap, 0, os) {
+                Ok(extents) => extents,
+                Err(StoreError::NoObject { .. }) => continue,
                 Err(e) => return Err(e.into()),
+            };
+            for (o, l) in extents {
+                for (img, n) in h.layout.object_image_extents(object_no, o, l) {
+                    out.insert(img, n);
+                }
+            }
+            for (img, n) in h.layout.object_image_extents(object_no, 0, os) {
+                own.insert(img, n);
             }
         }
+        // The rest reads through: asked once for the whole window, not once an object.
+        let through = self.read_through(source.as_ref(), parent.as_ref(), offset, end)?;
+        let mut through = IntervalSet::from_ranges(through);
+        through.subtract(&own);
+        for (o, l) in through.iter() {
+            out.insert(o, l);
+        }
         Ok(out.intersection(offset, end - offset))
+    }
+
+    /// Extents of `[offset, end)` the migration source, else the parent, holds.
+    fn read_through(
+        &self,
+        source: Option<&(MigrationRecord, Arc<dyn MigrationSource>)>,
+        parent: Option<&ParentLink>,
+        offset: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, u64)>> {
+        if let Some((rec, src)) = source {
+            return src.allocated(self.migration_point(rec), offset, end - offset);
+        }
+        match parent {
+            Some(link) if offset < end.min(link.overlap) => self
+                .parent_image(link)?
+                .allocated_extents(offset, end.min(link.overlap) - offset),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Objects of `window` that may exist at the open snapshot, with their locators: from a
+    /// valid object map when `use_map`; else, for a window of more than a few objects, from
+    /// one listing of the image's data objects, so the cost follows what exists rather than
+    /// the virtual size. A short window (NBD block status) asks each object instead of
+    /// listing the whole pool.
+    fn candidate_objects(
+        &self,
+        h: &Header,
+        size: u64,
+        use_map: bool,
+        window: std::ops::Range<u64>,
+    ) -> Result<Vec<(u64, Locator)>> {
+        let valid_map = Self::has_object_map(h) && h.flags & flags::OBJECT_MAP_INVALID == 0;
+        if use_map && valid_map {
+            let map = self.load_map(h, self.snap_id, size)?;
+            return Ok(window
+                .filter(|&no| map.get(no).may_exist())
+                .map(|no| (no, self.data_loc(h, no)))
+                .collect());
+        }
+        if window.end - window.start <= ASK_EACH_UP_TO {
+            return Ok(window.map(|no| (no, self.data_loc(h, no))).collect());
+        }
+        // A snapshot may be served by an object whose head was removed since.
+        let listed = self.own_objects(h, self.snap_id.is_some())?;
+        Ok(listed
+            .into_iter()
+            .filter(|(no, _)| window.contains(no))
+            .collect())
     }
 
     /// Objects of a version that changed since the previous snapshot (or all, at the first).
