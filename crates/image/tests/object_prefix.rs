@@ -50,14 +50,23 @@ fn an_image_with_a_data_pool_is_named_as_librbd_names_it() {
         ..CreateOptions::with_size(8 << 20)
     };
     r.create(&PoolSpec::new("rbd", ""), "d", &opts).unwrap();
-    let img = r.open(&ImageSpec::parse("d", "rbd").unwrap(), false).unwrap();
+    let img = r
+        .open(&ImageSpec::parse("d", "rbd").unwrap(), false)
+        .unwrap();
     let own = r.store().pool_id("rbd").unwrap();
     let prefix = format!("rbd_data.{own}.{}", img.id());
     assert_eq!(img.header().unwrap().object_prefix, prefix);
     img.write(0, b"in the data pool").unwrap();
     let data = r.store().pool_id("data").unwrap();
     let loc = Locator::new(data, "", &format!("{prefix}.0000000000000000"));
-    assert_eq!(r.store().read(&loc, HEAD, 0, 16).unwrap(), b"in the data pool");
+    assert_eq!(
+        r.store().read(&loc, HEAD, 0, 16).unwrap(),
+        b"in the data pool"
+    );
     drop(img);
-    assert_eq!(r.fsck(None).unwrap(), vec![], "fsck knows the data pool's objects");
+    assert_eq!(
+        r.fsck(None).unwrap(),
+        vec![],
+        "fsck knows the data pool's objects"
+    );
 }

@@ -16,10 +16,10 @@
 use std::cell::OnceCell;
 use std::fmt;
 
-use rbdm_image::Rbd;
 /// An error and its causes on one line, as a user is shown it (a context variant's message
 /// leaves its cause to its `source`).
 pub use rbdm_image::report;
+use rbdm_image::Rbd;
 
 pub mod conformance;
 

@@ -68,10 +68,11 @@ impl Rbd {
         })?;
         Header::update(&self.store, &Self::parent_header_loc(link), |h| {
             if !h.snaps.contains_key(&link.snap_id) {
-                return Err(Error::NotFound(format!(
-                    "parent image {} has no snapshot {} to attach a clone to",
-                    link.image_id, link.snap_id
-                )));
+                // The parent's snapshot went away before the clone could attach to it.
+                return Err(Error::SnapRemoved {
+                    image: link.image_id.clone(),
+                    id: link.snap_id,
+                });
             }
             h.snap_children
                 .entry(link.snap_id)
