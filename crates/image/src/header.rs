@@ -232,7 +232,7 @@ impl Header {
         }
     }
 
-    /// Reads the header at `loc`; `NotFound` if there is none.
+    /// Reads the header at `loc`; the store's `NoObject` if there is none.
     pub fn load(store: &StoreRef, loc: &Locator) -> Result<Header> {
         let (keys, has_intents) = current_keys(store, loc)?;
         let mut h = Header::from_keys(&keys)?;
