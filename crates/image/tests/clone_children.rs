@@ -175,3 +175,32 @@ fn children_in_the_earlier_rbd_children_registry_are_still_listed_and_detached()
         .unwrap()
         .is_empty());
 }
+
+/// A clone checks protection before it attaches; an unprotect that slips in between must not
+/// leave it attached to an unprotected snapshot (which `snap rm` would then remove).
+#[test]
+fn a_clone_does_not_attach_to_a_snapshot_unprotected_meanwhile() {
+    let r = Rbd::new(rbdm_store::open("mem://").unwrap());
+    let p = PoolSpec::new("rbd", "");
+    r.create(&p, "parent", &CreateOptions::with_size(1 << 22))
+        .unwrap();
+    let parent = r.open(&spec("parent"), false).unwrap();
+    let sid = parent.snap_create("s").unwrap();
+    parent.snap_protect("s").unwrap();
+    r.create(&p, "child", &CreateOptions::with_size(1 << 22))
+        .unwrap();
+    let child = r.open(&spec("child"), true).unwrap();
+    // The unprotect lands after the clone's check and before its attach.
+    parent.snap_unprotect("s").unwrap();
+    let link = rbdm_image::header::ParentLink {
+        pool_id: pool(&r),
+        namespace: String::new(),
+        image_id: parent.id().to_string(),
+        snap_id: sid,
+        overlap: 1 << 22,
+    };
+    let late = r.child_register(&link, &p, child.id()).unwrap_err();
+    assert!(matches!(late, rbdm_image::Error::Busy(_)), "{late}");
+    assert!(parent.children().unwrap().is_empty());
+    parent.snap_remove("s").unwrap();
+}

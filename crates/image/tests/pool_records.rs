@@ -328,3 +328,37 @@ fn a_trash_removal_marks_the_entry_removing_first() {
         .unwrap();
     assert!(p.omap("", "rbd_trash").is_empty());
 }
+
+#[test]
+fn a_marked_entry_whose_removal_is_refused_is_restorable_again() {
+    let p = Pool::new();
+    let spec = PoolSpec::new("rbd", "");
+    let id = p.create("", "t");
+    let img = p
+        .rbd
+        .open(&ImageSpec::parse("t", "rbd").unwrap(), false)
+        .unwrap();
+    img.snap_create("s").unwrap();
+    drop(img);
+    // Not expired for an hour, and marked as a killed `trash rm` leaves it.
+    p.rbd
+        .trash_move(&ImageSpec::parse("t", "rbd").unwrap(), 3600)
+        .unwrap();
+    let entry = p.omap("", "rbd_trash").remove(0);
+    let mut marked = TrashImageSpec::decode(&entry.1).unwrap();
+    marked.state = TrashState::Removing;
+    p.set("", "rbd_trash", &entry.0, &marked.encode());
+    // The started removal is finished without --force, and refused by the snapshot...
+    let refused = p
+        .rbd
+        .trash_remove(&spec, &id, false, &mut |_, _| {})
+        .unwrap_err();
+    assert!(matches!(refused, Error::NotEmpty(_)), "{refused}");
+    // ...which leaves the entry as librbd does: normal, so it can be restored.
+    let listed = p.rbd.trash_list(&spec, false).unwrap();
+    assert_eq!(listed[0].state, TrashState::Normal);
+    p.rbd.trash_restore(&spec, &id, None).unwrap();
+    p.rbd
+        .open(&ImageSpec::parse("t", "rbd").unwrap(), true)
+        .unwrap();
+}

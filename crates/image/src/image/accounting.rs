@@ -139,7 +139,7 @@ impl Image {
         let count = h.layout.object_count(size);
         let mut n = 0;
         for (_, loc) in self
-            .own_object_numbers(h)?
+            .own_objects(h, snap.is_some())?
             .iter()
             .filter(|(no, _)| *no < count)
         {

@@ -194,7 +194,8 @@ impl Image {
         if !Self::has_object_map(&h) {
             return Ok(());
         }
-        let objects = self.own_object_numbers(&h)?;
+        // Snapshots' maps need the objects that exist only as clones too.
+        let objects = self.own_objects(&h, !h.snaps.is_empty())?;
         let mut slot = lock(&self.map);
         let mut prev = None;
         for s in h.snaps.values() {

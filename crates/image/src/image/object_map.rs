@@ -46,9 +46,10 @@ impl Image {
         };
         let mut map = match stored {
             Some(m) => m,
-            // Without the map's history every existing object counts as changed.
+            // Without the map's history every existing object counts as changed. A
+            // snapshot's objects include those whose head is gone since (clones only).
             None => {
-                let objects = self.own_object_numbers(h)?;
+                let objects = self.own_objects(h, snap.is_some())?;
                 self.rebuild_map(h, &objects, None, snap.unwrap_or(HEAD), size)?
             }
         };

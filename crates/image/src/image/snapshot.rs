@@ -236,6 +236,15 @@ impl Image {
             }
         }
         self.update_header(|hh| {
+            // Checked again in the guarded update: a clone that attached after the check
+            // above changed this header, so this runs again and sees it.
+            let attached = hh.snap_children.get(&sm.id).map_or(0, |c| c.len());
+            if !protected && attached > 0 {
+                return Err(Error::Busy(format!(
+                    "cannot unprotect: snapshot '{}@{name}' has {attached} child image(s)",
+                    self.name
+                )));
+            }
             if let Some(s) = hh.snaps.get_mut(&sm.id) {
                 s.protected = protected;
             }

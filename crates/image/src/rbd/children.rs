@@ -67,17 +67,24 @@ impl Rbd {
             Ok(())
         })?;
         Header::update(&self.store, &Self::parent_header_loc(link), |h| {
-            if !h.snaps.contains_key(&link.snap_id) {
+            let Some(snap) = h.snaps.get(&link.snap_id) else {
                 // The parent's snapshot went away before the clone could attach to it.
                 return Err(Error::SnapRemoved {
                     image: link.image_id.clone(),
                     id: link.snap_id,
                 });
+            };
+            let children = h.snap_children.entry(link.snap_id).or_default();
+            // An unprotect that ran between the clone's check and here must not leave a
+            // child on an unprotected snapshot (a `snap rm` would then take its data). A
+            // child already attached (a re-run) stays attached.
+            if !snap.protected && !children.contains(&spec) {
+                return Err(Error::Busy(format!(
+                    "snapshot {} of image id '{}' is no longer protected",
+                    link.snap_id, link.image_id
+                )));
             }
-            h.snap_children
-                .entry(link.snap_id)
-                .or_default()
-                .insert(spec.clone());
+            children.insert(spec.clone());
             set_op_feature(h, op_features::CLONE_PARENT, true);
             Ok(())
         })?;

@@ -253,7 +253,10 @@ impl Rbd {
                 t.name
             )));
         }
-        if !force && now() < t.deferment_end && t.source != TrashSource::Removing {
+        // A removal already started (by `rm`, or a `trash rm` cut short) is finished
+        // whatever the deferment: the entry says so.
+        let started = t.source == TrashSource::Removing || t.state == TrashState::Removing;
+        if !force && now() < t.deferment_end && !started {
             return Err(Error::Busy(format!(
                 "image '{}' is not yet expired from the trash (use --force)",
                 t.name
@@ -279,8 +282,9 @@ impl Rbd {
             Ok(()) => {}
             Err(e) if e.is_no_image() => {}
             Err(e @ (Error::Busy(_) | Error::NotEmpty(_))) => {
-                // Refused (snapshots, watchers) before anything went: the entry is as it was.
-                let _ = self.trash_set_state(spec, &t.id, t.state);
+                // Refused (snapshots, watchers) before anything went: the entry is restorable
+                // again, as librbd leaves it, even when an earlier attempt had marked it.
+                self.trash_set_state(spec, &t.id, TrashState::Normal)?;
                 return Err(e);
             }
             Err(e) => return Err(e),
