@@ -62,9 +62,7 @@ fn open(ctx: &Ctx, a: &SourceSpecArgs) -> CmdResult<Box<dyn SourceImage>> {
             e
         })
     });
-    let opened = rbdm_registry::open_source(&v, &oc);
-    drop(oc);
-    match (opened, store_fail.into_inner()) {
+    match (rbdm_registry::open_source(&v, &oc), store_fail.take()) {
         (Ok(img), _) => Ok(img),
         (Err(_), Some(f)) => Err(f),
         (Err(e), None) => Err(source_fail(&e, "error opening source")),

@@ -145,15 +145,11 @@ impl Image {
     /// unregisters it from each it does not: the children lists follow the header.
     pub(crate) fn sync_child_links(&self, links: &[ParentLink]) -> Result<()> {
         let h = self.header()?;
-        let same = |a: &ParentLink, b: &ParentLink| {
-            (a.pool_id, &a.namespace, &a.image_id, a.snap_id)
-                == (b.pool_id, &b.namespace, &b.image_id, b.snap_id)
-        };
         for l in links {
-            let used = h.parent.iter().any(|p| same(p, l))
+            let used = h.parent.iter().any(|p| p.same_parent(l))
                 || h.snaps
                     .values()
-                    .any(|s| s.parent.iter().any(|p| same(p, l)));
+                    .any(|s| s.parent.iter().any(|p| p.same_parent(l)));
             if used {
                 self.rbd().child_register(l, self.pool_spec(), self.id())?;
             } else {

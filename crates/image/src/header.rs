@@ -35,6 +35,19 @@ pub struct ParentLink {
     pub overlap: u64,
 }
 
+impl ParentLink {
+    /// Whether both name the same parent snapshot (the overlap may differ).
+    pub fn same_parent(&self, other: &ParentLink) -> bool {
+        (self.pool_id, &self.namespace, &self.image_id, self.snap_id)
+            == (
+                other.pool_id,
+                &other.namespace,
+                &other.image_id,
+                other.snap_id,
+            )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapMeta {
     pub id: SnapId,
@@ -208,36 +221,38 @@ impl Header {
     /// Refuses links that name different parents: Ceph keeps one `parent` record per image
     /// (the snapshots hold only their overlap), so such a header has no encoding.
     pub fn check_links(&self) -> Result<()> {
-        let spec = |l: &ParentLink| {
-            (
-                l.pool_id,
-                l.namespace.clone(),
-                l.image_id.clone(),
-                l.snap_id,
-            )
-        };
         let mut links = self
             .parent
             .iter()
             .chain(self.snaps.values().filter_map(|s| s.parent.as_ref()));
-        let Some(first) = links.next().map(spec) else {
+        let Some(first) = links.next() else {
             return Ok(());
         };
-        match links.find(|l| spec(l) != first) {
+        match links.find(|l| !l.same_parent(first)) {
             None => Ok(()),
             Some(other) => Err(Error::Invalid(format!(
                 "image links to two parents ({}/{}@{} and {}/{}@{}); a header holds one",
-                first.0, first.2, first.3, other.pool_id, other.image_id, other.snap_id
+                first.pool_id,
+                first.image_id,
+                first.snap_id,
+                other.pool_id,
+                other.image_id,
+                other.snap_id
             ))),
         }
     }
 
     /// Reads the header at `loc`; the store's `NoObject` if there is none.
     pub fn load(store: &StoreRef, loc: &Locator) -> Result<Header> {
+        Ok(Header::read(store, loc)?.1)
+    }
+
+    /// The header at `loc` with the keys it was decoded from.
+    fn read(store: &StoreRef, loc: &Locator) -> Result<(Keys, Header)> {
         let (keys, has_intents) = current_keys(store, loc)?;
         let mut h = Header::from_keys(&keys)?;
         h.has_intents = has_intents;
-        Ok(h)
+        Ok((keys, h))
     }
 
     /// Writes a new header; `Exists` if one is there.
@@ -259,9 +274,7 @@ impl Header {
         mut change: impl FnMut(&mut Header) -> Result<T>,
     ) -> Result<(Header, T)> {
         loop {
-            let (raw, has_intents) = current_keys(store, loc)?;
-            let mut old = Header::from_keys(&raw)?;
-            old.has_intents = has_intents;
+            let (raw, old) = Header::read(store, loc)?;
             let mut new = old.clone();
             let out = change(&mut new)?;
             if (new.size, new.features) != (old.size, old.features) {
@@ -271,7 +284,13 @@ impl Header {
             new.generation = old.generation.wrapping_add(1);
             let before = keys::encode(&old, &raw);
             let after = keys::encode(&new, &raw);
-            let stale = stale_keys(&old, &new);
+            // Keys rbdm's encoding of the old header had and the new one's lacks (a removed
+            // snapshot, parent, flags, ...); keys rbdm does not model never qualify.
+            let stale: BTreeSet<String> = before
+                .keys()
+                .filter(|k| !after.contains_key(*k))
+                .cloned()
+                .collect();
             let changed: Keys = after
                 .into_iter()
                 .filter(|(k, v)| before.get(k) != Some(v))
@@ -332,16 +351,6 @@ fn load_keys(store: &StoreRef, loc: &Locator) -> Result<(BTreeMap<String, Vec<u8
         )));
     }
     Ok((keys, has_intents))
-}
-
-/// Keys an update removes: those rbdm's encoding of the old header had and the new one's
-/// lacks (a removed snapshot, parent, flags, ...). Keys rbdm does not model never qualify.
-pub fn stale_keys(old: &Header, new: &Header) -> BTreeSet<String> {
-    let n = new.to_keys();
-    old.to_keys()
-        .into_keys()
-        .filter(|k| !n.contains_key(k))
-        .collect()
 }
 
 #[cfg(test)]

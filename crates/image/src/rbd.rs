@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, StoreRef};
+use rbdm_store::{Error as StoreError, Locator, PoolId, SnapContext, StoreRef, WriteOp};
 
 use crate::migration::MigrationOpener;
 use crate::{Error, PoolSpec, Result};
@@ -91,6 +91,16 @@ impl Rbd {
             self.pool_id(&spec.pool)?,
             &spec.namespace,
             name,
+        ))
+    }
+
+    /// Removes the object at `loc`; one already gone counts as removed (each step of a
+    /// multi-step operation may run again after a kill).
+    pub(crate) fn remove_object(&self, loc: &Locator) -> Result<()> {
+        crate::image::ignore_not_found(self.store.operate(
+            loc,
+            &WriteOp::new().remove(),
+            &no_snapc(),
         ))
     }
 

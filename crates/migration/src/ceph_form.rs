@@ -30,14 +30,10 @@ pub(crate) fn snap_ids(rbd: &Rbd, spec_text: &str, count: usize) -> Result<Vec<u
 }
 
 fn native_ids(rbd: &Rbd, n: &NativeSpec, count: usize) -> Result<Vec<u64>> {
-    let pool = match &n.pool {
-        PoolRef::Name(name) => name.clone(),
-        PoolRef::Id(id) => rbd
-            .store()
-            .pool_name(*id)
-            .map_err(rbdm_image::Error::from)?,
+    let spec = match &n.pool {
+        PoolRef::Name(name) => PoolSpec::new(name, &n.pool_namespace),
+        PoolRef::Id(id) => crate::recover::pool_spec(rbd, *id, &n.pool_namespace)?,
     };
-    let spec = PoolSpec::new(&pool, &n.pool_namespace);
     let name = Some(n.image_name.as_str()).filter(|s| !s.is_empty());
     let img = rbd.open_quiet(&spec, name, n.image_id.as_deref(), None)?;
     let ids: Vec<u64> = img

@@ -47,7 +47,11 @@ pub enum Error {
     SourceUnavailable { image: String, source: SourceError },
     /// A command failed and undoing what it had made failed too: the records still say what
     /// is left, and the next command on either image finishes the undo.
-    #[error("{error}; undoing it failed too (the next command on either image retries): {undo}")]
+    #[error(
+        "{}; undoing it failed too (the next command on either image retries): {}",
+        rbdm_store::report(.error.as_ref()),
+        rbdm_store::report(.undo.as_ref())
+    )]
     NotUndone { error: Box<Error>, undo: Box<Error> },
 }
 

@@ -75,7 +75,7 @@ pub fn prepare(rbd: &Rbd, src: &ImageSpec, dst: &ImageSpec, opts: &PrepareOption
         None => Ok(Some(plan.rec.clone())),
         Some(_) => Err(rbdm_image::Error::Busy(migrating(src))),
     })?;
-    let made = link(rbd, &source, src, dst, &plan, opts.flatten);
+    let made = link(rbd, &source, src, dst, &plan);
     // A handle of ours on the source must not be in the way of putting it back.
     drop(source);
     made.map_err(|e| undo_prepare(rbd, &[src, dst], e))
@@ -206,14 +206,7 @@ fn records(
 
 /// The steps after the source's intent: the source into the trash, the destination made
 /// (record, snapshots, parent links, protection), then both records `prepared`.
-fn link(
-    rbd: &Rbd,
-    source: &Image,
-    src: &ImageSpec,
-    dst: &ImageSpec,
-    plan: &Plan,
-    flatten: bool,
-) -> Result<()> {
+fn link(rbd: &Rbd, source: &Image, src: &ImageSpec, dst: &ImageSpec, plan: &Plan) -> Result<()> {
     rbd.trash_move_as(src, 0, TrashSource::Migration)?;
     let (dst_id, points) = create_destination(
         rbd,
@@ -229,7 +222,7 @@ fn link(
     }
     source.set_migration_record(Some(&srec))?;
     let dimg = rbd.open_by_id(&dst.pool_spec(), &dst_id, None, false)?;
-    if !flatten {
+    if !plan.rec.flatten {
         keep_parent(rbd, &plan.src_header, &dimg, dst)?;
     }
     for (name, _, protected, _) in &plan.snaps {
@@ -329,9 +322,9 @@ pub fn prepare_import(
     if rbd.open(dst, true).is_ok() {
         return Err(exists(dst));
     }
-    let ids = crate::ceph_form::snap_ids(rbd, spec_text, source.snapshots().len())?;
-    let snaps: Vec<(String, u64, bool, u64)> = source
-        .snapshots()
+    let listed = source.snapshots();
+    let ids = crate::ceph_form::snap_ids(rbd, spec_text, listed.len())?;
+    let snaps: Vec<(String, u64, bool, u64)> = listed
         .into_iter()
         .zip(ids)
         .map(|(s, id)| (s.name, s.size, false, id))

@@ -49,7 +49,7 @@ impl Pair {
     }
 }
 
-fn pool_spec(rbd: &Rbd, pool_id: i64, ns: &str) -> Result<PoolSpec> {
+pub(crate) fn pool_spec(rbd: &Rbd, pool_id: i64, ns: &str) -> Result<PoolSpec> {
     let pool = rbd
         .store()
         .pool_name(pool_id)

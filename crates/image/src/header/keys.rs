@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use rbdm_cls::denc::{whole, Encoder};
+use rbdm_cls::directory::encode_string;
 use rbdm_cls::header::{
     snap_children_key, snap_id_of_key, snapshot_key, SNAPSHOT_PREFIX, SNAP_CHILDREN_PREFIX,
 };
@@ -18,6 +19,7 @@ use rbdm_cls::snap::{ClsRbdSnap, ProtectionStatus, SnapshotNamespace};
 use rbdm_cls::{DecodeError, UTime};
 
 use super::{Header, ParentLink, SnapMeta};
+pub(super) use crate::encoding::u64_value;
 use crate::{features, Error, Layout, Result};
 
 pub(super) type Keys = BTreeMap<String, Vec<u8>>;
@@ -40,7 +42,7 @@ pub(super) fn encode(h: &Header, base: &Keys) -> Keys {
         put("stripe_unit", u64_value(h.layout.stripe_unit));
         put("stripe_count", u64_value(h.layout.stripe_count));
     }
-    put("object_prefix", string_value(&h.object_prefix));
+    put("object_prefix", encode_string(&h.object_prefix));
     put("features", u64_value(h.features));
     // Written only when set, as Ceph's `set_flags` / `op_features_set` leave them.
     if h.flags != 0 {
@@ -152,8 +154,7 @@ pub(super) fn decode(keys: &Keys) -> Result<Header> {
             .map_or(0, |t| t.sec.into()))
     };
     let need = |k: &'static str| -> Result<u64> {
-        get(k)?;
-        Ok(u64_of(k)?.unwrap_or(0))
+        whole(k, get(k)?, |d| d.u64()).map_err(|e| corrupt(k, e))
     };
     let order = whole("order", get("order")?, |d| d.u8()).map_err(|e| corrupt("order", e))?;
     let object_size = 1u64
@@ -263,16 +264,6 @@ fn decode_snaps(keys: &Keys, parent: Option<ClsRbdParent>, h: &mut Header) -> Re
 
 fn corrupt(key: &str, e: DecodeError) -> Error {
     Error::Corrupt(format!("image header key '{key}': {e}"))
-}
-
-pub(super) fn u64_value(v: u64) -> Vec<u8> {
-    v.to_le_bytes().to_vec()
-}
-
-fn string_value(s: &str) -> Vec<u8> {
-    let mut e = Encoder::new();
-    e.string(s);
-    e.into_bytes()
 }
 
 /// Seconds as a `utime_t` with 0 nanoseconds (rbdm keeps seconds only).

@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use rbdm_store::{Error as StoreError, Locator, SnapContext, SnapId, WriteOp, HEAD};
 
-use super::{lock, Image};
+use super::{ignore_not_found, lock, Image};
 use crate::header::{self, Header};
 use crate::migration::MigrationRecord;
 use crate::{Error, Result};
@@ -174,13 +174,11 @@ impl Image {
         let points = h.snaps.keys().map(|&id| Some(id)).chain([None]);
         for snap in points {
             let op = WriteOp::new().remove();
-            match self
-                .store()
-                .operate(&self.map_loc(snap), &op, &SnapContext::default())
-            {
-                Ok(()) | Err(StoreError::NoObject { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            ignore_not_found(self.store().operate(
+                &self.map_loc(snap),
+                &op,
+                &SnapContext::default(),
+            ))?;
         }
         *slot = None;
         Ok(())

@@ -125,13 +125,7 @@ impl Rbd {
         if decode_string("rbd_id", &held).ok().as_deref() != Some(id) {
             return Ok(());
         }
-        match self
-            .store
-            .operate(&loc, &WriteOp::new().remove(), &no_snapc())
-        {
-            Err(StoreError::NoObject { .. }) | Ok(()) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.remove_object(&loc)
     }
 
     /// Where the `rbd_id.<name>` object of an image name lives.
@@ -157,11 +151,7 @@ impl Rbd {
         if self.image_id(spec, name)? != id {
             return Err(Error::no_image(spec, name));
         }
-        let (idloc, op) = (self.id_loc(spec, name)?, WriteOp::new().remove());
-        match self.store.operate(&idloc, &op, &no_snapc()) {
-            Err(StoreError::NoObject { .. }) | Ok(()) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.remove_object(&self.id_loc(spec, name)?)?;
         let loc = self.loc(spec, DIRECTORY)?;
         let key = format!("name_{name}");
         let op = WriteOp::new()
@@ -197,13 +187,7 @@ impl Rbd {
         let id = self.image_id(spec, from)?;
         self.write_id_object(spec, to, &id)?;
         let from_idobj = self.id_loc(spec, from)?;
-        match self
-            .store
-            .operate(&from_idobj, &WriteOp::new().remove(), &no_snapc())
-        {
-            Err(StoreError::NoObject { .. }) | Ok(()) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.remove_object(&from_idobj)?;
         let (from_key, to_key) = (format!("name_{from}"), format!("name_{to}"));
         let op = WriteOp::new()
             .omap_cmp(&from_key, Some(&encode_string(&id)))

@@ -100,14 +100,7 @@ impl Rbd {
         }
         // Its own objects first, then its name, as librbd's.
         for object in [DIRECTORY, TRASH] {
-            match self.store.operate(
-                &self.loc(&spec, object)?,
-                &WriteOp::new().remove(),
-                &no_snapc(),
-            ) {
-                Err(StoreError::NoObject { .. }) | Ok(()) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.remove_object(&self.loc(&spec, object)?)?;
         }
         let loc = self.loc(&PoolSpec::new(pool, ""), NAMESPACES)?;
         self.store.operate(
